@@ -1,0 +1,309 @@
+//! The bridge: one broker subscription per topic per process, shared by
+//! every local socket that needs it.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use tidings_core::Message;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    broker::{Broker, BrokerError, Inbound, Topic},
+    hub::Hub,
+    local::LocalBroker,
+    mailbox::Mailbox,
+};
+
+/// Requests to the subscription manager task.
+pub(crate) enum Control {
+    /// A socket joined `topic`; answer once the broker delivers it.
+    Ensure(Topic, oneshot::Sender<Result<(), BrokerError>>),
+    /// A socket left `topic`, possibly the last one.
+    Release(Topic),
+    /// The broker connection dropped.
+    Lost,
+    /// The broker connection is back.
+    Restored,
+}
+
+/// Most control requests handled in one batch (one broker round trip).
+const BATCH: usize = 512;
+
+struct Inner {
+    hub: Arc<Hub>,
+    broker: Arc<dyn Broker>,
+    control: mpsc::UnboundedSender<Control>,
+    next_id: AtomicU64,
+    degraded: Arc<AtomicBool>,
+}
+
+/// The bridge between local sockets and a [`Broker`]. Cheap to clone.
+///
+/// It keeps reference counts of local interest per topic in its [`Hub`] and
+/// makes the broker subscribe when the first socket joins a topic and
+/// unsubscribe when the last one leaves. All broker subscription changes go
+/// through one task, in order, so concurrent joins and leaves cannot race:
+/// the task compares what the hub wants with what the broker has, in
+/// batches, and fixes the difference.
+#[derive(Clone)]
+pub struct Bridge {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bridge")
+            .field("broker", &self.inner.broker.name())
+            .field("hub", &self.inner.hub)
+            .finish()
+    }
+}
+
+impl Bridge {
+    /// A bridge over the in-process broker: no setup, one process.
+    ///
+    /// Must be called within a Tokio runtime.
+    pub fn in_process() -> Self {
+        Self::new(LocalBroker::new)
+    }
+
+    /// A bridge over the broker `make` builds from the [`Inbound`] handle it
+    /// must deliver received messages through.
+    ///
+    /// Must be called within a Tokio runtime: it spawns the subscription
+    /// manager task.
+    pub fn new<B: Broker>(make: impl FnOnce(Inbound) -> B) -> Self {
+        let hub = Arc::new(Hub::new());
+        let (control, rx) = mpsc::unbounded_channel();
+        let broker: Arc<dyn Broker> = Arc::new(make(Inbound {
+            hub: hub.clone(),
+            control: control.clone(),
+        }));
+        let degraded = Arc::new(AtomicBool::new(false));
+        tokio::spawn(manage(hub.clone(), broker.clone(), rx, degraded.clone()));
+        Self {
+            inner: Arc::new(Inner {
+                hub,
+                broker,
+                control,
+                next_id: AtomicU64::new(1),
+                degraded,
+            }),
+        }
+    }
+
+    /// The local subscriber registry (for metrics and tests).
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// The broker's short name (`"in-process"`, `"redis"`).
+    pub fn broker_name(&self) -> &'static str {
+        self.inner.broker.name()
+    }
+
+    /// Whether the broker can take publishes and subscriptions now.
+    pub fn is_ready(&self) -> bool {
+        self.inner.broker.is_ready() && !self.inner.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Publishes `message` through the broker, so every gateway instance
+    /// delivers it.
+    pub async fn publish(&self, message: Message) -> Result<(), BrokerError> {
+        if !self.inner.broker.is_ready() {
+            return Err(BrokerError::Unavailable(format!("{} broker is not connected", self.broker_name())));
+        }
+        self.inner.broker.publish(&message.channel, message.payload).await
+    }
+
+    /// A subscription handle for one socket, delivering into `mailbox`.
+    /// Dropping the handle leaves every topic it joined.
+    pub fn subscriber(&self, mailbox: Mailbox) -> Subscriber {
+        Subscriber {
+            bridge: self.clone(),
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            mailbox,
+            topics: HashSet::new(),
+        }
+    }
+}
+
+/// One socket's subscriptions. Dropping it leaves every topic.
+pub struct Subscriber {
+    bridge: Bridge,
+    id: u64,
+    mailbox: Mailbox,
+    topics: HashSet<Topic>,
+}
+
+impl fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("id", &self.id)
+            .field("topics", &self.topics)
+            .finish()
+    }
+}
+
+impl Subscriber {
+    /// The connection id the hub knows this socket by.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The topics this socket has joined.
+    pub fn topics(&self) -> impl Iterator<Item = &Topic> {
+        self.topics.iter()
+    }
+
+    /// How many topics this socket has joined.
+    pub fn len(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Whether this socket has joined no topic.
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+
+    /// Whether this socket has joined `topic`.
+    pub fn contains(&self, topic: &Topic) -> bool {
+        self.topics.contains(topic)
+    }
+
+    /// Joins `topic` and waits until the broker delivers it. On error the
+    /// socket is *not* left subscribed.
+    pub async fn subscribe(&mut self, topic: Topic) -> Result<(), BrokerError> {
+        let result = self.join(topic.clone()).await;
+        if result.is_err() {
+            self.unsubscribe(&topic);
+        }
+        result
+    }
+
+    /// Joins `topic` and waits until the broker delivers it. On error the
+    /// socket *stays* registered: when the broker comes back the topic is
+    /// subscribed and the socket gets a `gap` notice. Used for the channels a
+    /// socket joins on connect.
+    pub async fn join(&mut self, topic: Topic) -> Result<(), BrokerError> {
+        if self.topics.contains(&topic) {
+            return Ok(());
+        }
+        let inner = &self.bridge.inner;
+        inner.hub.add(&topic, self.id, &self.mailbox);
+        self.topics.insert(topic.clone());
+        let (tx, rx) = oneshot::channel();
+        inner.control.send(Control::Ensure(topic, tx)).map_err(|_| BrokerError::Closed)?;
+        rx.await.unwrap_or(Err(BrokerError::Closed))
+    }
+
+    /// Leaves `topic`. Returns whether the socket had joined it.
+    pub fn unsubscribe(&mut self, topic: &Topic) -> bool {
+        if !self.topics.remove(topic) {
+            return false;
+        }
+        self.release(topic);
+        true
+    }
+
+    fn release(&self, topic: &Topic) {
+        let inner = &self.bridge.inner;
+        if inner.hub.remove(topic, self.id) {
+            let _ = inner.control.send(Control::Release(topic.clone()));
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        for topic in &self.topics {
+            self.release(topic);
+        }
+    }
+}
+
+/// The subscription manager: the only place broker subscriptions change.
+async fn manage(hub: Arc<Hub>, broker: Arc<dyn Broker>, mut rx: mpsc::UnboundedReceiver<Control>, degraded: Arc<AtomicBool>) {
+    // Topics the broker is subscribed to, as far as this task knows.
+    let mut active: HashSet<Topic> = HashSet::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut lost = false;
+    loop {
+        if rx.recv_many(&mut batch, BATCH).await == 0 {
+            return;
+        }
+        let mut touched: Vec<Topic> = Vec::new();
+        let mut waiters: HashMap<Topic, Vec<oneshot::Sender<Result<(), BrokerError>>>> = HashMap::new();
+        let mut restored = false;
+        for control in batch.drain(..) {
+            match control {
+                Control::Ensure(topic, reply) => {
+                    touched.push(topic.clone());
+                    waiters.entry(topic).or_default().push(reply);
+                }
+                Control::Release(topic) => touched.push(topic),
+                Control::Lost => {
+                    if !lost {
+                        tracing::warn!(broker = broker.name(), "broker connection lost; sockets stay connected");
+                    }
+                    lost = true;
+                }
+                Control::Restored => restored = true,
+            }
+        }
+        if restored {
+            // Whatever the broker kept, make it hold exactly what sockets
+            // need now, then tell those sockets what they may have missed.
+            let wanted = hub.topics();
+            let mut failed = false;
+            for topic in &wanted {
+                if let Err(e) = broker.subscribe(topic).await {
+                    tracing::warn!(%topic, error = %e, "re-subscribing after reconnect failed");
+                    failed = true;
+                }
+            }
+            active = wanted.iter().cloned().collect();
+            degraded.store(failed, Ordering::Relaxed);
+            if lost {
+                hub.stats().record_reconnect();
+                let told = hub.notify_gap(&wanted, "broker_reconnected");
+                tracing::info!(broker = broker.name(), topics = wanted.len(), sockets = told, "broker connection restored; subscriptions restored");
+            }
+            lost = false;
+        }
+        touched.sort();
+        touched.dedup();
+        for topic in touched {
+            let want = hub.has_interest(&topic);
+            let have = active.contains(&topic);
+            let result = if want && !have {
+                let r = if broker.is_ready() {
+                    broker.subscribe(&topic).await
+                } else {
+                    Err(BrokerError::Unavailable(format!("{} broker is not connected", broker.name())))
+                };
+                if r.is_ok() {
+                    active.insert(topic.clone());
+                }
+                r
+            } else {
+                if !want && have {
+                    active.remove(&topic);
+                    if let Err(e) = broker.unsubscribe(&topic).await {
+                        tracing::debug!(%topic, error = %e, "unsubscribe failed; the broker will drop it on reconnect");
+                    }
+                }
+                Ok(())
+            };
+            for reply in waiters.remove(&topic).into_iter().flatten() {
+                let _ = reply.send(result.clone());
+            }
+        }
+    }
+}

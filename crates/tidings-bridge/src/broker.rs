@@ -1,0 +1,137 @@
+//! The broker seam: what a pub/sub backend must do for the bridge.
+
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
+
+use bytes::Bytes;
+use tidings_core::{ChannelName, ChannelPattern, Message};
+use tokio::sync::mpsc;
+
+use crate::{bridge::Control, hub::Hub};
+
+/// A boxed, sendable future, as trait objects return them.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a subscription is for: one exact channel, or every channel matching
+/// a pattern (Redis `PSUBSCRIBE` semantics).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    /// An exact channel.
+    Channel(ChannelName),
+    /// A glob pattern.
+    Pattern(ChannelPattern),
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Topic::Channel(c) => c.fmt(f),
+            Topic::Pattern(p) => p.fmt(f),
+        }
+    }
+}
+
+/// Why the broker could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker is not reachable right now (for example Redis is down or
+    /// reconnecting). Retry later; the API answers 503.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker took too long to answer.
+    #[error("broker timed out")]
+    Timeout,
+    /// The bridge has shut down.
+    #[error("bridge is shut down")]
+    Closed,
+}
+
+impl BrokerError {
+    /// Whether retrying later may succeed (everything but [`BrokerError::Closed`]).
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, BrokerError::Closed)
+    }
+}
+
+/// A pub/sub backend.
+///
+/// The bridge calls [`subscribe`](Broker::subscribe) the first time a local
+/// socket needs a topic and [`unsubscribe`](Broker::unsubscribe) when the
+/// last one has left, from a single task, so an implementation sees each
+/// topic's calls in order and never concurrently. Messages the backend
+/// receives go to the [`Inbound`] handle it was built with.
+///
+/// An implementation must restore its subscriptions itself if its connection
+/// drops, and report the outage and the recovery through
+/// [`Inbound::connection_lost`] and [`Inbound::connection_restored`] so that
+/// sockets can be told they may have missed messages.
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes `payload` on `channel` to every subscriber of every gateway
+    /// instance. Resolves once the broker has accepted it.
+    fn publish(&self, channel: &ChannelName, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// Starts receiving `topic`. Resolves once messages published from now on
+    /// will be received.
+    fn subscribe(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// Stops receiving `topic`.
+    fn unsubscribe(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// Whether the broker can take publishes and subscriptions right now
+    /// (what `/readyz` reports).
+    fn is_ready(&self) -> bool;
+
+    /// A short name for logs and metrics (`"in-process"`, `"redis"`).
+    fn name(&self) -> &'static str;
+}
+
+/// The handle a [`Broker`] delivers received messages and connection events
+/// through. Cheap to clone.
+#[derive(Clone)]
+pub struct Inbound {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) control: mpsc::UnboundedSender<Control>,
+}
+
+impl fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inbound").finish_non_exhaustive()
+    }
+}
+
+impl Inbound {
+    /// Delivers a message received through the exact subscription to its channel.
+    pub fn message(&self, message: &Message) {
+        self.hub.dispatch_channel(message);
+    }
+
+    /// Delivers a message received through the pattern subscription `pattern`.
+    pub fn pattern_message(&self, pattern: &ChannelPattern, message: &Message) {
+        self.hub.dispatch_pattern(pattern, message);
+    }
+
+    /// Delivers a message to every local subscriber whose exact channel or
+    /// pattern matches, as a broker without server-side pattern matching
+    /// must (the in-process broker does).
+    pub fn message_everywhere(&self, message: &Message) {
+        self.hub.dispatch_all(message);
+    }
+
+    /// Counts a message the broker received but could not hand over (for
+    /// example a payload on a channel name the gateway cannot represent).
+    pub fn discarded(&self, reason: &'static str) {
+        self.hub.stats().record_discard(reason);
+    }
+
+    /// Reports that the connection to the broker dropped: messages published
+    /// from now on may be missed.
+    pub fn connection_lost(&self) {
+        let _ = self.control.send(Control::Lost);
+    }
+
+    /// Reports that the connection is back. The bridge re-subscribes every
+    /// topic that has local subscribers and sends the affected sockets a
+    /// `gap` notice.
+    pub fn connection_restored(&self) {
+        let _ = self.control.send(Control::Restored);
+    }
+}

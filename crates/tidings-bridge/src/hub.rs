@@ -1,0 +1,225 @@
+//! The local subscriber registry and the fan-out loop.
+
+use std::{
+    borrow::Borrow,
+    collections::{hash_map::Entry, HashMap},
+    hash::Hash,
+    sync::Arc,
+};
+
+use indexmap::IndexMap;
+use parking_lot::RwLock;
+use tidings_core::{protocol, ChannelName, ChannelPattern, Delivery, Message};
+
+use crate::{
+    mailbox::{Mailbox, Offer, Outbound},
+    stats::BridgeStats,
+    Topic,
+};
+
+/// The sockets of one topic, keyed by connection id. Dense storage, so the
+/// fan-out loop walks a contiguous array.
+type Subscribers = IndexMap<u64, Mailbox>;
+
+#[derive(Default)]
+struct Topics {
+    channels: HashMap<ChannelName, Subscribers>,
+    patterns: HashMap<ChannelPattern, Subscribers>,
+}
+
+fn add_to<K: Hash + Eq + Clone + Borrow<str>>(map: &mut HashMap<K, Subscribers>, key: &K, conn: u64, mailbox: &Mailbox) -> bool {
+    match map.entry(key.clone()) {
+        Entry::Occupied(mut e) => {
+            e.get_mut().insert(conn, mailbox.clone());
+            false
+        }
+        Entry::Vacant(e) => {
+            e.insert(IndexMap::from([(conn, mailbox.clone())]));
+            true
+        }
+    }
+}
+
+fn remove_from<K: Hash + Eq + Borrow<str>>(map: &mut HashMap<K, Subscribers>, key: &str, conn: u64) -> bool {
+    let Some(subs) = map.get_mut(key) else { return false };
+    if subs.swap_remove(&conn).is_none() || !subs.is_empty() {
+        return false;
+    }
+    map.remove(key);
+    true
+}
+
+/// Who, in this process, listens to what; and the fan-out loop.
+///
+/// A message is encoded into a [`Delivery`] once and each subscriber's
+/// mailbox receives an `Arc` of it: the per-recipient work is a pointer copy
+/// and a non-blocking queue push.
+#[derive(Default)]
+pub struct Hub {
+    topics: RwLock<Topics>,
+    stats: BridgeStats,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (channels, patterns) = self.topic_counts();
+        f.debug_struct("Hub")
+            .field("channels", &channels)
+            .field("patterns", &patterns)
+            .finish()
+    }
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The hub's counters.
+    pub fn stats(&self) -> &BridgeStats {
+        &self.stats
+    }
+
+    /// Adds connection `conn` to `topic`. Returns `true` when the topic had no
+    /// local subscriber before (the broker must now be subscribed).
+    pub fn add(&self, topic: &Topic, conn: u64, mailbox: &Mailbox) -> bool {
+        let mut topics = self.topics.write();
+        match topic {
+            Topic::Channel(c) => add_to(&mut topics.channels, c, conn, mailbox),
+            Topic::Pattern(p) => add_to(&mut topics.patterns, p, conn, mailbox),
+        }
+    }
+
+    /// Removes connection `conn` from `topic`. Returns `true` when that was
+    /// the last local subscriber (the broker may now be unsubscribed).
+    pub fn remove(&self, topic: &Topic, conn: u64) -> bool {
+        let mut topics = self.topics.write();
+        match topic {
+            Topic::Channel(c) => remove_from(&mut topics.channels, c.as_str(), conn),
+            Topic::Pattern(p) => remove_from(&mut topics.patterns, p.as_str(), conn),
+        }
+    }
+
+    /// Whether any local socket listens to `topic`.
+    pub fn has_interest(&self, topic: &Topic) -> bool {
+        let topics = self.topics.read();
+        match topic {
+            Topic::Channel(c) => topics.channels.contains_key(c.as_str()),
+            Topic::Pattern(p) => topics.patterns.contains_key(p.as_str()),
+        }
+    }
+
+    /// How many local sockets listen to `topic`.
+    pub fn subscriber_count(&self, topic: &Topic) -> usize {
+        let topics = self.topics.read();
+        match topic {
+            Topic::Channel(c) => topics.channels.get(c.as_str()).map_or(0, IndexMap::len),
+            Topic::Pattern(p) => topics.patterns.get(p.as_str()).map_or(0, IndexMap::len),
+        }
+    }
+
+    /// Number of (channels, patterns) with at least one local subscriber.
+    pub fn topic_counts(&self) -> (usize, usize) {
+        let topics = self.topics.read();
+        (topics.channels.len(), topics.patterns.len())
+    }
+
+    /// Every topic with at least one local subscriber.
+    pub fn topics(&self) -> Vec<Topic> {
+        let topics = self.topics.read();
+        topics
+            .channels
+            .keys()
+            .cloned()
+            .map(Topic::Channel)
+            .chain(topics.patterns.keys().cloned().map(Topic::Pattern))
+            .collect()
+    }
+
+    /// Fans out a message received on its exact channel.
+    pub fn dispatch_channel(&self, message: &Message) {
+        self.stats.record_in();
+        let topics = self.topics.read();
+        match topics.channels.get(message.channel.as_str()) {
+            Some(subs) => self.fan_out(subs, Delivery::new(message)),
+            None => self.stats.record_unrouted(),
+        }
+    }
+
+    /// Fans out a message received through the pattern subscription `pattern`.
+    pub fn dispatch_pattern(&self, pattern: &ChannelPattern, message: &Message) {
+        self.stats.record_in();
+        let topics = self.topics.read();
+        match topics.patterns.get(pattern.as_str()) {
+            Some(subs) => self.fan_out(subs, Delivery::for_pattern(message, pattern)),
+            None => self.stats.record_unrouted(),
+        }
+    }
+
+    /// Fans out to the exact channel and to every matching pattern (for
+    /// brokers that do no pattern matching of their own). The cost of the
+    /// pattern step is one glob match per distinct local pattern.
+    pub fn dispatch_all(&self, message: &Message) {
+        self.stats.record_in();
+        let topics = self.topics.read();
+        let mut routed = false;
+        if let Some(subs) = topics.channels.get(message.channel.as_str()) {
+            self.fan_out(subs, Delivery::new(message));
+            routed = true;
+        }
+        for (pattern, subs) in &topics.patterns {
+            if pattern.matches(message.channel.as_str()) {
+                self.fan_out(subs, Delivery::for_pattern(message, pattern));
+                routed = true;
+            }
+        }
+        if !routed {
+            self.stats.record_unrouted();
+        }
+    }
+
+    fn fan_out(&self, subs: &Subscribers, delivery: Arc<Delivery>) {
+        let (mut delivered, mut dropped, mut closed) = (0u64, 0u64, 0u64);
+        for mailbox in subs.values() {
+            match mailbox.offer(Outbound::Deliver(delivery.clone())) {
+                Offer::Queued => delivered += 1,
+                Offer::Dropped => dropped += 1,
+                Offer::Overflowed => closed += 1,
+                Offer::Closed => {}
+            }
+        }
+        self.stats.record_fanout(delivered, dropped, closed);
+    }
+
+    /// Queues a `gap` notice to every socket listening to any of `topics`,
+    /// one notice per socket naming its affected channels and patterns.
+    /// Returns how many sockets were told.
+    pub fn notify_gap(&self, topics: &[Topic], reason: &str) -> usize {
+        let mut per_conn: HashMap<u64, (Mailbox, Vec<ChannelName>, Vec<ChannelPattern>)> = HashMap::new();
+        {
+            let all = self.topics.read();
+            for topic in topics {
+                let subs = match topic {
+                    Topic::Channel(c) => all.channels.get(c.as_str()),
+                    Topic::Pattern(p) => all.patterns.get(p.as_str()),
+                };
+                for (conn, mb) in subs.into_iter().flatten() {
+                    let e = per_conn.entry(*conn).or_insert_with(|| (mb.clone(), Vec::new(), Vec::new()));
+                    match topic {
+                        Topic::Channel(c) => e.1.push(c.clone()),
+                        Topic::Pattern(p) => e.2.push(p.clone()),
+                    }
+                }
+            }
+        }
+        let n = per_conn.len();
+        for (_, (mb, mut channels, mut patterns)) in per_conn {
+            channels.sort();
+            patterns.sort();
+            mb.offer(Outbound::Notice(protocol::encode_gap(&channels, &patterns, reason)));
+        }
+        self.stats.record_gap_notices(n as u64);
+        n
+    }
+}

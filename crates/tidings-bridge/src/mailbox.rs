@@ -1,0 +1,231 @@
+//! A socket's bounded outbound queue.
+//!
+//! Fan-out never blocks on a socket and never lets a queue grow without
+//! bound: it offers each item with `try_send`, and when the queue is full
+//! the socket's [`SlowConsumerPolicy`] decides what happens.
+
+use std::{
+    str::FromStr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use bytes::Bytes;
+use tidings_core::Delivery;
+use tokio::sync::{mpsc, Notify};
+
+/// What happens to a socket whose outbound queue is full when a message
+/// arrives for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SlowConsumerPolicy {
+    /// Close the socket with close code 4001 (`slow consumer`). The client
+    /// reconnects and knows it may have missed messages. The default.
+    #[default]
+    Close,
+    /// Drop the message for this socket only, count it, and tell the client
+    /// with a `{"type":"dropped","count":N}` notice once its queue has room.
+    Drop,
+}
+
+impl FromStr for SlowConsumerPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "close" => Ok(Self::Close),
+            "drop" => Ok(Self::Drop),
+            other => Err(format!("unknown slow-consumer policy {other:?} (expected \"close\" or \"drop\")")),
+        }
+    }
+}
+
+/// An item in a socket's outbound queue.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A delivered message; the frame is shared with every other recipient.
+    Deliver(Arc<Delivery>),
+    /// A frame for this socket alone (a notice such as `gap`).
+    Notice(Bytes),
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    dropped: AtomicU64,
+    overflowed: AtomicBool,
+    wake: Notify,
+}
+
+/// The sending side of a socket's outbound queue, held by the hub.
+#[derive(Debug, Clone)]
+pub struct Mailbox {
+    tx: mpsc::Sender<Outbound>,
+    policy: SlowConsumerPolicy,
+    shared: Arc<Shared>,
+}
+
+/// What became of an item offered to a [`Mailbox`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued.
+    Queued,
+    /// The queue was full: dropped for this socket (policy `drop`).
+    Dropped,
+    /// The queue was full: the socket is being closed (policy `close`).
+    Overflowed,
+    /// The socket is gone.
+    Closed,
+}
+
+impl Mailbox {
+    /// Offers `item` without waiting. Never blocks.
+    pub fn offer(&self, item: Outbound) -> Offer {
+        match self.tx.try_send(item) {
+            Ok(()) => Offer::Queued,
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
+            Err(mpsc::error::TrySendError::Full(_)) => match self.policy {
+                SlowConsumerPolicy::Drop => {
+                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.shared.wake.notify_one();
+                    Offer::Dropped
+                }
+                SlowConsumerPolicy::Close => {
+                    if self.shared.overflowed.swap(true, Ordering::Relaxed) {
+                        // Already told; the socket is on its way out.
+                        Offer::Closed
+                    } else {
+                        self.shared.wake.notify_one();
+                        Offer::Overflowed
+                    }
+                }
+            },
+        }
+    }
+
+    /// Whether the receiving side is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// The receiving side of a socket's outbound queue, read by its writer task.
+#[derive(Debug)]
+pub struct MailboxReceiver {
+    rx: mpsc::Receiver<Outbound>,
+    shared: Arc<Shared>,
+}
+
+/// What the writer should do next.
+#[derive(Debug)]
+pub enum Next {
+    /// Write this item.
+    Item(Outbound),
+    /// Messages were dropped (policy `drop`); tell the client how many.
+    Dropped(u64),
+    /// The queue overflowed (policy `close`): close the socket with 4001.
+    Overflowed,
+    /// Every sender is gone.
+    Closed,
+}
+
+impl MailboxReceiver {
+    /// Waits for the next thing to do. Cancel-safe.
+    ///
+    /// Overflow is reported before anything else; a `dropped` count is
+    /// reported as soon as the queue has drained, so the notice lands right
+    /// where the gap is.
+    pub async fn next(&mut self) -> Next {
+        loop {
+            if self.shared.overflowed.load(Ordering::Relaxed) {
+                return Next::Overflowed;
+            }
+            match self.rx.try_recv() {
+                Ok(item) => return Next::Item(item),
+                Err(mpsc::error::TryRecvError::Disconnected) => return Next::Closed,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            let dropped = self.shared.dropped.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                return Next::Dropped(dropped);
+            }
+            tokio::select! {
+                item = self.rx.recv() => return match item {
+                    Some(item) => Next::Item(item),
+                    None => Next::Closed,
+                },
+                () = self.shared.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Takes the next item if one is queued now (for batching writes).
+    pub fn try_next(&mut self) -> Option<Outbound> {
+        if self.shared.overflowed.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.rx.try_recv().ok()
+    }
+
+    /// How many items are queued.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+/// Creates a socket's outbound queue holding at most `capacity` items.
+pub fn mailbox(capacity: usize, policy: SlowConsumerPolicy) -> (Mailbox, MailboxReceiver) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let shared = Arc::new(Shared::default());
+    (
+        Mailbox {
+            tx,
+            policy,
+            shared: shared.clone(),
+        },
+        MailboxReceiver { rx, shared },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice(s: &'static str) -> Outbound {
+        Outbound::Notice(Bytes::from_static(s.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn drop_policy_counts_and_reports_after_the_queue() {
+        let (mb, mut rx) = mailbox(2, SlowConsumerPolicy::Drop);
+        assert_eq!(mb.offer(notice("a")), Offer::Queued);
+        assert_eq!(mb.offer(notice("b")), Offer::Queued);
+        assert_eq!(mb.offer(notice("c")), Offer::Dropped);
+        assert_eq!(mb.offer(notice("d")), Offer::Dropped);
+        assert!(matches!(rx.next().await, Next::Item(Outbound::Notice(b)) if b == "a"));
+        assert!(matches!(rx.next().await, Next::Item(Outbound::Notice(b)) if b == "b"));
+        assert!(matches!(rx.next().await, Next::Dropped(2)));
+        assert_eq!(mb.offer(notice("e")), Offer::Queued);
+        assert!(matches!(rx.next().await, Next::Item(Outbound::Notice(b)) if b == "e"));
+    }
+
+    #[tokio::test]
+    async fn close_policy_reports_overflow_first() {
+        let (mb, mut rx) = mailbox(1, SlowConsumerPolicy::Close);
+        assert_eq!(mb.offer(notice("a")), Offer::Queued);
+        assert_eq!(mb.offer(notice("b")), Offer::Overflowed);
+        assert_eq!(mb.offer(notice("c")), Offer::Closed);
+        assert!(matches!(rx.next().await, Next::Overflowed));
+    }
+
+    #[tokio::test]
+    async fn closed_when_senders_gone() {
+        let (mb, mut rx) = mailbox(1, SlowConsumerPolicy::Close);
+        drop(mb);
+        assert!(matches!(rx.next().await, Next::Closed));
+    }
+}

@@ -1,0 +1,76 @@
+//! Published messages and the shared deliveries fan-out hands out.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::{protocol, ChannelName, ChannelPattern};
+
+/// A message published on a channel: the channel and the payload exactly as
+/// the publisher sent it (any bytes; JSON, text or binary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The channel it was published on.
+    pub channel: ChannelName,
+    /// The payload bytes, untouched.
+    pub payload: Bytes,
+}
+
+impl Message {
+    /// A message on `channel` carrying `payload`.
+    pub fn new(channel: ChannelName, payload: impl Into<Bytes>) -> Self {
+        Self {
+            channel,
+            payload: payload.into(),
+        }
+    }
+}
+
+/// One message made ready for every local recipient at once.
+///
+/// Fan-out builds a `Delivery` once per message and hands each recipient an
+/// [`Arc`] of it: the protocol v1 frame is encoded a single time and every
+/// socket writes the same bytes. Nothing here is per-recipient.
+#[derive(Debug)]
+pub struct Delivery {
+    channel: ChannelName,
+    pattern: Option<ChannelPattern>,
+    frame: Bytes,
+}
+
+impl Delivery {
+    /// Encodes `message` once, as received through an exact subscription.
+    pub fn new(message: &Message) -> Arc<Self> {
+        Self::build(message, None)
+    }
+
+    /// Encodes `message` once, as received through the pattern subscription
+    /// `pattern`.
+    pub fn for_pattern(message: &Message, pattern: &ChannelPattern) -> Arc<Self> {
+        Self::build(message, Some(pattern.clone()))
+    }
+
+    fn build(message: &Message, pattern: Option<ChannelPattern>) -> Arc<Self> {
+        let frame = protocol::encode_message(&message.channel, pattern.as_ref(), &message.payload);
+        Arc::new(Self {
+            channel: message.channel.clone(),
+            pattern,
+            frame,
+        })
+    }
+
+    /// The channel the message was published on.
+    pub fn channel(&self) -> &ChannelName {
+        &self.channel
+    }
+
+    /// The pattern subscription it came through, if any.
+    pub fn pattern(&self) -> Option<&ChannelPattern> {
+        self.pattern.as_ref()
+    }
+
+    /// The protocol v1 text frame payload (`{"type":"message",...}`), shared.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+}

@@ -1,0 +1,426 @@
+//! Protocol v1: the JSON text frames exchanged with clients.
+//!
+//! The contract is written down in `docs/protocol.md`; this module is its
+//! single implementation. Server frames are built here and nowhere else, and
+//! client frames are parsed here, so the document and the code cannot drift
+//! apart without a test here failing.
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::{ChannelName, ChannelPattern};
+
+/// The protocol version this module speaks.
+pub const VERSION: u32 = 1;
+
+/// WebSocket close codes the gateway sends, as documented in `docs/protocol.md`.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol (bad opcode, bad fragmentation,
+    /// unmasked frame, reserved bits).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message was not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// The client violated a policy (for example a rate limit).
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A message (all of its fragments together) exceeded the size limit.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The server hit an unexpected condition.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The server is restarting: reconnect (to another instance) shortly.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// The client did not answer the server's ping within the pong timeout.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4000;
+    /// The client did not read its messages fast enough and its outbound
+    /// queue overflowed (slow-consumer policy `close`).
+    pub const SLOW_CONSUMER: u16 = 4001;
+}
+
+/// The `code` of an error frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame was not valid JSON.
+    BadJson,
+    /// The frame was JSON but not a valid request (missing or mistyped field).
+    BadRequest,
+    /// The `type` is not one this protocol version knows.
+    UnknownType,
+    /// Binary frames carry nothing in protocol v1.
+    BinaryUnsupported,
+    /// The channel name is not valid.
+    InvalidChannel,
+    /// The socket's identity may not do this on this channel.
+    Forbidden,
+    /// The socket already holds the most subscriptions it may.
+    TooManySubscriptions,
+    /// The client sends requests faster than it may.
+    RateLimited,
+    /// The broker (Redis) cannot take the request right now; retry later.
+    BrokerUnavailable,
+    /// Something unexpected failed on the server.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadJson => "bad_json",
+            Self::BadRequest => "bad_request",
+            Self::UnknownType => "unknown_type",
+            Self::BinaryUnsupported => "binary_unsupported",
+            Self::InvalidChannel => "invalid_channel",
+            Self::Forbidden => "forbidden",
+            Self::TooManySubscriptions => "too_many_subscriptions",
+            Self::RateLimited => "rate_limited",
+            Self::BrokerUnavailable => "broker_unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// A request a client sent, parsed from one text message.
+#[derive(Debug)]
+pub enum Request {
+    /// `{"type":"subscribe","channel":C}`.
+    Subscribe {
+        /// The channel asked for (not yet validated).
+        channel: String,
+    },
+    /// `{"type":"unsubscribe","channel":C}`.
+    Unsubscribe {
+        /// The channel to leave (not yet validated).
+        channel: String,
+    },
+    /// `{"type":"publish","channel":C,"data":D}`.
+    Publish {
+        /// The channel to publish on (not yet validated).
+        channel: String,
+        /// The `data` value, as the exact JSON text the client sent.
+        data: Box<RawValue>,
+    },
+    /// `{"type":"ping"}`: an application-level ping, answered by `pong`.
+    Ping,
+}
+
+/// A parsed client frame: the request and the optional `id` to echo back.
+#[derive(Debug)]
+pub struct ClientFrame {
+    /// The client's `id`, echoed verbatim on the reply.
+    pub id: Option<Box<RawValue>>,
+    /// What the client asked for.
+    pub request: Request,
+}
+
+/// Why a client frame could not be parsed, with the `id` when one was readable.
+#[derive(Debug)]
+pub struct ParseError {
+    /// The error code to answer with.
+    pub code: ErrorCode,
+    /// A human-readable explanation (never echoes client data).
+    pub message: String,
+    /// The client's `id`, when the frame was JSON enough to carry one.
+    pub id: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    id: Option<Box<RawValue>>,
+    #[serde(default)]
+    channel: Option<serde_json::Value>,
+    data: Option<Box<RawValue>>,
+}
+
+impl ClientFrame {
+    /// Parses one client text message.
+    ///
+    /// ```
+    /// use tidings_core::protocol::{ClientFrame, Request};
+    /// let f = ClientFrame::parse(br#"{"type":"subscribe","channel":"/a","id":7}"#).unwrap();
+    /// assert!(matches!(f.request, Request::Subscribe { ref channel } if channel == "/a"));
+    /// assert_eq!(f.id.unwrap().get(), "7");
+    /// ```
+    pub fn parse(text: &[u8]) -> Result<Self, ParseError> {
+        let env: Envelope<'_> = serde_json::from_slice(text).map_err(|e| ParseError {
+            code: if e.is_data() {
+                ErrorCode::BadRequest
+            } else {
+                ErrorCode::BadJson
+            },
+            message: if e.is_data() {
+                "frame must be a JSON object with a string \"type\"".to_owned()
+            } else {
+                format!("frame is not valid JSON (line {}, column {})", e.line(), e.column())
+            },
+            id: None,
+        })?;
+        let id = env.id;
+        let fail = |code, message: &str, id| ParseError {
+            code,
+            message: message.to_owned(),
+            id,
+        };
+        let channel = |c: Option<serde_json::Value>| match c {
+            Some(serde_json::Value::String(s)) => Ok(s),
+            _ => Err("\"channel\" must be a string"),
+        };
+        let request = match env.kind.as_deref() {
+            Some("subscribe") => match channel(env.channel) {
+                Ok(channel) => Request::Subscribe { channel },
+                Err(m) => return Err(fail(ErrorCode::BadRequest, m, id)),
+            },
+            Some("unsubscribe") => match channel(env.channel) {
+                Ok(channel) => Request::Unsubscribe { channel },
+                Err(m) => return Err(fail(ErrorCode::BadRequest, m, id)),
+            },
+            Some("publish") => match (channel(env.channel), env.data) {
+                (Ok(channel), Some(data)) => Request::Publish { channel, data },
+                (Err(m), _) => return Err(fail(ErrorCode::BadRequest, m, id)),
+                (_, None) => {
+                    return Err(fail(ErrorCode::BadRequest, "\"data\" is required", id));
+                }
+            },
+            Some("ping") => Request::Ping,
+            Some(_) => {
+                return Err(fail(
+                    ErrorCode::UnknownType,
+                    "unknown \"type\" (expected subscribe, unsubscribe, publish or ping)",
+                    id,
+                ))
+            }
+            None => return Err(fail(ErrorCode::BadRequest, "\"type\" is required", id)),
+        };
+        Ok(ClientFrame { id, request })
+    }
+}
+
+/// Appends `s` to `out` as a JSON string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    // serde_json's escaping of a &str cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+}
+
+fn push_id(out: &mut String, id: Option<&RawValue>) {
+    if let Some(id) = id {
+        out.push_str(",\"id\":");
+        out.push_str(id.get());
+    }
+}
+
+/// Encodes a delivered message: `{"type":"message","channel":C,"data":D}`.
+///
+/// `D` is the payload itself when it is valid JSON, otherwise the payload as a
+/// JSON string. A payload that is not valid UTF-8 is sent base64-encoded with
+/// `"encoding":"base64"`. Messages that came through a pattern subscription
+/// also carry `"pattern"`.
+///
+/// ```
+/// use tidings_core::{protocol::encode_message, ChannelName};
+/// let c = ChannelName::new("/news").unwrap();
+/// assert_eq!(&encode_message(&c, None, b"{\"a\":1}")[..], br#"{"type":"message","channel":"/news","data":{"a":1}}"#);
+/// assert_eq!(&encode_message(&c, None, b"Hey")[..], br#"{"type":"message","channel":"/news","data":"Hey"}"#);
+/// ```
+pub fn encode_message(channel: &ChannelName, pattern: Option<&ChannelPattern>, payload: &[u8]) -> Bytes {
+    let mut out = String::with_capacity(payload.len() + channel.as_str().len() + 48);
+    out.push_str("{\"type\":\"message\",\"channel\":");
+    push_json_str(&mut out, channel.as_str());
+    if let Some(p) = pattern {
+        out.push_str(",\"pattern\":");
+        push_json_str(&mut out, p.as_str());
+    }
+    out.push_str(",\"data\":");
+    match std::str::from_utf8(payload) {
+        Ok(text) => match serde_json::from_str::<&RawValue>(text) {
+            Ok(raw) => out.push_str(raw.get()),
+            Err(_) => push_json_str(&mut out, text),
+        },
+        Err(_) => {
+            out.push('"');
+            base64_into(&mut out, payload);
+            out.push_str("\",\"encoding\":\"base64\"");
+        }
+    }
+    out.push('}');
+    Bytes::from(out)
+}
+
+fn base64_into(out: &mut String, data: &[u8]) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+}
+
+/// Encodes the `welcome` frame sent once on connect.
+pub fn encode_welcome(connection: &str, user: Option<&str>, channels: &[ChannelName], patterns: &[ChannelPattern]) -> Bytes {
+    #[derive(Serialize)]
+    struct Welcome<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        protocol: u32,
+        connection: &'a str,
+        user: Option<&'a str>,
+        channels: &'a [ChannelName],
+        patterns: &'a [ChannelPattern],
+    }
+    let w = Welcome {
+        kind: "welcome",
+        protocol: VERSION,
+        connection,
+        user,
+        channels,
+        patterns,
+    };
+    Bytes::from(serde_json::to_vec(&w).unwrap_or_default())
+}
+
+/// Encodes a reply naming a channel: `subscribed`, `unsubscribed` or `published`.
+pub fn encode_ack(kind: &str, channel: &str, id: Option<&RawValue>) -> Bytes {
+    let mut out = String::with_capacity(48 + channel.len());
+    let _ = write!(out, "{{\"type\":\"{kind}\",\"channel\":");
+    push_json_str(&mut out, channel);
+    push_id(&mut out, id);
+    out.push('}');
+    Bytes::from(out)
+}
+
+/// Encodes the `pong` reply to an application-level `ping`.
+pub fn encode_pong(id: Option<&RawValue>) -> Bytes {
+    let mut out = String::from("{\"type\":\"pong\"");
+    push_id(&mut out, id);
+    out.push('}');
+    Bytes::from(out)
+}
+
+/// Encodes an error frame: `{"type":"error","code":..,"message":..}`.
+pub fn encode_error(code: ErrorCode, message: &str, id: Option<&RawValue>) -> Bytes {
+    let mut out = String::with_capacity(64 + message.len());
+    let _ = write!(out, "{{\"type\":\"error\",\"code\":\"{}\",\"message\":", code.as_str());
+    push_json_str(&mut out, message);
+    push_id(&mut out, id);
+    out.push('}');
+    Bytes::from(out)
+}
+
+/// Encodes a `gap` notice: messages on these channels may have been missed
+/// (for example while the broker connection was down).
+pub fn encode_gap(channels: &[ChannelName], patterns: &[ChannelPattern], reason: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct Gap<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channels: &'a [ChannelName],
+        patterns: &'a [ChannelPattern],
+        reason: &'a str,
+    }
+    Bytes::from(
+        serde_json::to_vec(&Gap {
+            kind: "gap",
+            channels,
+            patterns,
+            reason,
+        })
+        .unwrap_or_default(),
+    )
+}
+
+/// Encodes a `dropped` notice: this many messages were not delivered to this
+/// socket because its outbound queue was full (slow-consumer policy `drop`).
+pub fn encode_dropped(count: u64) -> Bytes {
+    Bytes::from(format!("{{\"type\":\"dropped\",\"count\":{count}}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn v(b: &Bytes) -> Value {
+        serde_json::from_slice(b).expect("server frames are JSON")
+    }
+
+    #[test]
+    fn message_payloads() {
+        let c = ChannelName::new("/c\"q").unwrap();
+        assert_eq!(v(&encode_message(&c, None, b" [1, 2] ")), json!({"type":"message","channel":"/c\"q","data":[1,2]}));
+        assert_eq!(v(&encode_message(&c, None, b"42")), json!({"type":"message","channel":"/c\"q","data":42}));
+        assert_eq!(v(&encode_message(&c, None, b"not json {")), json!({"type":"message","channel":"/c\"q","data":"not json {"}));
+        assert_eq!(v(&encode_message(&c, None, b"")), json!({"type":"message","channel":"/c\"q","data":""}));
+        assert_eq!(
+            v(&encode_message(&c, None, &[0xff, 0x00, 0x61])),
+            json!({"type":"message","channel":"/c\"q","data":"/wBh","encoding":"base64"})
+        );
+        let p = ChannelPattern::new("/c*").unwrap();
+        assert_eq!(v(&encode_message(&c, Some(&p), b"1"))["pattern"], json!("/c*"));
+    }
+
+    #[test]
+    fn base64_padding() {
+        let enc = |d: &[u8]| {
+            let mut s = String::new();
+            base64_into(&mut s, d);
+            s
+        };
+        assert_eq!(enc(b""), "");
+        assert_eq!(enc(b"f"), "Zg==");
+        assert_eq!(enc(b"fo"), "Zm8=");
+        assert_eq!(enc(b"foo"), "Zm9v");
+        assert_eq!(enc(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn parse_requests_and_errors() {
+        let f = ClientFrame::parse(br#"{"type":"publish","channel":"/a","data":{"x":[1]},"id":"r1"}"#).unwrap();
+        match f.request {
+            Request::Publish { channel, data } => {
+                assert_eq!(channel, "/a");
+                assert_eq!(data.get(), r#"{"x":[1]}"#);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(f.id.unwrap().get(), "\"r1\"");
+
+        let e = ClientFrame::parse(b"{nope").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadJson);
+        let e = ClientFrame::parse(b"[1]").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = ClientFrame::parse(br#"{"type":"dance","id":3}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownType);
+        assert_eq!(e.id.unwrap().get(), "3");
+        let e = ClientFrame::parse(br#"{"type":"subscribe","channel":5}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = ClientFrame::parse(br#"{"type":"publish","channel":"/a"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn replies_are_json() {
+        let id = RawValue::from_string("{\"k\":1}".into()).unwrap();
+        assert_eq!(v(&encode_ack("subscribed", "/a", Some(&id))), json!({"type":"subscribed","channel":"/a","id":{"k":1}}));
+        assert_eq!(
+            v(&encode_error(ErrorCode::Forbidden, "no \"way\"", None)),
+            json!({"type":"error","code":"forbidden","message":"no \"way\""})
+        );
+        assert_eq!(v(&encode_pong(None)), json!({"type":"pong"}));
+        assert_eq!(v(&encode_dropped(3)), json!({"type":"dropped","count":3}));
+        let w = v(&encode_welcome("c1", Some("42"), &[ChannelName::new("/b").unwrap()], &[]));
+        assert_eq!(w, json!({"type":"welcome","protocol":1,"connection":"c1","user":"42","channels":["/b"],"patterns":[]}));
+    }
+}
