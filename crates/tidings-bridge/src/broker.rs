@@ -2,6 +2,8 @@
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
+pub use tidings_core::Topic;
+
 use bytes::Bytes;
 use tidings_core::{ChannelName, ChannelPattern, Message};
 use tokio::sync::mpsc;
@@ -10,25 +12,6 @@ use crate::{bridge::Control, hub::Hub};
 
 /// A boxed, sendable future, as trait objects return them.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// What a subscription is for: one exact channel, or every channel matching
-/// a pattern (Redis `PSUBSCRIBE` semantics).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Topic {
-    /// An exact channel.
-    Channel(ChannelName),
-    /// A glob pattern.
-    Pattern(ChannelPattern),
-}
-
-impl fmt::Display for Topic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Topic::Channel(c) => c.fmt(f),
-            Topic::Pattern(p) => p.fmt(f),
-        }
-    }
-}
 
 /// Why the broker could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -185,6 +185,25 @@ impl Serialize for ChannelPattern {
     }
 }
 
+/// What a subscription is for: one exact channel, or every channel matching
+/// a pattern (Redis `PSUBSCRIBE` semantics).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    /// An exact channel.
+    Channel(ChannelName),
+    /// A glob pattern.
+    Pattern(ChannelPattern),
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Topic::Channel(c) => c.fmt(f),
+            Topic::Pattern(p) => p.fmt(f),
+        }
+    }
+}
+
 /// Byte-wise glob matching with Redis' `stringmatchlen` semantics.
 ///
 /// Iterative with single-star backtracking, so the cost is bounded by

@@ -21,6 +21,6 @@ pub mod identity;
 pub mod message;
 pub mod protocol;
 
-pub use channel::{ChannelError, ChannelName, ChannelPattern};
+pub use channel::{ChannelError, ChannelName, ChannelPattern, Topic};
 pub use identity::Identity;
 pub use message::{Delivery, Message};

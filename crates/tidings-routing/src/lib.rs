@@ -1,1 +1,54 @@
-//! x
+//! Channel authorization for the Tidings gateway: which channels an identity
+//! joins on connect, may subscribe to, and may publish on.
+//!
+//! Pure logic, no I/O: build a [`Router`] from [`Rule`]s (usually read from
+//! TOML) and ask it about an [`Identity`]. Another Rust service can use it
+//! alone.
+//!
+//! # Rules
+//!
+//! Each rule is a channel *template* and what it allows:
+//!
+//! ```toml
+//! [[rules]]
+//! channel = "/app/user/{user}/notifications"
+//! join = true        # joined automatically on connect
+//! subscribe = true   # may be subscribed to on request
+//! publish = false    # clients may not publish here
+//! anonymous = false  # needs a logged-in user
+//! ```
+//!
+//! Placeholders are filled from the identity: `{user}`, `{session}`,
+//! `{group}` (one channel per group) and `{attr.NAME}`. A template whose
+//! literal text contains glob characters (`*`, `?`, `[...]`) is a *pattern
+//! rule*: joined on connect it becomes a pattern subscription; on request it
+//! allows any exact channel the pattern matches.
+//!
+//! # Safety of identity values
+//!
+//! An identity value can never change what a template means: a value that is
+//! empty, longer than [`MAX_VALUE_LEN`] bytes, `.` or `..`, or contains `/`,
+//! a glob character (`* ? [ ] \`), `{`, `}` or a control character makes
+//! every rule using it not apply to that identity (the rule grants nothing).
+//! A user id `42/../7` therefore gets no user channel at all, rather than
+//! somebody else's.
+//!
+//! # Example
+//!
+//! ```
+//! use tidings_core::Identity;
+//! use tidings_routing::{Router, Rule};
+//!
+//! let router = Router::new(Rule::defaults()).unwrap();
+//! let alice = Identity::user("42");
+//! let plan = router.on_connect(&alice);
+//! assert_eq!(plan.channels.len(), 2); // broadcast + her notifications
+//! assert!(router.may_subscribe(&alice, "/app/user/42/notifications").is_ok());
+//! assert!(router.may_subscribe(&alice, "/app/user/7/notifications").is_err());
+//! ```
+
+mod rule;
+mod template;
+
+pub use rule::{Access, Denied, Plan, Router, Rule, RuleError};
+pub use template::MAX_VALUE_LEN;

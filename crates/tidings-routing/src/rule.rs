@@ -1,0 +1,339 @@
+//! Rules and the router that evaluates them.
+
+use serde::{Deserialize, Serialize};
+use tidings_core::{ChannelError, ChannelName, ChannelPattern, Identity, Topic};
+
+use crate::template::{self, Template};
+
+/// One routing rule, as written in configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// The channel template, for example `/app/user/{user}/notifications`.
+    pub channel: String,
+    /// Joined automatically on connect.
+    #[serde(default)]
+    pub join: bool,
+    /// May be subscribed to on request.
+    #[serde(default)]
+    pub subscribe: bool,
+    /// Clients may publish on it.
+    #[serde(default)]
+    pub publish: bool,
+    /// Applies to anonymous visitors too (otherwise only to logged-in users).
+    #[serde(default)]
+    pub anonymous: bool,
+}
+
+impl Rule {
+    /// The default rules, seed 001's layout: everyone joins `/app/broadcast`;
+    /// a logged-in user joins `/app/user/{user}/notifications`. Clients
+    /// publish nowhere.
+    pub fn defaults() -> Vec<Rule> {
+        vec![
+            Rule {
+                channel: "/app/broadcast".into(),
+                join: true,
+                subscribe: true,
+                publish: false,
+                anonymous: true,
+            },
+            Rule {
+                channel: "/app/user/{user}/notifications".into(),
+                join: true,
+                subscribe: true,
+                publish: false,
+                anonymous: false,
+            },
+        ]
+    }
+}
+
+/// A rule that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("routing rule {index} ({channel:?}): {reason}")]
+pub struct RuleError {
+    /// The rule's position in the list, from 0.
+    pub index: usize,
+    /// The rule's template.
+    pub channel: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// What a client asks to do on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Subscribe to it.
+    Subscribe,
+    /// Publish on it.
+    Publish,
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// The channel name is not valid.
+    #[error("invalid channel name: {0}")]
+    InvalidChannel(#[from] ChannelError),
+    /// No rule grants this identity this access to this channel.
+    #[error("no rule allows this")]
+    NotAllowed,
+}
+
+/// What a socket joins on connect.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Exact channels, in rule order, without duplicates.
+    pub channels: Vec<ChannelName>,
+    /// Pattern subscriptions, in rule order, without duplicates.
+    pub patterns: Vec<ChannelPattern>,
+}
+
+impl Plan {
+    /// Every topic of the plan.
+    pub fn topics(&self) -> impl Iterator<Item = Topic> + '_ {
+        self.channels
+            .iter()
+            .cloned()
+            .map(Topic::Channel)
+            .chain(self.patterns.iter().cloned().map(Topic::Pattern))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Compiled {
+    rule: Rule,
+    template: Template,
+}
+
+impl Compiled {
+    fn applies_to(&self, identity: &Identity) -> bool {
+        self.rule.anonymous || !identity.is_anonymous()
+    }
+}
+
+/// Evaluates rules for identities. Immutable and cheap to share.
+#[derive(Debug, Clone)]
+pub struct Router {
+    rules: Vec<Compiled>,
+}
+
+impl Router {
+    /// Compiles `rules`, refusing any that cannot work.
+    pub fn new(rules: Vec<Rule>) -> Result<Self, RuleError> {
+        let rules = rules
+            .into_iter()
+            .enumerate()
+            .map(|(index, rule)| {
+                let err = |reason: String| RuleError {
+                    index,
+                    channel: rule.channel.clone(),
+                    reason,
+                };
+                let template = template::parse(&rule.channel).map_err(err)?;
+                if !(rule.join || rule.subscribe || rule.publish) {
+                    return Err(err("grants nothing: set at least one of join, subscribe, publish".into()));
+                }
+                if template.is_pattern && rule.publish {
+                    return Err(err(
+                        "publish on a pattern rule would let clients publish on any matching channel; list channels instead".into(),
+                    ));
+                }
+                // Check the literal text alone is a valid name or pattern.
+                let sample = rule.channel.replace(['{', '}'], "");
+                if template.is_pattern {
+                    ChannelPattern::new(&sample).map_err(|e| err(e.to_string()))?;
+                } else {
+                    ChannelName::new(&sample).map_err(|e| err(e.to_string()))?;
+                }
+                Ok(Compiled { rule, template })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { rules })
+    }
+
+    /// The rules, as given.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().map(|c| &c.rule)
+    }
+
+    /// What `identity` joins on connect: every `join` rule that applies, plus
+    /// the channels the backend granted in the identity itself.
+    pub fn on_connect(&self, identity: &Identity) -> Plan {
+        let mut plan = Plan::default();
+        for c in self.rules.iter().filter(|c| c.rule.join && c.applies_to(identity)) {
+            for s in c.template.expand(identity) {
+                if c.template.is_pattern {
+                    if let Ok(p) = ChannelPattern::new(&s) {
+                        if !plan.patterns.contains(&p) {
+                            plan.patterns.push(p);
+                        }
+                    }
+                } else if let Ok(ch) = ChannelName::new(&s) {
+                    if !plan.channels.contains(&ch) {
+                        plan.channels.push(ch);
+                    }
+                }
+            }
+        }
+        for granted in &identity.channels {
+            if let Ok(ch) = ChannelName::new(granted) {
+                if !plan.channels.contains(&ch) {
+                    plan.channels.push(ch);
+                }
+            }
+        }
+        plan
+    }
+
+    /// Whether `identity` may subscribe to the exact channel `channel`.
+    pub fn may_subscribe(&self, identity: &Identity, channel: &str) -> Result<ChannelName, Denied> {
+        self.check(identity, channel, Access::Subscribe)
+    }
+
+    /// Whether `identity` may publish on the exact channel `channel`.
+    pub fn may_publish(&self, identity: &Identity, channel: &str) -> Result<ChannelName, Denied> {
+        self.check(identity, channel, Access::Publish)
+    }
+
+    /// Whether `identity` has `access` to the exact channel `channel`.
+    /// Returns the validated channel name when it does.
+    pub fn check(&self, identity: &Identity, channel: &str, access: Access) -> Result<ChannelName, Denied> {
+        let name = ChannelName::new(channel)?;
+        if access == Access::Subscribe && identity.channels.iter().any(|g| g == channel) {
+            return Ok(name);
+        }
+        let granted = self
+            .rules
+            .iter()
+            .filter(|c| c.applies_to(identity))
+            .filter(|c| match access {
+                Access::Subscribe => c.rule.subscribe,
+                Access::Publish => c.rule.publish,
+            })
+            .any(|c| {
+                c.template.expand(identity).iter().any(|s| {
+                    if c.template.is_pattern {
+                        ChannelPattern::new(s).is_ok_and(|p| p.matches(channel))
+                    } else {
+                        s == channel
+                    }
+                })
+            });
+        if granted {
+            Ok(name)
+        } else {
+            Err(Denied::NotAllowed)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(toml_text: &str) -> Router {
+        #[derive(Deserialize)]
+        struct File {
+            rules: Vec<Rule>,
+        }
+        let f: File = toml::from_str(toml_text).unwrap();
+        Router::new(f.rules).unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_seed_001() {
+        let r = Router::new(Rule::defaults()).unwrap();
+        let anon = Identity::anonymous();
+        assert_eq!(r.on_connect(&anon).channels, vec![ChannelName::new("/app/broadcast").unwrap()]);
+        assert!(r.may_subscribe(&anon, "/app/broadcast").is_ok());
+        assert_eq!(r.may_subscribe(&anon, "/app/user/1/notifications"), Err(Denied::NotAllowed));
+        assert_eq!(r.may_publish(&anon, "/app/broadcast"), Err(Denied::NotAllowed));
+        let u = Identity::user("7");
+        assert_eq!(
+            r.on_connect(&u).channels,
+            vec![
+                ChannelName::new("/app/broadcast").unwrap(),
+                ChannelName::new("/app/user/7/notifications").unwrap()
+            ]
+        );
+        assert_eq!(r.may_subscribe(&u, "/app/user/8/notifications"), Err(Denied::NotAllowed));
+    }
+
+    #[test]
+    fn groups_sessions_patterns_and_grants() {
+        let r = rules(
+            r#"
+            [[rules]]
+            channel = "/app/group/{group}"
+            join = true
+            [[rules]]
+            channel = "/app/session/{session}"
+            join = true
+            [[rules]]
+            channel = "/app/room/*"
+            subscribe = true
+            [[rules]]
+            channel = "/app/room/lobby"
+            publish = true
+            [[rules]]
+            channel = "socketio_*"
+            join = true
+            anonymous = true
+            "#,
+        );
+        let mut id = Identity::user("1");
+        id.groups = vec!["staff".into(), "ops".into()];
+        id.session = Some("s1".into());
+        id.channels = vec!["/app/report/9".into()];
+        let plan = r.on_connect(&id);
+        let names: Vec<&str> = plan.channels.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names, ["/app/group/staff", "/app/group/ops", "/app/session/s1", "/app/report/9"]);
+        assert_eq!(plan.patterns, vec![ChannelPattern::new("socketio_*").unwrap()]);
+        assert!(r.may_subscribe(&id, "/app/room/42").is_ok());
+        assert!(r.may_subscribe(&id, "/app/report/9").is_ok());
+        assert!(r.may_subscribe(&Identity::user("2"), "/app/report/9").is_err());
+        assert!(r.may_publish(&id, "/app/room/lobby").is_ok());
+        assert!(r.may_publish(&id, "/app/room/42").is_err());
+        assert!(matches!(r.may_subscribe(&id, "/app/room/*"), Err(Denied::InvalidChannel(_))));
+        let anon = Identity::anonymous();
+        assert!(r.may_subscribe(&anon, "/app/room/1").is_err());
+        assert_eq!(r.on_connect(&anon).channels, vec![]);
+    }
+
+    #[test]
+    fn bad_rules_are_refused() {
+        let bad = |channel: &str, publish: bool| {
+            Router::new(vec![Rule {
+                channel: channel.into(),
+                join: true,
+                subscribe: false,
+                publish,
+                anonymous: false,
+            }])
+            .unwrap_err()
+        };
+        assert!(bad("/a/{who}", false).reason.contains("unknown placeholder"));
+        assert!(bad("/a/*", true).reason.contains("pattern"));
+        assert!(bad("/a/\u{1}", false).reason.contains("control"));
+        let none = Router::new(vec![Rule {
+            channel: "/a".into(),
+            join: false,
+            subscribe: false,
+            publish: false,
+            anonymous: true,
+        }]);
+        assert!(none.unwrap_err().reason.contains("grants nothing"));
+    }
+
+    #[test]
+    fn hostile_user_ids_get_nothing() {
+        let r = Router::new(Rule::defaults()).unwrap();
+        for evil in ["7/../8", "*", "?", "[", "", "a\nb", "..", &"9".repeat(500)] {
+            let id = Identity::user(evil);
+            assert_eq!(r.on_connect(&id).channels, vec![ChannelName::new("/app/broadcast").unwrap()], "{evil:?}");
+            assert!(r.may_subscribe(&id, "/app/user/8/notifications").is_err());
+        }
+    }
+}
