@@ -1,0 +1,314 @@
+//! The listener: HTTP/1.1 connections, WebSocket upgrades, shutdown.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, pin::pin, sync::Arc};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tidings_bridge::Bridge;
+use tidings_identity::{Anonymous, IdentityResolver, Rejection, Resolution, UpgradeRequest};
+use tidings_routing::Router;
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{config::TransportConfig, session, stats::TransportStats, BoxFuture};
+
+/// The response type of every endpoint.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// Serves the plain HTTP requests that are not WebSocket upgrades
+/// (`/api/publish`, `/healthz`, ...). Implemented for async closures
+/// `Fn(Request<Incoming>, SocketAddr) -> impl Future<Output = HttpResponse>`.
+pub trait HttpHandler: Clone + Send + Sync + 'static {
+    /// Answers one request from `peer`.
+    fn call(&self, req: Request<Incoming>, peer: SocketAddr) -> BoxFuture<'static, HttpResponse>;
+}
+
+impl<F, Fut> HttpHandler for F
+where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = HttpResponse> + Send + 'static,
+{
+    fn call(&self, req: Request<Incoming>, peer: SocketAddr) -> BoxFuture<'static, HttpResponse> {
+        Box::pin(self(req, peer))
+    }
+}
+
+/// A plain-text response with `status`.
+pub fn text_response(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+    let mut res = Response::new(Full::new(body.into()));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    res
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: TransportConfig,
+    pub(crate) resolver: Arc<dyn IdentityResolver>,
+    pub(crate) router: Arc<Router>,
+    pub(crate) bridge: Bridge,
+    pub(crate) stats: Arc<TransportStats>,
+    /// Cancelled when the gateway shuts down: every session closes with 1001.
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) sessions: TaskTracker,
+}
+
+/// The WebSocket side of the gateway: upgrades requests on its path into
+/// sessions that speak protocol v1. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("config", &self.inner.config)
+            .field("bridge", &self.inner.bridge)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Gateway`].
+pub struct GatewayBuilder {
+    config: TransportConfig,
+    resolver: Arc<dyn IdentityResolver>,
+    router: Router,
+    bridge: Bridge,
+}
+
+impl GatewayBuilder {
+    /// Sets the transport tunables.
+    pub fn config(mut self, config: TransportConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets who decides the sockets' identities (default: [`Anonymous`]).
+    pub fn resolver(mut self, resolver: Arc<dyn IdentityResolver>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// Sets the routing rules (default: [`tidings_routing::Rule::defaults`]).
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// Builds the gateway.
+    pub fn build(self) -> Gateway {
+        Gateway {
+            inner: Arc::new(Inner {
+                config: self.config,
+                resolver: self.resolver,
+                router: Arc::new(self.router),
+                bridge: self.bridge,
+                stats: Arc::new(TransportStats::default()),
+                shutdown: CancellationToken::new(),
+                sessions: TaskTracker::new(),
+            }),
+        }
+    }
+}
+
+impl Gateway {
+    /// A builder over `bridge`, with default config, the [`Anonymous`]
+    /// resolver and the default routing rules.
+    pub fn builder(bridge: Bridge) -> GatewayBuilder {
+        GatewayBuilder {
+            config: TransportConfig::default(),
+            resolver: Arc::new(Anonymous),
+            #[allow(clippy::expect_used)]
+            router: Router::new(tidings_routing::Rule::defaults()).expect("default rules are valid"),
+            bridge,
+        }
+    }
+
+    /// The transport's counters.
+    pub fn stats(&self) -> &TransportStats {
+        &self.inner.stats
+    }
+
+    /// The bridge sessions subscribe through.
+    pub fn bridge(&self) -> &Bridge {
+        &self.inner.bridge
+    }
+
+    /// The transport tunables.
+    pub fn config(&self) -> &TransportConfig {
+        &self.inner.config
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// Begins shutdown: new upgrades are refused and every socket is closed
+    /// with 1001.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Waits until every session has ended (after [`Gateway::shutdown`]).
+    pub async fn wait_sessions(&self) {
+        self.inner.sessions.close();
+        self.inner.sessions.wait().await;
+    }
+
+    /// Whether `origin` may open a socket, given the request's `Host`.
+    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let allowed = &self.inner.config.allowed_origins;
+        if allowed.iter().any(|a| a == "*") {
+            return true;
+        }
+        if !allowed.is_empty() {
+            return allowed.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin));
+        }
+        // Same origin only: the Origin's authority must be the Host.
+        let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
+        host.is_some_and(|h| h.eq_ignore_ascii_case(authority))
+    }
+
+    /// Answers a request on the WebSocket path: refuses it with a clear
+    /// status, or switches protocols and starts a session.
+    pub async fn upgrade(&self, mut req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+        let refuse = |status, why: &str| {
+            self.inner.stats.rejected();
+            tracing::debug!(%peer, status = %status, reason = why, "upgrade refused");
+            text_response(status, format!("{why}\n"))
+        };
+        if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+            let mut res = refuse(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket only");
+            res.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            return res;
+        }
+        if self.is_shutting_down() {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+        }
+        if let Some(origin) = req.headers().get(header::ORIGIN) {
+            let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+            if !origin.to_str().is_ok_and(|o| self.origin_allowed(o, host)) {
+                return refuse(StatusCode::FORBIDDEN, "origin not allowed");
+            }
+        }
+        let parts = UpgradeRequest {
+            headers: req.headers().clone(),
+            uri: req.uri().clone(),
+            peer,
+        };
+        let identity = match self.inner.resolver.resolve(&parts).await {
+            Resolution::Identified(identity) => identity,
+            Resolution::Unrecognized => return refuse(StatusCode::UNAUTHORIZED, "no credentials"),
+            Resolution::Rejected(Rejection {
+                status,
+                reason,
+                retry_after,
+            }) => {
+                let mut res = refuse(status, &reason);
+                if let Some(after) = retry_after {
+                    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+                }
+                return res;
+            }
+        };
+        let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+            Ok(pair) => pair,
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("bad WebSocket handshake: {e}")),
+        };
+        let inner = self.inner.clone();
+        self.inner.sessions.spawn(async move {
+            match fut.await {
+                Ok(ws) => session::run(ws, inner, identity, peer).await,
+                Err(e) => tracing::debug!(%peer, error = %e, "upgrade did not complete"),
+            }
+        });
+        let (parts, _) = response.into_parts();
+        Response::from_parts(parts, Full::new(Bytes::new()))
+    }
+}
+
+/// Serves HTTP/1.1 on `listener` until `signal` resolves: upgrades on the
+/// WebSocket path go to `gateway`, everything else to `http`.
+///
+/// On `signal` it stops accepting, closes every socket with 1001, lets
+/// in-flight HTTP requests finish, and returns once all are done or the
+/// configured `shutdown_grace` has passed.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Gateway,
+    http: impl HttpHandler,
+    signal: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let conns = TaskTracker::new();
+    let stop_http = CancellationToken::new();
+    let mut signal = pin!(signal);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut signal => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        let http = http.clone();
+        let stop = stop_http.clone();
+        conns.spawn(async move {
+            let ws_path = gateway.inner.config.ws_path.clone();
+            let timeout = gateway.inner.config.handshake_timeout;
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let gateway = gateway.clone();
+                let http = http.clone();
+                let is_ws = req.uri().path() == ws_path;
+                async move {
+                    Ok::<_, Infallible>(if is_ws {
+                        gateway.upgrade(req, peer).await
+                    } else {
+                        http.call(req, peer).await
+                    })
+                }
+            });
+            let mut conn = pin!(http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades());
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::trace!(%peer, error = %e, "http connection ended");
+                    }
+                }
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let grace = gateway.inner.config.shutdown_grace;
+    tracing::info!(sockets = gateway.stats().current(), grace_secs = grace.as_secs_f64(), "shutting down");
+    gateway.shutdown();
+    stop_http.cancel();
+    conns.close();
+    let all_done = async {
+        conns.wait().await;
+        gateway.wait_sessions().await;
+    };
+    if tokio::time::timeout(grace, all_done).await.is_err() {
+        tracing::warn!(remaining = gateway.stats().current(), "shutdown grace elapsed; dropping the rest");
+    }
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! One WebSocket session: a reader task and a writer task around a bounded
+//! outbound queue.
+//!
+//! - The **reader** owns the read half and the socket's [`Subscriber`]. It
+//!   assembles fragmented messages (enforcing the total size limit itself),
+//!   answers requests, and forwards the pong and close replies the WebSocket
+//!   layer owes the peer to the writer. `read_frame` is not cancel-safe, so it
+//!   is never raced in a `select!`: the reader runs until the socket ends and
+//!   is aborted when the writer is done.
+//! - The **writer** owns the write half. It writes control replies first,
+//!   then deliveries from the mailbox, pings on schedule, and closes the
+//!   socket on heartbeat timeout, overflow or shutdown.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tidings_bridge::{mailbox, mailbox::Next, MailboxReceiver, Outbound, Subscriber};
+use tidings_core::{
+    protocol::{self, close, ClientFrame, ErrorCode, Request},
+    Identity, Message, Topic,
+};
+use tidings_routing::Denied;
+use tokio::{
+    io::{ReadHalf, WriteHalf},
+    sync::mpsc,
+    time::{sleep_until, timeout, Instant},
+};
+use tracing::Instrument;
+
+use crate::{server::Inner, stats::CloseReason};
+
+type Io = TokioIo<Upgraded>;
+
+/// What the reader asks of the writer.
+enum Control {
+    /// A reply frame for this socket (welcome, ack, error, pong).
+    Text(Bytes),
+    /// The WebSocket pong owed for a client ping.
+    Pong(Bytes),
+    /// The echo of the client's close frame; the session ends after it.
+    CloseEcho(Bytes),
+    /// Close the socket with this code.
+    Close(u16, &'static str, CloseReason),
+    /// The client answered our ping.
+    PongSeen,
+}
+
+/// How long a closing socket gets to send its close reply before it is dropped.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Room for replies between reader and writer.
+const CONTROL_QUEUE: usize = 32;
+
+/// Runs one session to its end.
+pub(crate) async fn run(ws: WebSocket<Io>, gw: Arc<Inner>, identity: Identity, peer: std::net::SocketAddr) {
+    let (mailbox, mailbox_rx) = mailbox(gw.config.outbound_queue, gw.config.slow_consumer);
+    let sub = gw.bridge.subscriber(mailbox);
+    let span = tracing::debug_span!("conn", id = sub.id(), %peer, user = tracing::field::Empty);
+    if let Some(user) = &identity.user {
+        span.record("user", user.as_str());
+    }
+    async move {
+        gw.stats.opened();
+        tracing::debug!("socket open");
+        let mut ws = ws;
+        ws.set_auto_close(true);
+        ws.set_auto_pong(true);
+        // fastwebsockets refuses frames of *at least* this size; the total
+        // over all fragments is enforced by the reader.
+        ws.set_max_message_size(gw.config.max_message_size.saturating_add(1));
+        let (rd, wr) = ws.split(tokio::io::split);
+
+        let (ctrl_tx, ctrl_rx) = mpsc::channel(CONTROL_QUEUE);
+        let plan = gw.router.on_connect(&identity);
+        let welcome = protocol::encode_welcome(&sub.id().to_string(), identity.user.as_deref(), &plan.channels, &plan.patterns);
+        // The writer sends control frames first, so the welcome precedes
+        // every delivery.
+        let _ = ctrl_tx.try_send(Control::Text(welcome));
+
+        let reader = tokio::spawn(
+            Reader {
+                gw: gw.clone(),
+                identity,
+                sub,
+                ctrl: ctrl_tx,
+            }
+            .run(rd, plan.topics().collect())
+            .in_current_span(),
+        );
+        let mut reader = AbortOnDrop(reader);
+        let reason = write_loop(wr, ctrl_rx, mailbox_rx, &gw).await;
+        // Let the peer answer our close frame, then tear down.
+        let _ = timeout(CLOSE_LINGER, &mut reader.0).await;
+        drop(reader);
+        gw.stats.closed(reason);
+        tracing::debug!(reason = reason.as_str(), "socket closed");
+    }
+    .instrument(span)
+    .await
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Reader {
+    gw: Arc<Inner>,
+    identity: Identity,
+    sub: Subscriber,
+    ctrl: mpsc::Sender<Control>,
+}
+
+/// How a read-side failure ends the session.
+fn close_for(error: &WebSocketError) -> Option<(u16, &'static str, CloseReason)> {
+    match error {
+        WebSocketError::InvalidUTF8 => Some((close::INVALID_PAYLOAD, "invalid UTF-8", CloseReason::Protocol)),
+        WebSocketError::FrameTooLarge => Some((close::MESSAGE_TOO_BIG, "message too big", CloseReason::TooBig)),
+        WebSocketError::ReservedBitsNotZero
+        | WebSocketError::ControlFrameFragmented
+        | WebSocketError::PingFrameTooLarge
+        | WebSocketError::InvalidValue
+        | WebSocketError::InvalidFragment
+        | WebSocketError::InvalidContinuationFrame
+        | WebSocketError::InvalidCloseFrame => Some((close::PROTOCOL_ERROR, "protocol error", CloseReason::Protocol)),
+        // InvalidCloseCode: the 1002 reply was already queued by the WebSocket layer.
+        _ => None,
+    }
+}
+
+impl Reader {
+    async fn run(mut self, mut rd: WebSocketRead<ReadHalf<Io>>, joins: Vec<Topic>) {
+        for topic in joins {
+            if let Err(e) = self.sub.join(topic.clone()).await {
+                tracing::warn!(%topic, error = %e, "join on connect is pending until the broker is back");
+            }
+        }
+        let tx = self.ctrl.clone();
+        let mut obligated = move |frame: Frame<'_>| {
+            let payload = Bytes::copy_from_slice(&frame.payload);
+            let msg = if frame.opcode == OpCode::Close {
+                Control::CloseEcho(payload)
+            } else {
+                Control::Pong(payload)
+            };
+            let tx = tx.clone();
+            async move { tx.send(msg).await.map_err(|_| "writer is gone") }
+        };
+        let max = self.gw.config.max_message_size;
+        let mut partial: Option<(OpCode, BytesMut)> = None;
+        loop {
+            let frame = match rd.read_frame(&mut obligated).await {
+                Ok(frame) => frame,
+                Err(e) => {
+                    if let Some((code, why, reason)) = close_for(&e) {
+                        tracing::debug!(error = %e, code, "closing on a bad frame");
+                        let _ = self.ctrl.send(Control::Close(code, why, reason)).await;
+                    } else {
+                        tracing::trace!(error = %e, "read side ended");
+                    }
+                    return;
+                }
+            };
+            let violation = |why| Control::Close(close::PROTOCOL_ERROR, why, CloseReason::Protocol);
+            match frame.opcode {
+                OpCode::Text | OpCode::Binary => {
+                    if partial.is_some() {
+                        let _ = self.ctrl.send(violation("new message inside a fragmented one")).await;
+                        return;
+                    }
+                    if frame.fin {
+                        if !self.handle(frame.opcode, &frame.payload).await {
+                            return;
+                        }
+                    } else {
+                        partial = Some((frame.opcode, BytesMut::from(&frame.payload[..])));
+                    }
+                }
+                OpCode::Continuation => {
+                    let Some((_, buf)) = partial.as_mut() else {
+                        let _ = self.ctrl.send(violation("continuation frame without a message")).await;
+                        return;
+                    };
+                    if buf.len() + frame.payload.len() > max {
+                        let _ = self
+                            .ctrl
+                            .send(Control::Close(close::MESSAGE_TOO_BIG, "message too big", CloseReason::TooBig))
+                            .await;
+                        return;
+                    }
+                    buf.extend_from_slice(&frame.payload);
+                    if frame.fin {
+                        let Some((opcode, buf)) = partial.take() else { return };
+                        if opcode == OpCode::Text && std::str::from_utf8(&buf).is_err() {
+                            let _ = self
+                                .ctrl
+                                .send(Control::Close(close::INVALID_PAYLOAD, "invalid UTF-8", CloseReason::Protocol))
+                                .await;
+                            return;
+                        }
+                        if !self.handle(opcode, &buf).await {
+                            return;
+                        }
+                    }
+                }
+                // The close echo went to the writer through `obligated`.
+                OpCode::Close => return,
+                OpCode::Pong => {
+                    if self.ctrl.send(Control::PongSeen).await.is_err() {
+                        return;
+                    }
+                }
+                OpCode::Ping => {}
+            }
+        }
+    }
+
+    /// Handles one complete client message. Returns `false` when the writer
+    /// is gone and the session is over.
+    async fn handle(&mut self, opcode: OpCode, payload: &[u8]) -> bool {
+        self.gw.stats.frame_in();
+        let reply = if opcode == OpCode::Binary {
+            protocol::encode_error(ErrorCode::BinaryUnsupported, "protocol v1 uses JSON text frames only", None)
+        } else {
+            match ClientFrame::parse(payload) {
+                Ok(frame) => self.request(frame).await,
+                Err(e) => protocol::encode_error(e.code, &e.message, e.id.as_deref()),
+            }
+        };
+        self.ctrl.send(Control::Text(reply)).await.is_ok()
+    }
+
+    async fn request(&mut self, frame: ClientFrame) -> Bytes {
+        let id = frame.id.as_deref();
+        let gw = &self.gw;
+        let denied = |d: Denied, what: &str| match d {
+            Denied::InvalidChannel(e) => protocol::encode_error(ErrorCode::InvalidChannel, &e.to_string(), id),
+            Denied::NotAllowed => protocol::encode_error(ErrorCode::Forbidden, &format!("not allowed to {what} this channel"), id),
+        };
+        match frame.request {
+            Request::Subscribe { channel } => {
+                let name = match gw.router.may_subscribe(&self.identity, &channel) {
+                    Ok(name) => name,
+                    Err(d) => return denied(d, "subscribe to"),
+                };
+                let topic = Topic::Channel(name);
+                if !self.sub.contains(&topic) && self.sub.len() >= gw.config.max_subscriptions {
+                    return protocol::encode_error(
+                        ErrorCode::TooManySubscriptions,
+                        &format!("at most {} subscriptions per socket", gw.config.max_subscriptions),
+                        id,
+                    );
+                }
+                match self.sub.subscribe(topic).await {
+                    Ok(()) => protocol::encode_ack("subscribed", &channel, id),
+                    Err(e) => protocol::encode_error(ErrorCode::BrokerUnavailable, &e.to_string(), id),
+                }
+            }
+            Request::Unsubscribe { channel } => {
+                if let Ok(name) = tidings_core::ChannelName::new(&channel) {
+                    self.sub.unsubscribe(&Topic::Channel(name));
+                }
+                protocol::encode_ack("unsubscribed", &channel, id)
+            }
+            Request::Publish { channel, data } => {
+                let name = match gw.router.may_publish(&self.identity, &channel) {
+                    Ok(name) => name,
+                    Err(d) => return denied(d, "publish on"),
+                };
+                let payload = Bytes::from(String::from(Box::<str>::from(data)));
+                match gw.bridge.publish(Message::new(name, payload)).await {
+                    Ok(()) => protocol::encode_ack("published", &channel, id),
+                    Err(e) => protocol::encode_error(ErrorCode::BrokerUnavailable, &e.to_string(), id),
+                }
+            }
+            Request::Ping => protocol::encode_pong(id),
+        }
+    }
+}
+
+/// Writes one frame, giving up if the peer does not take it in time.
+async fn write(wr: &mut WebSocketWrite<WriteHalf<Io>>, frame: Frame<'_>, limit: Duration) -> bool {
+    matches!(timeout(limit, wr.write_frame(frame)).await, Ok(Ok(())))
+}
+
+async fn write_loop(
+    mut wr: WebSocketWrite<WriteHalf<Io>>,
+    mut ctrl: mpsc::Receiver<Control>,
+    mut mailbox: MailboxReceiver,
+    gw: &Inner,
+) -> CloseReason {
+    let cfg = &gw.config;
+    let limit = cfg.write_timeout;
+    let mut next_ping = Instant::now() + cfg.ping_interval;
+    let mut pong_deadline: Option<Instant> = None;
+    macro_rules! close {
+        ($code:expr, $why:expr, $reason:expr) => {{
+            let _ = write(&mut wr, Frame::close($code, $why.as_bytes()), limit).await;
+            return $reason;
+        }};
+    }
+    macro_rules! text {
+        ($bytes:expr) => {{
+            if !write(&mut wr, Frame::text(Payload::Borrowed(&$bytes[..])), limit).await {
+                return CloseReason::Heartbeat;
+            }
+            gw.stats.frames_out(1);
+        }};
+    }
+    loop {
+        tokio::select! {
+            biased;
+            () = gw.shutdown.cancelled() => close!(close::GOING_AWAY, "server shutting down", CloseReason::Shutdown),
+            c = ctrl.recv() => match c {
+                Some(Control::Text(b)) => text!(b),
+                Some(Control::Pong(p)) => {
+                    if !write(&mut wr, Frame::pong(Payload::Borrowed(&p[..])), limit).await {
+                        return CloseReason::Heartbeat;
+                    }
+                }
+                Some(Control::CloseEcho(p)) => {
+                    let _ = write(&mut wr, Frame::close_raw(Payload::Borrowed(&p[..])), limit).await;
+                    return CloseReason::Client;
+                }
+                Some(Control::Close(code, why, reason)) => close!(code, why, reason),
+                Some(Control::PongSeen) => pong_deadline = None,
+                None => return CloseReason::Client,
+            },
+            next = mailbox.next() => match next {
+                Next::Item(Outbound::Deliver(d)) => text!(d.frame()),
+                Next::Item(Outbound::Notice(b)) => text!(b),
+                Next::Dropped(n) => text!(protocol::encode_dropped(n)),
+                Next::Overflowed => close!(close::SLOW_CONSUMER, "slow consumer", CloseReason::SlowConsumer),
+                Next::Closed => return CloseReason::Client,
+            },
+            () = sleep_until(pong_deadline.map_or(next_ping, |d| d.min(next_ping))) => {
+                if pong_deadline.is_some_and(|d| Instant::now() >= d) {
+                    tracing::debug!("no pong in time");
+                    close!(close::HEARTBEAT_TIMEOUT, "heartbeat timeout", CloseReason::Heartbeat);
+                }
+                if Instant::now() >= next_ping {
+                    if !write(&mut wr, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"tidings")), limit).await {
+                        return CloseReason::Heartbeat;
+                    }
+                    let now = Instant::now();
+                    next_ping = now + cfg.ping_interval;
+                    if pong_deadline.is_none() {
+                        pong_deadline = Some(now + cfg.pong_timeout);
+                    }
+                }
+            }
+        }
+    }
+}
