@@ -1,1 +1,148 @@
-fn main(){}
+//! The Tidings gateway binary: read config, start logging, build the
+//! bridge and the gateway, serve until SIGTERM/SIGINT, drain.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::{Parser, Subcommand};
+use tidings_bridge::Bridge;
+use tidings_transport::{serve, Gateway};
+use tracing_subscriber::EnvFilter;
+
+mod config;
+mod http;
+
+use config::{Config, LogFormat};
+
+/// Tidings: a real-time gateway. Browsers hold WebSockets to it; your app
+/// publishes (over Redis or HTTP); exactly the right sockets receive.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (environment variables TIDINGS_* override it).
+    #[arg(long, short, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Print the effective configuration (secrets redacted) and exit.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tidings: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => {
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Run => {
+            init_tracing(&config);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("tidings: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("tidings: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let transport = config.transport()?;
+    let router = config.router()?;
+    let bridge = match &config.redis_url {
+        None => Bridge::in_process(),
+        Some(_) => return Err("redis_url is set, but this build has no Redis bridge yet".into()),
+    };
+    let gateway = Gateway::builder(bridge).config(transport).router(router).build();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    banner(&config, addr, gateway.bridge().broker_name());
+    let endpoints = http::Endpoints::new(&config, gateway.clone());
+    let handler = move |req, peer| Arc::clone(&endpoints).handle(req, peer);
+    serve(listener, gateway, handler, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn banner(config: &Config, addr: std::net::SocketAddr, broker: &str) {
+    let base = format!("http://{addr}");
+    tracing::info!("Tidings {} listening on {base} (broker: {broker})", env!("CARGO_PKG_VERSION"));
+    tracing::info!("  demo page:  {base}/");
+    tracing::info!("  websocket:  ws://{addr}{}", config.websocket.path);
+    let auth = if config.api_key.is_some() {
+        " -H \"Authorization: Bearer $TIDINGS_API_KEY\""
+    } else {
+        ""
+    };
+    tracing::info!(
+        "  publish:    curl{auth} -H 'Content-Type: application/json' -d '{{\"channel\":\"/app/broadcast\",\"data\":{{\"hello\":\"world\"}}}}' {base}/api/publish"
+    );
+    if config.api_key.is_none() {
+        if config.api.allow_local_without_key {
+            tracing::warn!("no api_key set: only local processes (loopback, not proxied) may publish over HTTP");
+        } else {
+            tracing::warn!("no api_key set and local publishing disabled: the HTTP publish API refuses everyone");
+        }
+    }
+    if !addr.ip().is_loopback() && config.websocket.allowed_origins.iter().any(|o| o == "*") {
+        tracing::warn!("listening beyond loopback with allowed_origins = [\"*\"]: any web page can open sockets with your visitors' cookies");
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,295 @@
+//! Configuration: built-in defaults < TOML file (`--config`) < `TIDINGS_*`
+//! environment variables (nested keys joined with `__`).
+//!
+//! Every key is listed with its default in `docs/configuration.md`.
+
+use std::{fmt, net::SocketAddr, path::Path, time::Duration};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tidings_bridge::SlowConsumerPolicy;
+use tidings_routing::{Router, Rule};
+use tidings_transport::TransportConfig;
+
+/// A secret string: never printed, serialized as `"<redacted>"`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // An environment value of digits arrives as a number: take it as text.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            S(String),
+            I(i128),
+            U(u128),
+            F(f64),
+        }
+        Ok(Secret(match Scalar::deserialize(d)? {
+            Scalar::S(s) => s,
+            Scalar::I(i) => i.to_string(),
+            Scalar::U(u) => u.to_string(),
+            Scalar::F(f) => f.to_string(),
+        }))
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    /// Address and port to listen on.
+    pub(crate) listen: SocketAddr,
+    /// Bearer key for `POST /api/publish`. Unset: only local processes may publish.
+    pub(crate) api_key: Option<Secret>,
+    /// Redis URL (`redis://` or `rediss://`). Unset: the in-process broker.
+    pub(crate) redis_url: Option<Secret>,
+    /// Logging.
+    pub(crate) log: LogConfig,
+    /// The WebSocket endpoint.
+    pub(crate) websocket: WsConfig,
+    /// The HTTP publish API.
+    pub(crate) api: ApiConfig,
+    /// Shutdown behaviour.
+    pub(crate) shutdown: ShutdownConfig,
+    /// Channel routing rules.
+    pub(crate) routing: RoutingConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogConfig {
+    /// Filter directives (RUST_LOG syntax); `RUST_LOG` wins when set.
+    pub(crate) level: String,
+    /// `text` or `json`.
+    pub(crate) format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WsConfig {
+    pub(crate) path: String,
+    pub(crate) ping_interval_secs: f64,
+    pub(crate) pong_timeout_secs: f64,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) outbound_queue: usize,
+    pub(crate) slow_consumer: SlowConsumer,
+    pub(crate) write_timeout_secs: f64,
+    pub(crate) handshake_timeout_secs: f64,
+    pub(crate) allowed_origins: Vec<String>,
+    pub(crate) max_subscriptions: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SlowConsumer {
+    Close,
+    Drop,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiConfig {
+    /// With no `api_key`, accept publishes from loopback peers that came
+    /// through no proxy.
+    pub(crate) allow_local_without_key: bool,
+    /// Largest request body accepted.
+    pub(crate) max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ShutdownConfig {
+    pub(crate) grace_secs: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RoutingConfig {
+    pub(crate) rules: Vec<Rule>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let t = TransportConfig::default();
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_key: None,
+            redis_url: None,
+            log: LogConfig {
+                level: "info".into(),
+                format: LogFormat::Text,
+            },
+            websocket: WsConfig {
+                path: t.ws_path,
+                ping_interval_secs: t.ping_interval.as_secs_f64(),
+                pong_timeout_secs: t.pong_timeout.as_secs_f64(),
+                max_message_bytes: t.max_message_size,
+                outbound_queue: t.outbound_queue,
+                slow_consumer: SlowConsumer::Close,
+                write_timeout_secs: t.write_timeout.as_secs_f64(),
+                handshake_timeout_secs: t.handshake_timeout.as_secs_f64(),
+                allowed_origins: t.allowed_origins,
+                max_subscriptions: t.max_subscriptions,
+            },
+            api: ApiConfig {
+                allow_local_without_key: true,
+                max_body_bytes: 1024 * 1024,
+            },
+            shutdown: ShutdownConfig {
+                grace_secs: t.shutdown_grace.as_secs_f64(),
+            },
+            routing: RoutingConfig { rules: Rule::defaults() },
+        }
+    }
+}
+
+/// A configuration that cannot be used, naming the key and its source.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        ConfigError::Load(Box::new(e))
+    }
+}
+
+fn positive_secs(key: &'static str, v: f64) -> Result<Duration, ConfigError> {
+    if v.is_finite() && v > 0.0 && v < 1e9 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(ConfigError::Invalid {
+            key,
+            reason: format!("must be a positive number of seconds, got {v}"),
+        })
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the TOML file (if any), then the environment.
+    pub(crate) fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    reason: format!("file {} does not exist", path.display()),
+                });
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig.merge(Env::prefixed("TIDINGS_").split("__"));
+        let config: Config = fig.extract()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let ws = &self.websocket;
+        if !ws.path.starts_with('/') {
+            return Err(ConfigError::Invalid {
+                key: "websocket.path",
+                reason: "must start with '/'".into(),
+            });
+        }
+        if !(128..=64 * 1024 * 1024).contains(&ws.max_message_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "websocket.max_message_bytes",
+                reason: "must be between 128 and 67108864".into(),
+            });
+        }
+        if ws.outbound_queue == 0 {
+            return Err(ConfigError::Invalid {
+                key: "websocket.outbound_queue",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.api.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                key: "api.max_body_bytes",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if let Some(key) = &self.api_key {
+            if key.0.trim().len() < 16 {
+                return Err(ConfigError::Invalid {
+                    key: "api_key",
+                    reason: "must be at least 16 characters".into(),
+                });
+            }
+        }
+        if let Some(url) = &self.redis_url {
+            if !(url.0.starts_with("redis://") || url.0.starts_with("rediss://")) {
+                return Err(ConfigError::Invalid {
+                    key: "redis_url",
+                    reason: "must start with redis:// or rediss://".into(),
+                });
+            }
+        }
+        self.transport()?;
+        self.router()?;
+        Ok(())
+    }
+
+    /// The transport tunables.
+    pub(crate) fn transport(&self) -> Result<TransportConfig, ConfigError> {
+        let ws = &self.websocket;
+        Ok(TransportConfig {
+            ws_path: ws.path.clone(),
+            ping_interval: positive_secs("websocket.ping_interval_secs", ws.ping_interval_secs)?,
+            pong_timeout: positive_secs("websocket.pong_timeout_secs", ws.pong_timeout_secs)?,
+            max_message_size: ws.max_message_bytes,
+            outbound_queue: ws.outbound_queue,
+            slow_consumer: match ws.slow_consumer {
+                SlowConsumer::Close => SlowConsumerPolicy::Close,
+                SlowConsumer::Drop => SlowConsumerPolicy::Drop,
+            },
+            write_timeout: positive_secs("websocket.write_timeout_secs", ws.write_timeout_secs)?,
+            handshake_timeout: positive_secs("websocket.handshake_timeout_secs", ws.handshake_timeout_secs)?,
+            allowed_origins: ws.allowed_origins.clone(),
+            max_subscriptions: ws.max_subscriptions,
+            shutdown_grace: positive_secs("shutdown.grace_secs", self.shutdown.grace_secs)?,
+        })
+    }
+
+    /// The compiled routing rules.
+    pub(crate) fn router(&self) -> Result<Router, ConfigError> {
+        Router::new(self.routing.rules.clone()).map_err(|e| ConfigError::Invalid {
+            key: "routing.rules",
+            reason: e.to_string(),
+        })
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub(crate) fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}

@@ -1,0 +1,190 @@
+//! The plain HTTP endpoints: the demo page, health, readiness, publishing.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tidings_core::{ChannelName, Message};
+use tidings_transport::{text_response, Gateway, HttpResponse};
+
+use crate::config::Config;
+
+const DEMO_PAGE: &str = include_str!("demo.html");
+
+/// What the endpoints need.
+pub(crate) struct Endpoints {
+    pub(crate) gateway: Gateway,
+    pub(crate) api_key: Option<String>,
+    pub(crate) allow_local_without_key: bool,
+    pub(crate) max_body: usize,
+}
+
+impl Endpoints {
+    pub(crate) fn new(config: &Config, gateway: Gateway) -> Arc<Self> {
+        Arc::new(Self {
+            gateway,
+            api_key: config.api_key.as_ref().map(|k| k.0.trim().to_owned()),
+            allow_local_without_key: config.api.allow_local_without_key,
+            max_body: config.api.max_body_bytes,
+        })
+    }
+
+    /// Routes one request.
+    pub(crate) async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET | &Method::HEAD, "/") => demo_page(),
+            (&Method::GET | &Method::HEAD, "/healthz") => text_response(StatusCode::OK, "ok\n"),
+            (&Method::GET | &Method::HEAD, "/readyz") => self.readyz(),
+            (&Method::POST, "/api/publish") => self.publish(req, peer).await,
+            (_, "/" | "/healthz" | "/readyz" | "/api/publish") => {
+                let mut res = json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed");
+                let allow = if req.uri().path() == "/api/publish" { "POST" } else { "GET, HEAD" };
+                res.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+                res
+            }
+            _ => text_response(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    fn readyz(&self) -> HttpResponse {
+        if self.gateway.is_shutting_down() {
+            text_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+        } else if !self.gateway.bridge().is_ready() {
+            text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{} broker unavailable\n", self.gateway.bridge().broker_name()),
+            )
+        } else {
+            text_response(StatusCode::OK, "ready\n")
+        }
+    }
+
+    /// Whether the request may publish; the error response if not.
+    fn authorize(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<(), HttpResponse> {
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match (&self.api_key, bearer) {
+            (Some(key), Some(given)) if constant_time_eq(key.as_bytes(), given.as_bytes()) => Ok(()),
+            (Some(_), _) => Err(unauthorized("a valid `Authorization: Bearer <api_key>` header is required")),
+            (None, _) => {
+                let proxied = ["forwarded", "x-forwarded-for", "x-real-ip"]
+                    .iter()
+                    .any(|h| req.headers().contains_key(*h));
+                if self.allow_local_without_key && peer.ip().is_loopback() && !proxied {
+                    Ok(())
+                } else {
+                    Err(unauthorized(
+                        "no api_key is configured, so only local processes may publish; set TIDINGS_API_KEY",
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn publish(&self, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+        if let Err(res) = self.authorize(&req, peer) {
+            return res;
+        }
+        // A JSON content type forces a CORS preflight, so no foreign web page
+        // can make a visitor's browser publish.
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+        if !is_json {
+            return json_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Content-Type must be application/json",
+            );
+        }
+        let body = match Limited::new(req.into_body(), self.max_body).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return json_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    &format!("body larger than {} bytes", self.max_body),
+                )
+            }
+            Err(_) => return json_error(StatusCode::BAD_REQUEST, "bad_body", "could not read the request body"),
+        };
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct PublishBody {
+            channel: String,
+            data: Box<RawValue>,
+        }
+        let parsed: PublishBody = match serde_json::from_slice(&body) {
+            Ok(p) => p,
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_json",
+                    &format!("body must be {{\"channel\": string, \"data\": any JSON}}: {e}"),
+                )
+            }
+        };
+        let channel = match ChannelName::new(&parsed.channel) {
+            Ok(c) => c,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_channel", &e.to_string()),
+        };
+        let payload = Bytes::from(String::from(Box::<str>::from(parsed.data)));
+        match self.gateway.bridge().publish(Message::new(channel, payload)).await {
+            Ok(()) => json_response(StatusCode::ACCEPTED, r#"{"status":"accepted"}"#.into()),
+            Err(e) => {
+                let mut res = json_error(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", &e.to_string());
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                res
+            }
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn json_response(status: StatusCode, body: String) -> HttpResponse {
+    let mut res = http::Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    json_response(status, body)
+}
+
+fn unauthorized(message: &str) -> HttpResponse {
+    let mut res = json_error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    res.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    res
+}
+
+fn demo_page() -> HttpResponse {
+    let mut res = http::Response::new(Full::new(Bytes::from_static(DEMO_PAGE.as_bytes())));
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:"),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    res
+}

@@ -1,0 +1,218 @@
+//! Real `redis-server` processes on free ports, and a minimal RESP client.
+
+use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+    process::{Child, Command},
+};
+
+/// A `redis-server` the test owns. Killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free port.
+    pub async fn start() -> RedisServer {
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts `redis-server` on `port` and waits until it answers PING.
+    pub async fn start_on(port: u16) -> RedisServer {
+        let dir = crate::gateway::temp_path(&format!("redis-{port}"));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut s = RedisServer { child: None, port, dir };
+        s.spawn().await;
+        s
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = Resp::connect(self.port).await {
+                if c.cmd(&["PING"]).await.as_str() == Some("PONG") {
+                    return;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "redis-server did not start on {}", self.port);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A new RESP connection.
+    pub async fn client(&self) -> Resp {
+        Resp::connect(self.port).await.expect("connect to redis")
+    }
+
+    /// Kills the server (SIGKILL) and waits until it is gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+            let _ = c.wait().await;
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.spawn().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A RESP reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// `+OK`.
+    Simple(String),
+    /// `-ERR ...`.
+    Error(String),
+    /// `:1`.
+    Int(i64),
+    /// `$n` bulk (None for nil).
+    Bulk(Option<Vec<u8>>),
+    /// `*n` array.
+    Array(Vec<Reply>),
+}
+
+impl Reply {
+    /// The reply as a string, if it is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Reply::Simple(s) => Some(s),
+            Reply::Bulk(Some(b)) => std::str::from_utf8(b).ok(),
+            _ => None,
+        }
+    }
+    /// The reply as an integer.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Reply::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+/// A minimal RESP2 client.
+pub struct Resp {
+    r: BufReader<TcpStream>,
+}
+
+impl Resp {
+    /// Connects to 127.0.0.1:`port`.
+    pub async fn connect(port: u16) -> std::io::Result<Resp> {
+        let s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+        Ok(Resp { r: BufReader::new(s) })
+    }
+
+    /// Sends a command with byte arguments.
+    pub async fn cmd_bytes(&mut self, args: &[&[u8]]) -> Reply {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.r.get_mut().write_all(&out).await.expect("write");
+        self.read().await
+    }
+
+    /// Sends a command.
+    pub async fn cmd(&mut self, args: &[&str]) -> Reply {
+        let v: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.cmd_bytes(&v).await
+    }
+
+    /// `PUBLISH channel payload`: the number of receivers.
+    pub async fn publish(&mut self, channel: &str, payload: &[u8]) -> i64 {
+        self.cmd_bytes(&[b"PUBLISH", channel.as_bytes(), payload]).await.as_int().expect("int")
+    }
+
+    /// `PUBSUB NUMSUB channel`.
+    pub async fn numsub(&mut self, channel: &str) -> i64 {
+        match self.cmd(&["PUBSUB", "NUMSUB", channel]).await {
+            Reply::Array(v) => v.get(1).and_then(Reply::as_int).unwrap_or(0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `PUBSUB NUMPAT`.
+    pub async fn numpat(&mut self) -> i64 {
+        self.cmd(&["PUBSUB", "NUMPAT"]).await.as_int().expect("int")
+    }
+
+    /// `PUBSUB CHANNELS`.
+    pub async fn channels(&mut self) -> Vec<String> {
+        match self.cmd(&["PUBSUB", "CHANNELS"]).await {
+            Reply::Array(v) => v.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn read(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send + '_>> {
+        Box::pin(async move {
+            let mut line = String::new();
+            self.r.read_line(&mut line).await.expect("read");
+            let line = line.trim_end_matches("\r\n");
+            let (t, rest) = line.split_at(1);
+            match t {
+                "+" => Reply::Simple(rest.to_owned()),
+                "-" => Reply::Error(rest.to_owned()),
+                ":" => Reply::Int(rest.parse().expect("int")),
+                "$" => {
+                    let n: i64 = rest.parse().expect("len");
+                    if n < 0 {
+                        return Reply::Bulk(None);
+                    }
+                    let mut b = vec![0u8; n as usize + 2];
+                    self.r.read_exact(&mut b).await.expect("bulk");
+                    b.truncate(n as usize);
+                    Reply::Bulk(Some(b))
+                }
+                "*" => {
+                    let n: i64 = rest.parse().expect("len");
+                    let mut v = Vec::new();
+                    for _ in 0..n.max(0) {
+                        v.push(self.read().await);
+                    }
+                    Reply::Array(v)
+                }
+                other => panic!("bad RESP type {other}"),
+            }
+        })
+    }
+}
