@@ -117,7 +117,10 @@ fn command(opts: &GatewayOptions) -> (Command, Option<TempFile>) {
     for (k, v) in &opts.env {
         cmd.env(k, v);
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     (cmd, cfg)
 }
 
@@ -136,7 +139,10 @@ impl Gateway {
         let (exit_tx, exited) = watch::channel(false);
         let stderr = child.stderr.take().expect("stderr");
         let stdout = child.stdout.take().expect("stdout");
-        for stream in [Box::new(stderr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(stdout)] {
+        for stream in [
+            Box::new(stderr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(stdout),
+        ] {
             let logs = logs.clone();
             let addr_tx = addr_tx.clone();
             let exit_tx = exit_tx.clone();
@@ -144,7 +150,8 @@ impl Gateway {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     if let Some(rest) = line.split("listening on http://").nth(1) {
-                        if let Some(a) = rest.split_whitespace().next().and_then(|a| a.parse().ok()) {
+                        if let Some(a) = rest.split_whitespace().next().and_then(|a| a.parse().ok())
+                        {
                             let _ = addr_tx.send(a);
                         }
                     }
@@ -160,7 +167,10 @@ impl Gateway {
             Ok(Some(a)) => a,
             _ => {
                 let _ = child.start_kill();
-                panic!("gateway did not start; its output:\n{}", logs.lock().unwrap());
+                panic!(
+                    "gateway did not start; its output:\n{}",
+                    logs.lock().unwrap()
+                );
             }
         };
         Gateway {
@@ -212,7 +222,12 @@ impl Gateway {
     }
 
     /// Publishes over the HTTP API with an optional bearer key; returns the response.
-    pub async fn publish_with_key(&self, channel: &str, data: serde_json::Value, key: Option<&str>) -> crate::http::Response {
+    pub async fn publish_with_key(
+        &self,
+        channel: &str,
+        data: serde_json::Value,
+        key: Option<&str>,
+    ) -> crate::http::Response {
         let body = serde_json::json!({ "channel": channel, "data": data }).to_string();
         let mut headers = vec![("Content-Type".to_owned(), "application/json".to_owned())];
         if let Some(k) = key {

@@ -45,7 +45,8 @@ pub struct ServerFrame {
 impl ServerFrame {
     /// The close code, for a close frame.
     pub fn close_code(&self) -> Option<u16> {
-        (self.opcode == op::CLOSE && self.payload.len() >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+        (self.opcode == op::CLOSE && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
     }
 }
 
@@ -68,7 +69,10 @@ impl RawWs {
             }
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        assert!(head.starts_with("HTTP/1.1 101"), "handshake refused: {head}");
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "handshake refused: {head}"
+        );
         let rest = buf.split_off(head_end);
         RawWs { stream, buf: rest }
     }

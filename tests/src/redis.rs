@@ -32,14 +32,27 @@ impl RedisServer {
     pub async fn start_on(port: u16) -> RedisServer {
         let dir = crate::gateway::temp_path(&format!("redis-{port}"));
         std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut s = RedisServer { child: None, port, dir };
+        let mut s = RedisServer {
+            child: None,
+            port,
+            dir,
+        };
         s.spawn().await;
         s
     }
 
     async fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -55,7 +68,11 @@ impl RedisServer {
                     return;
                 }
             }
-            assert!(tokio::time::Instant::now() < deadline, "redis-server did not start on {}", self.port);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start on {}",
+                self.port
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -136,7 +153,9 @@ impl Resp {
     /// Connects to 127.0.0.1:`port`.
     pub async fn connect(port: u16) -> std::io::Result<Resp> {
         let s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-        Ok(Resp { r: BufReader::new(s) })
+        Ok(Resp {
+            r: BufReader::new(s),
+        })
     }
 
     /// Sends a command with byte arguments.
@@ -159,7 +178,10 @@ impl Resp {
 
     /// `PUBLISH channel payload`: the number of receivers.
     pub async fn publish(&mut self, channel: &str, payload: &[u8]) -> i64 {
-        self.cmd_bytes(&[b"PUBLISH", channel.as_bytes(), payload]).await.as_int().expect("int")
+        self.cmd_bytes(&[b"PUBLISH", channel.as_bytes(), payload])
+            .await
+            .as_int()
+            .expect("int")
     }
 
     /// `PUBSUB NUMSUB channel`.
@@ -178,7 +200,10 @@ impl Resp {
     /// `PUBSUB CHANNELS`.
     pub async fn channels(&mut self) -> Vec<String> {
         match self.cmd(&["PUBSUB", "CHANNELS"]).await {
-            Reply::Array(v) => v.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect(),
+            Reply::Array(v) => v
+                .iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect(),
             other => panic!("{other:?}"),
         }
     }

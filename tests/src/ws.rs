@@ -40,13 +40,17 @@ impl Client {
         let mut req = url.into_client_request().expect("request");
         for (k, v) in headers {
             req.headers_mut().insert(
-                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+                    .expect("name"),
                 HeaderValue::from_str(v).expect("value"),
             );
         }
         match tokio_tungstenite::connect_async(req).await {
             Ok((ws, _)) => {
-                let mut c = Client { ws, welcome: Value::Null };
+                let mut c = Client {
+                    ws,
+                    welcome: Value::Null,
+                };
                 let w = c.next_json().await;
                 assert_eq!(w["type"], "welcome", "first frame must be welcome: {w}");
                 c.welcome = w;
@@ -71,12 +75,18 @@ impl Client {
 
     /// Sends a JSON frame.
     pub async fn send_json(&mut self, v: Value) {
-        self.ws.send(Message::text(v.to_string())).await.expect("send");
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
     }
 
     /// Sends a raw text frame.
     pub async fn send_text(&mut self, s: &str) {
-        self.ws.send(Message::text(s.to_owned())).await.expect("send");
+        self.ws
+            .send(Message::text(s.to_owned()))
+            .await
+            .expect("send");
     }
 
     /// Sends a binary frame.
@@ -96,9 +106,13 @@ impl Client {
     pub async fn next_json_within(&mut self, limit: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
             match msg {
-                Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).expect("server frames are JSON")),
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(&t).expect("server frames are JSON"))
+                }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(other)) => panic!("unexpected frame {other:?}"),
                 Some(Err(e)) => panic!("socket error: {e}"),
@@ -120,7 +134,9 @@ impl Client {
 
     /// Subscribes and asserts it was accepted.
     pub async fn subscribe(&mut self, channel: &str) {
-        let r = self.request(serde_json::json!({"type":"subscribe","channel":channel})).await;
+        let r = self
+            .request(serde_json::json!({"type":"subscribe","channel":channel}))
+            .await;
         assert_eq!(r["type"], "subscribed", "subscribe {channel}: {r}");
     }
 
@@ -131,7 +147,9 @@ impl Client {
         loop {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => panic!("socket still open after {limit:?}"),
-                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f: CloseFrame| u16::from(f.code)),
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return frame.map(|f: CloseFrame| u16::from(f.code))
+                }
                 Ok(Some(Ok(_))) => continue,
                 Ok(Some(Err(_)) | None) => return None,
             }

@@ -28,11 +28,19 @@ async fn publish_with_an_api_key() {
     let gw = Gateway::start_with(GatewayOptions::default().env("TIDINGS_API_KEY", KEY)).await;
     let mut c = Client::connect(&gw.ws_url()).await;
 
-    assert_eq!(gw.publish("/app/broadcast", json!(1)).await.status, 401, "no key");
-    let r = gw.publish_with_key("/app/broadcast", json!(1), Some("wrong-key-wrong-key")).await;
+    assert_eq!(
+        gw.publish("/app/broadcast", json!(1)).await.status,
+        401,
+        "no key"
+    );
+    let r = gw
+        .publish_with_key("/app/broadcast", json!(1), Some("wrong-key-wrong-key"))
+        .await;
     assert_eq!(r.status, 401);
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
-    let r = gw.publish_with_key("/app/broadcast", json!({"ok": true}), Some(KEY)).await;
+    let r = gw
+        .publish_with_key("/app/broadcast", json!({"ok": true}), Some(KEY))
+        .await;
     assert_eq!(r.status, 202, "{}", r.body);
     assert_eq!(c.next_json().await["data"], json!({"ok": true}));
     assert!(!gw.logs().contains(KEY), "the API key must never be logged");
@@ -40,14 +48,20 @@ async fn publish_with_an_api_key() {
 
 #[tokio::test]
 async fn publish_errors_are_clear() {
-    let gw = Gateway::start_with(GatewayOptions::default().env("TIDINGS_API__MAX_BODY_BYTES", "256")).await;
+    let gw =
+        Gateway::start_with(GatewayOptions::default().env("TIDINGS_API__MAX_BODY_BYTES", "256"))
+            .await;
     let json_ct = vec![("Content-Type".to_owned(), "application/json".to_owned())];
     let post = |body: &str, headers: Vec<(String, String)>| {
         let body = body.to_owned();
         let addr = gw.addr;
         async move { http::request(addr, "POST", "/api/publish", &headers, body.as_bytes()).await }
     };
-    let r = post(r#"{"channel":"/a","data":1}"#, vec![("Content-Type".into(), "text/plain".into())]).await;
+    let r = post(
+        r#"{"channel":"/a","data":1}"#,
+        vec![("Content-Type".into(), "text/plain".into())],
+    )
+    .await;
     assert_eq!(r.status, 415);
     let r = post("{oops", json_ct.clone()).await;
     assert_eq!(r.status, 400);
@@ -57,7 +71,11 @@ async fn publish_errors_are_clear() {
     let r = post(r#"{"channel":"/a/*","data":1}"#, json_ct.clone()).await;
     assert_eq!(r.status, 400);
     assert!(r.body.contains("invalid_channel"));
-    let r = post(&format!(r#"{{"channel":"/a","data":"{}"}}"#, "x".repeat(300)), json_ct.clone()).await;
+    let r = post(
+        &format!(r#"{{"channel":"/a","data":"{}"}}"#, "x".repeat(300)),
+        json_ct.clone(),
+    )
+    .await;
     assert_eq!(r.status, 413);
     // Through a proxy (or from another host), no key means no publishing.
     let mut proxied = json_ct.clone();

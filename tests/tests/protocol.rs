@@ -39,36 +39,70 @@ async fn welcome_subscribe_publish_unsubscribe() {
     // Publish over HTTP reaches the joined channel.
     let r = gw.publish("/app/broadcast", json!({"n": 1})).await;
     assert_eq!(r.status, 202, "{}", r.body);
-    assert_eq!(a.next_json().await, json!({"type":"message","channel":"/app/broadcast","data":{"n":1}}));
+    assert_eq!(
+        a.next_json().await,
+        json!({"type":"message","channel":"/app/broadcast","data":{"n":1}})
+    );
 
     // Subscribe with an id: the id comes back.
-    let r = a.request(json!({"type":"subscribe","channel":"/app/room/7","id":"s1"})).await;
-    assert_eq!(r, json!({"type":"subscribed","channel":"/app/room/7","id":"s1"}));
+    let r = a
+        .request(json!({"type":"subscribe","channel":"/app/room/7","id":"s1"}))
+        .await;
+    assert_eq!(
+        r,
+        json!({"type":"subscribed","channel":"/app/room/7","id":"s1"})
+    );
     // Not granted by any rule.
-    let r = a.request(json!({"type":"subscribe","channel":"/app/secret","id":2})).await;
-    assert_eq!((r["type"].as_str(), r["code"].as_str(), r["id"].as_i64()), (Some("error"), Some("forbidden"), Some(2)));
+    let r = a
+        .request(json!({"type":"subscribe","channel":"/app/secret","id":2}))
+        .await;
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_str(), r["id"].as_i64()),
+        (Some("error"), Some("forbidden"), Some(2))
+    );
     // Not a valid channel name.
-    let r = a.request(json!({"type":"subscribe","channel":"/app/room/*"})).await;
+    let r = a
+        .request(json!({"type":"subscribe","channel":"/app/room/*"}))
+        .await;
     assert_eq!(r["code"], "invalid_channel");
 
     // Client publish where a rule allows it; refused elsewhere.
     let mut b = Client::connect(&gw.ws_url()).await;
     b.subscribe("/app/room/lobby").await;
-    let r = a.request(json!({"type":"publish","channel":"/app/room/lobby","data":"hi","id":9})).await;
-    assert_eq!(r, json!({"type":"published","channel":"/app/room/lobby","id":9}));
-    assert_eq!(b.next_json().await, json!({"type":"message","channel":"/app/room/lobby","data":"hi"}));
-    let r = a.request(json!({"type":"publish","channel":"/app/broadcast","data":1})).await;
+    let r = a
+        .request(json!({"type":"publish","channel":"/app/room/lobby","data":"hi","id":9}))
+        .await;
+    assert_eq!(
+        r,
+        json!({"type":"published","channel":"/app/room/lobby","id":9})
+    );
+    assert_eq!(
+        b.next_json().await,
+        json!({"type":"message","channel":"/app/room/lobby","data":"hi"})
+    );
+    let r = a
+        .request(json!({"type":"publish","channel":"/app/broadcast","data":1}))
+        .await;
     assert_eq!(r["code"], "forbidden");
 
     // Unsubscribe stops delivery.
-    let r = a.request(json!({"type":"unsubscribe","channel":"/app/room/7"})).await;
+    let r = a
+        .request(json!({"type":"unsubscribe","channel":"/app/room/7"}))
+        .await;
     assert_eq!(r["type"], "unsubscribed");
     gw.publish("/app/room/7", json!("gone")).await;
     gw.publish("/app/broadcast", json!("still here")).await;
-    assert_eq!(a.next_json().await["data"], "still here", "nothing from /app/room/7 after unsubscribing");
+    assert_eq!(
+        a.next_json().await["data"],
+        "still here",
+        "nothing from /app/room/7 after unsubscribing"
+    );
 
     // Application-level ping.
-    assert_eq!(a.request(json!({"type":"ping","id":[1]})).await, json!({"type":"pong","id":[1]}));
+    assert_eq!(
+        a.request(json!({"type":"ping","id":[1]})).await,
+        json!({"type":"pong","id":[1]})
+    );
 }
 
 #[tokio::test]
@@ -82,7 +116,10 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
     a.send_text("[1,2]").await;
     assert_eq!(a.next_json().await["code"], "bad_request");
     let r = a.request(json!({"type":"dance","id":"x"})).await;
-    assert_eq!((r["code"].as_str(), r["id"].as_str()), (Some("unknown_type"), Some("x")));
+    assert_eq!(
+        (r["code"].as_str(), r["id"].as_str()),
+        (Some("unknown_type"), Some("x"))
+    );
     let r = a.request(json!({"type":"subscribe"})).await;
     assert_eq!(r["code"], "bad_request");
     a.send_binary(vec![1, 2, 3]).await;
@@ -93,7 +130,10 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
     gw.publish("/app/broadcast", json!(5)).await;
     assert_eq!(a.next_json().await["data"], 5);
     assert_eq!(other.next_json().await["data"], 5);
-    assert!(other.next_json_within(SHORT).await.is_none(), "the other client got only the message");
+    assert!(
+        other.next_json_within(SHORT).await.is_none(),
+        "the other client got only the message"
+    );
 }
 
 /// A fresh raw socket with its welcome read.
@@ -106,12 +146,16 @@ async fn raw(gw: &Gateway) -> RawWs {
 
 #[tokio::test]
 async fn size_limit_counts_all_fragments() {
-    let gw = Gateway::start_with(GatewayOptions::default().env("TIDINGS_WEBSOCKET__MAX_MESSAGE_BYTES", "1024")).await;
+    let gw = Gateway::start_with(
+        GatewayOptions::default().env("TIDINGS_WEBSOCKET__MAX_MESSAGE_BYTES", "1024"),
+    )
+    .await;
     let mut bystander = Client::connect(&gw.ws_url()).await;
 
     // Exactly the limit is fine.
     let mut r = raw(&gw).await;
-    let ping = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(1024 - 26));
+    let frame = |pad: usize| format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(pad));
+    let ping = frame(1024 - frame(0).len());
     assert_eq!(ping.len(), 1024);
     r.send_frame(true, op::TEXT, ping.as_bytes()).await;
     assert_eq!(r.next_json(PATIENCE).await.expect("pong")["type"], "pong");
@@ -134,7 +178,10 @@ async fn size_limit_counts_all_fragments() {
     r.send_frame(false, op::TEXT, br#"{"type":"#).await;
     r.send_frame(false, op::CONT, br#""pi"#).await;
     r.send_frame(true, op::CONT, br#"ng","id":3}"#).await;
-    assert_eq!(r.next_json(PATIENCE).await.expect("pong"), json!({"type":"pong","id":3}));
+    assert_eq!(
+        r.next_json(PATIENCE).await.expect("pong"),
+        json!({"type":"pong","id":3})
+    );
 
     gw.publish("/app/broadcast", json!("ok")).await;
     assert_eq!(bystander.next_json().await["data"], "ok");
@@ -146,36 +193,64 @@ async fn invalid_utf8_and_protocol_violations_get_their_close_codes() {
     let mut bystander = Client::connect(&gw.ws_url()).await;
 
     let mut r = raw(&gw).await;
-    r.send_frame(true, op::TEXT, &[b'"', 0xff, 0xfe, b'"']).await;
-    assert_eq!(r.close_code(PATIENCE).await, Some(1007), "invalid UTF-8 in one frame");
+    r.send_frame(true, op::TEXT, &[b'"', 0xff, 0xfe, b'"'])
+        .await;
+    assert_eq!(
+        r.close_code(PATIENCE).await,
+        Some(1007),
+        "invalid UTF-8 in one frame"
+    );
 
     let mut r = raw(&gw).await;
     // A multi-byte character split across fragments is fine...
     let snowman = "\"☃\"".as_bytes();
     r.send_frame(false, op::TEXT, &snowman[..2]).await;
     r.send_frame(true, op::CONT, &snowman[2..]).await;
-    assert_eq!(r.next_json(PATIENCE).await.expect("reply")["code"], "bad_request");
+    assert_eq!(
+        r.next_json(PATIENCE).await.expect("reply")["code"],
+        "bad_request"
+    );
     // ...but bytes that never form valid UTF-8 are not.
     r.send_frame(false, op::TEXT, b"\"a").await;
     r.send_frame(true, op::CONT, &[0xc3, b'"']).await;
-    assert_eq!(r.close_code(PATIENCE).await, Some(1007), "invalid UTF-8 across fragments");
+    assert_eq!(
+        r.close_code(PATIENCE).await,
+        Some(1007),
+        "invalid UTF-8 across fragments"
+    );
 
     let mut r = raw(&gw).await;
     r.send_frame(true, op::CONT, b"x").await;
-    assert_eq!(r.close_code(PATIENCE).await, Some(1002), "continuation without a message");
+    assert_eq!(
+        r.close_code(PATIENCE).await,
+        Some(1002),
+        "continuation without a message"
+    );
 
     let mut r = raw(&gw).await;
     r.send_frame(false, op::TEXT, b"[").await;
     r.send_frame(true, op::TEXT, b"]").await;
-    assert_eq!(r.close_code(PATIENCE).await, Some(1002), "new message inside a fragmented one");
+    assert_eq!(
+        r.close_code(PATIENCE).await,
+        Some(1002),
+        "new message inside a fragmented one"
+    );
 
     let mut r = raw(&gw).await;
     r.send_frame_rsv(true, 4, op::TEXT, b"{}").await;
-    assert_eq!(r.close_code(PATIENCE).await, Some(1002), "reserved bits set");
+    assert_eq!(
+        r.close_code(PATIENCE).await,
+        Some(1002),
+        "reserved bits set"
+    );
 
     let mut r = raw(&gw).await;
     r.send_frame(false, op::PING, b"").await;
-    assert_eq!(r.close_code(PATIENCE).await, Some(1002), "fragmented control frame");
+    assert_eq!(
+        r.close_code(PATIENCE).await,
+        Some(1002),
+        "fragmented control frame"
+    );
 
     let mut r = raw(&gw).await;
     r.send_frame(true, 0x3, b"").await;
@@ -202,11 +277,23 @@ async fn dead_peer_is_closed_live_peer_is_not() {
     let mut live = Client::connect(&gw.ws_url()).await;
     // The raw client never answers: a dead peer.
     let mut dead = raw(&gw).await;
-    let ping = dead.read_frame(PATIENCE).await.expect("a ping");
-    assert_eq!(ping.opcode, op::PING);
-    assert_eq!(dead.close_code(PATIENCE).await, Some(4000));
-    // Well past several ping intervals, the live one is still served.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The live one keeps reading (so tungstenite answers its pings) for well
+    // past several ping intervals, while the dead one is cut off.
+    let keep_live = async {
+        let quiet_until = tokio::time::Instant::now() + Duration::from_millis(1500);
+        while let Some(frame) = live
+            .next_json_within(quiet_until - tokio::time::Instant::now())
+            .await
+        {
+            panic!("nothing arrives meanwhile, got {frame}");
+        }
+    };
+    let watch_dead = async {
+        let ping = dead.read_frame(PATIENCE).await.expect("a ping");
+        assert_eq!(ping.opcode, op::PING);
+        assert_eq!(dead.close_code(PATIENCE).await, Some(4000));
+    };
+    tokio::join!(keep_live, watch_dead);
     gw.publish("/app/broadcast", json!("alive")).await;
     assert_eq!(live.next_json().await["data"], "alive");
 }
@@ -222,7 +309,10 @@ async fn sigterm_closes_every_socket_with_1001_and_exits() {
     for c in &mut clients {
         assert_eq!(c.closed_with(PATIENCE).await, Some(1001));
     }
-    let status = gw.wait_exit(PATIENCE).await.expect("exited within the deadline");
+    let status = gw
+        .wait_exit(PATIENCE)
+        .await
+        .expect("exited within the deadline");
     assert!(status.success(), "{status:?}");
     assert!(gw.logs().contains("SIGTERM received"));
 }
@@ -232,8 +322,13 @@ async fn origin_is_checked_on_upgrade() {
     let gw = Gateway::start().await;
     let host = gw.addr.to_string();
     let same = format!("http://{host}");
-    assert!(Client::connect_with(&gw.ws_url(), &[("Origin", &same)]).await.is_ok());
-    let refused = Client::connect_with(&gw.ws_url(), &[("Origin", "https://evil.example")]).await.err().expect("refused");
+    assert!(Client::connect_with(&gw.ws_url(), &[("Origin", &same)])
+        .await
+        .is_ok());
+    let refused = Client::connect_with(&gw.ws_url(), &[("Origin", "https://evil.example")])
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(refused.status, 403);
     // Non-browser clients send no Origin.
     assert!(Client::connect_with(&gw.ws_url(), &[]).await.is_ok());
@@ -245,7 +340,14 @@ async fn origin_is_checked_on_upgrade() {
         "#,
     ))
     .await;
-    assert!(Client::connect_with(&gw.ws_url(), &[("Origin", "https://app.example")]).await.is_ok());
-    let refused = Client::connect_with(&gw.ws_url(), &[("Origin", "https://app.example.evil")]).await.err().expect("refused");
+    assert!(
+        Client::connect_with(&gw.ws_url(), &[("Origin", "https://app.example")])
+            .await
+            .is_ok()
+    );
+    let refused = Client::connect_with(&gw.ws_url(), &[("Origin", "https://app.example.evil")])
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(refused.status, 403);
 }

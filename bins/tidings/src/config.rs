@@ -162,7 +162,9 @@ impl Default for Config {
             shutdown: ShutdownConfig {
                 grace_secs: t.shutdown_grace.as_secs_f64(),
             },
-            routing: RoutingConfig { rules: Rule::defaults() },
+            routing: RoutingConfig {
+                rules: Rule::defaults(),
+            },
         }
     }
 }
@@ -170,16 +172,69 @@ impl Default for Config {
 /// A configuration that cannot be used, naming the key and its source.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConfigError {
-    #[error("{0}")]
+    #[error("{}", describe_load_error(.0))]
     Load(Box<figment::Error>),
-    #[error("config key `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    #[error("config key `{key}`{origin}: {reason}")]
+    Invalid {
+        key: &'static str,
+        reason: String,
+        /// " (from ...)" once known, else empty.
+        origin: String,
+    },
 }
 
 impl From<figment::Error> for ConfigError {
     fn from(e: figment::Error) -> Self {
         ConfigError::Load(Box::new(e))
     }
+}
+
+/// Renders every error figment found as
+/// "config key `a.b` (from <source>): <what is wrong>", where the source is
+/// the exact environment variable or the file path.
+fn describe_load_error(error: &figment::Error) -> String {
+    let mut lines = Vec::new();
+    for e in error.clone() {
+        let mut path = e.path.clone();
+        // An unknown field's own name is the key the user wrote.
+        if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+            if path.last() != Some(field) {
+                path.push(field.clone());
+            }
+        }
+        let key = path.join(".");
+        let source = match &e.metadata {
+            Some(md) if md.name.contains("environment") => {
+                format!(
+                    "environment variable TIDINGS_{}",
+                    path.join("__").to_ascii_uppercase()
+                )
+            }
+            Some(md) => match &md.source {
+                Some(figment::Source::File(f)) => format!("file {}", f.display()),
+                _ => md.name.to_string(),
+            },
+            None => "configuration".to_string(),
+        };
+        // Never echo a secret's value back: for these keys, only say which
+        // key was wrong and what was expected.
+        let kind = match &e.kind {
+            figment::error::Kind::InvalidValue(_, expected) if is_secret(&key) => {
+                format!("invalid value, expected {expected}")
+            }
+            figment::error::Kind::InvalidType(_, expected) if is_secret(&key) => {
+                format!("invalid type, expected {expected}")
+            }
+            figment::error::Kind::Message(_) if is_secret(&key) => "invalid value".to_string(),
+            other => other.to_string(),
+        };
+        lines.push(format!("config key `{key}` (from {source}): {kind}"));
+    }
+    lines.join("\n")
+}
+
+fn is_secret(key: &str) -> bool {
+    matches!(key, "api_key" | "redis_url")
 }
 
 fn positive_secs(key: &'static str, v: f64) -> Result<Duration, ConfigError> {
@@ -189,6 +244,7 @@ fn positive_secs(key: &'static str, v: f64) -> Result<Duration, ConfigError> {
         Err(ConfigError::Invalid {
             key,
             reason: format!("must be a positive number of seconds, got {v}"),
+            origin: String::new(),
         })
     }
 }
@@ -202,13 +258,34 @@ impl Config {
                 return Err(ConfigError::Invalid {
                     key: "--config",
                     reason: format!("file {} does not exist", path.display()),
+                    origin: String::new(),
                 });
             }
             fig = fig.merge(Toml::file_exact(path));
         }
         fig = fig.merge(Env::prefixed("TIDINGS_").split("__"));
         let config: Config = fig.extract()?;
-        config.validate()?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, reason, .. } => {
+                let origin = fig
+                    .find_metadata(key)
+                    .map(|md| match &md.source {
+                        Some(figment::Source::File(f)) => format!(" (from file {})", f.display()),
+                        _ if md.name.contains("environment") => format!(
+                            " (from environment variable TIDINGS_{})",
+                            key.replace('.', "__").to_ascii_uppercase()
+                        ),
+                        _ => format!(" (from {})", md.name),
+                    })
+                    .unwrap_or_default();
+                ConfigError::Invalid {
+                    key,
+                    reason,
+                    origin,
+                }
+            }
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -218,24 +295,28 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "websocket.path",
                 reason: "must start with '/'".into(),
+                origin: String::new(),
             });
         }
         if !(128..=64 * 1024 * 1024).contains(&ws.max_message_bytes) {
             return Err(ConfigError::Invalid {
                 key: "websocket.max_message_bytes",
                 reason: "must be between 128 and 67108864".into(),
+                origin: String::new(),
             });
         }
         if ws.outbound_queue == 0 {
             return Err(ConfigError::Invalid {
                 key: "websocket.outbound_queue",
                 reason: "must be at least 1".into(),
+                origin: String::new(),
             });
         }
         if self.api.max_body_bytes == 0 {
             return Err(ConfigError::Invalid {
                 key: "api.max_body_bytes",
                 reason: "must be at least 1".into(),
+                origin: String::new(),
             });
         }
         if let Some(key) = &self.api_key {
@@ -243,6 +324,7 @@ impl Config {
                 return Err(ConfigError::Invalid {
                     key: "api_key",
                     reason: "must be at least 16 characters".into(),
+                    origin: String::new(),
                 });
             }
         }
@@ -251,6 +333,7 @@ impl Config {
                 return Err(ConfigError::Invalid {
                     key: "redis_url",
                     reason: "must start with redis:// or rediss://".into(),
+                    origin: String::new(),
                 });
             }
         }
@@ -273,7 +356,10 @@ impl Config {
                 SlowConsumer::Drop => SlowConsumerPolicy::Drop,
             },
             write_timeout: positive_secs("websocket.write_timeout_secs", ws.write_timeout_secs)?,
-            handshake_timeout: positive_secs("websocket.handshake_timeout_secs", ws.handshake_timeout_secs)?,
+            handshake_timeout: positive_secs(
+                "websocket.handshake_timeout_secs",
+                ws.handshake_timeout_secs,
+            )?,
             allowed_origins: ws.allowed_origins.clone(),
             max_subscriptions: ws.max_subscriptions,
             shutdown_grace: positive_secs("shutdown.grace_secs", self.shutdown.grace_secs)?,
@@ -285,6 +371,7 @@ impl Config {
         Router::new(self.routing.rules.clone()).map_err(|e| ConfigError::Invalid {
             key: "routing.rules",
             reason: e.to_string(),
+            origin: String::new(),
         })
     }
 

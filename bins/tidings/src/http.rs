@@ -34,16 +34,29 @@ impl Endpoints {
     }
 
     /// Routes one request.
-    pub(crate) async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> HttpResponse {
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/") => demo_page(),
             (&Method::GET | &Method::HEAD, "/healthz") => text_response(StatusCode::OK, "ok\n"),
             (&Method::GET | &Method::HEAD, "/readyz") => self.readyz(),
             (&Method::POST, "/api/publish") => self.publish(req, peer).await,
             (_, "/" | "/healthz" | "/readyz" | "/api/publish") => {
-                let mut res = json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed");
-                let allow = if req.uri().path() == "/api/publish" { "POST" } else { "GET, HEAD" };
-                res.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+                let mut res = json_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "method not allowed",
+                );
+                let allow = if req.uri().path() == "/api/publish" {
+                    "POST"
+                } else {
+                    "GET, HEAD"
+                };
+                res.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
                 res
             }
             _ => text_response(StatusCode::NOT_FOUND, "not found\n"),
@@ -56,7 +69,10 @@ impl Endpoints {
         } else if !self.gateway.bridge().is_ready() {
             text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("{} broker unavailable\n", self.gateway.bridge().broker_name()),
+                format!(
+                    "{} broker unavailable\n",
+                    self.gateway.bridge().broker_name()
+                ),
             )
         } else {
             text_response(StatusCode::OK, "ready\n")
@@ -72,8 +88,12 @@ impl Endpoints {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         match (&self.api_key, bearer) {
-            (Some(key), Some(given)) if constant_time_eq(key.as_bytes(), given.as_bytes()) => Ok(()),
-            (Some(_), _) => Err(unauthorized("a valid `Authorization: Bearer <api_key>` header is required")),
+            (Some(key), Some(given)) if constant_time_eq(key.as_bytes(), given.as_bytes()) => {
+                Ok(())
+            }
+            (Some(_), _) => Err(unauthorized(
+                "a valid `Authorization: Bearer <api_key>` header is required",
+            )),
             (None, _) => {
                 let proxied = ["forwarded", "x-forwarded-for", "x-real-ip"]
                     .iter()
@@ -99,7 +119,11 @@ impl Endpoints {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
         if !is_json {
             return json_error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -116,7 +140,13 @@ impl Endpoints {
                     &format!("body larger than {} bytes", self.max_body),
                 )
             }
-            Err(_) => return json_error(StatusCode::BAD_REQUEST, "bad_body", "could not read the request body"),
+            Err(_) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    "could not read the request body",
+                )
+            }
         };
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -136,14 +166,26 @@ impl Endpoints {
         };
         let channel = match ChannelName::new(&parsed.channel) {
             Ok(c) => c,
-            Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_channel", &e.to_string()),
+            Err(e) => {
+                return json_error(StatusCode::BAD_REQUEST, "invalid_channel", &e.to_string())
+            }
         };
         let payload = Bytes::from(String::from(Box::<str>::from(parsed.data)));
-        match self.gateway.bridge().publish(Message::new(channel, payload)).await {
+        match self
+            .gateway
+            .bridge()
+            .publish(Message::new(channel, payload))
+            .await
+        {
             Ok(()) => json_response(StatusCode::ACCEPTED, r#"{"status":"accepted"}"#.into()),
             Err(e) => {
-                let mut res = json_error(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", &e.to_string());
-                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                let mut res = json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "broker_unavailable",
+                    &e.to_string(),
+                );
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 res
             }
         }
@@ -160,8 +202,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 fn json_response(status: StatusCode, body: String) -> HttpResponse {
     let mut res = http::Response::new(Full::new(Bytes::from(body)));
     *res.status_mut() = status;
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     res
 }
 
@@ -180,11 +224,17 @@ fn unauthorized(message: &str) -> HttpResponse {
 fn demo_page() -> HttpResponse {
     let mut res = http::Response::new(Full::new(Bytes::from_static(DEMO_PAGE.as_bytes())));
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:"),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     res
 }

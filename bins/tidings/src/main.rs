@@ -49,7 +49,10 @@ fn main() -> ExitCode {
         }
         Command::Run => {
             init_tracing(&config);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("tidings: cannot start the runtime: {e}");
@@ -69,14 +72,19 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(config: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
         LogFormat::Text => builder.init(),
     }
 }
@@ -88,7 +96,10 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         None => Bridge::in_process(),
         Some(_) => return Err("redis_url is set, but this build has no Redis bridge yet".into()),
     };
-    let gateway = Gateway::builder(bridge).config(transport).router(router).build();
+    let gateway = Gateway::builder(bridge)
+        .config(transport)
+        .router(router)
+        .build();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -103,7 +114,10 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 
 fn banner(config: &Config, addr: std::net::SocketAddr, broker: &str) {
     let base = format!("http://{addr}");
-    tracing::info!("Tidings {} listening on {base} (broker: {broker})", env!("CARGO_PKG_VERSION"));
+    tracing::info!(
+        "Tidings {} listening on {base} (broker: {broker})",
+        env!("CARGO_PKG_VERSION")
+    );
     tracing::info!("  demo page:  {base}/");
     tracing::info!("  websocket:  ws://{addr}{}", config.websocket.path);
     let auth = if config.api_key.is_some() {

@@ -32,41 +32,81 @@ fn write_config(name: &str, body: &str) -> std::path::PathBuf {
 fn check_config_prints_defaults_and_redacts_secrets() {
     let (ok, out, err) = tidings(
         &["check-config"],
-        &[("TIDINGS_API_KEY", "1234567890123456789"), ("TIDINGS_REDIS_URL", "redis://:hunter2hunter2@127.0.0.1:6379/2")],
+        &[
+            ("TIDINGS_API_KEY", "1234567890123456789"),
+            (
+                "TIDINGS_REDIS_URL",
+                "redis://:hunter2hunter2@127.0.0.1:6379/2",
+            ),
+        ],
     );
     assert!(ok, "{err}");
     assert!(out.contains("listen = \"127.0.0.1:8080\""), "{out}");
     assert!(out.contains("api_key = \"<redacted>\""), "{out}");
     assert!(out.contains("redis_url = \"<redacted>\""), "{out}");
-    assert!(!out.contains("1234567890123456789") && !out.contains("hunter2"), "{out}");
+    assert!(
+        !out.contains("1234567890123456789") && !out.contains("hunter2"),
+        "{out}"
+    );
     assert!(out.contains("[[routing.rules]]"));
 }
 
 #[test]
 fn layering_file_then_environment() {
-    let p = write_config("layers", "listen = \"127.0.0.1:9001\"\n[websocket]\nping_interval_secs = 5\n");
-    let (ok, out, err) = tidings(&["--config", p.to_str().unwrap(), "check-config"], &[("TIDINGS_WEBSOCKET__PING_INTERVAL_SECS", "7")]);
+    let p = write_config(
+        "layers",
+        "listen = \"127.0.0.1:9001\"\n[websocket]\nping_interval_secs = 5\n",
+    );
+    let (ok, out, err) = tidings(
+        &["--config", p.to_str().unwrap(), "check-config"],
+        &[("TIDINGS_WEBSOCKET__PING_INTERVAL_SECS", "7")],
+    );
     assert!(ok, "{err}");
-    assert!(out.contains("listen = \"127.0.0.1:9001\""), "file beats defaults: {out}");
-    assert!(out.contains("ping_interval_secs = 7"), "environment beats file: {out}");
-    let (ok, out, _) = tidings(&["--config", p.to_str().unwrap(), "check-config"], &[("TIDINGS_LISTEN", "0.0.0.0:9002")]);
+    assert!(
+        out.contains("listen = \"127.0.0.1:9001\""),
+        "file beats defaults: {out}"
+    );
+    assert!(
+        out.contains("ping_interval_secs = 7"),
+        "environment beats file: {out}"
+    );
+    let (ok, out, _) = tidings(
+        &["--config", p.to_str().unwrap(), "check-config"],
+        &[("TIDINGS_LISTEN", "0.0.0.0:9002")],
+    );
     assert!(ok);
     assert!(out.contains("listen = \"0.0.0.0:9002\""), "{out}");
 }
 
 #[test]
 fn bad_values_name_the_key_and_the_source() {
-    let (ok, _, err) = tidings(&["check-config"], &[("TIDINGS_WEBSOCKET__PING_INTERVAL_SECS", "soon")]);
+    let (ok, _, err) = tidings(
+        &["check-config"],
+        &[("TIDINGS_WEBSOCKET__PING_INTERVAL_SECS", "soon")],
+    );
     assert!(!ok);
-    assert!(err.contains("ping_interval_secs") && err.contains("TIDINGS_WEBSOCKET__PING_INTERVAL_SECS"), "{err}");
+    assert!(
+        err.contains("ping_interval_secs") && err.contains("TIDINGS_WEBSOCKET__PING_INTERVAL_SECS"),
+        "{err}"
+    );
 
     let (ok, _, err) = tidings(&["check-config"], &[("TIDINGS_LISTEN", "not-an-address")]);
     assert!(!ok);
-    assert!(err.contains("listen") && err.contains("TIDINGS_LISTEN"), "{err}");
+    assert!(
+        err.contains("listen") && err.contains("TIDINGS_LISTEN"),
+        "{err}"
+    );
 
-    let (ok, _, err) = tidings(&["check-config"], &[("TIDINGS_WEBSOCKET__PONG_TIMEOUT_SECS", "-1")]);
+    let (ok, _, err) = tidings(
+        &["check-config"],
+        &[("TIDINGS_WEBSOCKET__PONG_TIMEOUT_SECS", "-1")],
+    );
     assert!(!ok);
-    assert!(err.contains("websocket.pong_timeout_secs"), "{err}");
+    assert!(
+        err.contains("websocket.pong_timeout_secs")
+            && err.contains("TIDINGS_WEBSOCKET__PONG_TIMEOUT_SECS"),
+        "{err}"
+    );
 
     let (ok, _, err) = tidings(&["check-config"], &[("TIDINGS_REDIS_URL", "http://x")]);
     assert!(!ok);
@@ -84,14 +124,26 @@ fn unknown_keys_stop_startup() {
     let p = write_config("typo", "[websocket]\nping_intervall_secs = 3\n");
     let (ok, _, err) = tidings(&["--config", p.to_str().unwrap(), "check-config"], &[]);
     assert!(!ok);
-    assert!(err.contains("ping_intervall_secs") && err.contains(p.to_str().unwrap()), "{err}");
+    assert!(
+        err.contains("ping_intervall_secs") && err.contains(p.to_str().unwrap()),
+        "{err}"
+    );
     // A bad routing rule.
-    let p = write_config("rule", "[[routing.rules]]\nchannel = \"/u/{uid}\"\njoin = true\n");
+    let p = write_config(
+        "rule",
+        "[[routing.rules]]\nchannel = \"/u/{uid}\"\njoin = true\n",
+    );
     let (ok, _, err) = tidings(&["--config", p.to_str().unwrap(), "check-config"], &[]);
     assert!(!ok);
-    assert!(err.contains("routing.rules") && err.contains("uid"), "{err}");
+    assert!(
+        err.contains("routing.rules") && err.contains("uid"),
+        "{err}"
+    );
     // A missing file.
-    let (ok, _, err) = tidings(&["--config", "/nonexistent/tidings.toml", "check-config"], &[]);
+    let (ok, _, err) = tidings(
+        &["--config", "/nonexistent/tidings.toml", "check-config"],
+        &[],
+    );
     assert!(!ok);
     assert!(err.contains("does not exist"), "{err}");
 }

@@ -117,9 +117,15 @@ impl Bridge {
     /// delivers it.
     pub async fn publish(&self, message: Message) -> Result<(), BrokerError> {
         if !self.inner.broker.is_ready() {
-            return Err(BrokerError::Unavailable(format!("{} broker is not connected", self.broker_name())));
+            return Err(BrokerError::Unavailable(format!(
+                "{} broker is not connected",
+                self.broker_name()
+            )));
         }
-        self.inner.broker.publish(&message.channel, message.payload).await
+        self.inner
+            .broker
+            .publish(&message.channel, message.payload)
+            .await
     }
 
     /// A subscription handle for one socket, delivering into `mailbox`.
@@ -199,7 +205,10 @@ impl Subscriber {
         inner.hub.add(&topic, self.id, &self.mailbox);
         self.topics.insert(topic.clone());
         let (tx, rx) = oneshot::channel();
-        inner.control.send(Control::Ensure(topic, tx)).map_err(|_| BrokerError::Closed)?;
+        inner
+            .control
+            .send(Control::Ensure(topic, tx))
+            .map_err(|_| BrokerError::Closed)?;
         rx.await.unwrap_or(Err(BrokerError::Closed))
     }
 
@@ -229,7 +238,12 @@ impl Drop for Subscriber {
 }
 
 /// The subscription manager: the only place broker subscriptions change.
-async fn manage(hub: Arc<Hub>, broker: Arc<dyn Broker>, mut rx: mpsc::UnboundedReceiver<Control>, degraded: Arc<AtomicBool>) {
+async fn manage(
+    hub: Arc<Hub>,
+    broker: Arc<dyn Broker>,
+    mut rx: mpsc::UnboundedReceiver<Control>,
+    degraded: Arc<AtomicBool>,
+) {
     // Topics the broker is subscribed to, as far as this task knows.
     let mut active: HashSet<Topic> = HashSet::new();
     let mut batch = Vec::with_capacity(BATCH);
@@ -239,7 +253,8 @@ async fn manage(hub: Arc<Hub>, broker: Arc<dyn Broker>, mut rx: mpsc::UnboundedR
             return;
         }
         let mut touched: Vec<Topic> = Vec::new();
-        let mut waiters: HashMap<Topic, Vec<oneshot::Sender<Result<(), BrokerError>>>> = HashMap::new();
+        let mut waiters: HashMap<Topic, Vec<oneshot::Sender<Result<(), BrokerError>>>> =
+            HashMap::new();
         let mut restored = false;
         for control in batch.drain(..) {
             match control {
@@ -250,7 +265,10 @@ async fn manage(hub: Arc<Hub>, broker: Arc<dyn Broker>, mut rx: mpsc::UnboundedR
                 Control::Release(topic) => touched.push(topic),
                 Control::Lost => {
                     if !lost {
-                        tracing::warn!(broker = broker.name(), "broker connection lost; sockets stay connected");
+                        tracing::warn!(
+                            broker = broker.name(),
+                            "broker connection lost; sockets stay connected"
+                        );
                     }
                     lost = true;
                 }
@@ -273,7 +291,12 @@ async fn manage(hub: Arc<Hub>, broker: Arc<dyn Broker>, mut rx: mpsc::UnboundedR
             if lost {
                 hub.stats().record_reconnect();
                 let told = hub.notify_gap(&wanted, "broker_reconnected");
-                tracing::info!(broker = broker.name(), topics = wanted.len(), sockets = told, "broker connection restored; subscriptions restored");
+                tracing::info!(
+                    broker = broker.name(),
+                    topics = wanted.len(),
+                    sockets = told,
+                    "broker connection restored; subscriptions restored"
+                );
             }
             lost = false;
         }
@@ -286,7 +309,10 @@ async fn manage(hub: Arc<Hub>, broker: Arc<dyn Broker>, mut rx: mpsc::UnboundedR
                 let r = if broker.is_ready() {
                     broker.subscribe(&topic).await
                 } else {
-                    Err(BrokerError::Unavailable(format!("{} broker is not connected", broker.name())))
+                    Err(BrokerError::Unavailable(format!(
+                        "{} broker is not connected",
+                        broker.name()
+                    )))
                 };
                 if r.is_ok() {
                     active.insert(topic.clone());

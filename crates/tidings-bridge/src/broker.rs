@@ -50,7 +50,11 @@ impl BrokerError {
 pub trait Broker: Send + Sync + 'static {
     /// Publishes `payload` on `channel` to every subscriber of every gateway
     /// instance. Resolves once the broker has accepted it.
-    fn publish(&self, channel: &ChannelName, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>>;
+    fn publish(
+        &self,
+        channel: &ChannelName,
+        payload: Bytes,
+    ) -> BoxFuture<'_, Result<(), BrokerError>>;
 
     /// Starts receiving `topic`. Resolves once messages published from now on
     /// will be received.

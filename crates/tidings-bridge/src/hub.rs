@@ -27,7 +27,12 @@ struct Topics {
     patterns: HashMap<ChannelPattern, Subscribers>,
 }
 
-fn add_to<K: Hash + Eq + Clone + Borrow<str>>(map: &mut HashMap<K, Subscribers>, key: &K, conn: u64, mailbox: &Mailbox) -> bool {
+fn add_to<K: Hash + Eq + Clone + Borrow<str>>(
+    map: &mut HashMap<K, Subscribers>,
+    key: &K,
+    conn: u64,
+    mailbox: &Mailbox,
+) -> bool {
     match map.entry(key.clone()) {
         Entry::Occupied(mut e) => {
             e.get_mut().insert(conn, mailbox.clone());
@@ -40,8 +45,14 @@ fn add_to<K: Hash + Eq + Clone + Borrow<str>>(map: &mut HashMap<K, Subscribers>,
     }
 }
 
-fn remove_from<K: Hash + Eq + Borrow<str>>(map: &mut HashMap<K, Subscribers>, key: &str, conn: u64) -> bool {
-    let Some(subs) = map.get_mut(key) else { return false };
+fn remove_from<K: Hash + Eq + Borrow<str>>(
+    map: &mut HashMap<K, Subscribers>,
+    key: &str,
+    conn: u64,
+) -> bool {
+    let Some(subs) = map.get_mut(key) else {
+        return false;
+    };
     if subs.swap_remove(&conn).is_none() || !subs.is_empty() {
         return false;
     }
@@ -196,7 +207,8 @@ impl Hub {
     /// one notice per socket naming its affected channels and patterns.
     /// Returns how many sockets were told.
     pub fn notify_gap(&self, topics: &[Topic], reason: &str) -> usize {
-        let mut per_conn: HashMap<u64, (Mailbox, Vec<ChannelName>, Vec<ChannelPattern>)> = HashMap::new();
+        let mut per_conn: HashMap<u64, (Mailbox, Vec<ChannelName>, Vec<ChannelPattern>)> =
+            HashMap::new();
         {
             let all = self.topics.read();
             for topic in topics {
@@ -205,7 +217,9 @@ impl Hub {
                     Topic::Pattern(p) => all.patterns.get(p.as_str()),
                 };
                 for (conn, mb) in subs.into_iter().flatten() {
-                    let e = per_conn.entry(*conn).or_insert_with(|| (mb.clone(), Vec::new(), Vec::new()));
+                    let e = per_conn
+                        .entry(*conn)
+                        .or_insert_with(|| (mb.clone(), Vec::new(), Vec::new()));
                     match topic {
                         Topic::Channel(c) => e.1.push(c.clone()),
                         Topic::Pattern(p) => e.2.push(p.clone()),
@@ -217,7 +231,9 @@ impl Hub {
         for (_, (mb, mut channels, mut patterns)) in per_conn {
             channels.sort();
             patterns.sort();
-            mb.offer(Outbound::Notice(protocol::encode_gap(&channels, &patterns, reason)));
+            mb.offer(Outbound::Notice(protocol::encode_gap(
+                &channels, &patterns, reason,
+            )));
         }
         self.stats.record_gap_notices(n as u64);
         n

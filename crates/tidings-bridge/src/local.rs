@@ -24,8 +24,13 @@ impl LocalBroker {
 }
 
 impl Broker for LocalBroker {
-    fn publish(&self, channel: &ChannelName, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
-        self.inbound.message_everywhere(&Message::new(channel.clone(), payload));
+    fn publish(
+        &self,
+        channel: &ChannelName,
+        payload: Bytes,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.inbound
+            .message_everywhere(&Message::new(channel.clone(), payload));
         Box::pin(async { Ok(()) })
     }
 

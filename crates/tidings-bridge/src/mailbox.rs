@@ -35,7 +35,9 @@ impl FromStr for SlowConsumerPolicy {
         match s {
             "close" => Ok(Self::Close),
             "drop" => Ok(Self::Drop),
-            other => Err(format!("unknown slow-consumer policy {other:?} (expected \"close\" or \"drop\")")),
+            other => Err(format!(
+                "unknown slow-consumer policy {other:?} (expected \"close\" or \"drop\")"
+            )),
         }
     }
 }

@@ -20,16 +20,27 @@ struct Recording {
 }
 
 impl Broker for Recording {
-    fn publish(&self, channel: &ChannelName, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
-        self.inbound.message_everywhere(&Message::new(channel.clone(), payload));
+    fn publish(
+        &self,
+        channel: &ChannelName,
+        payload: Bytes,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.inbound
+            .message_everywhere(&Message::new(channel.clone(), payload));
         Box::pin(async { Ok(()) })
     }
     fn subscribe(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BrokerError>> {
         self.log.lock().unwrap().push(("sub".into(), topic.clone()));
-        Box::pin(async { tokio::task::yield_now().await; Ok(()) })
+        Box::pin(async {
+            tokio::task::yield_now().await;
+            Ok(())
+        })
     }
     fn unsubscribe(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BrokerError>> {
-        self.log.lock().unwrap().push(("unsub".into(), topic.clone()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(("unsub".into(), topic.clone()));
         Box::pin(async { Ok(()) })
     }
     fn is_ready(&self) -> bool {
@@ -43,7 +54,10 @@ impl Broker for Recording {
 fn recording_bridge() -> (Bridge, Arc<Mutex<Vec<(String, Topic)>>>) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let l = log.clone();
-    (Bridge::new(move |inbound| Recording { inbound, log: l }), log)
+    (
+        Bridge::new(move |inbound| Recording { inbound, log: l }),
+        log,
+    )
 }
 
 fn chan(s: &str) -> Topic {
@@ -56,7 +70,10 @@ fn net_state(log: &[(String, Topic)]) -> HashMap<Topic, i32> {
     for (op, t) in log {
         let e = m.entry(t.clone()).or_insert(0);
         *e += if op == "sub" { 1 } else { -1 };
-        assert!((0..=1).contains(e), "broker state for {t} went to {e}: {log:?}");
+        assert!(
+            (0..=1).contains(e),
+            "broker state for {t} went to {e}: {log:?}"
+        );
     }
     m
 }
@@ -80,8 +97,15 @@ async fn hundred_sockets_one_subscription() {
         subs.push(s);
         rxs.push(rx);
     }
-    assert_eq!(log.lock().unwrap().len(), 1, "one SUBSCRIBE for 100 sockets");
-    bridge.publish(Message::new(ChannelName::new("/news").unwrap(), "x")).await.unwrap();
+    assert_eq!(
+        log.lock().unwrap().len(),
+        1,
+        "one SUBSCRIBE for 100 sockets"
+    );
+    bridge
+        .publish(Message::new(ChannelName::new("/news").unwrap(), "x"))
+        .await
+        .unwrap();
     let mut frames = Vec::new();
     for rx in &mut rxs {
         match rx.try_next() {
@@ -93,7 +117,11 @@ async fn hundred_sockets_one_subscription() {
     assert!(frames.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])));
     subs.truncate(1);
     settle().await;
-    assert_eq!(log.lock().unwrap().len(), 1, "still one socket: no UNSUBSCRIBE yet");
+    assert_eq!(
+        log.lock().unwrap().len(),
+        1,
+        "still one socket: no UNSUBSCRIBE yet"
+    );
     subs.clear();
     settle().await;
     let log = log.lock().unwrap();
@@ -138,9 +166,17 @@ async fn concurrent_joins_and_leaves_end_consistent() {
     }
     settle().await;
     let state = net_state(&log.lock().unwrap());
-    assert_eq!(state.get(&topics[0]), Some(&1), "held topic stays subscribed");
+    assert_eq!(
+        state.get(&topics[0]),
+        Some(&1),
+        "held topic stays subscribed"
+    );
     for t in &topics[1..] {
-        assert_eq!(state.get(t).copied().unwrap_or(0), 0, "{t} has no sockets and must be unsubscribed");
+        assert_eq!(
+            state.get(t).copied().unwrap_or(0),
+            0,
+            "{t} has no sockets and must be unsubscribed"
+        );
     }
     assert_eq!(bridge.hub().subscriber_count(&topics[0]), 32);
     drop(held);
@@ -154,9 +190,20 @@ async fn patterns_match_locally() {
     let bridge = Bridge::in_process();
     let (mb, mut rx) = mailbox(8, SlowConsumerPolicy::Close);
     let mut s = bridge.subscriber(mb);
-    s.subscribe(Topic::Pattern(ChannelPattern::new("socketio_*").unwrap())).await.unwrap();
-    bridge.publish(Message::new(ChannelName::new("socketio_news").unwrap(), "{\"a\":1}")).await.unwrap();
-    bridge.publish(Message::new(ChannelName::new("other").unwrap(), "no")).await.unwrap();
+    s.subscribe(Topic::Pattern(ChannelPattern::new("socketio_*").unwrap()))
+        .await
+        .unwrap();
+    bridge
+        .publish(Message::new(
+            ChannelName::new("socketio_news").unwrap(),
+            "{\"a\":1}",
+        ))
+        .await
+        .unwrap();
+    bridge
+        .publish(Message::new(ChannelName::new("other").unwrap(), "no"))
+        .await
+        .unwrap();
     match rx.try_next() {
         Some(Outbound::Deliver(d)) => assert_eq!(
             &d.frame()[..],
@@ -164,5 +211,8 @@ async fn patterns_match_locally() {
         ),
         other => panic!("{other:?}"),
     }
-    assert!(rx.try_next().is_none(), "non-matching channel must not be delivered");
+    assert!(
+        rx.try_next().is_none(),
+        "non-matching channel must not be delivered"
+    );
 }

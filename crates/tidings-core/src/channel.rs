@@ -321,9 +321,15 @@ mod tests {
     #[test]
     fn names_are_validated() {
         assert_eq!(ChannelName::new(""), Err(ChannelError::Empty));
-        assert_eq!(ChannelName::new("a\nb"), Err(ChannelError::ControlCharacter));
+        assert_eq!(
+            ChannelName::new("a\nb"),
+            Err(ChannelError::ControlCharacter)
+        );
         assert_eq!(ChannelName::new("a*"), Err(ChannelError::GlobCharacter));
-        assert_eq!(ChannelName::new(&"x".repeat(513)), Err(ChannelError::TooLong));
+        assert_eq!(
+            ChannelName::new(&"x".repeat(513)),
+            Err(ChannelError::TooLong)
+        );
         assert!(ChannelName::new(&"x".repeat(512)).is_ok());
         assert!(ChannelName::new("/app/user/42/notifications").is_ok());
     }

@@ -159,7 +159,11 @@ impl ClientFrame {
             message: if e.is_data() {
                 "frame must be a JSON object with a string \"type\"".to_owned()
             } else {
-                format!("frame is not valid JSON (line {}, column {})", e.line(), e.column())
+                format!(
+                    "frame is not valid JSON (line {}, column {})",
+                    e.line(),
+                    e.column()
+                )
             },
             id: None,
         })?;
@@ -229,7 +233,11 @@ fn push_id(out: &mut String, id: Option<&RawValue>) {
 /// assert_eq!(&encode_message(&c, None, b"{\"a\":1}")[..], br#"{"type":"message","channel":"/news","data":{"a":1}}"#);
 /// assert_eq!(&encode_message(&c, None, b"Hey")[..], br#"{"type":"message","channel":"/news","data":"Hey"}"#);
 /// ```
-pub fn encode_message(channel: &ChannelName, pattern: Option<&ChannelPattern>, payload: &[u8]) -> Bytes {
+pub fn encode_message(
+    channel: &ChannelName,
+    pattern: Option<&ChannelPattern>,
+    payload: &[u8],
+) -> Bytes {
     let mut out = String::with_capacity(payload.len() + channel.as_str().len() + 48);
     out.push_str("{\"type\":\"message\",\"channel\":");
     push_json_str(&mut out, channel.as_str());
@@ -256,7 +264,11 @@ pub fn encode_message(channel: &ChannelName, pattern: Option<&ChannelPattern>, p
 fn base64_into(out: &mut String, data: &[u8]) {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -269,7 +281,12 @@ fn base64_into(out: &mut String, data: &[u8]) {
 }
 
 /// Encodes the `welcome` frame sent once on connect.
-pub fn encode_welcome(connection: &str, user: Option<&str>, channels: &[ChannelName], patterns: &[ChannelPattern]) -> Bytes {
+pub fn encode_welcome(
+    connection: &str,
+    user: Option<&str>,
+    channels: &[ChannelName],
+    patterns: &[ChannelPattern],
+) -> Bytes {
     #[derive(Serialize)]
     struct Welcome<'a> {
         #[serde(rename = "type")]
@@ -312,7 +329,11 @@ pub fn encode_pong(id: Option<&RawValue>) -> Bytes {
 /// Encodes an error frame: `{"type":"error","code":..,"message":..}`.
 pub fn encode_error(code: ErrorCode, message: &str, id: Option<&RawValue>) -> Bytes {
     let mut out = String::with_capacity(64 + message.len());
-    let _ = write!(out, "{{\"type\":\"error\",\"code\":\"{}\",\"message\":", code.as_str());
+    let _ = write!(
+        out,
+        "{{\"type\":\"error\",\"code\":\"{}\",\"message\":",
+        code.as_str()
+    );
     push_json_str(&mut out, message);
     push_id(&mut out, id);
     out.push('}');
@@ -359,16 +380,31 @@ mod tests {
     #[test]
     fn message_payloads() {
         let c = ChannelName::new("/c\"q").unwrap();
-        assert_eq!(v(&encode_message(&c, None, b" [1, 2] ")), json!({"type":"message","channel":"/c\"q","data":[1,2]}));
-        assert_eq!(v(&encode_message(&c, None, b"42")), json!({"type":"message","channel":"/c\"q","data":42}));
-        assert_eq!(v(&encode_message(&c, None, b"not json {")), json!({"type":"message","channel":"/c\"q","data":"not json {"}));
-        assert_eq!(v(&encode_message(&c, None, b"")), json!({"type":"message","channel":"/c\"q","data":""}));
+        assert_eq!(
+            v(&encode_message(&c, None, b" [1, 2] ")),
+            json!({"type":"message","channel":"/c\"q","data":[1,2]})
+        );
+        assert_eq!(
+            v(&encode_message(&c, None, b"42")),
+            json!({"type":"message","channel":"/c\"q","data":42})
+        );
+        assert_eq!(
+            v(&encode_message(&c, None, b"not json {")),
+            json!({"type":"message","channel":"/c\"q","data":"not json {"})
+        );
+        assert_eq!(
+            v(&encode_message(&c, None, b"")),
+            json!({"type":"message","channel":"/c\"q","data":""})
+        );
         assert_eq!(
             v(&encode_message(&c, None, &[0xff, 0x00, 0x61])),
             json!({"type":"message","channel":"/c\"q","data":"/wBh","encoding":"base64"})
         );
         let p = ChannelPattern::new("/c*").unwrap();
-        assert_eq!(v(&encode_message(&c, Some(&p), b"1"))["pattern"], json!("/c*"));
+        assert_eq!(
+            v(&encode_message(&c, Some(&p), b"1"))["pattern"],
+            json!("/c*")
+        );
     }
 
     #[test]
@@ -387,7 +423,9 @@ mod tests {
 
     #[test]
     fn parse_requests_and_errors() {
-        let f = ClientFrame::parse(br#"{"type":"publish","channel":"/a","data":{"x":[1]},"id":"r1"}"#).unwrap();
+        let f =
+            ClientFrame::parse(br#"{"type":"publish","channel":"/a","data":{"x":[1]},"id":"r1"}"#)
+                .unwrap();
         match f.request {
             Request::Publish { channel, data } => {
                 assert_eq!(channel, "/a");
@@ -413,14 +451,25 @@ mod tests {
     #[test]
     fn replies_are_json() {
         let id = RawValue::from_string("{\"k\":1}".into()).unwrap();
-        assert_eq!(v(&encode_ack("subscribed", "/a", Some(&id))), json!({"type":"subscribed","channel":"/a","id":{"k":1}}));
+        assert_eq!(
+            v(&encode_ack("subscribed", "/a", Some(&id))),
+            json!({"type":"subscribed","channel":"/a","id":{"k":1}})
+        );
         assert_eq!(
             v(&encode_error(ErrorCode::Forbidden, "no \"way\"", None)),
             json!({"type":"error","code":"forbidden","message":"no \"way\""})
         );
         assert_eq!(v(&encode_pong(None)), json!({"type":"pong"}));
         assert_eq!(v(&encode_dropped(3)), json!({"type":"dropped","count":3}));
-        let w = v(&encode_welcome("c1", Some("42"), &[ChannelName::new("/b").unwrap()], &[]));
-        assert_eq!(w, json!({"type":"welcome","protocol":1,"connection":"c1","user":"42","channels":["/b"],"patterns":[]}));
+        let w = v(&encode_welcome(
+            "c1",
+            Some("42"),
+            &[ChannelName::new("/b").unwrap()],
+            &[],
+        ));
+        assert_eq!(
+            w,
+            json!({"type":"welcome","protocol":1,"connection":"c1","user":"42","channels":["/b"],"patterns":[]})
+        );
     }
 }

@@ -162,7 +162,11 @@ impl Router {
     /// the channels the backend granted in the identity itself.
     pub fn on_connect(&self, identity: &Identity) -> Plan {
         let mut plan = Plan::default();
-        for c in self.rules.iter().filter(|c| c.rule.join && c.applies_to(identity)) {
+        for c in self
+            .rules
+            .iter()
+            .filter(|c| c.rule.join && c.applies_to(identity))
+        {
             for s in c.template.expand(identity) {
                 if c.template.is_pattern {
                     if let Ok(p) = ChannelPattern::new(&s) {
@@ -199,7 +203,12 @@ impl Router {
 
     /// Whether `identity` has `access` to the exact channel `channel`.
     /// Returns the validated channel name when it does.
-    pub fn check(&self, identity: &Identity, channel: &str, access: Access) -> Result<ChannelName, Denied> {
+    pub fn check(
+        &self,
+        identity: &Identity,
+        channel: &str,
+        access: Access,
+    ) -> Result<ChannelName, Denied> {
         let name = ChannelName::new(channel)?;
         if access == Access::Subscribe && identity.channels.iter().any(|g| g == channel) {
             return Ok(name);
@@ -246,10 +255,19 @@ mod tests {
     fn defaults_follow_seed_001() {
         let r = Router::new(Rule::defaults()).unwrap();
         let anon = Identity::anonymous();
-        assert_eq!(r.on_connect(&anon).channels, vec![ChannelName::new("/app/broadcast").unwrap()]);
+        assert_eq!(
+            r.on_connect(&anon).channels,
+            vec![ChannelName::new("/app/broadcast").unwrap()]
+        );
         assert!(r.may_subscribe(&anon, "/app/broadcast").is_ok());
-        assert_eq!(r.may_subscribe(&anon, "/app/user/1/notifications"), Err(Denied::NotAllowed));
-        assert_eq!(r.may_publish(&anon, "/app/broadcast"), Err(Denied::NotAllowed));
+        assert_eq!(
+            r.may_subscribe(&anon, "/app/user/1/notifications"),
+            Err(Denied::NotAllowed)
+        );
+        assert_eq!(
+            r.may_publish(&anon, "/app/broadcast"),
+            Err(Denied::NotAllowed)
+        );
         let u = Identity::user("7");
         assert_eq!(
             r.on_connect(&u).channels,
@@ -258,7 +276,10 @@ mod tests {
                 ChannelName::new("/app/user/7/notifications").unwrap()
             ]
         );
-        assert_eq!(r.may_subscribe(&u, "/app/user/8/notifications"), Err(Denied::NotAllowed));
+        assert_eq!(
+            r.may_subscribe(&u, "/app/user/8/notifications"),
+            Err(Denied::NotAllowed)
+        );
     }
 
     #[test]
@@ -289,14 +310,30 @@ mod tests {
         id.channels = vec!["/app/report/9".into()];
         let plan = r.on_connect(&id);
         let names: Vec<&str> = plan.channels.iter().map(|c| c.as_str()).collect();
-        assert_eq!(names, ["/app/group/staff", "/app/group/ops", "/app/session/s1", "/app/report/9"]);
-        assert_eq!(plan.patterns, vec![ChannelPattern::new("socketio_*").unwrap()]);
+        assert_eq!(
+            names,
+            [
+                "/app/group/staff",
+                "/app/group/ops",
+                "/app/session/s1",
+                "/app/report/9"
+            ]
+        );
+        assert_eq!(
+            plan.patterns,
+            vec![ChannelPattern::new("socketio_*").unwrap()]
+        );
         assert!(r.may_subscribe(&id, "/app/room/42").is_ok());
         assert!(r.may_subscribe(&id, "/app/report/9").is_ok());
-        assert!(r.may_subscribe(&Identity::user("2"), "/app/report/9").is_err());
+        assert!(r
+            .may_subscribe(&Identity::user("2"), "/app/report/9")
+            .is_err());
         assert!(r.may_publish(&id, "/app/room/lobby").is_ok());
         assert!(r.may_publish(&id, "/app/room/42").is_err());
-        assert!(matches!(r.may_subscribe(&id, "/app/room/*"), Err(Denied::InvalidChannel(_))));
+        assert!(matches!(
+            r.may_subscribe(&id, "/app/room/*"),
+            Err(Denied::InvalidChannel(_))
+        ));
         let anon = Identity::anonymous();
         assert!(r.may_subscribe(&anon, "/app/room/1").is_err());
         assert_eq!(r.on_connect(&anon).channels, vec![]);
@@ -314,7 +351,9 @@ mod tests {
             }])
             .unwrap_err()
         };
-        assert!(bad("/a/{who}", false).reason.contains("unknown placeholder"));
+        assert!(bad("/a/{who}", false)
+            .reason
+            .contains("unknown placeholder"));
         assert!(bad("/a/*", true).reason.contains("pattern"));
         assert!(bad("/a/\u{1}", false).reason.contains("control"));
         let none = Router::new(vec![Rule {
@@ -332,7 +371,11 @@ mod tests {
         let r = Router::new(Rule::defaults()).unwrap();
         for evil in ["7/../8", "*", "?", "[", "", "a\nb", "..", &"9".repeat(500)] {
             let id = Identity::user(evil);
-            assert_eq!(r.on_connect(&id).channels, vec![ChannelName::new("/app/broadcast").unwrap()], "{evil:?}");
+            assert_eq!(
+                r.on_connect(&id).channels,
+                vec![ChannelName::new("/app/broadcast").unwrap()],
+                "{evil:?}"
+            );
             assert!(r.may_subscribe(&id, "/app/user/8/notifications").is_err());
         }
     }

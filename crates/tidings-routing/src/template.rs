@@ -60,10 +60,7 @@ pub(crate) fn parse(template: &str) -> Result<Template, String> {
     let is_pattern = parts
         .iter()
         .any(|p| matches!(p, Part::Literal(l) if l.chars().any(is_glob_char)));
-    Ok(Template {
-        parts,
-        is_pattern,
-    })
+    Ok(Template { parts, is_pattern })
 }
 
 /// Whether `value` may be put into a channel name without changing its meaning.
@@ -93,7 +90,12 @@ impl Template {
                 Part::User => identity.user.as_deref().into_iter().collect(),
                 Part::Session => identity.session.as_deref().into_iter().collect(),
                 Part::Group => identity.groups.iter().map(String::as_str).collect(),
-                Part::Attr(name) => identity.attributes.get(name).map(String::as_str).into_iter().collect(),
+                Part::Attr(name) => identity
+                    .attributes
+                    .get(name)
+                    .map(String::as_str)
+                    .into_iter()
+                    .collect(),
             };
             let values: Vec<&str> = values.into_iter().filter(|v| safe_value(v)).collect();
             if values.is_empty() {
@@ -129,7 +131,10 @@ mod tests {
         assert!(parse("/a/}").is_err());
         assert!(parse("").is_err());
         assert!(parse("/app/room/*").unwrap().is_pattern);
-        assert_eq!(parse("/x/{attr.team}").unwrap().parts[1], Part::Attr("team".into()));
+        assert_eq!(
+            parse("/x/{attr.team}").unwrap().parts[1],
+            Part::Attr("team".into())
+        );
     }
 
     #[test]
@@ -138,10 +143,28 @@ mod tests {
         let mut id = Identity::user("1");
         id.groups = vec!["a".into(), "b/../c".into(), "c".into()];
         assert_eq!(t.expand(&id), vec!["/g/a", "/g/c"]);
-        for bad in ["", ".", "..", "4/2", "*", "a?", "[x]", "a\\b", "a\u{0}", "{user}", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "4/2",
+            "*",
+            "a?",
+            "[x]",
+            "a\\b",
+            "a\u{0}",
+            "{user}",
+            &"x".repeat(129),
+        ] {
             let u = parse("/u/{user}").unwrap();
-            assert!(u.expand(&Identity::user(bad)).is_empty(), "{bad:?} must not expand");
+            assert!(
+                u.expand(&Identity::user(bad)).is_empty(),
+                "{bad:?} must not expand"
+            );
         }
-        assert!(parse("/u/{user}").unwrap().expand(&Identity::anonymous()).is_empty());
+        assert!(parse("/u/{user}")
+            .unwrap()
+            .expand(&Identity::anonymous())
+            .is_empty());
     }
 }

@@ -40,8 +40,10 @@ where
 pub fn text_response(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
     let mut res = Response::new(Full::new(body.into()));
     *res.status_mut() = status;
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     res
 }
 
@@ -123,7 +125,8 @@ impl Gateway {
             config: TransportConfig::default(),
             resolver: Arc::new(Anonymous),
             #[allow(clippy::expect_used)]
-            router: Router::new(tidings_routing::Rule::defaults()).expect("default rules are valid"),
+            router: Router::new(tidings_routing::Rule::defaults())
+                .expect("default rules are valid"),
             bridge,
         }
     }
@@ -167,7 +170,9 @@ impl Gateway {
             return true;
         }
         if !allowed.is_empty() {
-            return allowed.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin));
+            return allowed
+                .iter()
+                .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin));
         }
         // Same origin only: the Origin's authority must be the Host.
         let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
@@ -183,15 +188,22 @@ impl Gateway {
             text_response(status, format!("{why}\n"))
         };
         if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-            let mut res = refuse(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket only");
-            res.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            let mut res = refuse(
+                StatusCode::UPGRADE_REQUIRED,
+                "this endpoint speaks WebSocket only",
+            );
+            res.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             return res;
         }
         if self.is_shutting_down() {
             return refuse(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
         }
         if let Some(origin) = req.headers().get(header::ORIGIN) {
-            let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok());
             if !origin.to_str().is_ok_and(|o| self.origin_allowed(o, host)) {
                 return refuse(StatusCode::FORBIDDEN, "origin not allowed");
             }
@@ -211,14 +223,22 @@ impl Gateway {
             }) => {
                 let mut res = refuse(status, &reason);
                 if let Some(after) = retry_after {
-                    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+                    res.headers_mut().insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(after.as_secs().max(1)),
+                    );
                 }
                 return res;
             }
         };
         let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
             Ok(pair) => pair,
-            Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("bad WebSocket handshake: {e}")),
+            Err(e) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    &format!("bad WebSocket handshake: {e}"),
+                )
+            }
         };
         let inner = self.inner.clone();
         self.inner.sessions.spawn(async move {
@@ -299,7 +319,11 @@ pub async fn serve(
     }
     drop(listener);
     let grace = gateway.inner.config.shutdown_grace;
-    tracing::info!(sockets = gateway.stats().current(), grace_secs = grace.as_secs_f64(), "shutting down");
+    tracing::info!(
+        sockets = gateway.stats().current(),
+        grace_secs = grace.as_secs_f64(),
+        "shutting down"
+    );
     gateway.shutdown();
     stop_http.cancel();
     conns.close();
@@ -308,7 +332,10 @@ pub async fn serve(
         gateway.wait_sessions().await;
     };
     if tokio::time::timeout(grace, all_done).await.is_err() {
-        tracing::warn!(remaining = gateway.stats().current(), "shutdown grace elapsed; dropping the rest");
+        tracing::warn!(
+            remaining = gateway.stats().current(),
+            "shutdown grace elapsed; dropping the rest"
+        );
     }
     Ok(())
 }

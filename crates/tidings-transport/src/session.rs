@@ -14,7 +14,9 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{
+    Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
+};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tidings_bridge::{mailbox, mailbox::Next, MailboxReceiver, Outbound, Subscriber};
@@ -54,7 +56,12 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 const CONTROL_QUEUE: usize = 32;
 
 /// Runs one session to its end.
-pub(crate) async fn run(ws: WebSocket<Io>, gw: Arc<Inner>, identity: Identity, peer: std::net::SocketAddr) {
+pub(crate) async fn run(
+    ws: WebSocket<Io>,
+    gw: Arc<Inner>,
+    identity: Identity,
+    peer: std::net::SocketAddr,
+) {
     let (mailbox, mailbox_rx) = mailbox(gw.config.outbound_queue, gw.config.slow_consumer);
     let sub = gw.bridge.subscriber(mailbox);
     let span = tracing::debug_span!("conn", id = sub.id(), %peer, user = tracing::field::Empty);
@@ -74,7 +81,12 @@ pub(crate) async fn run(ws: WebSocket<Io>, gw: Arc<Inner>, identity: Identity, p
 
         let (ctrl_tx, ctrl_rx) = mpsc::channel(CONTROL_QUEUE);
         let plan = gw.router.on_connect(&identity);
-        let welcome = protocol::encode_welcome(&sub.id().to_string(), identity.user.as_deref(), &plan.channels, &plan.patterns);
+        let welcome = protocol::encode_welcome(
+            &sub.id().to_string(),
+            identity.user.as_deref(),
+            &plan.channels,
+            &plan.patterns,
+        );
         // The writer sends control frames first, so the welcome precedes
         // every delivery.
         let _ = ctrl_tx.try_send(Control::Text(welcome));
@@ -118,15 +130,27 @@ struct Reader {
 /// How a read-side failure ends the session.
 fn close_for(error: &WebSocketError) -> Option<(u16, &'static str, CloseReason)> {
     match error {
-        WebSocketError::InvalidUTF8 => Some((close::INVALID_PAYLOAD, "invalid UTF-8", CloseReason::Protocol)),
-        WebSocketError::FrameTooLarge => Some((close::MESSAGE_TOO_BIG, "message too big", CloseReason::TooBig)),
+        WebSocketError::InvalidUTF8 => Some((
+            close::INVALID_PAYLOAD,
+            "invalid UTF-8",
+            CloseReason::Protocol,
+        )),
+        WebSocketError::FrameTooLarge => Some((
+            close::MESSAGE_TOO_BIG,
+            "message too big",
+            CloseReason::TooBig,
+        )),
         WebSocketError::ReservedBitsNotZero
         | WebSocketError::ControlFrameFragmented
         | WebSocketError::PingFrameTooLarge
         | WebSocketError::InvalidValue
         | WebSocketError::InvalidFragment
         | WebSocketError::InvalidContinuationFrame
-        | WebSocketError::InvalidCloseFrame => Some((close::PROTOCOL_ERROR, "protocol error", CloseReason::Protocol)),
+        | WebSocketError::InvalidCloseFrame => Some((
+            close::PROTOCOL_ERROR,
+            "protocol error",
+            CloseReason::Protocol,
+        )),
         // InvalidCloseCode: the 1002 reply was already queued by the WebSocket layer.
         _ => None,
     }
@@ -169,7 +193,10 @@ impl Reader {
             match frame.opcode {
                 OpCode::Text | OpCode::Binary => {
                     if partial.is_some() {
-                        let _ = self.ctrl.send(violation("new message inside a fragmented one")).await;
+                        let _ = self
+                            .ctrl
+                            .send(violation("new message inside a fragmented one"))
+                            .await;
                         return;
                     }
                     if frame.fin {
@@ -182,23 +209,36 @@ impl Reader {
                 }
                 OpCode::Continuation => {
                     let Some((_, buf)) = partial.as_mut() else {
-                        let _ = self.ctrl.send(violation("continuation frame without a message")).await;
+                        let _ = self
+                            .ctrl
+                            .send(violation("continuation frame without a message"))
+                            .await;
                         return;
                     };
                     if buf.len() + frame.payload.len() > max {
                         let _ = self
                             .ctrl
-                            .send(Control::Close(close::MESSAGE_TOO_BIG, "message too big", CloseReason::TooBig))
+                            .send(Control::Close(
+                                close::MESSAGE_TOO_BIG,
+                                "message too big",
+                                CloseReason::TooBig,
+                            ))
                             .await;
                         return;
                     }
                     buf.extend_from_slice(&frame.payload);
                     if frame.fin {
-                        let Some((opcode, buf)) = partial.take() else { return };
+                        let Some((opcode, buf)) = partial.take() else {
+                            return;
+                        };
                         if opcode == OpCode::Text && std::str::from_utf8(&buf).is_err() {
                             let _ = self
                                 .ctrl
-                                .send(Control::Close(close::INVALID_PAYLOAD, "invalid UTF-8", CloseReason::Protocol))
+                                .send(Control::Close(
+                                    close::INVALID_PAYLOAD,
+                                    "invalid UTF-8",
+                                    CloseReason::Protocol,
+                                ))
                                 .await;
                             return;
                         }
@@ -224,7 +264,11 @@ impl Reader {
     async fn handle(&mut self, opcode: OpCode, payload: &[u8]) -> bool {
         self.gw.stats.frame_in();
         let reply = if opcode == OpCode::Binary {
-            protocol::encode_error(ErrorCode::BinaryUnsupported, "protocol v1 uses JSON text frames only", None)
+            protocol::encode_error(
+                ErrorCode::BinaryUnsupported,
+                "protocol v1 uses JSON text frames only",
+                None,
+            )
         } else {
             match ClientFrame::parse(payload) {
                 Ok(frame) => self.request(frame).await,
@@ -238,8 +282,14 @@ impl Reader {
         let id = frame.id.as_deref();
         let gw = &self.gw;
         let denied = |d: Denied, what: &str| match d {
-            Denied::InvalidChannel(e) => protocol::encode_error(ErrorCode::InvalidChannel, &e.to_string(), id),
-            Denied::NotAllowed => protocol::encode_error(ErrorCode::Forbidden, &format!("not allowed to {what} this channel"), id),
+            Denied::InvalidChannel(e) => {
+                protocol::encode_error(ErrorCode::InvalidChannel, &e.to_string(), id)
+            }
+            Denied::NotAllowed => protocol::encode_error(
+                ErrorCode::Forbidden,
+                &format!("not allowed to {what} this channel"),
+                id,
+            ),
         };
         match frame.request {
             Request::Subscribe { channel } => {
@@ -251,13 +301,18 @@ impl Reader {
                 if !self.sub.contains(&topic) && self.sub.len() >= gw.config.max_subscriptions {
                     return protocol::encode_error(
                         ErrorCode::TooManySubscriptions,
-                        &format!("at most {} subscriptions per socket", gw.config.max_subscriptions),
+                        &format!(
+                            "at most {} subscriptions per socket",
+                            gw.config.max_subscriptions
+                        ),
                         id,
                     );
                 }
                 match self.sub.subscribe(topic).await {
                     Ok(()) => protocol::encode_ack("subscribed", &channel, id),
-                    Err(e) => protocol::encode_error(ErrorCode::BrokerUnavailable, &e.to_string(), id),
+                    Err(e) => {
+                        protocol::encode_error(ErrorCode::BrokerUnavailable, &e.to_string(), id)
+                    }
                 }
             }
             Request::Unsubscribe { channel } => {
@@ -274,7 +329,9 @@ impl Reader {
                 let payload = Bytes::from(String::from(Box::<str>::from(data)));
                 match gw.bridge.publish(Message::new(name, payload)).await {
                     Ok(()) => protocol::encode_ack("published", &channel, id),
-                    Err(e) => protocol::encode_error(ErrorCode::BrokerUnavailable, &e.to_string(), id),
+                    Err(e) => {
+                        protocol::encode_error(ErrorCode::BrokerUnavailable, &e.to_string(), id)
+                    }
                 }
             }
             Request::Ping => protocol::encode_pong(id),

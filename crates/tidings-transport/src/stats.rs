@@ -61,7 +61,10 @@ impl TransportStats {
     }
     pub(crate) fn closed(&self, reason: CloseReason) {
         self.current.fetch_sub(1, Ordering::Relaxed);
-        let i = CloseReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let i = CloseReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.closed[i].fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn rejected(&self) {
@@ -88,7 +91,10 @@ impl TransportStats {
     }
     /// Sockets closed for `reason` since start.
     pub fn closed_total(&self, reason: CloseReason) -> u64 {
-        let i = CloseReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let i = CloseReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.closed[i].load(Ordering::Relaxed)
     }
     /// Client messages received.
