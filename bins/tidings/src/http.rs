@@ -80,7 +80,7 @@ impl Endpoints {
     }
 
     /// Whether the request may publish; the error response if not.
-    fn authorize(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<(), HttpResponse> {
+    fn authorize(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<(), &'static str> {
         let bearer = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -91,9 +91,7 @@ impl Endpoints {
             (Some(key), Some(given)) if constant_time_eq(key.as_bytes(), given.as_bytes()) => {
                 Ok(())
             }
-            (Some(_), _) => Err(unauthorized(
-                "a valid `Authorization: Bearer <api_key>` header is required",
-            )),
+            (Some(_), _) => Err("a valid `Authorization: Bearer <api_key>` header is required"),
             (None, _) => {
                 let proxied = ["forwarded", "x-forwarded-for", "x-real-ip"]
                     .iter()
@@ -101,17 +99,15 @@ impl Endpoints {
                 if self.allow_local_without_key && peer.ip().is_loopback() && !proxied {
                     Ok(())
                 } else {
-                    Err(unauthorized(
-                        "no api_key is configured, so only local processes may publish; set TIDINGS_API_KEY",
-                    ))
+                    Err("no api_key is configured, so only local processes may publish; set TIDINGS_API_KEY")
                 }
             }
         }
     }
 
     async fn publish(&self, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
-        if let Err(res) = self.authorize(&req, peer) {
-            return res;
+        if let Err(why) = self.authorize(&req, peer) {
+            return unauthorized(why);
         }
         // A JSON content type forces a CORS preflight, so no foreign web page
         // can make a visitor's browser publish.

@@ -51,7 +51,9 @@ impl Broker for Recording {
     }
 }
 
-fn recording_bridge() -> (Bridge, Arc<Mutex<Vec<(String, Topic)>>>) {
+type Calls = Arc<Mutex<Vec<(String, Topic)>>>;
+
+fn recording_bridge() -> (Bridge, Calls) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let l = log.clone();
     (
