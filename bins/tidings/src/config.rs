@@ -10,7 +10,7 @@ use figment::{
     Figment,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use tidings_bridge::SlowConsumerPolicy;
+use tidings_bridge::{RedisConfig, SlowConsumerPolicy};
 use tidings_routing::{Router, Rule};
 use tidings_transport::TransportConfig;
 
@@ -60,6 +60,8 @@ pub(crate) struct Config {
     pub(crate) api_key: Option<Secret>,
     /// Redis URL (`redis://` or `rediss://`). Unset: the in-process broker.
     pub(crate) redis_url: Option<Secret>,
+    /// Redis connection tunables (used when `redis_url` is set).
+    pub(crate) redis: RedisTuning,
     /// Logging.
     pub(crate) log: LogConfig,
     /// The WebSocket endpoint.
@@ -139,6 +141,16 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_key: None,
             redis_url: None,
+            redis: {
+                let r = RedisConfig::new("");
+                RedisTuning {
+                    command_timeout_secs: r.command_timeout.as_secs_f64(),
+                    connect_timeout_secs: r.connect_timeout.as_secs_f64(),
+                    reconnect_max_delay_secs: r.reconnect_max_delay.as_secs_f64(),
+                    pool_size: r.pool_size,
+                    message_buffer: r.message_buffer,
+                }
+            },
             log: LogConfig {
                 level: "info".into(),
                 format: LogFormat::Text,
@@ -167,6 +179,22 @@ impl Default for Config {
             },
         }
     }
+}
+
+/// Redis connection tunables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RedisTuning {
+    /// Longest wait for a Redis command (publish, subscribe).
+    pub(crate) command_timeout_secs: f64,
+    /// Longest wait to set up a connection.
+    pub(crate) connect_timeout_secs: f64,
+    /// Longest delay between reconnect attempts (backoff starts at 0.1 s).
+    pub(crate) reconnect_max_delay_secs: f64,
+    /// Connections in the publish pool.
+    pub(crate) pool_size: usize,
+    /// Messages buffered between the Redis reader and the router.
+    pub(crate) message_buffer: usize,
 }
 
 /// A configuration that cannot be used, naming the key and its source.
@@ -339,7 +367,48 @@ impl Config {
         }
         self.transport()?;
         self.router()?;
+        self.redis()?;
         Ok(())
+    }
+
+    /// The Redis broker's configuration, if `redis_url` is set.
+    pub(crate) fn redis(&self) -> Result<Option<RedisConfig>, ConfigError> {
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        let r = &self.redis;
+        let mut config = RedisConfig::new(url.0.clone());
+        config.command_timeout =
+            positive_secs("redis.command_timeout_secs", r.command_timeout_secs)?;
+        config.connect_timeout =
+            positive_secs("redis.connect_timeout_secs", r.connect_timeout_secs)?;
+        config.reconnect_max_delay =
+            positive_secs("redis.reconnect_max_delay_secs", r.reconnect_max_delay_secs)?;
+        if !(1..=64).contains(&r.pool_size) {
+            return Err(ConfigError::Invalid {
+                key: "redis.pool_size",
+                reason: format!("must be between 1 and 64, got {}", r.pool_size),
+                origin: String::new(),
+            });
+        }
+        config.pool_size = r.pool_size;
+        if !(1024..=16 * 1024 * 1024).contains(&r.message_buffer) {
+            return Err(ConfigError::Invalid {
+                key: "redis.message_buffer",
+                reason: format!(
+                    "must be between 1024 and 16777216, got {}",
+                    r.message_buffer
+                ),
+                origin: String::new(),
+            });
+        }
+        config.message_buffer = r.message_buffer;
+        config.check_url().map_err(|e| ConfigError::Invalid {
+            key: "redis_url",
+            reason: e.to_string(),
+            origin: String::new(),
+        })?;
+        Ok(Some(config))
     }
 
     /// The transport tunables.

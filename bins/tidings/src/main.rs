@@ -92,9 +92,9 @@ fn init_tracing(config: &Config) {
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let transport = config.transport()?;
     let router = config.router()?;
-    let bridge = match &config.redis_url {
+    let bridge = match config.redis()? {
         None => Bridge::in_process(),
-        Some(_) => return Err("redis_url is set, but this build has no Redis bridge yet".into()),
+        Some(redis) => Bridge::redis(redis)?,
     };
     let gateway = Gateway::builder(bridge)
         .config(transport)

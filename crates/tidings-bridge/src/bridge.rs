@@ -79,15 +79,24 @@ impl Bridge {
     /// Must be called within a Tokio runtime: it spawns the subscription
     /// manager task.
     pub fn new<B: Broker>(make: impl FnOnce(Inbound) -> B) -> Self {
+        match Self::try_new(|inbound| Ok::<_, std::convert::Infallible>(make(inbound))) {
+            Ok(bridge) => bridge,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Like [`Bridge::new`], for a broker whose construction can fail (for
+    /// example on an invalid Redis URL).
+    pub fn try_new<B: Broker, E>(make: impl FnOnce(Inbound) -> Result<B, E>) -> Result<Self, E> {
         let hub = Arc::new(Hub::new());
         let (control, rx) = mpsc::unbounded_channel();
         let broker: Arc<dyn Broker> = Arc::new(make(Inbound {
             hub: hub.clone(),
             control: control.clone(),
-        }));
+        })?);
         let degraded = Arc::new(AtomicBool::new(false));
         tokio::spawn(manage(hub.clone(), broker.clone(), rx, degraded.clone()));
-        Self {
+        Ok(Self {
             inner: Arc::new(Inner {
                 hub,
                 broker,
@@ -95,7 +104,7 @@ impl Bridge {
                 next_id: AtomicU64::new(1),
                 degraded,
             }),
-        }
+        })
     }
 
     /// The local subscriber registry (for metrics and tests).
@@ -237,6 +246,9 @@ impl Drop for Subscriber {
     }
 }
 
+/// Most topics sent to the broker in one subscribe call (one command).
+const CHUNK: usize = 1024;
+
 /// The subscription manager: the only place broker subscriptions change.
 async fn manage(
     hub: Arc<Hub>,
@@ -280,9 +292,9 @@ async fn manage(
             // need now, then tell those sockets what they may have missed.
             let wanted = hub.topics();
             let mut failed = false;
-            for topic in &wanted {
-                if let Err(e) = broker.subscribe(topic).await {
-                    tracing::warn!(%topic, error = %e, "re-subscribing after reconnect failed");
+            for chunk in wanted.chunks(CHUNK) {
+                if let Err(e) = broker.subscribe(chunk).await {
+                    tracing::warn!(topics = chunk.len(), error = %e, "re-subscribing after reconnect failed");
                     failed = true;
                 }
             }
@@ -302,34 +314,58 @@ async fn manage(
         }
         touched.sort();
         touched.dedup();
+        // Compare what sockets want with what the broker has, and fix the
+        // difference in one call each way.
+        let mut to_subscribe = Vec::new();
+        let mut to_unsubscribe = Vec::new();
         for topic in touched {
             let want = hub.has_interest(&topic);
             let have = active.contains(&topic);
-            let result = if want && !have {
-                let r = if broker.is_ready() {
-                    broker.subscribe(&topic).await
-                } else {
-                    Err(BrokerError::Unavailable(format!(
-                        "{} broker is not connected",
-                        broker.name()
-                    )))
-                };
-                if r.is_ok() {
-                    active.insert(topic.clone());
-                }
-                r
+            if want && !have {
+                to_subscribe.push(topic);
             } else {
                 if !want && have {
                     active.remove(&topic);
-                    if let Err(e) = broker.unsubscribe(&topic).await {
-                        tracing::debug!(%topic, error = %e, "unsubscribe failed; the broker will drop it on reconnect");
-                    }
+                    to_unsubscribe.push(topic.clone());
                 }
-                Ok(())
-            };
-            for reply in waiters.remove(&topic).into_iter().flatten() {
-                let _ = reply.send(result.clone());
+                for reply in waiters.remove(&topic).into_iter().flatten() {
+                    let _ = reply.send(Ok(()));
+                }
             }
         }
+        for chunk in to_unsubscribe.chunks(CHUNK) {
+            if let Err(e) = broker.unsubscribe(chunk).await {
+                tracing::debug!(topics = chunk.len(), error = %e, "unsubscribe failed; the broker drops it on reconnect");
+            }
+        }
+        for chunk in to_subscribe.chunks(CHUNK) {
+            let result = if broker.is_ready() {
+                broker.subscribe(chunk).await
+            } else {
+                Err(BrokerError::Unavailable(format!(
+                    "{} broker is not connected",
+                    broker.name()
+                )))
+            };
+            for topic in chunk {
+                if result.is_ok() {
+                    active.insert(topic.clone());
+                }
+                for reply in waiters.remove(topic).into_iter().flatten() {
+                    let _ = reply.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+impl Bridge {
+    /// A bridge over Redis pub/sub. Connects in the background (and
+    /// reconnects with backoff forever); [`Bridge::is_ready`] says when it
+    /// is up. Fails only on a configuration that can never work.
+    ///
+    /// Must be called within a Tokio runtime.
+    pub fn redis(config: crate::RedisConfig) -> Result<Self, crate::RedisSetupError> {
+        Self::try_new(|inbound| crate::RedisBroker::new(config, inbound))
     }
 }

@@ -40,8 +40,10 @@ impl BrokerError {
 /// The bridge calls [`subscribe`](Broker::subscribe) the first time a local
 /// socket needs a topic and [`unsubscribe`](Broker::unsubscribe) when the
 /// last one has left, from a single task, so an implementation sees each
-/// topic's calls in order and never concurrently. Messages the backend
-/// receives go to the [`Inbound`] handle it was built with.
+/// topic's calls in order and never concurrently. Both take a batch of
+/// topics (joins and leaves that arrive together are sent in one round
+/// trip). Messages the backend receives go to the [`Inbound`] handle it was
+/// built with.
 ///
 /// An implementation must restore its subscriptions itself if its connection
 /// drops, and report the outage and the recovery through
@@ -56,12 +58,12 @@ pub trait Broker: Send + Sync + 'static {
         payload: Bytes,
     ) -> BoxFuture<'_, Result<(), BrokerError>>;
 
-    /// Starts receiving `topic`. Resolves once messages published from now on
-    /// will be received.
-    fn subscribe(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Starts receiving every topic in `topics` (never empty). Resolves once
+    /// messages published from now on will be received.
+    fn subscribe<'a>(&'a self, topics: &'a [Topic]) -> BoxFuture<'a, Result<(), BrokerError>>;
 
-    /// Stops receiving `topic`.
-    fn unsubscribe(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Stops receiving every topic in `topics` (never empty).
+    fn unsubscribe<'a>(&'a self, topics: &'a [Topic]) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Whether the broker can take publishes and subscriptions right now
     /// (what `/readyz` reports).
@@ -106,7 +108,17 @@ impl Inbound {
     /// Counts a message the broker received but could not hand over (for
     /// example a payload on a channel name the gateway cannot represent).
     pub fn discarded(&self, reason: &'static str) {
-        self.hub.stats().record_discard(reason);
+        self.hub.stats().record_discard(reason, 1);
+    }
+
+    /// Reports that `count` received messages were lost before they could be
+    /// routed (for example the client library's buffer overflowed). They are
+    /// counted, and every socket gets a `gap` notice for all its topics, since
+    /// any of them may have been affected.
+    pub fn lost(&self, reason: &'static str, count: u64) {
+        self.hub.stats().record_discard(reason, count);
+        let topics = self.hub.topics();
+        self.hub.notify_gap(&topics, reason);
     }
 
     /// Reports that the connection to the broker dropped: messages published

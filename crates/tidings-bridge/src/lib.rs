@@ -10,8 +10,8 @@
 //!
 //! - [`LocalBroker`]: in-process, no setup at all. Publishing delivers to this
 //!   process's sockets. The zero-setup default, and what tests embed.
-//! - the Redis pub/sub bridge (see `docs/redis.md`), so that anything that
-//!   `PUBLISH`es on Redis reaches the sockets of every gateway instance.
+//! - [`RedisBroker`]: Redis pub/sub (see `docs/redis.md`), so that anything
+//!   that `PUBLISH`es on Redis reaches the sockets of every gateway instance.
 //!
 //! # Layout
 //!
@@ -20,6 +20,7 @@
 //! - [`broker`]: the [`Broker`] trait, [`BrokerError`] and the [`Inbound`]
 //!   handle a broker delivers through.
 //! - [`local`]: the in-process broker.
+//! - [`redis`]: the Redis broker.
 //! - [`bridge`]: the [`Bridge`] itself and a socket's [`Subscriber`] handle.
 //! - [`stats`]: counters for metrics.
 //!
@@ -51,6 +52,7 @@ pub mod broker;
 pub mod hub;
 pub mod local;
 pub mod mailbox;
+pub mod redis;
 pub mod stats;
 
 pub use bridge::{Bridge, Subscriber};
@@ -58,4 +60,5 @@ pub use broker::{BoxFuture, Broker, BrokerError, Inbound, Topic};
 pub use hub::Hub;
 pub use local::LocalBroker;
 pub use mailbox::{mailbox, Mailbox, MailboxReceiver, Outbound, SlowConsumerPolicy};
+pub use redis::{RedisBroker, RedisConfig, RedisSetupError};
 pub use stats::BridgeStats;

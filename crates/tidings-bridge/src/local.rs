@@ -34,11 +34,11 @@ impl Broker for LocalBroker {
         Box::pin(async { Ok(()) })
     }
 
-    fn subscribe(&self, _topic: &Topic) -> BoxFuture<'_, Result<(), BrokerError>> {
+    fn subscribe<'a>(&'a self, _topics: &'a [Topic]) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async { Ok(()) })
     }
 
-    fn unsubscribe(&self, _topic: &Topic) -> BoxFuture<'_, Result<(), BrokerError>> {
+    fn unsubscribe<'a>(&'a self, _topics: &'a [Topic]) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async { Ok(()) })
     }
 

@@ -52,9 +52,9 @@ impl BridgeStats {
             self.slow_closes.fetch_add(closed, Ordering::Relaxed);
         }
     }
-    pub(crate) fn record_discard(&self, reason: &'static str) {
-        tracing::warn!(reason, "discarded a message from the broker");
-        self.discarded.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn record_discard(&self, reason: &'static str, count: u64) {
+        tracing::warn!(reason, count, "discarded messages from the broker");
+        self.discarded.fetch_add(count, Ordering::Relaxed);
     }
     pub(crate) fn record_reconnect(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);

@@ -29,18 +29,19 @@ impl Broker for Recording {
             .message_everywhere(&Message::new(channel.clone(), payload));
         Box::pin(async { Ok(()) })
     }
-    fn subscribe(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BrokerError>> {
-        self.log.lock().unwrap().push(("sub".into(), topic.clone()));
+    fn subscribe<'a>(&'a self, topics: &'a [Topic]) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let mut log = self.log.lock().unwrap();
+        log.extend(topics.iter().map(|t| ("sub".to_string(), t.clone())));
+        drop(log);
         Box::pin(async {
             tokio::task::yield_now().await;
             Ok(())
         })
     }
-    fn unsubscribe(&self, topic: &Topic) -> BoxFuture<'_, Result<(), BrokerError>> {
-        self.log
-            .lock()
-            .unwrap()
-            .push(("unsub".into(), topic.clone()));
+    fn unsubscribe<'a>(&'a self, topics: &'a [Topic]) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let mut log = self.log.lock().unwrap();
+        log.extend(topics.iter().map(|t| ("unsub".to_string(), t.clone())));
+        drop(log);
         Box::pin(async { Ok(()) })
     }
     fn is_ready(&self) -> bool {

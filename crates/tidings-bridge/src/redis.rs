@@ -1,0 +1,470 @@
+//! The Redis pub/sub broker (fred).
+//!
+//! One process holds a constant number of Redis connections whatever the
+//! number of sockets: one for subscriptions and a small pool for commands
+//! (`PUBLISH`). Reference counting lives in the [`Bridge`](crate::Bridge)
+//! (fred keeps a set, not counts), so this type only turns batches of topics
+//! into `SUBSCRIBE`/`PSUBSCRIBE` and back, routes what arrives, and reports
+//! connection loss and recovery: the bridge restores every subscription
+//! itself on [`Inbound::connection_restored`] and sends `gap` notices.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use fred::{
+    clients::{Client, Pool},
+    error::ErrorKind,
+    prelude::{ClientLike, EventInterface, PubsubInterface},
+    types::{
+        config::{
+            Config, ConnectionConfig, PerformanceConfig, ReconnectPolicy, UnresponsiveConfig,
+        },
+        Builder, MessageKind, Value,
+    },
+};
+use parking_lot::RwLock;
+use tidings_core::{ChannelName, ChannelPattern, Message};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::broker::{BoxFuture, Broker, BrokerError, Inbound, Topic};
+
+/// How the Redis broker connects and recovers.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://...` for TLS.
+    pub url: String,
+    /// Longest wait for any Redis command (publish, subscribe) before it
+    /// fails with [`BrokerError::Timeout`]. Default 2 s.
+    pub command_timeout: Duration,
+    /// Longest wait for a TCP/TLS connection to be set up. Default 2 s.
+    pub connect_timeout: Duration,
+    /// Reconnect backoff: first delay. Default 100 ms.
+    pub reconnect_min_delay: Duration,
+    /// Reconnect backoff: longest delay between attempts. Default 5 s.
+    pub reconnect_max_delay: Duration,
+    /// Connections in the command (publish) pool. Default 2.
+    pub pool_size: usize,
+    /// Messages fred may buffer between its reader and the routing loop
+    /// before it loses them (counted as `lagged`). Default 65,536.
+    pub message_buffer: usize,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_min_delay", &self.reconnect_min_delay)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("pool_size", &self.pool_size)
+            .field("message_buffer", &self.message_buffer)
+            .finish()
+    }
+}
+
+impl RedisConfig {
+    /// The defaults, for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            command_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            reconnect_min_delay: Duration::from_millis(100),
+            reconnect_max_delay: Duration::from_secs(5),
+            pool_size: 2,
+            message_buffer: 65_536,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Checks that the URL parses (scheme, host, port, database), without
+    /// connecting. The error never contains the password.
+    pub fn check_url(&self) -> Result<(), RedisSetupError> {
+        parse_url(&self.url).map(|_| ())
+    }
+}
+
+fn parse_url(url: &str) -> Result<Config, RedisSetupError> {
+    let redacted = redact_url(url);
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(RedisSetupError::InvalidUrl {
+            url: redacted,
+            reason: "must start with redis:// or rediss://".into(),
+        });
+    }
+    Config::from_url(url).map_err(|e| RedisSetupError::InvalidUrl {
+        url: redacted.clone(),
+        reason: e.details().replace(url, &redacted),
+    })
+}
+
+/// `redis://user:secret@host/0` shown as `redis://user:***@host/0`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            if creds.contains(':') {
+                format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+            } else {
+                format!("{}***{}", &url[..scheme + 3], &url[at..])
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Why a Redis broker could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisSetupError {
+    /// The URL does not parse (the message never contains the password).
+    #[error("invalid Redis URL {url}: {reason}")]
+    InvalidUrl {
+        /// The URL with any password redacted.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// fred refused the configuration.
+    #[error("cannot set up the Redis client: {0}")]
+    Client(String),
+}
+
+/// The Redis pub/sub implementation of [`Broker`].
+pub struct RedisBroker {
+    subscriber: Client,
+    pool: Pool,
+    connected: Arc<AtomicBool>,
+    /// Patterns subscribed on Redis, to route `pmessage`s (fred does not
+    /// pass on which pattern matched).
+    patterns: Arc<RwLock<BTreeSet<ChannelPattern>>>,
+    url: String,
+}
+
+impl fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("url", &self.url)
+            .field("connected", &self.connected.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn to_broker_error(e: fred::error::Error) -> BrokerError {
+    match e.kind() {
+        ErrorKind::Timeout => BrokerError::Timeout,
+        _ => BrokerError::Unavailable(e.details().to_string()),
+    }
+}
+
+impl RedisBroker {
+    /// Builds the clients and starts connecting in the background; the
+    /// broker reports ready once the subscription connection is up. Must be
+    /// called within a Tokio runtime.
+    ///
+    /// Fails only on a configuration that can never work (a bad URL); an
+    /// unreachable server is retried with backoff forever.
+    pub fn new(config: RedisConfig, inbound: Inbound) -> Result<Self, RedisSetupError> {
+        let redacted = redact_url(&config.url);
+        let fred_config = parse_url(&config.url)?;
+        let millis = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1);
+        let mut builder = Builder::from_config(fred_config);
+        builder
+            .set_policy(ReconnectPolicy::new_exponential(
+                0, // retry forever
+                millis(config.reconnect_min_delay),
+                millis(config.reconnect_max_delay),
+                2,
+            ))
+            .set_performance_config(PerformanceConfig {
+                default_command_timeout: config.command_timeout,
+                broadcast_channel_capacity: config.message_buffer.max(32),
+                ..PerformanceConfig::default()
+            })
+            .set_connection_config(ConnectionConfig {
+                connection_timeout: config.connect_timeout,
+                internal_command_timeout: config.command_timeout,
+                // A connection that stops answering is closed and redone.
+                unresponsive: UnresponsiveConfig {
+                    max_timeout: Some(config.command_timeout * 2),
+                    interval: Duration::from_millis(500),
+                },
+                // Commands are not retried after a reconnect: a publish that
+                // failed is reported, not repeated twice.
+                max_command_attempts: 1,
+                ..ConnectionConfig::default()
+            });
+        let subscriber = builder
+            .build()
+            .map_err(|e| RedisSetupError::Client(e.details().to_string()))?;
+        let pool = builder
+            .build_pool(config.pool_size.max(1))
+            .map_err(|e| RedisSetupError::Client(e.details().to_string()))?;
+
+        let connected = Arc::new(AtomicBool::new(false));
+        let patterns = Arc::new(RwLock::new(BTreeSet::new()));
+
+        // Routing loop: only routing, so it keeps up with fred's reader.
+        tokio::spawn(route_messages(
+            subscriber.message_rx(),
+            inbound.clone(),
+            patterns.clone(),
+        ));
+        // Connection events: readiness, loss and recovery.
+        tokio::spawn(watch_connection(
+            subscriber.clone(),
+            inbound,
+            connected.clone(),
+            redacted.clone(),
+        ));
+        let _ = subscriber.connect();
+        let _ = pool.connect();
+        Ok(Self {
+            subscriber,
+            pool,
+            connected,
+            patterns,
+            url: redacted,
+        })
+    }
+
+    /// Closes the connections (sends `QUIT`).
+    pub async fn close(&self) {
+        let _ = self.subscriber.quit().await;
+        let _ = self.pool.quit().await;
+    }
+}
+
+fn split(topics: &[Topic]) -> (Vec<String>, Vec<String>) {
+    let mut channels = Vec::new();
+    let mut patterns = Vec::new();
+    for t in topics {
+        match t {
+            Topic::Channel(c) => channels.push(c.as_str().to_string()),
+            Topic::Pattern(p) => patterns.push(p.as_str().to_string()),
+        }
+    }
+    (channels, patterns)
+}
+
+impl Broker for RedisBroker {
+    fn publish(
+        &self,
+        channel: &ChannelName,
+        payload: Bytes,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let channel = channel.as_str().to_string();
+        Box::pin(async move {
+            let _receivers: i64 = self
+                .pool
+                .next()
+                .publish(channel, Value::Bytes(payload))
+                .await
+                .map_err(to_broker_error)?;
+            Ok(())
+        })
+    }
+
+    fn subscribe<'a>(&'a self, topics: &'a [Topic]) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let (channels, patterns) = split(topics);
+            if !channels.is_empty() {
+                self.subscriber
+                    .subscribe(channels)
+                    .await
+                    .map_err(to_broker_error)?;
+            }
+            if !patterns.is_empty() {
+                // Known before the first pmessage can arrive.
+                self.patterns
+                    .write()
+                    .extend(topics.iter().filter_map(|t| match t {
+                        Topic::Pattern(p) => Some(p.clone()),
+                        Topic::Channel(_) => None,
+                    }));
+                self.subscriber
+                    .psubscribe(patterns)
+                    .await
+                    .map_err(to_broker_error)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn unsubscribe<'a>(&'a self, topics: &'a [Topic]) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let (channels, patterns) = split(topics);
+            // Never send an empty UNSUBSCRIBE: it would drop everything.
+            if !channels.is_empty() {
+                self.subscriber
+                    .unsubscribe(channels)
+                    .await
+                    .map_err(to_broker_error)?;
+            }
+            if !patterns.is_empty() {
+                let result = self
+                    .subscriber
+                    .punsubscribe(patterns)
+                    .await
+                    .map_err(to_broker_error);
+                let mut known = self.patterns.write();
+                for t in topics {
+                    if let Topic::Pattern(p) = t {
+                        known.remove(p);
+                    }
+                }
+                result?;
+            }
+            Ok(())
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.connected.load(Ordering::Acquire) && self.pool.is_connected()
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// A payload as bytes, whatever type fred decoded it to.
+fn payload_bytes(value: Value) -> Option<Bytes> {
+    match value {
+        Value::Bytes(b) => Some(b),
+        Value::String(s) => Some(s.into_inner()),
+        Value::Integer(i) => Some(Bytes::from(i.to_string())),
+        Value::Double(d) => Some(Bytes::from(d.to_string())),
+        Value::Boolean(b) => Some(Bytes::from(b.to_string())),
+        Value::Null => Some(Bytes::new()),
+        _ => None,
+    }
+}
+
+/// Routes what fred's reader received. Kept to routing only: fred's buffer
+/// between its reader and this loop is bounded, and what overflows it is
+/// lost (counted, and answered with `gap` notices).
+async fn route_messages(
+    mut rx: tokio::sync::broadcast::Receiver<fred::types::Message>,
+    inbound: Inbound,
+    patterns: Arc<RwLock<BTreeSet<ChannelPattern>>>,
+) {
+    // Redis sends one `pmessage` per matching pattern, back to back, and fred
+    // does not say which pattern each one is for. The n-th of such a run goes
+    // to the n-th matching pattern (mod their number), so every pattern's
+    // subscribers get each message exactly once.
+    let mut run: Option<(Bytes, usize)> = None;
+    loop {
+        let msg = match rx.recv().await {
+            Ok(msg) => msg,
+            Err(RecvError::Lagged(n)) => {
+                tracing::error!(lost = n, "Redis messages arrived faster than they could be routed; raise redis.message_buffer");
+                inbound.lost("lagged", n);
+                run = None;
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let raw_channel = msg.channel.clone().into_inner();
+        let Ok(channel) = ChannelName::new(&msg.channel) else {
+            inbound.discarded("invalid_channel");
+            continue;
+        };
+        let Some(payload) = payload_bytes(msg.value) else {
+            inbound.discarded("unsupported_payload");
+            continue;
+        };
+        let message = Message::new(channel, payload);
+        match msg.kind {
+            MessageKind::Message => {
+                run = None;
+                inbound.message(&message);
+            }
+            MessageKind::PMessage => {
+                let index = match &mut run {
+                    Some((c, n)) if *c == raw_channel => {
+                        *n += 1;
+                        *n
+                    }
+                    _ => {
+                        run = Some((raw_channel, 0));
+                        0
+                    }
+                };
+                let known = patterns.read();
+                let matching: Vec<&ChannelPattern> =
+                    known.iter().filter(|p| p.matches(&msg.channel)).collect();
+                if matching.is_empty() {
+                    drop(known);
+                    inbound.discarded("no_pattern");
+                    continue;
+                }
+                let pattern = matching[index % matching.len()].clone();
+                drop(known);
+                inbound.pattern_message(&pattern, &message);
+            }
+            _ => {
+                run = None;
+                inbound.discarded("unsupported_kind");
+            }
+        }
+    }
+}
+
+/// Follows the subscription connection: ready once connected; on any
+/// connection error (fred reports only connection-level errors here), not
+/// ready and `connection_lost`; on every (re)connect, `connection_restored`,
+/// after which the bridge re-subscribes everything. A periodic check
+/// catches an error that did not, in the end, drop the connection.
+async fn watch_connection(
+    client: Client,
+    inbound: Inbound,
+    connected: Arc<AtomicBool>,
+    url: String,
+) {
+    let mut reconnects = client.reconnect_rx();
+    let mut errors = client.error_rx();
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = reconnects.recv() => match r {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    tracing::info!(url = %url, "connected to Redis");
+                    connected.store(true, Ordering::Release);
+                    inbound.connection_restored();
+                }
+                Err(RecvError::Closed) => return,
+            },
+            r = errors.recv() => match r {
+                Ok((error, _)) => {
+                    if connected.swap(false, Ordering::AcqRel) {
+                        tracing::warn!(url = %url, error = %error.details(), "Redis connection lost; reconnecting with backoff");
+                    } else {
+                        tracing::debug!(url = %url, error = %error.details(), "Redis still unreachable");
+                    }
+                    inbound.connection_lost();
+                }
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            },
+            _ = check.tick() => {
+                if !connected.load(Ordering::Acquire) && client.is_connected() {
+                    connected.store(true, Ordering::Release);
+                    inbound.connection_restored();
+                }
+            }
+        }
+    }
+}
