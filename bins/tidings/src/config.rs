@@ -11,6 +11,7 @@ use figment::{
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tidings_bridge::{RedisConfig, SlowConsumerPolicy};
+use tidings_identity::{CookieProxyConfig, TokenConfig};
 use tidings_routing::{Router, Rule};
 use tidings_transport::TransportConfig;
 
@@ -62,6 +63,8 @@ pub(crate) struct Config {
     pub(crate) redis_url: Option<Secret>,
     /// Redis connection tunables (used when `redis_url` is set).
     pub(crate) redis: RedisTuning,
+    /// Who each socket is.
+    pub(crate) identity: IdentityConfig,
     /// Logging.
     pub(crate) log: LogConfig,
     /// The WebSocket endpoint.
@@ -103,6 +106,64 @@ pub(crate) struct WsConfig {
     pub(crate) handshake_timeout_secs: f64,
     pub(crate) allowed_origins: Vec<String>,
     pub(crate) max_subscriptions: usize,
+}
+
+/// Identity resolution.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IdentityConfig {
+    /// Resolvers tried in order. Empty: every socket is anonymous.
+    pub(crate) resolvers: Vec<ResolverKind>,
+    /// What a socket no resolver recognises may do.
+    pub(crate) anonymous: Anonymous,
+    /// The cookie proxy.
+    pub(crate) cookie_proxy: CookieProxySection,
+    /// One-time tokens.
+    pub(crate) token: TokenSection,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ResolverKind {
+    CookieProxy,
+    Token,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Anonymous {
+    Allow,
+    Refuse,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CookieProxySection {
+    /// The backend's whoami URL (`http://...`). Required when the resolver is used.
+    pub(crate) url: Option<String>,
+    /// Cookie names to forward; empty: the whole Cookie header.
+    pub(crate) cookies: Vec<String>,
+    /// Further request headers to forward.
+    pub(crate) headers: Vec<String>,
+    pub(crate) connect_timeout_secs: f64,
+    pub(crate) timeout_secs: f64,
+    /// 0 turns the cache off.
+    pub(crate) cache_ttl_secs: f64,
+    pub(crate) cache_max_entries: usize,
+    pub(crate) retry_after_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenSection {
+    /// Cookie carrying the token ("" = none).
+    pub(crate) cookie: String,
+    /// Query parameter carrying the token ("" = none).
+    pub(crate) query: String,
+    /// Key prefix in Redis (or the in-process store).
+    pub(crate) prefix: String,
+    /// Longest lifetime `POST /api/tokens` grants.
+    pub(crate) max_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +210,30 @@ impl Default for Config {
                     reconnect_max_delay_secs: r.reconnect_max_delay.as_secs_f64(),
                     pool_size: r.pool_size,
                     message_buffer: r.message_buffer,
+                }
+            },
+            identity: {
+                let cp = CookieProxyConfig::new(http::Uri::from_static("http://127.0.0.1/"));
+                let tk = TokenConfig::default();
+                IdentityConfig {
+                    resolvers: Vec::new(),
+                    anonymous: Anonymous::Allow,
+                    cookie_proxy: CookieProxySection {
+                        url: None,
+                        cookies: Vec::new(),
+                        headers: Vec::new(),
+                        connect_timeout_secs: cp.connect_timeout.as_secs_f64(),
+                        timeout_secs: cp.timeout.as_secs_f64(),
+                        cache_ttl_secs: cp.cache_ttl.as_secs_f64(),
+                        cache_max_entries: cp.cache_max_entries,
+                        retry_after_secs: cp.retry_after.as_secs(),
+                    },
+                    token: TokenSection {
+                        cookie: tk.cookie.unwrap_or_default(),
+                        query: tk.query.unwrap_or_default(),
+                        prefix: tk.prefix,
+                        max_ttl_secs: 60,
+                    },
                 }
             },
             log: LogConfig {
@@ -303,7 +388,7 @@ impl Config {
                             " (from environment variable TIDINGS_{})",
                             key.replace('.', "__").to_ascii_uppercase()
                         ),
-                        _ => format!(" (from {})", md.name),
+                        _ => " (the built-in default)".to_string(),
                     })
                     .unwrap_or_default();
                 ConfigError::Invalid {
@@ -368,6 +453,19 @@ impl Config {
         self.transport()?;
         self.router()?;
         self.redis()?;
+        self.cookie_proxy()?;
+        self.token()?;
+        let mut seen = Vec::new();
+        for r in &self.identity.resolvers {
+            if seen.contains(r) {
+                return Err(ConfigError::Invalid {
+                    key: "identity.resolvers",
+                    reason: format!("{r:?} is listed twice"),
+                    origin: String::new(),
+                });
+            }
+            seen.push(*r);
+        }
         Ok(())
     }
 
@@ -409,6 +507,80 @@ impl Config {
             origin: String::new(),
         })?;
         Ok(Some(config))
+    }
+
+    /// The cookie proxy's configuration, if the resolver is used.
+    pub(crate) fn cookie_proxy(&self) -> Result<Option<CookieProxyConfig>, ConfigError> {
+        if !self.identity.resolvers.contains(&ResolverKind::CookieProxy) {
+            return Ok(None);
+        }
+        let c = &self.identity.cookie_proxy;
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+            key,
+            reason,
+            origin: String::new(),
+        };
+        let Some(url) = &c.url else {
+            return Err(invalid(
+                "identity.cookie_proxy.url",
+                "must be set when identity.resolvers lists cookie_proxy".into(),
+            ));
+        };
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| invalid("identity.cookie_proxy.url", format!("{e}")))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(invalid(
+                "identity.cookie_proxy.url",
+                "must be an absolute http:// URL".into(),
+            ));
+        }
+        let mut config = CookieProxyConfig::new(uri);
+        config.cookies = c.cookies.clone();
+        for h in &c.headers {
+            let name = http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                invalid(
+                    "identity.cookie_proxy.headers",
+                    format!("`{h}` is not a header name"),
+                )
+            })?;
+            config.headers.push(name);
+        }
+        config.connect_timeout = positive_secs(
+            "identity.cookie_proxy.connect_timeout_secs",
+            c.connect_timeout_secs,
+        )?;
+        config.timeout = positive_secs("identity.cookie_proxy.timeout_secs", c.timeout_secs)?;
+        config.cache_ttl = if c.cache_ttl_secs == 0.0 {
+            Duration::ZERO
+        } else {
+            positive_secs("identity.cookie_proxy.cache_ttl_secs", c.cache_ttl_secs)?
+        };
+        config.cache_max_entries = c.cache_max_entries.max(1);
+        config.retry_after = Duration::from_secs(c.retry_after_secs.max(1));
+        Ok(Some(config))
+    }
+
+    /// The token resolver's configuration, if the resolver is used.
+    pub(crate) fn token(&self) -> Result<Option<TokenConfig>, ConfigError> {
+        if !self.identity.resolvers.contains(&ResolverKind::Token) {
+            return Ok(None);
+        }
+        let t = &self.identity.token;
+        if t.cookie.is_empty() && t.query.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "identity.token",
+                reason: "set `cookie` or `query` (or both): where does the token come from?".into(),
+                origin: String::new(),
+            });
+        }
+        let nonempty = |s: &String| (!s.is_empty()).then(|| s.clone());
+        Ok(Some(TokenConfig {
+            cookie: nonempty(&t.cookie),
+            query: nonempty(&t.query),
+            prefix: t.prefix.clone(),
+            ..TokenConfig::default()
+        }))
     }
 
     /// The transport tunables.

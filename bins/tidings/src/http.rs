@@ -1,6 +1,6 @@
 //! The plain HTTP endpoints: the demo page, health, readiness, publishing.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode};
@@ -9,24 +9,34 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tidings_core::{ChannelName, Message};
+use tidings_identity::{TokenResolver, TokenStore};
 use tidings_transport::{text_response, Gateway, HttpResponse};
 
 use crate::config::Config;
 
 const DEMO_PAGE: &str = include_str!("demo.html");
 
+/// Minting one-time tokens (`POST /api/tokens`), when the token resolver is on.
+pub(crate) struct Tokens {
+    pub(crate) resolver: Arc<TokenResolver>,
+    pub(crate) store: Arc<dyn TokenStore>,
+    pub(crate) max_ttl: Duration,
+}
+
 /// What the endpoints need.
 pub(crate) struct Endpoints {
     pub(crate) gateway: Gateway,
+    pub(crate) tokens: Option<Tokens>,
     pub(crate) api_key: Option<String>,
     pub(crate) allow_local_without_key: bool,
     pub(crate) max_body: usize,
 }
 
 impl Endpoints {
-    pub(crate) fn new(config: &Config, gateway: Gateway) -> Arc<Self> {
+    pub(crate) fn new(config: &Config, gateway: Gateway, tokens: Option<Tokens>) -> Arc<Self> {
         Arc::new(Self {
             gateway,
+            tokens,
             api_key: config.api_key.as_ref().map(|k| k.0.trim().to_owned()),
             allow_local_without_key: config.api.allow_local_without_key,
             max_body: config.api.max_body_bytes,
@@ -44,13 +54,22 @@ impl Endpoints {
             (&Method::GET | &Method::HEAD, "/healthz") => text_response(StatusCode::OK, "ok\n"),
             (&Method::GET | &Method::HEAD, "/readyz") => self.readyz(),
             (&Method::POST, "/api/publish") => self.publish(req, peer).await,
-            (_, "/" | "/healthz" | "/readyz" | "/api/publish") => {
+            (&Method::POST, "/api/tokens") => self.mint_token(req, peer).await,
+            (&Method::GET | &Method::HEAD, "/favicon.ico") => {
+                let mut res = text_response(StatusCode::NO_CONTENT, "");
+                res.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=86400"),
+                );
+                res
+            }
+            (_, "/" | "/healthz" | "/readyz" | "/api/publish" | "/api/tokens") => {
                 let mut res = json_error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method_not_allowed",
                     "method not allowed",
                 );
-                let allow = if req.uri().path() == "/api/publish" {
+                let allow = if req.uri().path().starts_with("/api/") {
                     "POST"
                 } else {
                     "GET, HEAD"
@@ -109,40 +128,9 @@ impl Endpoints {
         if let Err(why) = self.authorize(&req, peer) {
             return unauthorized(why);
         }
-        // A JSON content type forces a CORS preflight, so no foreign web page
-        // can make a visitor's browser publish.
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(';')
-                    .next()
-                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-            });
-        if !is_json {
-            return json_error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "Content-Type must be application/json",
-            );
-        }
-        let body = match Limited::new(req.into_body(), self.max_body).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return json_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    &format!("body larger than {} bytes", self.max_body),
-                )
-            }
-            Err(_) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_body",
-                    "could not read the request body",
-                )
-            }
+        let body = match self.json_body(req).await {
+            Ok(body) => body,
+            Err(res) => return res,
         };
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -178,6 +166,114 @@ impl Endpoints {
                 let mut res = json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "broker_unavailable",
+                    &e.to_string(),
+                );
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                res
+            }
+        }
+    }
+}
+
+impl Endpoints {
+    /// The body of a JSON request, or the error response.
+    async fn json_body(&self, req: Request<Incoming>) -> Result<Bytes, HttpResponse> {
+        // A JSON content type forces a CORS preflight, so no foreign web page
+        // can make a visitor's browser call the API.
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
+        if !is_json {
+            return Err(json_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Content-Type must be application/json",
+            ));
+        }
+        match Limited::new(req.into_body(), self.max_body).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("body larger than {} bytes", self.max_body),
+            )),
+            Err(_) => Err(json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                "could not read the request body",
+            )),
+        }
+    }
+
+    /// `POST /api/tokens`: stores a one-time token for an identity, for
+    /// backends that do not write to Redis themselves (or run without it).
+    async fn mint_token(&self, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+        if let Err(why) = self.authorize(&req, peer) {
+            return unauthorized(why);
+        }
+        let Some(tokens) = &self.tokens else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "tokens_disabled",
+                "the token resolver is not enabled (identity.resolvers)",
+            );
+        };
+        let body = match self.json_body(req).await {
+            Ok(body) => body,
+            Err(res) => return res,
+        };
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct MintBody {
+            identity: tidings_core::Identity,
+            #[serde(default = "default_ttl")]
+            ttl_secs: f64,
+        }
+        fn default_ttl() -> f64 {
+            5.0
+        }
+        let parsed: MintBody = match serde_json::from_slice(&body) {
+            Ok(p) => p,
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_json",
+                    &format!(
+                    "body must be {{\"identity\": {{\"user\": ...}}, \"ttl_secs\": number}}: {e}"
+                ),
+                )
+            }
+        };
+        if !(parsed.ttl_secs.is_finite() && parsed.ttl_secs > 0.0) {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "ttl_secs must be positive",
+            );
+        }
+        let ttl = Duration::from_secs_f64(parsed.ttl_secs.min(1e6)).min(tokens.max_ttl);
+        let token = tidings_identity::token::new_token();
+        let value = serde_json::to_vec(&parsed.identity).expect("identities serialize");
+        match tokens
+            .store
+            .store(&tokens.resolver.key(&token), Bytes::from(value), ttl)
+            .await
+        {
+            Ok(()) => json_response(
+                StatusCode::CREATED,
+                serde_json::json!({"token": token, "expires_in": ttl.as_secs_f64()}).to_string(),
+            ),
+            Err(e) => {
+                let mut res = json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
                     &e.to_string(),
                 );
                 res.headers_mut()

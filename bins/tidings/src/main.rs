@@ -5,6 +5,10 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
 use tidings_bridge::Bridge;
+use tidings_identity::{
+    AnonymousPolicy, Chain, CookieProxy, MemoryTokenStore, RedisTokenStore, TokenResolver,
+    TokenStore,
+};
 use tidings_transport::{serve, Gateway};
 use tracing_subscriber::EnvFilter;
 
@@ -92,24 +96,74 @@ fn init_tracing(config: &Config) {
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let transport = config.transport()?;
     let router = config.router()?;
-    let bridge = match config.redis()? {
+    let redis = config.redis()?;
+    let bridge = match &redis {
         None => Bridge::in_process(),
-        Some(redis) => Bridge::redis(redis)?,
+        Some(redis) => Bridge::redis(redis.clone())?,
     };
+    let identity = identity(&config, redis.as_ref())?;
     let gateway = Gateway::builder(bridge)
         .config(transport)
         .router(router)
+        .resolver(Arc::new(identity.chain))
         .build();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     banner(&config, addr, gateway.bridge().broker_name());
-    let endpoints = http::Endpoints::new(&config, gateway.clone());
+    let endpoints = http::Endpoints::new(&config, gateway.clone(), identity.tokens);
     let handler = move |req, peer| Arc::clone(&endpoints).handle(req, peer);
     serve(listener, gateway, handler, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The resolver chain, and the token store and resolver when tokens are on.
+struct IdentitySetup {
+    chain: Chain,
+    tokens: Option<http::Tokens>,
+}
+
+fn identity(
+    config: &Config,
+    redis: Option<&tidings_bridge::RedisConfig>,
+) -> Result<IdentitySetup, Box<dyn std::error::Error>> {
+    let mut chain = Chain::new().anonymous(match config.identity.anonymous {
+        config::Anonymous::Allow => AnonymousPolicy::Allow,
+        config::Anonymous::Refuse => AnonymousPolicy::Refuse,
+    });
+    let mut tokens = None;
+    for kind in &config.identity.resolvers {
+        match kind {
+            config::ResolverKind::CookieProxy => {
+                let proxy =
+                    CookieProxy::new(config.cookie_proxy()?.expect("listed, so configured"))?;
+                chain = chain.with("cookie_proxy", Arc::new(proxy));
+            }
+            config::ResolverKind::Token => {
+                let store: Arc<dyn TokenStore> = match redis {
+                    Some(redis) => Arc::new(RedisTokenStore::new(
+                        tidings_bridge::redis::command_pool(redis)?,
+                    )),
+                    None => Arc::new(MemoryTokenStore::new()),
+                };
+                let resolver = Arc::new(TokenResolver::new(
+                    config.token()?.expect("listed, so configured"),
+                    store.clone(),
+                ));
+                chain = chain.with("token", resolver.clone());
+                tokens = Some(http::Tokens {
+                    resolver,
+                    store,
+                    max_ttl: std::time::Duration::from_secs(
+                        config.identity.token.max_ttl_secs.max(1),
+                    ),
+                });
+            }
+        }
+    }
+    Ok(IdentitySetup { chain, tokens })
 }
 
 fn banner(config: &Config, addr: std::net::SocketAddr, broker: &str) {

@@ -168,6 +168,52 @@ fn to_broker_error(e: fred::error::Error) -> BrokerError {
     }
 }
 
+/// The fred builder for `config`: reconnect forever with backoff, command
+/// and connect timeouts, unresponsive-connection detection.
+fn builder(config: &RedisConfig) -> Result<Builder, RedisSetupError> {
+    let fred_config = parse_url(&config.url)?;
+    let millis = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1);
+    let mut builder = Builder::from_config(fred_config);
+    builder
+        .set_policy(ReconnectPolicy::new_exponential(
+            0, // retry forever
+            millis(config.reconnect_min_delay),
+            millis(config.reconnect_max_delay),
+            2,
+        ))
+        .set_performance_config(PerformanceConfig {
+            default_command_timeout: config.command_timeout,
+            broadcast_channel_capacity: config.message_buffer.max(32),
+            ..PerformanceConfig::default()
+        })
+        .set_connection_config(ConnectionConfig {
+            connection_timeout: config.connect_timeout,
+            internal_command_timeout: config.command_timeout,
+            // A connection that stops answering is closed and redone.
+            unresponsive: UnresponsiveConfig {
+                max_timeout: Some(config.command_timeout * 2),
+                interval: Duration::from_millis(500),
+            },
+            // Commands are not retried after a reconnect: a publish that
+            // failed is reported, not repeated twice.
+            max_command_attempts: 1,
+            ..ConnectionConfig::default()
+        });
+    Ok(builder)
+}
+
+/// A pool of `config.pool_size` command connections with the same
+/// settings as the broker's (reconnecting forever with backoff), already
+/// connecting. For other Redis commands a gateway needs, such as redeeming
+/// one-time tokens. Must be called within a Tokio runtime.
+pub fn command_pool(config: &RedisConfig) -> Result<Pool, RedisSetupError> {
+    let pool = builder(config)?
+        .build_pool(config.pool_size.max(1))
+        .map_err(|e| RedisSetupError::Client(e.details().to_string()))?;
+    drop(pool.connect()); // the task runs on; its handle is not needed
+    Ok(pool)
+}
+
 impl RedisBroker {
     /// Builds the clients and starts connecting in the background; the
     /// broker reports ready once the subscription connection is up. Must be
@@ -177,34 +223,7 @@ impl RedisBroker {
     /// unreachable server is retried with backoff forever.
     pub fn new(config: RedisConfig, inbound: Inbound) -> Result<Self, RedisSetupError> {
         let redacted = redact_url(&config.url);
-        let fred_config = parse_url(&config.url)?;
-        let millis = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1);
-        let mut builder = Builder::from_config(fred_config);
-        builder
-            .set_policy(ReconnectPolicy::new_exponential(
-                0, // retry forever
-                millis(config.reconnect_min_delay),
-                millis(config.reconnect_max_delay),
-                2,
-            ))
-            .set_performance_config(PerformanceConfig {
-                default_command_timeout: config.command_timeout,
-                broadcast_channel_capacity: config.message_buffer.max(32),
-                ..PerformanceConfig::default()
-            })
-            .set_connection_config(ConnectionConfig {
-                connection_timeout: config.connect_timeout,
-                internal_command_timeout: config.command_timeout,
-                // A connection that stops answering is closed and redone.
-                unresponsive: UnresponsiveConfig {
-                    max_timeout: Some(config.command_timeout * 2),
-                    interval: Duration::from_millis(500),
-                },
-                // Commands are not retried after a reconnect: a publish that
-                // failed is reported, not repeated twice.
-                max_command_attempts: 1,
-                ..ConnectionConfig::default()
-            });
+        let builder = builder(&config)?;
         let subscriber = builder
             .build()
             .map_err(|e| RedisSetupError::Client(e.details().to_string()))?;
@@ -228,8 +247,8 @@ impl RedisBroker {
             connected.clone(),
             redacted.clone(),
         ));
-        let _ = subscriber.connect();
-        let _ = pool.connect();
+        drop(subscriber.connect());
+        drop(pool.connect()); // the task runs on; its handle is not needed
         Ok(Self {
             subscriber,
             pool,

@@ -24,9 +24,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Identity {
-    /// The user id, or `None` for an anonymous visitor.
+    /// The user id, or `None` for an anonymous visitor. In JSON a string or
+    /// a number (`"42"` or `42`).
+    #[serde(deserialize_with = "string_or_number")]
     pub user: Option<String>,
     /// The backend's session id, when it shares one (for per-session channels).
+    #[serde(deserialize_with = "string_or_number")]
     pub session: Option<String>,
     /// Groups the user belongs to (for per-group channels).
     pub groups: Vec<String>,
@@ -54,5 +57,37 @@ impl Identity {
     /// Whether this is an anonymous visitor (no user id).
     pub fn is_anonymous(&self) -> bool {
         self.user.is_none()
+    }
+}
+
+/// `"42"`, `42` or `null`, as an optional string.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Int(i64),
+        Uint(u64),
+    }
+    Ok(match Option::<Raw>::deserialize(d)? {
+        None => None,
+        Some(Raw::Text(s)) => Some(s),
+        Some(Raw::Int(n)) => Some(n.to_string()),
+        Some(Raw::Uint(n)) => Some(n.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_may_be_numbers() {
+        let id: Identity = serde_json::from_str(r#"{"user": 42, "session": "s"}"#).unwrap();
+        assert_eq!(id.user.as_deref(), Some("42"));
+        let id: Identity = serde_json::from_str(r#"{"user": null}"#).unwrap();
+        assert!(id.is_anonymous());
+        assert!(serde_json::from_str::<Identity>(r#"{"user": 4.5}"#).is_err());
+        assert!(serde_json::from_str::<Identity>(r#"{"user": ["x"]}"#).is_err());
     }
 }

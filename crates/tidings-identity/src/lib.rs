@@ -14,6 +14,12 @@
 //! - [`IdentityResolver`]: the trait; [`Resolution`] and [`Rejection`]: its answers.
 //! - [`Anonymous`]: the resolver that treats every socket as an anonymous
 //!   visitor (the zero-setup default).
+//! - [`cookie_proxy`]: asks the web app who the browser's cookies belong to,
+//!   with a short cache and coalescing of identical lookups.
+//! - [`token`]: one-time tokens the backend stored (in Redis, or in the
+//!   gateway's memory), redeemed once.
+//! - [`chain`]: resolvers tried in order, and the policy for visitors none
+//!   of them recognises.
 //!
 //! # Example
 //!
@@ -34,6 +40,16 @@
 //!     }
 //! }
 //! ```
+
+pub mod chain;
+pub mod cookie_proxy;
+pub mod token;
+
+pub use chain::{AnonymousPolicy, Chain};
+pub use cookie_proxy::{CookieProxy, CookieProxyConfig};
+#[cfg(feature = "redis")]
+pub use token::RedisTokenStore;
+pub use token::{MemoryTokenStore, TokenConfig, TokenResolver, TokenStore};
 
 use std::{fmt, future::Future, net::SocketAddr, pin::Pin, time::Duration};
 

@@ -1,0 +1,160 @@
+//! The demo page in a real headless Chromium: it connects, shows what is
+//! published to the channel every socket joins, and its own publish form
+//! round-trips, all without a JavaScript error or a CSP violation.
+//!
+//! Needs Debian's `chromium` (CI's `.ci/run` installs it) or
+//! `$TIDINGS_CHROMIUM`; the tests fail, not skip, without it.
+
+use serde_json::json;
+use tidings_e2e::{browser::Browser, browser::Page, Gateway, GatewayOptions};
+
+const KEY: &str = "0123456789012345678901";
+
+/// A string no earlier run or other test could have put on the page.
+fn unique(what: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{what} {}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A JavaScript string literal.
+fn js(s: &str) -> String {
+    json!(s).to_string()
+}
+
+/// Opens the demo page and waits until its socket is open and the welcome
+/// frame (naming the joined channel) is shown.
+async fn open_demo(browser: &Browser, gw: &Gateway) -> Page {
+    let page = browser.new_page().await;
+    page.navigate(&format!("http://{}/", gw.addr)).await;
+    page.wait_for(
+        "the page's socket to open and show the welcome",
+        "document.getElementById('status')?.textContent === 'open' \
+         && document.getElementById('who').textContent.includes('joined /app/broadcast')",
+    )
+    .await;
+    page
+}
+
+/// Waits until the page's log shows a `message` row containing `text`.
+async fn wait_for_message(page: &Page, text: &str) {
+    page.wait_for(
+        &format!("a message row containing {text:?}"),
+        &format!(
+            "[...document.querySelectorAll('#log li.message')].some(li => \
+             li.textContent.includes('/app/broadcast') && li.textContent.includes({}))",
+            js(text)
+        ),
+    )
+    .await;
+}
+
+/// Fills the page's publish form and submits it with a real click.
+async fn submit_form(page: &Page, data: &str, key: &str) {
+    let filled = page
+        .eval(&format!(
+            "(() => {{ const f = document.getElementById('publish'); \
+             f.elements.channel.value = '/app/broadcast'; \
+             f.elements.data.value = {}; f.elements.key.value = {}; \
+             f.querySelector('button[type=submit]').click(); return true; }})()",
+            js(data),
+            js(key)
+        ))
+        .await;
+    assert_eq!(filled, Ok(json!(true)), "filling the publish form");
+}
+
+/// The `#log li.error` rows the page shows.
+async fn error_rows(page: &Page) -> serde_json::Value {
+    page.eval("[...document.querySelectorAll('#log li.error')].map(li => li.textContent)")
+        .await
+        .expect("read the error rows")
+}
+
+/// Asserts the page recorded no uncaught exception, console error or CSP
+/// violation, other than those `expected` accepts. The browser's own request
+/// for `/favicon.ico`, which the gateway does not serve (and the page's CSP
+/// forbids a `data:` icon), is not the page's fault.
+async fn assert_no_errors(page: &Page, expected: impl Fn(&str) -> bool) {
+    let errors: Vec<String> = page
+        .errors()
+        .into_iter()
+        .filter(|e| !(e.starts_with("log/network:") && e.ends_with("/favicon.ico)")))
+        .filter(|e| !expected(e))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "JavaScript errors, console errors or CSP violations on the page: {errors:#?}\nits text:\n{}",
+        page.body_text().await
+    );
+}
+
+#[tokio::test]
+async fn demo_page_connects_shows_messages_and_publishes_from_its_form() {
+    let gw = Gateway::start().await;
+    let browser = Browser::launch().await;
+    let page = open_demo(&browser, &gw).await;
+
+    // A publish over the HTTP API shows up on the page.
+    let text = unique("hello from the test");
+    let r = gw.publish("/app/broadcast", json!({ "text": text })).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_for_message(&page, &text).await;
+
+    // The page's own form publishes (no key needed from loopback), and the
+    // message comes back over the page's socket.
+    let text = unique("hello from the form");
+    submit_form(&page, &json!({ "text": text }).to_string(), "").await;
+    wait_for_message(&page, &text).await;
+
+    // Text that is not JSON is published as a JSON string.
+    let text = unique("plain text from the form");
+    submit_form(&page, &text, "").await;
+    wait_for_message(&page, &js(&text)).await;
+
+    assert_eq!(error_rows(&page).await, json!([]), "error rows on the page");
+    assert_no_errors(&page, |_| false).await;
+}
+
+#[tokio::test]
+async fn demo_page_form_uses_the_api_key() {
+    let gw = Gateway::start_with(GatewayOptions::default().env("TIDINGS_API_KEY", KEY)).await;
+    let browser = Browser::launch().await;
+    let page = open_demo(&browser, &gw).await;
+
+    // Without the key the gateway refuses, and the page says so.
+    let text = unique("refused");
+    submit_form(&page, &json!({ "text": text }).to_string(), "").await;
+    page.wait_for(
+        "an error row saying the publish was refused",
+        "[...document.querySelectorAll('#log li.error')].some(li => \
+         li.textContent.includes('publish failed: HTTP 401'))",
+    )
+    .await;
+
+    // With it, the message goes through.
+    let text = unique("with the key");
+    submit_form(&page, &json!({ "text": text }).to_string(), KEY).await;
+    wait_for_message(&page, &text).await;
+    assert_eq!(
+        error_rows(&page).await.as_array().map(Vec::len),
+        Some(1),
+        "only the refused publish is an error row"
+    );
+
+    // The 401 itself is logged by the browser as a failed load; nothing else
+    // may go wrong.
+    assert_no_errors(&page, |e| {
+        e.starts_with("log/network:") && e.contains(" 401 ")
+    })
+    .await;
+    assert!(!gw.logs().contains(KEY), "the API key must never be logged");
+}
