@@ -48,6 +48,8 @@ mod session;
 pub mod stats;
 
 pub use config::TransportConfig;
+/// The `http` crate this API speaks (requests, responses, status codes).
+pub use http::{self, StatusCode};
 pub use server::{serve, text_response, Gateway, GatewayBuilder, HttpHandler, HttpResponse};
 pub use stats::{CloseReason, TransportStats};
 pub use tidings_bridge::BoxFuture;

@@ -208,6 +208,17 @@ impl Gateway {
                 return refuse(StatusCode::FORBIDDEN, "origin not allowed");
             }
         }
+        // A broken handshake is refused before any credential is looked
+        // at (a one-time token must not be spent on it).
+        let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+            Ok(pair) => pair,
+            Err(e) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    &format!("bad WebSocket handshake: {e}"),
+                )
+            }
+        };
         let parts = UpgradeRequest {
             headers: req.headers().clone(),
             uri: req.uri().clone(),
@@ -229,15 +240,6 @@ impl Gateway {
                     );
                 }
                 return res;
-            }
-        };
-        let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
-            Ok(pair) => pair,
-            Err(e) => {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    &format!("bad WebSocket handshake: {e}"),
-                )
             }
         };
         let inner = self.inner.clone();
