@@ -7,6 +7,7 @@
 //! which `cargo test --workspace` builds because the `tidings` package has
 //! integration tests of its own), or at `$TIDINGS_BIN`.
 
+pub mod backend;
 pub mod browser;
 pub mod django;
 pub mod gateway;

@@ -1,0 +1,58 @@
+"""Settings of the Django app that Tidings' end-to-end tests run beside the gateway.
+
+Everything that differs between runs comes from the environment:
+
+- TIDINGS_DJANGO_DB: the sqlite file (each test run uses a fresh one in a temp dir);
+- REDIS_URL: the Redis the gateway listens to (PUBLISH, and one-time tokens);
+- TIDINGS_TOKEN_PREFIX, TIDINGS_TOKEN_TTL: where and for how long one-time
+  tokens are stored; they must match the gateway's `identity.token.prefix`.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "insecure-key-for-the-tidings-e2e-tests-only")
+DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "notifications",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+
+ROOT_URLCONF = "demo.urls"
+WSGI_APPLICATION = "demo.wsgi.application"
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get(
+            "TIDINGS_DJANGO_DB", str(Path(tempfile.gettempdir()) / "tidings-django.sqlite3")
+        ),
+    }
+}
+
+# A fast hasher keeps the tests quick. Tests only: real apps keep Django's default.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+TIME_ZONE = "UTC"
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Tidings.
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+TIDINGS_TOKEN_PREFIX = os.environ.get("TIDINGS_TOKEN_PREFIX", "tidings:token:")
+TIDINGS_TOKEN_TTL = int(os.environ.get("TIDINGS_TOKEN_TTL", "5"))
