@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tidings_bridge::{RedisConfig, SlowConsumerPolicy};
 use tidings_identity::{CookieProxyConfig, TokenConfig};
 use tidings_routing::{Router, Rule};
-use tidings_transport::TransportConfig;
+use tidings_transport::{RpcConfig, TransportConfig};
 
 /// A secret string: never printed, serialized as `"<redacted>"`.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -65,6 +65,8 @@ pub(crate) struct Config {
     pub(crate) redis: RedisTuning,
     /// Who each socket is.
     pub(crate) identity: IdentityConfig,
+    /// RPC to the backend over the socket.
+    pub(crate) rpc: RpcSection,
     /// Logging.
     pub(crate) log: LogConfig,
     /// The WebSocket endpoint.
@@ -106,6 +108,22 @@ pub(crate) struct WsConfig {
     pub(crate) handshake_timeout_secs: f64,
     pub(crate) allowed_origins: Vec<String>,
     pub(crate) max_subscriptions: usize,
+    pub(crate) client_messages_per_sec: f64,
+    pub(crate) client_message_burst: u32,
+}
+
+/// RPC to the backend over the socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RpcSection {
+    /// The backend's base URL (`http://...`). Unset: RPC is off.
+    pub(crate) url: Option<String>,
+    /// Path prefixes clients may call.
+    pub(crate) allowed_paths: Vec<String>,
+    pub(crate) timeout_secs: f64,
+    pub(crate) max_in_flight: usize,
+    /// Upgrade request headers forwarded with every call.
+    pub(crate) forward_headers: Vec<String>,
 }
 
 /// Identity resolution.
@@ -127,6 +145,15 @@ pub(crate) struct IdentityConfig {
 pub(crate) enum ResolverKind {
     CookieProxy,
     Token,
+}
+
+impl ResolverKind {
+    fn name(self) -> &'static str {
+        match self {
+            ResolverKind::CookieProxy => "cookie_proxy",
+            ResolverKind::Token => "token",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,6 +263,20 @@ impl Default for Config {
                     },
                 }
             },
+            rpc: {
+                let r = RpcConfig::new(http::Uri::from_static("http://127.0.0.1/"), Vec::new());
+                RpcSection {
+                    url: None,
+                    allowed_paths: Vec::new(),
+                    timeout_secs: r.timeout.as_secs_f64(),
+                    max_in_flight: r.max_in_flight,
+                    forward_headers: r
+                        .forward_headers
+                        .iter()
+                        .map(|h| h.as_str().to_owned())
+                        .collect(),
+                }
+            },
             log: LogConfig {
                 level: "info".into(),
                 format: LogFormat::Text,
@@ -251,6 +292,8 @@ impl Default for Config {
                 handshake_timeout_secs: t.handshake_timeout.as_secs_f64(),
                 allowed_origins: t.allowed_origins,
                 max_subscriptions: t.max_subscriptions,
+                client_messages_per_sec: t.client_messages_per_sec,
+                client_message_burst: t.client_message_burst,
             },
             api: ApiConfig {
                 allow_local_without_key: true,
@@ -455,12 +498,13 @@ impl Config {
         self.redis()?;
         self.cookie_proxy()?;
         self.token()?;
+        self.rpc()?;
         let mut seen = Vec::new();
         for r in &self.identity.resolvers {
             if seen.contains(r) {
                 return Err(ConfigError::Invalid {
                     key: "identity.resolvers",
-                    reason: format!("{r:?} is listed twice"),
+                    reason: format!("{} is listed twice", r.name()),
                     origin: String::new(),
                 });
             }
@@ -604,7 +648,61 @@ impl Config {
             allowed_origins: ws.allowed_origins.clone(),
             max_subscriptions: ws.max_subscriptions,
             shutdown_grace: positive_secs("shutdown.grace_secs", self.shutdown.grace_secs)?,
+            client_messages_per_sec: if ws.client_messages_per_sec.is_finite()
+                && ws.client_messages_per_sec > 0.0
+            {
+                ws.client_messages_per_sec
+            } else {
+                return Err(ConfigError::Invalid {
+                    key: "websocket.client_messages_per_sec",
+                    reason: format!(
+                        "must be a positive number, got {}",
+                        ws.client_messages_per_sec
+                    ),
+                    origin: String::new(),
+                });
+            },
+            client_message_burst: ws.client_message_burst.max(1),
+            ..TransportConfig::default()
         })
+    }
+
+    /// The RPC client's configuration, if RPC is on.
+    pub(crate) fn rpc(&self) -> Result<Option<RpcConfig>, ConfigError> {
+        let r = &self.rpc;
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+            key,
+            reason,
+            origin: String::new(),
+        };
+        let Some(url) = &r.url else {
+            return Ok(None);
+        };
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| invalid("rpc.url", format!("{e}")))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(invalid("rpc.url", "must be an absolute http:// URL".into()));
+        }
+        if r.allowed_paths.is_empty() || r.allowed_paths.iter().any(|p| !p.starts_with('/')) {
+            return Err(invalid(
+                "rpc.allowed_paths",
+                "list the path prefixes clients may call, each starting with `/` (for example [\"/api/\"])".into(),
+            ));
+        }
+        let mut config = RpcConfig::new(uri, r.allowed_paths.clone());
+        config.timeout = positive_secs("rpc.timeout_secs", r.timeout_secs)?;
+        config.max_in_flight = r.max_in_flight.max(1);
+        config.forward_headers = r
+            .forward_headers
+            .iter()
+            .map(|h| {
+                http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                    invalid("rpc.forward_headers", format!("`{h}` is not a header name"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Some(config))
     }
 
     /// The compiled routing rules.

@@ -9,7 +9,7 @@ use tidings_identity::{
     AnonymousPolicy, Chain, CookieProxy, MemoryTokenStore, RedisTokenStore, TokenResolver,
     TokenStore,
 };
-use tidings_transport::{serve, Gateway};
+use tidings_transport::{serve, Gateway, HttpRpc};
 use tracing_subscriber::EnvFilter;
 
 mod config;
@@ -102,11 +102,14 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         Some(redis) => Bridge::redis(redis.clone())?,
     };
     let identity = identity(&config, redis.as_ref())?;
-    let gateway = Gateway::builder(bridge)
+    let mut builder = Gateway::builder(bridge)
         .config(transport)
         .router(router)
-        .resolver(Arc::new(identity.chain))
-        .build();
+        .resolver(Arc::new(identity.chain));
+    if let Some(rpc) = config.rpc()? {
+        builder = builder.rpc(Arc::new(HttpRpc::new(rpc)));
+    }
+    let gateway = builder.build();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

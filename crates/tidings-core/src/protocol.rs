@@ -64,6 +64,14 @@ pub enum ErrorCode {
     RateLimited,
     /// The broker (Redis) cannot take the request right now; retry later.
     BrokerUnavailable,
+    /// RPC is not configured on this gateway.
+    RpcDisabled,
+    /// The backend did not answer the RPC in time.
+    RpcTimeout,
+    /// The backend could not be reached for the RPC.
+    RpcUnavailable,
+    /// The socket has as many RPCs in flight as it may.
+    TooManyRequests,
     /// Something unexpected failed on the server.
     Internal,
 }
@@ -81,6 +89,10 @@ impl ErrorCode {
             Self::TooManySubscriptions => "too_many_subscriptions",
             Self::RateLimited => "rate_limited",
             Self::BrokerUnavailable => "broker_unavailable",
+            Self::RpcDisabled => "rpc_disabled",
+            Self::RpcTimeout => "rpc_timeout",
+            Self::RpcUnavailable => "rpc_unavailable",
+            Self::TooManyRequests => "too_many_requests",
             Self::Internal => "internal",
         }
     }
@@ -108,6 +120,16 @@ pub enum Request {
     },
     /// `{"type":"ping"}`: an application-level ping, answered by `pong`.
     Ping,
+    /// `{"type":"rpc","method":M,"path":P,"data":D}`: an HTTP request to the
+    /// backend on the socket's behalf, answered by `rpc_result`.
+    Rpc {
+        /// The HTTP method (`GET`, `POST`, ...), as sent.
+        method: String,
+        /// The backend path (with query), as sent; checked by the gateway.
+        path: String,
+        /// The JSON body, if any.
+        data: Option<Box<RawValue>>,
+    },
 }
 
 /// A parsed client frame: the request and the optional `id` to echo back.
@@ -131,13 +153,25 @@ pub struct ParseError {
 }
 
 #[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Option<std::borrow::Cow<'a, str>>,
+struct Envelope {
+    #[serde(rename = "type", default)]
+    kind: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
     id: Option<Box<RawValue>>,
     #[serde(default)]
     channel: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
+    #[serde(default)]
+    method: Option<serde_json::Value>,
+    #[serde(default)]
+    path: Option<serde_json::Value>,
+}
+
+/// A field that is present, even as `null` (serde maps `null` to `None`
+/// for an `Option` otherwise).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 impl ClientFrame {
@@ -150,7 +184,7 @@ impl ClientFrame {
     /// assert_eq!(f.id.unwrap().get(), "7");
     /// ```
     pub fn parse(text: &[u8]) -> Result<Self, ParseError> {
-        let env: Envelope<'_> = serde_json::from_slice(text).map_err(|e| ParseError {
+        let env: Envelope = serde_json::from_slice(text).map_err(|e| ParseError {
             code: if e.is_data() {
                 ErrorCode::BadRequest
             } else {
@@ -177,7 +211,12 @@ impl ClientFrame {
             Some(serde_json::Value::String(s)) => Ok(s),
             _ => Err("\"channel\" must be a string"),
         };
-        let request = match env.kind.as_deref() {
+        let kind = match &env.kind {
+            Some(serde_json::Value::String(k)) => Some(k.as_str()),
+            Some(_) => return Err(fail(ErrorCode::BadRequest, "\"type\" must be a string", id)),
+            None => None,
+        };
+        let request = match kind {
             Some("subscribe") => match channel(env.channel) {
                 Ok(channel) => Request::Subscribe { channel },
                 Err(m) => return Err(fail(ErrorCode::BadRequest, m, id)),
@@ -194,10 +233,27 @@ impl ClientFrame {
                 }
             },
             Some("ping") => Request::Ping,
+            Some("rpc") => match (env.method, env.path) {
+                (
+                    Some(serde_json::Value::String(method)),
+                    Some(serde_json::Value::String(path)),
+                ) => Request::Rpc {
+                    method,
+                    path,
+                    data: env.data,
+                },
+                _ => {
+                    return Err(fail(
+                        ErrorCode::BadRequest,
+                        "\"method\" and \"path\" must be strings",
+                        id,
+                    ))
+                }
+            },
             Some(_) => {
                 return Err(fail(
                     ErrorCode::UnknownType,
-                    "unknown \"type\" (expected subscribe, unsubscribe, publish or ping)",
+                    "unknown \"type\" (expected subscribe, unsubscribe, publish, rpc or ping)",
                     id,
                 ))
             }
@@ -245,6 +301,17 @@ pub fn encode_message(
         out.push_str(",\"pattern\":");
         push_json_str(&mut out, p.as_str());
     }
+    if let Some(sent) = SenderEnvelope::open(payload) {
+        out.push_str(",\"from\":");
+        match sent.from {
+            Some(user) => push_json_str(&mut out, &user),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"data\":");
+        out.push_str(sent.data.get());
+        out.push('}');
+        return Bytes::from(out);
+    }
     out.push_str(",\"data\":");
     match std::str::from_utf8(payload) {
         Ok(text) => match serde_json::from_str::<&RawValue>(text) {
@@ -254,6 +321,84 @@ pub fn encode_message(
         Err(_) => {
             out.push('"');
             base64_into(&mut out, payload);
+            out.push_str("\",\"encoding\":\"base64\"");
+        }
+    }
+    out.push('}');
+    Bytes::from(out)
+}
+
+/// How a message a client published travels through the broker: the data
+/// wrapped with the sender the gateway stamped on it,
+/// `{"__tidings":1,"from":"42","data":D}`. Recipients get
+/// `{"type":"message","channel":C,"from":"42","data":D}`. The gateway always
+/// wraps what a client publishes, so a client cannot forge `from`; other
+/// publishers (the backend) may use the same envelope to publish on a
+/// user's behalf.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderEnvelope<'a> {
+    #[serde(rename = "__tidings")]
+    version: u8,
+    /// The sender's user id; `None` for an anonymous sender.
+    pub from: Option<String>,
+    /// The published data.
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+}
+
+/// The first bytes of every sender envelope (the gateway writes the keys in
+/// this order); other payloads are not parsed for an envelope at all.
+pub const SENDER_ENVELOPE_PREFIX: &[u8] = b"{\"__tidings\":1,";
+
+impl<'a> SenderEnvelope<'a> {
+    /// Wraps `data` (valid JSON) as published by `from`.
+    pub fn wrap(from: Option<&str>, data: &RawValue) -> Bytes {
+        let mut out = String::with_capacity(data.get().len() + 48);
+        out.push_str("{\"__tidings\":1,\"from\":");
+        match from {
+            Some(user) => push_json_str(&mut out, user),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"data\":");
+        out.push_str(data.get());
+        out.push('}');
+        Bytes::from(out)
+    }
+
+    /// The envelope in `payload`, if it is one.
+    pub fn open(payload: &'a [u8]) -> Option<Self> {
+        if !payload.starts_with(SENDER_ENVELOPE_PREFIX) {
+            return None;
+        }
+        serde_json::from_slice::<Self>(payload)
+            .ok()
+            .filter(|e| e.version == 1)
+    }
+}
+
+/// `{"type":"rpc_result","id":I,"status":S,"data":D}`: the backend's answer
+/// to an `rpc` request. `body` is sent as JSON when it parses as JSON,
+/// otherwise as a string (base64 with `"encoding":"base64"` if not UTF-8).
+pub fn encode_rpc_result(id: Option<&RawValue>, status: u16, body: &[u8]) -> Bytes {
+    let mut out = String::with_capacity(body.len() + 64);
+    out.push_str("{\"type\":\"rpc_result\"");
+    if let Some(id) = id {
+        out.push_str(",\"id\":");
+        out.push_str(id.get());
+    }
+    out.push_str(",\"status\":");
+    out.push_str(&status.to_string());
+    out.push_str(",\"data\":");
+    match std::str::from_utf8(body) {
+        Ok("") => out.push_str("null"),
+        Ok(text) => match serde_json::from_str::<&RawValue>(text) {
+            Ok(raw) => out.push_str(raw.get()),
+            Err(_) => push_json_str(&mut out, text),
+        },
+        Err(_) => {
+            out.push('"');
+            base64_into(&mut out, body);
             out.push_str("\",\"encoding\":\"base64\"");
         }
     }
@@ -404,6 +549,59 @@ mod tests {
         assert_eq!(
             v(&encode_message(&c, Some(&p), b"1"))["pattern"],
             json!("/c*")
+        );
+    }
+
+    #[test]
+    fn sender_envelope_round_trip_and_no_forgery() {
+        let ch = ChannelName::new("/room").unwrap();
+        let data: Box<RawValue> = serde_json::from_str(r#"{"text":"hi"}"#).unwrap();
+        let wrapped = SenderEnvelope::wrap(Some("42"), &data);
+        let frame = encode_message(&ch, None, &wrapped);
+        assert_eq!(
+            &frame[..],
+            br#"{"type":"message","channel":"/room","from":"42","data":{"text":"hi"}}"#
+        );
+        // A client that puts an envelope in its data only gets it nested.
+        let forged: Box<RawValue> =
+            serde_json::from_str(r#"{"__tidings":1,"from":"1","data":"x"}"#).unwrap();
+        let frame = encode_message(&ch, None, &SenderEnvelope::wrap(Some("42"), &forged));
+        let v: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+        assert_eq!(v["from"], "42");
+        assert_eq!(v["data"]["from"], "1");
+        // Anonymous senders are null; near-envelopes are plain payloads.
+        let frame = encode_message(&ch, None, &SenderEnvelope::wrap(None, &data));
+        assert!(frame.starts_with(br#"{"type":"message","channel":"/room","from":null"#));
+        let near = br#"{"__tidings":1,"from":"1","data":2,"extra":3}"#;
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_message(&ch, None, near)).unwrap();
+        assert!(v.get("from").is_none());
+        assert_eq!(v["data"]["extra"], 3);
+    }
+
+    #[test]
+    fn rpc_frames() {
+        let f = ClientFrame::parse(
+            br#"{"type":"rpc","id":1,"method":"POST","path":"/api/x","data":{"a":1}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(f.request, Request::Rpc { ref method, ref path, ref data } if method == "POST" && path == "/api/x" && data.as_ref().unwrap().get() == r#"{"a":1}"#)
+        );
+        let e = ClientFrame::parse(br#"{"type":"rpc","id":1,"path":"/api/x"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let id: Box<RawValue> = serde_json::from_str("7").unwrap();
+        assert_eq!(
+            &encode_rpc_result(Some(&id), 200, br#"{"ok":true}"#)[..],
+            br#"{"type":"rpc_result","id":7,"status":200,"data":{"ok":true}}"#
+        );
+        assert_eq!(
+            &encode_rpc_result(None, 500, b"Server Error")[..],
+            br#"{"type":"rpc_result","status":500,"data":"Server Error"}"#
+        );
+        assert_eq!(
+            &encode_rpc_result(None, 204, b"")[..],
+            br#"{"type":"rpc_result","status":204,"data":null}"#
         );
     }
 

@@ -38,6 +38,14 @@ pub struct TransportConfig {
     /// How long, at shutdown, sockets get to close before they are dropped.
     /// Default 10 s.
     pub shutdown_grace: Duration,
+    /// Client messages per second one socket may send, sustained (a token
+    /// bucket). Beyond it, requests get a `rate_limited` error. Default 20.
+    pub client_messages_per_sec: f64,
+    /// Client messages one socket may send in a burst. Default 40.
+    pub client_message_burst: u32,
+    /// Consecutive rate-limited messages after which the socket is closed
+    /// with 1008. Default 100.
+    pub rate_limit_close_after: u32,
 }
 
 impl Default for TransportConfig {
@@ -54,6 +62,9 @@ impl Default for TransportConfig {
             allowed_origins: Vec::new(),
             max_subscriptions: 64,
             shutdown_grace: Duration::from_secs(10),
+            client_messages_per_sec: 20.0,
+            client_message_burst: 40,
+            rate_limit_close_after: 100,
         }
     }
 }

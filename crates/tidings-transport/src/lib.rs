@@ -43,6 +43,7 @@
 //! ```
 
 pub mod config;
+pub mod rpc;
 pub mod server;
 mod session;
 pub mod stats;
@@ -50,6 +51,7 @@ pub mod stats;
 pub use config::TransportConfig;
 /// The `http` crate this API speaks (requests, responses, status codes).
 pub use http::{self, StatusCode};
+pub use rpc::{HttpRpc, RpcConfig, RpcHandler};
 pub use server::{serve, text_response, Gateway, GatewayBuilder, HttpHandler, HttpResponse};
 pub use stats::{CloseReason, TransportStats};
 pub use tidings_bridge::BoxFuture;

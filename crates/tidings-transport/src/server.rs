@@ -2,6 +2,7 @@
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, pin::pin, sync::Arc};
 
+use crate::rpc::RpcHandler;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -53,6 +54,7 @@ pub(crate) struct Inner {
     pub(crate) router: Arc<Router>,
     pub(crate) bridge: Bridge,
     pub(crate) stats: Arc<TransportStats>,
+    pub(crate) rpc: Option<Arc<dyn RpcHandler>>,
     /// Cancelled when the gateway shuts down: every session closes with 1001.
     pub(crate) shutdown: CancellationToken,
     pub(crate) sessions: TaskTracker,
@@ -80,6 +82,7 @@ pub struct GatewayBuilder {
     resolver: Arc<dyn IdentityResolver>,
     router: Router,
     bridge: Bridge,
+    rpc: Option<Arc<dyn RpcHandler>>,
 }
 
 impl GatewayBuilder {
@@ -101,6 +104,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Enables RPC to the backend over the socket (default: off; `rpc`
+    /// frames get `rpc_disabled`).
+    pub fn rpc(mut self, rpc: Arc<dyn RpcHandler>) -> Self {
+        self.rpc = Some(rpc);
+        self
+    }
+
     /// Builds the gateway.
     pub fn build(self) -> Gateway {
         Gateway {
@@ -110,6 +120,7 @@ impl GatewayBuilder {
                 router: Arc::new(self.router),
                 bridge: self.bridge,
                 stats: Arc::new(TransportStats::default()),
+                rpc: self.rpc,
                 shutdown: CancellationToken::new(),
                 sessions: TaskTracker::new(),
             }),
@@ -128,6 +139,7 @@ impl Gateway {
             router: Router::new(tidings_routing::Rule::defaults())
                 .expect("default rules are valid"),
             bridge,
+            rpc: None,
         }
     }
 
@@ -242,10 +254,17 @@ impl Gateway {
                 return res;
             }
         };
+        // What RPC calls will carry: only what the handler asks to keep.
+        let credentials = self
+            .inner
+            .rpc
+            .as_ref()
+            .map(|rpc| rpc.credentials(&parts.headers))
+            .unwrap_or_default();
         let inner = self.inner.clone();
         self.inner.sessions.spawn(async move {
             match fut.await {
-                Ok(ws) => session::run(ws, inner, identity, peer).await,
+                Ok(ws) => session::run(ws, inner, identity, credentials, peer).await,
                 Err(e) => tracing::debug!(%peer, error = %e, "upgrade did not complete"),
             }
         });

@@ -11,7 +11,13 @@
 //!   then deliveries from the mailbox, pings on schedule, and closes the
 //!   socket on heartbeat timeout, overflow or shutdown.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::{
@@ -21,7 +27,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tidings_bridge::{mailbox, mailbox::Next, MailboxReceiver, Outbound, Subscriber};
 use tidings_core::{
-    protocol::{self, close, ClientFrame, ErrorCode, Request},
+    protocol::{self, close, ClientFrame, ErrorCode, Request, SenderEnvelope},
     Identity, Message, Topic,
 };
 use tidings_routing::Denied;
@@ -32,7 +38,13 @@ use tokio::{
 };
 use tracing::Instrument;
 
-use crate::{server::Inner, stats::CloseReason};
+use serde_json::value::RawValue;
+
+use crate::{
+    rpc::{RpcCall, RpcError},
+    server::Inner,
+    stats::CloseReason,
+};
 
 type Io = TokioIo<Upgraded>;
 
@@ -60,6 +72,7 @@ pub(crate) async fn run(
     ws: WebSocket<Io>,
     gw: Arc<Inner>,
     identity: Identity,
+    credentials: http::HeaderMap,
     peer: std::net::SocketAddr,
 ) {
     let (mailbox, mailbox_rx) = mailbox(gw.config.outbound_queue, gw.config.slow_consumer);
@@ -93,10 +106,18 @@ pub(crate) async fn run(
 
         let reader = tokio::spawn(
             Reader {
+                rate: TokenBucket::new(
+                    gw.config.client_messages_per_sec,
+                    gw.config.client_message_burst,
+                ),
+                rpc_in_flight: Arc::new(AtomicUsize::new(0)),
                 gw: gw.clone(),
-                identity,
+                identity: Arc::new(identity),
+                credentials: Arc::new(credentials),
+                peer,
                 sub,
                 ctrl: ctrl_tx,
+                limited_in_a_row: 0,
             }
             .run(rd, plan.topics().collect())
             .in_current_span(),
@@ -122,9 +143,48 @@ impl Drop for AbortOnDrop {
 
 struct Reader {
     gw: Arc<Inner>,
-    identity: Identity,
+    identity: Arc<Identity>,
+    /// What RPC calls forward (empty unless RPC is on).
+    credentials: Arc<http::HeaderMap>,
+    peer: std::net::SocketAddr,
     sub: Subscriber,
     ctrl: mpsc::Sender<Control>,
+    rate: TokenBucket,
+    limited_in_a_row: u32,
+    rpc_in_flight: Arc<AtomicUsize>,
+}
+
+/// A token bucket: `rate` tokens per second, at most `burst` saved up.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// How a read-side failure ends the session.
@@ -263,6 +323,31 @@ impl Reader {
     /// is gone and the session is over.
     async fn handle(&mut self, opcode: OpCode, payload: &[u8]) -> bool {
         self.gw.stats.frame_in();
+        if !self.rate.take() {
+            self.limited_in_a_row += 1;
+            if self.limited_in_a_row >= self.gw.config.rate_limit_close_after {
+                let _ = self
+                    .ctrl
+                    .send(Control::Close(
+                        close::POLICY_VIOLATION,
+                        "rate limit exceeded",
+                        CloseReason::RateLimited,
+                    ))
+                    .await;
+                return false;
+            }
+            let id = ClientFrame::parse(payload).ok().and_then(|f| f.id);
+            let reply = protocol::encode_error(
+                ErrorCode::RateLimited,
+                &format!(
+                    "at most {} messages per second",
+                    self.gw.config.client_messages_per_sec
+                ),
+                id.as_deref(),
+            );
+            return self.ctrl.send(Control::Text(reply)).await.is_ok();
+        }
+        self.limited_in_a_row = 0;
         let reply = if opcode == OpCode::Binary {
             protocol::encode_error(
                 ErrorCode::BinaryUnsupported,
@@ -271,14 +356,84 @@ impl Reader {
             )
         } else {
             match ClientFrame::parse(payload) {
-                Ok(frame) => self.request(frame).await,
+                Ok(frame) => match self.request(frame).await {
+                    Some(reply) => reply,
+                    // Answered later (RPC).
+                    None => return true,
+                },
                 Err(e) => protocol::encode_error(e.code, &e.message, e.id.as_deref()),
             }
         };
         self.ctrl.send(Control::Text(reply)).await.is_ok()
     }
 
-    async fn request(&mut self, frame: ClientFrame) -> Bytes {
+    /// Starts an RPC call in its own task; its answer goes to the writer
+    /// when it comes, so deliveries never wait for the backend.
+    fn rpc(
+        &mut self,
+        id: Option<Box<RawValue>>,
+        method: String,
+        path: String,
+        data: Option<Box<RawValue>>,
+    ) -> Option<Bytes> {
+        let Some(handler) = self.gw.rpc.clone() else {
+            return Some(protocol::encode_error(
+                ErrorCode::RpcDisabled,
+                "rpc is not enabled on this gateway",
+                id.as_deref(),
+            ));
+        };
+        let limit = handler.max_in_flight();
+        if self.rpc_in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.rpc_in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Some(protocol::encode_error(
+                ErrorCode::TooManyRequests,
+                &format!("at most {limit} rpc calls in flight per socket"),
+                id.as_deref(),
+            ));
+        }
+        let in_flight = self.rpc_in_flight.clone();
+        let identity = self.identity.clone();
+        let credentials = self.credentials.clone();
+        let peer = self.peer;
+        let ctrl = self.ctrl.clone();
+        tokio::spawn(
+            async move {
+                let call = RpcCall {
+                    method: &method,
+                    path: &path,
+                    body: data.map(|d| Bytes::from(String::from(Box::<str>::from(d)))),
+                    identity: &identity,
+                    credentials: &credentials,
+                    peer,
+                };
+                let reply = match handler.call(call).await {
+                    Ok(r) => protocol::encode_rpc_result(id.as_deref(), r.status, &r.body),
+                    Err(e) => {
+                        let code = match e {
+                            RpcError::Forbidden(_) => ErrorCode::Forbidden,
+                            RpcError::Timeout(_) => ErrorCode::RpcTimeout,
+                            RpcError::Unavailable => ErrorCode::RpcUnavailable,
+                        };
+                        protocol::encode_error(code, &e.to_string(), id.as_deref())
+                    }
+                };
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+                let _ = ctrl.send(Control::Text(reply)).await;
+            }
+            .in_current_span(),
+        );
+        None
+    }
+
+    async fn request(&mut self, frame: ClientFrame) -> Option<Bytes> {
+        if let Request::Rpc { method, path, data } = frame.request {
+            return self.rpc(frame.id, method, path, data);
+        }
+        Some(self.reply(frame).await)
+    }
+
+    async fn reply(&mut self, frame: ClientFrame) -> Bytes {
         let id = frame.id.as_deref();
         let gw = &self.gw;
         let denied = |d: Denied, what: &str| match d {
@@ -315,18 +470,20 @@ impl Reader {
                     }
                 }
             }
-            Request::Unsubscribe { channel } => {
-                if let Ok(name) = tidings_core::ChannelName::new(&channel) {
+            Request::Unsubscribe { channel } => match tidings_core::ChannelName::new(&channel) {
+                Ok(name) => {
                     self.sub.unsubscribe(&Topic::Channel(name));
+                    protocol::encode_ack("unsubscribed", &channel, id)
                 }
-                protocol::encode_ack("unsubscribed", &channel, id)
-            }
+                Err(e) => protocol::encode_error(ErrorCode::InvalidChannel, &e.to_string(), id),
+            },
             Request::Publish { channel, data } => {
                 let name = match gw.router.may_publish(&self.identity, &channel) {
                     Ok(name) => name,
                     Err(d) => return denied(d, "publish on"),
                 };
-                let payload = Bytes::from(String::from(Box::<str>::from(data)));
+                // Stamped with the sender; the client cannot forge it.
+                let payload = SenderEnvelope::wrap(self.identity.user.as_deref(), &data);
                 match gw.bridge.publish(Message::new(name, payload)).await {
                     Ok(()) => protocol::encode_ack("published", &channel, id),
                     Err(e) => {
@@ -335,6 +492,9 @@ impl Reader {
                 }
             }
             Request::Ping => protocol::encode_pong(id),
+            Request::Rpc { .. } => {
+                protocol::encode_error(ErrorCode::Internal, "rpc is answered apart", id)
+            }
         }
     }
 }

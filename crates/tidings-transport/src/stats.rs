@@ -17,17 +17,20 @@ pub enum CloseReason {
     SlowConsumer,
     /// The server shut down (1001).
     Shutdown,
+    /// The client kept sending faster than its rate limit (1008).
+    RateLimited,
 }
 
 impl CloseReason {
     /// Every reason, for exporting counters.
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::Client,
         CloseReason::Protocol,
         CloseReason::TooBig,
         CloseReason::Heartbeat,
         CloseReason::SlowConsumer,
         CloseReason::Shutdown,
+        CloseReason::RateLimited,
     ];
 
     /// The label used in logs and metrics.
@@ -39,6 +42,7 @@ impl CloseReason {
             CloseReason::Heartbeat => "heartbeat_timeout",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::RateLimited => "rate_limited",
         }
     }
 }
