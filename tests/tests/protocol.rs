@@ -78,7 +78,8 @@ async fn welcome_subscribe_publish_unsubscribe() {
     );
     assert_eq!(
         b.next_json().await,
-        json!({"type":"message","channel":"/app/room/lobby","data":"hi"})
+        json!({"type":"message","channel":"/app/room/lobby","from":null,"data":"hi"}),
+        "an anonymous sender is stamped as from: null"
     );
     let r = a
         .request(json!({"type":"publish","channel":"/app/broadcast","data":1}))
@@ -295,15 +296,18 @@ async fn dead_peer_is_closed_live_peer_is_not() {
 }
 
 #[tokio::test]
-async fn sigterm_closes_every_socket_with_1001_and_exits() {
-    let mut gw = Gateway::start().await;
+async fn sigterm_closes_every_socket_with_1012_and_exits() {
+    let mut gw = Gateway::start_with(
+        GatewayOptions::default().env("TIDINGS_SHUTDOWN__DRAIN_SPREAD_SECS", "0.5"),
+    )
+    .await;
     let mut clients = Vec::new();
     for _ in 0..5 {
         clients.push(Client::connect(&gw.ws_url()).await);
     }
     gw.sigterm();
     for c in &mut clients {
-        assert_eq!(c.closed_with(PATIENCE).await, Some(1001));
+        assert_eq!(c.closed_with(PATIENCE).await, Some(1012));
     }
     let status = gw
         .wait_exit(PATIENCE)

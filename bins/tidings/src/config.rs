@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tidings_bridge::{RedisConfig, SlowConsumerPolicy};
 use tidings_identity::{CookieProxyConfig, TokenConfig};
 use tidings_routing::{Router, Rule};
-use tidings_transport::{RpcConfig, TransportConfig};
+use tidings_transport::{IpNet, Limits, RpcConfig, TransportConfig};
 
 /// A secret string: never printed, serialized as `"<redacted>"`.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -75,6 +75,8 @@ pub(crate) struct Config {
     pub(crate) api: ApiConfig,
     /// Shutdown behaviour.
     pub(crate) shutdown: ShutdownConfig,
+    /// Connection limits.
+    pub(crate) limits: LimitsConfig,
     /// Channel routing rules.
     pub(crate) routing: RoutingConfig,
 }
@@ -214,6 +216,21 @@ pub(crate) struct ApiConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ShutdownConfig {
     pub(crate) grace_secs: f64,
+    /// Not ready (and refusing new sockets) this long before closing any.
+    pub(crate) readiness_delay_secs: f64,
+    /// Sockets are closed (1012) spread over this window.
+    pub(crate) drain_spread_secs: f64,
+}
+
+/// Connection limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsConfig {
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_ip: usize,
+    pub(crate) max_connections_per_user: usize,
+    /// Proxies whose X-Forwarded-For is believed (addresses or CIDR ranges).
+    pub(crate) trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -301,6 +318,14 @@ impl Default for Config {
             },
             shutdown: ShutdownConfig {
                 grace_secs: t.shutdown_grace.as_secs_f64(),
+                readiness_delay_secs: t.drain_readiness_delay.as_secs_f64(),
+                drain_spread_secs: t.drain_spread.as_secs_f64(),
+            },
+            limits: LimitsConfig {
+                max_connections: t.limits.max_connections,
+                max_connections_per_ip: t.limits.max_connections_per_ip,
+                max_connections_per_user: t.limits.max_connections_per_user,
+                trusted_proxies: Vec::new(),
             },
             routing: RoutingConfig {
                 rules: Rule::defaults(),
@@ -391,6 +416,14 @@ fn describe_load_error(error: &figment::Error) -> String {
 
 fn is_secret(key: &str) -> bool {
     matches!(key, "api_key" | "redis_url")
+}
+
+fn non_negative_secs(key: &'static str, v: f64) -> Result<Duration, ConfigError> {
+    if v == 0.0 {
+        Ok(Duration::ZERO)
+    } else {
+        positive_secs(key, v)
+    }
 }
 
 fn positive_secs(key: &'static str, v: f64) -> Result<Duration, ConfigError> {
@@ -499,6 +532,17 @@ impl Config {
         self.cookie_proxy()?;
         self.token()?;
         self.rpc()?;
+        let t = self.transport()?;
+        if t.drain_spread >= t.shutdown_grace {
+            return Err(ConfigError::Invalid {
+                key: "shutdown.drain_spread_secs",
+                reason: format!(
+                    "must be shorter than shutdown.grace_secs ({}), or sockets are dropped before their turn",
+                    self.shutdown.grace_secs
+                ),
+                origin: String::new(),
+            });
+        }
         let mut seen = Vec::new();
         for r in &self.identity.resolvers {
             if seen.contains(r) {
@@ -663,7 +707,52 @@ impl Config {
                 });
             },
             client_message_burst: ws.client_message_burst.max(1),
+            drain_readiness_delay: non_negative_secs(
+                "shutdown.readiness_delay_secs",
+                self.shutdown.readiness_delay_secs,
+            )?,
+            drain_spread: non_negative_secs(
+                "shutdown.drain_spread_secs",
+                self.shutdown.drain_spread_secs,
+            )?,
+            limits: self.limits()?,
             ..TransportConfig::default()
+        })
+    }
+
+    /// The connection limits.
+    fn limits(&self) -> Result<Limits, ConfigError> {
+        let l = &self.limits;
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+            key,
+            reason,
+            origin: String::new(),
+        };
+        for (key, v) in [
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip),
+            (
+                "limits.max_connections_per_user",
+                l.max_connections_per_user,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        let trusted_proxies = l
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<IpNet>()
+                    .map_err(|e| invalid("limits.trusted_proxies", e))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Limits {
+            max_connections: l.max_connections,
+            max_connections_per_ip: l.max_connections_per_ip,
+            max_connections_per_user: l.max_connections_per_user,
+            trusted_proxies,
         })
     }
 

@@ -27,16 +27,23 @@ pub(crate) struct Tokens {
 pub(crate) struct Endpoints {
     pub(crate) gateway: Gateway,
     pub(crate) tokens: Option<Tokens>,
+    pub(crate) cookie_proxy: Option<Arc<tidings_identity::CookieProxy>>,
     pub(crate) api_key: Option<String>,
     pub(crate) allow_local_without_key: bool,
     pub(crate) max_body: usize,
 }
 
 impl Endpoints {
-    pub(crate) fn new(config: &Config, gateway: Gateway, tokens: Option<Tokens>) -> Arc<Self> {
+    pub(crate) fn new(
+        config: &Config,
+        gateway: Gateway,
+        tokens: Option<Tokens>,
+        cookie_proxy: Option<Arc<tidings_identity::CookieProxy>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             gateway,
             tokens,
+            cookie_proxy,
             api_key: config.api_key.as_ref().map(|k| k.0.trim().to_owned()),
             allow_local_without_key: config.api.allow_local_without_key,
             max_body: config.api.max_body_bytes,
@@ -55,6 +62,18 @@ impl Endpoints {
             (&Method::GET | &Method::HEAD, "/readyz") => self.readyz(),
             (&Method::POST, "/api/publish") => self.publish(req, peer).await,
             (&Method::POST, "/api/tokens") => self.mint_token(req, peer).await,
+            (&Method::GET, "/metrics") => {
+                if let Err(why) = self.authorize(&req, peer) {
+                    return unauthorized(why);
+                }
+                let body = crate::metrics::render(&self.gateway, self.cookie_proxy.as_deref());
+                let mut res = text_response(StatusCode::OK, body);
+                res.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                res
+            }
             (&Method::GET | &Method::HEAD, "/favicon.ico") => {
                 let mut res = text_response(StatusCode::NO_CONTENT, "");
                 res.headers_mut().insert(
@@ -63,7 +82,7 @@ impl Endpoints {
                 );
                 res
             }
-            (_, "/" | "/healthz" | "/readyz" | "/api/publish" | "/api/tokens") => {
+            (_, "/" | "/healthz" | "/readyz" | "/api/publish" | "/api/tokens" | "/metrics") => {
                 let mut res = json_error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method_not_allowed",
@@ -71,6 +90,8 @@ impl Endpoints {
                 );
                 let allow = if req.uri().path().starts_with("/api/") {
                     "POST"
+                } else if req.uri().path() == "/metrics" {
+                    "GET"
                 } else {
                     "GET, HEAD"
                 };

@@ -14,6 +14,7 @@ use tracing_subscriber::EnvFilter;
 
 mod config;
 mod http;
+mod metrics;
 
 use config::{Config, LogFormat};
 
@@ -115,7 +116,12 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     banner(&config, addr, gateway.bridge().broker_name());
-    let endpoints = http::Endpoints::new(&config, gateway.clone(), identity.tokens);
+    let endpoints = http::Endpoints::new(
+        &config,
+        gateway.clone(),
+        identity.tokens,
+        identity.cookie_proxy,
+    );
     let handler = move |req, peer| Arc::clone(&endpoints).handle(req, peer);
     serve(listener, gateway, handler, shutdown_signal()).await?;
     tracing::info!("stopped");
@@ -126,6 +132,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 struct IdentitySetup {
     chain: Chain,
     tokens: Option<http::Tokens>,
+    cookie_proxy: Option<Arc<CookieProxy>>,
 }
 
 fn identity(
@@ -137,12 +144,15 @@ fn identity(
         config::Anonymous::Refuse => AnonymousPolicy::Refuse,
     });
     let mut tokens = None;
+    let mut cookie_proxy = None;
     for kind in &config.identity.resolvers {
         match kind {
             config::ResolverKind::CookieProxy => {
-                let proxy =
-                    CookieProxy::new(config.cookie_proxy()?.expect("listed, so configured"))?;
-                chain = chain.with("cookie_proxy", Arc::new(proxy));
+                let proxy = Arc::new(CookieProxy::new(
+                    config.cookie_proxy()?.expect("listed, so configured"),
+                )?);
+                cookie_proxy = Some(proxy.clone());
+                chain = chain.with("cookie_proxy", proxy);
             }
             config::ResolverKind::Token => {
                 let store: Arc<dyn TokenStore> = match redis {
@@ -166,7 +176,11 @@ fn identity(
             }
         }
     }
-    Ok(IdentitySetup { chain, tokens })
+    Ok(IdentitySetup {
+        chain,
+        tokens,
+        cookie_proxy,
+    })
 }
 
 fn banner(config: &Config, addr: std::net::SocketAddr, broker: &str) {

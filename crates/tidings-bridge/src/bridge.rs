@@ -347,6 +347,12 @@ async fn manage(
                     broker.name()
                 )))
             };
+            if result.is_err() {
+                // These sockets stay registered (joins on connect) and will
+                // be subscribed on the next `Restored`: they must get a gap
+                // notice then, even if the broker was never connected.
+                lost = true;
+            }
             for topic in chunk {
                 if result.is_ok() {
                     active.insert(topic.clone());

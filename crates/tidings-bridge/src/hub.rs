@@ -81,7 +81,40 @@ impl std::fmt::Debug for Hub {
     }
 }
 
+/// The outbound queues of the sockets subscribed to anything, at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepths {
+    /// Sockets with at least one subscription.
+    pub sockets: usize,
+    /// Subscriptions (socket, topic) in all.
+    pub subscriptions: usize,
+    /// Items queued over all those sockets.
+    pub queued: usize,
+    /// The deepest single queue.
+    pub max: usize,
+}
+
 impl Hub {
+    /// Walks every subscription to measure the sockets' outbound queues
+    /// (for metrics scrapes: O(subscriptions), never on the message path).
+    pub fn queue_depths(&self) -> QueueDepths {
+        let topics = self.topics.read();
+        let mut seen = std::collections::HashSet::new();
+        let mut depths = QueueDepths::default();
+        for subs in topics.channels.values().chain(topics.patterns.values()) {
+            depths.subscriptions += subs.len();
+            for (conn, mailbox) in subs {
+                if seen.insert(*conn) {
+                    let q = mailbox.queued();
+                    depths.queued += q;
+                    depths.max = depths.max.max(q);
+                }
+            }
+        }
+        depths.sockets = seen.len();
+        depths
+    }
+
     /// An empty hub.
     pub fn new() -> Self {
         Self::default()

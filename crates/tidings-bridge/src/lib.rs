@@ -57,7 +57,7 @@ pub mod stats;
 
 pub use bridge::{Bridge, Subscriber};
 pub use broker::{BoxFuture, Broker, BrokerError, Inbound, Topic};
-pub use hub::Hub;
+pub use hub::{Hub, QueueDepths};
 pub use local::LocalBroker;
 pub use mailbox::{mailbox, Mailbox, MailboxReceiver, Outbound, SlowConsumerPolicy};
 pub use redis::{RedisBroker, RedisConfig, RedisSetupError};

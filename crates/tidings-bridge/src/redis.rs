@@ -171,7 +171,10 @@ fn to_broker_error(e: fred::error::Error) -> BrokerError {
 /// The fred builder for `config`: reconnect forever with backoff, command
 /// and connect timeouts, unresponsive-connection detection.
 fn builder(config: &RedisConfig) -> Result<Builder, RedisSetupError> {
-    let fred_config = parse_url(&config.url)?;
+    let mut fred_config = parse_url(&config.url)?;
+    // Keep trying when the very first connection fails too (Redis started
+    // after the gateway): the reconnect policy then applies from the start.
+    fred_config.fail_fast = false;
     let millis = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1);
     let mut builder = Builder::from_config(fred_config);
     builder

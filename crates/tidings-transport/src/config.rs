@@ -35,9 +35,19 @@ pub struct TransportConfig {
     pub allowed_origins: Vec<String>,
     /// Most subscriptions one socket may hold (joined ones included). Default 64.
     pub max_subscriptions: usize,
-    /// How long, at shutdown, sockets get to close before they are dropped.
-    /// Default 10 s.
+    /// How long, at shutdown (after the readiness delay), sockets get to
+    /// close before they are dropped. Default 10 s.
     pub shutdown_grace: Duration,
+    /// At shutdown, how long `/readyz` reports not ready (and new upgrades
+    /// are refused) before sockets are closed, so load balancers stop
+    /// sending new clients first. Default 0 s.
+    pub drain_readiness_delay: Duration,
+    /// At shutdown, the window over which sockets are closed (with 1012),
+    /// each at its own moment, so a fleet of clients does not reconnect all
+    /// at once. Default 5 s; must be shorter than `shutdown_grace`.
+    pub drain_spread: Duration,
+    /// Connection limits.
+    pub limits: crate::Limits,
     /// Client messages per second one socket may send, sustained (a token
     /// bucket). Beyond it, requests get a `rate_limited` error. Default 20.
     pub client_messages_per_sec: f64,
@@ -62,6 +72,9 @@ impl Default for TransportConfig {
             allowed_origins: Vec::new(),
             max_subscriptions: 64,
             shutdown_grace: Duration::from_secs(10),
+            drain_readiness_delay: Duration::ZERO,
+            drain_spread: Duration::from_secs(5),
+            limits: crate::Limits::default(),
             client_messages_per_sec: 20.0,
             client_message_burst: 40,
             rate_limit_close_after: 100,

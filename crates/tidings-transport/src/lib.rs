@@ -43,6 +43,7 @@
 //! ```
 
 pub mod config;
+pub mod limits;
 pub mod rpc;
 pub mod server;
 mod session;
@@ -51,7 +52,8 @@ pub mod stats;
 pub use config::TransportConfig;
 /// The `http` crate this API speaks (requests, responses, status codes).
 pub use http::{self, StatusCode};
+pub use limits::{IpNet, LimitHit, Limits};
 pub use rpc::{HttpRpc, RpcConfig, RpcHandler};
 pub use server::{serve, text_response, Gateway, GatewayBuilder, HttpHandler, HttpResponse};
-pub use stats::{CloseReason, TransportStats};
+pub use stats::{CloseReason, IdentityOutcome, RejectReason, TransportStats};
 pub use tidings_bridge::BoxFuture;

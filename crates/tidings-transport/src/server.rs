@@ -2,7 +2,11 @@
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, pin::pin, sync::Arc};
 
-use crate::rpc::RpcHandler;
+use crate::{
+    limits::LimitHit,
+    rpc::RpcHandler,
+    stats::{IdentityOutcome, RejectReason},
+};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -55,8 +59,13 @@ pub(crate) struct Inner {
     pub(crate) bridge: Bridge,
     pub(crate) stats: Arc<TransportStats>,
     pub(crate) rpc: Option<Arc<dyn RpcHandler>>,
-    /// Cancelled when the gateway shuts down: every session closes with 1001.
+    /// Cancelled when draining begins: readiness off, upgrades refused.
+    pub(crate) draining: CancellationToken,
+    /// Cancelled when sockets must go: each session closes with 1012 at its
+    /// own moment within the drain spread.
     pub(crate) shutdown: CancellationToken,
+    /// Live connection counts for the limits.
+    pub(crate) counts: Arc<crate::limits::Counts>,
     pub(crate) sessions: TaskTracker,
 }
 
@@ -121,7 +130,9 @@ impl GatewayBuilder {
                 bridge: self.bridge,
                 stats: Arc::new(TransportStats::default()),
                 rpc: self.rpc,
+                draining: CancellationToken::new(),
                 shutdown: CancellationToken::new(),
+                counts: Arc::default(),
                 sessions: TaskTracker::new(),
             }),
         }
@@ -158,14 +169,21 @@ impl Gateway {
         &self.inner.config
     }
 
-    /// Whether shutdown has begun.
+    /// Whether draining has begun (readiness is off, upgrades are refused).
     pub fn is_shutting_down(&self) -> bool {
-        self.inner.shutdown.is_cancelled()
+        self.inner.draining.is_cancelled()
     }
 
-    /// Begins shutdown: new upgrades are refused and every socket is closed
-    /// with 1001.
+    /// Begins draining: `/readyz` turns not ready and new upgrades are
+    /// refused with 503; open sockets stay.
+    pub fn begin_drain(&self) {
+        self.inner.draining.cancel();
+    }
+
+    /// Closes every socket (with 1012, spread over `drain_spread`) and
+    /// refuses new upgrades.
     pub fn shutdown(&self) {
+        self.inner.draining.cancel();
         self.inner.shutdown.cancel();
     }
 
@@ -194,8 +212,9 @@ impl Gateway {
     /// Answers a request on the WebSocket path: refuses it with a clear
     /// status, or switches protocols and starts a session.
     pub async fn upgrade(&self, mut req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
-        let refuse = |status, why: &str| {
-            self.inner.stats.rejected();
+        let stats = &self.inner.stats;
+        let refuse = |status, why: &str, reason: RejectReason| {
+            stats.rejected(reason);
             tracing::debug!(%peer, status = %status, reason = why, "upgrade refused");
             text_response(status, format!("{why}\n"))
         };
@@ -203,13 +222,21 @@ impl Gateway {
             let mut res = refuse(
                 StatusCode::UPGRADE_REQUIRED,
                 "this endpoint speaks WebSocket only",
+                RejectReason::NotUpgrade,
             );
             res.headers_mut()
                 .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             return res;
         }
         if self.is_shutting_down() {
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+            let mut res = refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server is shutting down",
+                RejectReason::ShuttingDown,
+            );
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return res;
         }
         if let Some(origin) = req.headers().get(header::ORIGIN) {
             let host = req
@@ -217,9 +244,35 @@ impl Gateway {
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok());
             if !origin.to_str().is_ok_and(|o| self.origin_allowed(o, host)) {
-                return refuse(StatusCode::FORBIDDEN, "origin not allowed");
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "origin not allowed",
+                    RejectReason::Origin,
+                );
             }
         }
+        let limits = &self.inner.config.limits;
+        let client_ip = limits.client_ip(peer.ip(), req.headers());
+        let mut slot = match self.inner.counts.admit(limits, client_ip) {
+            Ok(slot) => slot,
+            Err(LimitHit::Total) => {
+                let mut res = refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server at connection capacity",
+                    RejectReason::LimitTotal,
+                );
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return res;
+            }
+            Err(_) => {
+                return refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from this address",
+                    RejectReason::LimitPerIp,
+                )
+            }
+        };
         // A broken handshake is refused before any credential is looked
         // at (a one-time token must not be spent on it).
         let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
@@ -228,23 +281,59 @@ impl Gateway {
                 return refuse(
                     StatusCode::BAD_REQUEST,
                     &format!("bad WebSocket handshake: {e}"),
+                    RejectReason::BadHandshake,
                 )
             }
         };
         let parts = UpgradeRequest {
             headers: req.headers().clone(),
             uri: req.uri().clone(),
-            peer,
+            peer: SocketAddr::new(client_ip, peer.port()),
         };
-        let identity = match self.inner.resolver.resolve(&parts).await {
-            Resolution::Identified(identity) => identity,
-            Resolution::Unrecognized => return refuse(StatusCode::UNAUTHORIZED, "no credentials"),
+        let started = std::time::Instant::now();
+        let resolution = self.inner.resolver.resolve(&parts).await;
+        let took = started.elapsed();
+        let identity = match resolution {
+            Resolution::Identified(identity) => {
+                let outcome = if identity.is_anonymous() {
+                    IdentityOutcome::Anonymous
+                } else {
+                    IdentityOutcome::User
+                };
+                stats.identity(outcome, took);
+                identity
+            }
+            Resolution::Unrecognized => {
+                stats.identity(IdentityOutcome::Refused, took);
+                return refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "no credentials",
+                    RejectReason::Identity,
+                );
+            }
             Resolution::Rejected(Rejection {
                 status,
                 reason,
                 retry_after,
             }) => {
-                let mut res = refuse(status, &reason);
+                let unavailable = status == StatusCode::SERVICE_UNAVAILABLE;
+                stats.identity(
+                    if unavailable {
+                        IdentityOutcome::Unavailable
+                    } else {
+                        IdentityOutcome::Refused
+                    },
+                    took,
+                );
+                let mut res = refuse(
+                    status,
+                    &reason,
+                    if unavailable {
+                        RejectReason::IdentityUnavailable
+                    } else {
+                        RejectReason::Identity
+                    },
+                );
                 if let Some(after) = retry_after {
                     res.headers_mut().insert(
                         header::RETRY_AFTER,
@@ -254,6 +343,15 @@ impl Gateway {
                 return res;
             }
         };
+        if let Some(user) = &identity.user {
+            if slot.for_user(limits, user).is_err() {
+                return refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections for this user",
+                    RejectReason::LimitPerUser,
+                );
+            }
+        }
         // What RPC calls will carry: only what the handler asks to keep.
         let credentials = self
             .inner
@@ -262,11 +360,13 @@ impl Gateway {
             .map(|rpc| rpc.credentials(&parts.headers))
             .unwrap_or_default();
         let inner = self.inner.clone();
+        let peer = parts.peer;
         self.inner.sessions.spawn(async move {
             match fut.await {
                 Ok(ws) => session::run(ws, inner, identity, credentials, peer).await,
                 Err(e) => tracing::debug!(%peer, error = %e, "upgrade did not complete"),
             }
+            drop(slot);
         });
         let (parts, _) = response.into_parts();
         Response::from_parts(parts, Full::new(Bytes::new()))
@@ -288,9 +388,29 @@ pub async fn serve(
     let conns = TaskTracker::new();
     let stop_http = CancellationToken::new();
     let mut signal = pin!(signal);
+    // Set when the signal came: keep accepting (health checks, and the
+    // refusals of new upgrades) until then, while readiness is off.
+    let mut stop_at: Option<tokio::time::Instant> = None;
     loop {
+        let stop = async {
+            match stop_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let (stream, peer) = tokio::select! {
-            () = &mut signal => break,
+            () = &mut signal, if stop_at.is_none() => {
+                let delay = gateway.inner.config.drain_readiness_delay;
+                tracing::info!(
+                    sockets = gateway.stats().current(),
+                    readiness_delay_secs = delay.as_secs_f64(),
+                    "draining: not ready, refusing new sockets"
+                );
+                gateway.begin_drain();
+                stop_at = Some(tokio::time::Instant::now() + delay);
+                continue;
+            }
+            () = stop => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -342,8 +462,9 @@ pub async fn serve(
     let grace = gateway.inner.config.shutdown_grace;
     tracing::info!(
         sockets = gateway.stats().current(),
+        spread_secs = gateway.inner.config.drain_spread.as_secs_f64(),
         grace_secs = grace.as_secs_f64(),
-        "shutting down"
+        "closing sockets (1012), spread over the drain window"
     );
     gateway.shutdown();
     stop_http.cancel();

@@ -77,6 +77,7 @@ pub(crate) async fn run(
 ) {
     let (mailbox, mailbox_rx) = mailbox(gw.config.outbound_queue, gw.config.slow_consumer);
     let sub = gw.bridge.subscriber(mailbox);
+    let conn_id = sub.id();
     let span = tracing::debug_span!("conn", id = sub.id(), %peer, user = tracing::field::Empty);
     if let Some(user) = &identity.user {
         span.record("user", user.as_str());
@@ -123,7 +124,7 @@ pub(crate) async fn run(
             .in_current_span(),
         );
         let mut reader = AbortOnDrop(reader);
-        let reason = write_loop(wr, ctrl_rx, mailbox_rx, &gw).await;
+        let reason = write_loop(wr, ctrl_rx, mailbox_rx, &gw, conn_id).await;
         // Let the peer answer our close frame, then tear down.
         let _ = timeout(CLOSE_LINGER, &mut reader.0).await;
         drop(reader);
@@ -324,6 +325,7 @@ impl Reader {
     async fn handle(&mut self, opcode: OpCode, payload: &[u8]) -> bool {
         self.gw.stats.frame_in();
         if !self.rate.take() {
+            self.gw.stats.rate_limited();
             self.limited_in_a_row += 1;
             if self.limited_in_a_row >= self.gw.config.rate_limit_close_after {
                 let _ = self
@@ -397,6 +399,7 @@ impl Reader {
         let credentials = self.credentials.clone();
         let peer = self.peer;
         let ctrl = self.ctrl.clone();
+        let stats = self.gw.stats.clone();
         tokio::spawn(
             async move {
                 let call = RpcCall {
@@ -407,7 +410,9 @@ impl Reader {
                     credentials: &credentials,
                     peer,
                 };
-                let reply = match handler.call(call).await {
+                let result = handler.call(call).await;
+                stats.rpc(result.is_ok());
+                let reply = match result {
                     Ok(r) => protocol::encode_rpc_result(id.as_deref(), r.status, &r.body),
                     Err(e) => {
                         let code = match e {
@@ -504,16 +509,27 @@ async fn write(wr: &mut WebSocketWrite<WriteHalf<Io>>, frame: Frame<'_>, limit: 
     matches!(timeout(limit, wr.write_frame(frame)).await, Ok(Ok(())))
 }
 
+/// Where in the drain window connection `id` closes: spread evenly over
+/// the window by a hash of the id (ids are sequential, so a multiplicative
+/// hash scatters neighbours).
+fn spread_offset(id: u64, window: Duration) -> Duration {
+    let frac = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+    window.mul_f64(frac)
+}
+
 async fn write_loop(
     mut wr: WebSocketWrite<WriteHalf<Io>>,
     mut ctrl: mpsc::Receiver<Control>,
     mut mailbox: MailboxReceiver,
     gw: &Inner,
+    conn_id: u64,
 ) -> CloseReason {
     let cfg = &gw.config;
     let limit = cfg.write_timeout;
     let mut next_ping = Instant::now() + cfg.ping_interval;
     let mut pong_deadline: Option<Instant> = None;
+    // At shutdown: this socket's own moment within the drain spread.
+    let mut close_at: Option<Instant> = None;
     macro_rules! close {
         ($code:expr, $why:expr, $reason:expr) => {{
             let _ = write(&mut wr, Frame::close($code, $why.as_bytes()), limit).await;
@@ -523,7 +539,8 @@ async fn write_loop(
     macro_rules! text {
         ($bytes:expr) => {{
             if !write(&mut wr, Frame::text(Payload::Borrowed(&$bytes[..])), limit).await {
-                return CloseReason::Heartbeat;
+                // The peer stopped reading: a slow consumer.
+                return CloseReason::SlowConsumer;
             }
             gw.stats.frames_out(1);
         }};
@@ -531,7 +548,13 @@ async fn write_loop(
     loop {
         tokio::select! {
             biased;
-            () = gw.shutdown.cancelled() => close!(close::GOING_AWAY, "server shutting down", CloseReason::Shutdown),
+            () = gw.shutdown.cancelled(), if close_at.is_none() => {
+                let at = Instant::now() + spread_offset(conn_id, cfg.drain_spread);
+                close_at = Some(at);
+            }
+            () = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
+                close!(close::SERVICE_RESTART, "server restarting, reconnect", CloseReason::Shutdown)
+            }
             c = ctrl.recv() => match c {
                 Some(Control::Text(b)) => text!(b),
                 Some(Control::Pong(p)) => {

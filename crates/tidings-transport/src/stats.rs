@@ -47,15 +47,152 @@ impl CloseReason {
     }
 }
 
+/// Why an upgrade was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Not a WebSocket upgrade request (426).
+    NotUpgrade,
+    /// The gateway is draining (503).
+    ShuttingDown,
+    /// The `Origin` is not allowed (403).
+    Origin,
+    /// The handshake was malformed (400).
+    BadHandshake,
+    /// The identity resolver refused the credentials (401, 403, ...).
+    Identity,
+    /// The identity source was unavailable (503).
+    IdentityUnavailable,
+    /// `max_connections` reached (503).
+    LimitTotal,
+    /// `max_connections_per_ip` reached (429).
+    LimitPerIp,
+    /// `max_connections_per_user` reached (429).
+    LimitPerUser,
+}
+
+impl RejectReason {
+    /// Every reason, for exporting counters.
+    pub const ALL: [RejectReason; 9] = [
+        RejectReason::NotUpgrade,
+        RejectReason::ShuttingDown,
+        RejectReason::Origin,
+        RejectReason::BadHandshake,
+        RejectReason::Identity,
+        RejectReason::IdentityUnavailable,
+        RejectReason::LimitTotal,
+        RejectReason::LimitPerIp,
+        RejectReason::LimitPerUser,
+    ];
+
+    /// The label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::NotUpgrade => "not_upgrade",
+            RejectReason::ShuttingDown => "shutting_down",
+            RejectReason::Origin => "origin",
+            RejectReason::BadHandshake => "bad_handshake",
+            RejectReason::Identity => "identity_refused",
+            RejectReason::IdentityUnavailable => "identity_unavailable",
+            RejectReason::LimitTotal => "limit_total",
+            RejectReason::LimitPerIp => "limit_per_ip",
+            RejectReason::LimitPerUser => "limit_per_user",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the identity lookup latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A fixed-bucket latency histogram (Prometheus style), lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 12],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Cumulative counts per bucket of [`LATENCY_BUCKETS`] (as Prometheus
+    /// wants them), the total count and the sum in seconds.
+    pub fn snapshot(&self) -> ([u64; 12], u64, f64) {
+        let mut cumulative = [0u64; 12];
+        let mut running = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            running += b.load(Ordering::Relaxed);
+            cumulative[i] = running;
+        }
+        (
+            cumulative,
+            self.count.load(Ordering::Relaxed),
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+}
+
+/// Outcomes of identity lookups, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityOutcome {
+    /// A user was identified.
+    User,
+    /// Accepted as an anonymous visitor.
+    Anonymous,
+    /// Refused (401, 403, ...).
+    Refused,
+    /// The identity source was unavailable (503).
+    Unavailable,
+}
+
+impl IdentityOutcome {
+    /// Every outcome, for exporting counters.
+    pub const ALL: [IdentityOutcome; 4] = [
+        IdentityOutcome::User,
+        IdentityOutcome::Anonymous,
+        IdentityOutcome::Refused,
+        IdentityOutcome::Unavailable,
+    ];
+
+    /// The label used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityOutcome::User => "user",
+            IdentityOutcome::Anonymous => "anonymous",
+            IdentityOutcome::Refused => "refused",
+            IdentityOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// Counters of the transport.
 #[derive(Debug, Default)]
 pub struct TransportStats {
     current: AtomicU64,
     opened: AtomicU64,
     rejected: AtomicU64,
-    closed: [AtomicU64; 6],
+    rejected_by: [AtomicU64; 9],
+    closed: [AtomicU64; 7],
     frames_in: AtomicU64,
     frames_out: AtomicU64,
+    rate_limited: AtomicU64,
+    rpc_calls: AtomicU64,
+    rpc_failures: AtomicU64,
+    identity: [AtomicU64; 4],
+    /// How long identity resolution took, per upgrade.
+    pub identity_latency: Histogram,
 }
 
 impl TransportStats {
@@ -71,8 +208,58 @@ impl TransportStats {
             .unwrap_or(0);
         self.closed[i].fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn rejected(&self) {
+    pub(crate) fn rejected(&self, reason: RejectReason) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
+        let i = RejectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.rejected_by[i].fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn identity(&self, outcome: IdentityOutcome, took: std::time::Duration) {
+        let i = IdentityOutcome::ALL
+            .iter()
+            .position(|r| *r == outcome)
+            .unwrap_or(0);
+        self.identity[i].fetch_add(1, Ordering::Relaxed);
+        self.identity_latency.observe(took);
+    }
+    pub(crate) fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn rpc(&self, ok: bool) {
+        self.rpc_calls.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.rpc_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Upgrades refused for `reason` since start.
+    pub fn rejected_by(&self, reason: RejectReason) -> u64 {
+        let i = RejectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.rejected_by[i].load(Ordering::Relaxed)
+    }
+    /// Identity lookups that ended in `outcome`.
+    pub fn identity_total(&self, outcome: IdentityOutcome) -> u64 {
+        let i = IdentityOutcome::ALL
+            .iter()
+            .position(|r| *r == outcome)
+            .unwrap_or(0);
+        self.identity[i].load(Ordering::Relaxed)
+    }
+    /// Client messages refused by the rate limit.
+    pub fn rate_limited_total(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
+    }
+    /// RPC calls made, and how many of them failed (timeout, unreachable, refused).
+    pub fn rpc_totals(&self) -> (u64, u64) {
+        (
+            self.rpc_calls.load(Ordering::Relaxed),
+            self.rpc_failures.load(Ordering::Relaxed),
+        )
     }
     pub(crate) fn frame_in(&self) {
         self.frames_in.fetch_add(1, Ordering::Relaxed);
