@@ -12,6 +12,7 @@ pub mod browser;
 pub mod django;
 pub mod gateway;
 pub mod http;
+pub mod nginx;
 pub mod raw;
 pub mod redis;
 pub mod ws;

@@ -114,6 +114,8 @@ impl Endpoints {
                     self.gateway.bridge().broker_name()
                 ),
             )
+        } else if self.tokens.as_ref().is_some_and(|t| !t.store.is_ready()) {
+            text_response(StatusCode::SERVICE_UNAVAILABLE, "token store unavailable\n")
         } else {
             text_response(StatusCode::OK, "ready\n")
         }

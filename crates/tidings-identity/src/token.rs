@@ -40,6 +40,11 @@ pub trait TokenStore: Send + Sync + 'static {
         value: Bytes,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Whether the store can redeem tokens now (part of `/readyz`).
+    fn is_ready(&self) -> bool {
+        true
+    }
 }
 
 impl<T: TokenStore + ?Sized> TokenStore for std::sync::Arc<T> {
@@ -54,6 +59,10 @@ impl<T: TokenStore + ?Sized> TokenStore for std::sync::Arc<T> {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         (**self).store(key, value, ttl)
+    }
+
+    fn is_ready(&self) -> bool {
+        (**self).is_ready()
     }
 }
 
@@ -140,13 +149,31 @@ impl RedisTokenStore {
 }
 
 #[cfg(feature = "redis")]
+impl RedisTokenStore {
+    /// Waits (briefly) for the pool to be connected.
+    async fn connected(&self) -> Result<(), StoreError> {
+        use fred::prelude::ClientLike;
+        if self.client.is_connected() {
+            return Ok(());
+        }
+        match tokio::time::timeout(Duration::from_secs(1), self.client.wait_for_connect()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(StoreError("Redis is not connected".into())),
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
 impl TokenStore for RedisTokenStore {
+    fn is_ready(&self) -> bool {
+        use fred::prelude::ClientLike;
+        self.client.is_connected()
+    }
+
     fn redeem<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>> {
-        use fred::prelude::{ClientLike, KeysInterface};
+        use fred::prelude::KeysInterface;
         Box::pin(async move {
-            if !self.client.is_connected() {
-                return Err(StoreError("Redis is not connected".into()));
-            }
+            self.connected().await?;
             self.client
                 .next()
                 .getdel::<Option<Bytes>, _>(key)
@@ -161,11 +188,9 @@ impl TokenStore for RedisTokenStore {
         value: Bytes,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        use fred::prelude::{ClientLike, Expiration, KeysInterface};
+        use fred::prelude::{Expiration, KeysInterface};
         Box::pin(async move {
-            if !self.client.is_connected() {
-                return Err(StoreError("Redis is not connected".into()));
-            }
+            self.connected().await?;
             let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
             self.client
                 .next()

@@ -144,17 +144,21 @@ impl HttpRpc {
 
     /// The absolute URI for a client path, if the path is allowed.
     fn target(&self, path: &str) -> Result<Uri, RpcError> {
+        let path_only = path.split('?').next().unwrap_or(path);
+        // No dot segments, empty segments, escapes or anything a server or
+        // proxy could normalise into another path.
         let safe = path.starts_with('/')
-            && !path.starts_with("//")
-            && !path.contains("/../")
-            && !path.ends_with("/..")
-            && !path.contains("/./")
+            && !path_only
+                .split('/')
+                .skip(1)
+                .any(|seg| seg == "." || seg == "..")
+            && !path_only.contains("//")
             && !path.contains('\\')
             && !path.contains('#')
             && !path.bytes().any(|b| b.is_ascii_control() || b == b' ')
             && !path.to_ascii_lowercase().contains("%2e")
-            && !path.to_ascii_lowercase().contains("%2f");
-        let path_only = path.split('?').next().unwrap_or(path);
+            && !path.to_ascii_lowercase().contains("%2f")
+            && !path.to_ascii_lowercase().contains("%5c");
         if !safe
             || !self
                 .config
@@ -265,6 +269,9 @@ mod tests {
             "/api/ x",
             "/api/%2F..%2Fadmin",
             "/ap",
+            "/api/..?x=1",
+            "/api/x/..?",
+            "/api//x",
         ] {
             assert!(
                 matches!(rpc.target(bad), Err(RpcError::Forbidden(_))),

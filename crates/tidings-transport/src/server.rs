@@ -204,9 +204,9 @@ impl Gateway {
                 .iter()
                 .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin));
         }
-        // Same origin only: the Origin's authority must be the Host.
-        let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
-        host.is_some_and(|h| h.eq_ignore_ascii_case(authority))
+        // Same origin only: the Origin's host and port must be the Host's
+        // (a missing port is the scheme's default).
+        same_origin(origin, host)
     }
 
     /// Answers a request on the WebSocket path: refuses it with a clear
@@ -373,6 +373,41 @@ impl Gateway {
     }
 }
 
+/// Whether `origin` (`scheme://host[:port]`) names the same host and port
+/// as the `Host` header, ports defaulting to the origin scheme's.
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some(host) = host else { return false };
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return false,
+    };
+    let split = |a: &str| -> Option<(String, u16)> {
+        // [v6]:port, [v6], name:port, name
+        let (name, port) = if let Some(rest) = a.strip_prefix('[') {
+            let (v6, after) = rest.split_once(']')?;
+            (format!("[{v6}]"), after.strip_prefix(':'))
+        } else {
+            match a.rsplit_once(':') {
+                Some((n, p)) => (n.to_string(), Some(p)),
+                None => (a.to_string(), None),
+            }
+        };
+        let port = match port {
+            Some(p) => p.parse().ok()?,
+            None => default_port,
+        };
+        Some((name.to_ascii_lowercase(), port))
+    };
+    match (split(authority), split(host)) {
+        (Some(o), Some(h)) => o == h,
+        _ => false,
+    }
+}
+
 /// Serves HTTP/1.1 on `listener` until `signal` resolves: upgrades on the
 /// WebSocket path go to `gateway`, everything else to `http`.
 ///
@@ -480,4 +515,27 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::same_origin;
+
+    #[test]
+    fn same_origin_normalises_default_ports() {
+        assert!(same_origin("http://127.0.0.1:8080", Some("127.0.0.1:8080")));
+        assert!(same_origin("https://example.com", Some("example.com")));
+        assert!(same_origin("https://example.com", Some("example.com:443")));
+        assert!(same_origin("http://Example.COM", Some("example.com:80")));
+        assert!(same_origin("http://[::1]:8080", Some("[::1]:8080")));
+        assert!(!same_origin("https://example.com", Some("example.com:80")));
+        assert!(!same_origin(
+            "http://127.0.0.1:8081",
+            Some("127.0.0.1:8080")
+        ));
+        assert!(!same_origin("http://evil.example", Some("example.com")));
+        assert!(!same_origin("null", Some("example.com")));
+        assert!(!same_origin("http://example.com", None));
+        assert!(!same_origin("ftp://example.com", Some("example.com")));
+    }
 }

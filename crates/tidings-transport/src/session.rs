@@ -95,6 +95,14 @@ pub(crate) async fn run(
 
         let (ctrl_tx, ctrl_rx) = mpsc::channel(CONTROL_QUEUE);
         let plan = gw.router.on_connect(&identity);
+        // Join before the welcome: once a client sees `welcome`, whatever is
+        // published on its channels reaches it.
+        let mut sub = sub;
+        for topic in plan.topics() {
+            if let Err(e) = sub.join(topic.clone()).await {
+                tracing::warn!(%topic, error = %e, "join on connect is pending until the broker is back");
+            }
+        }
         let welcome = protocol::encode_welcome(
             &sub.id().to_string(),
             identity.user.as_deref(),
@@ -120,7 +128,7 @@ pub(crate) async fn run(
                 ctrl: ctrl_tx,
                 limited_in_a_row: 0,
             }
-            .run(rd, plan.topics().collect())
+            .run(rd)
             .in_current_span(),
         );
         let mut reader = AbortOnDrop(reader);
@@ -218,12 +226,7 @@ fn close_for(error: &WebSocketError) -> Option<(u16, &'static str, CloseReason)>
 }
 
 impl Reader {
-    async fn run(mut self, mut rd: WebSocketRead<ReadHalf<Io>>, joins: Vec<Topic>) {
-        for topic in joins {
-            if let Err(e) = self.sub.join(topic.clone()).await {
-                tracing::warn!(%topic, error = %e, "join on connect is pending until the broker is back");
-            }
-        }
+    async fn run(mut self, mut rd: WebSocketRead<ReadHalf<Io>>) {
         let tx = self.ctrl.clone();
         let mut obligated = move |frame: Frame<'_>| {
             let payload = Bytes::copy_from_slice(&frame.payload);
