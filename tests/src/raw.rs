@@ -98,6 +98,12 @@ impl RawWs {
         let _ = self.stream.write_all(&f).await;
     }
 
+    /// Writes raw bytes (for frames no well-behaved client would send,
+    /// such as unmasked ones).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
     /// Writes one masked frame.
     pub async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
         self.send_frame_rsv(fin, 0, opcode, payload).await;

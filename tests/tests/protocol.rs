@@ -221,6 +221,28 @@ async fn invalid_utf8_and_protocol_violations_get_their_close_codes() {
     );
 
     let mut r = raw(&gw).await;
+    // An unmasked client frame (RFC 6455 5.1: the server must close).
+    r.send_raw(&[0x81, 0x02, b'{', b'}']).await;
+    assert_eq!(r.close_code(PATIENCE).await, Some(1002), "unmasked frame");
+
+    let mut r = raw(&gw).await;
+    // A close frame with a code nobody may send (1005), and one with a
+    // 1-byte payload.
+    r.send_frame(true, op::CLOSE, &1005u16.to_be_bytes()).await;
+    assert_eq!(
+        r.close_code(PATIENCE).await,
+        Some(1002),
+        "reserved close code"
+    );
+    let mut r = raw(&gw).await;
+    r.send_frame(true, op::CLOSE, &[3]).await;
+    assert_eq!(
+        r.close_code(PATIENCE).await,
+        Some(1002),
+        "1-byte close payload"
+    );
+
+    let mut r = raw(&gw).await;
     r.send_frame(true, op::CONT, b"x").await;
     assert_eq!(
         r.close_code(PATIENCE).await,

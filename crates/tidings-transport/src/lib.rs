@@ -42,6 +42,7 @@
 //! # }
 //! ```
 
+mod codec;
 pub mod config;
 pub mod limits;
 pub mod rpc;

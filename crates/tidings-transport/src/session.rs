@@ -20,9 +20,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{
-    Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
-};
+use fastwebsockets::WebSocket;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tidings_bridge::{mailbox, mailbox::Next, MailboxReceiver, Outbound, Subscriber};
@@ -41,6 +39,7 @@ use tracing::Instrument;
 use serde_json::value::RawValue;
 
 use crate::{
+    codec::{check_close, FrameReader, FrameWriter, OpCode, ReadError, BATCH_BYTES},
     rpc::{RpcCall, RpcError},
     server::Inner,
     stats::CloseReason,
@@ -85,13 +84,10 @@ pub(crate) async fn run(
     async move {
         gw.stats.opened();
         tracing::debug!("socket open");
-        let mut ws = ws;
-        ws.set_auto_close(true);
-        ws.set_auto_pong(true);
-        // fastwebsockets refuses frames of *at least* this size; the total
-        // over all fragments is enforced by the reader.
-        ws.set_max_message_size(gw.config.max_message_size.saturating_add(1));
-        let (rd, wr) = ws.split(tokio::io::split);
+        // fastwebsockets did the handshake; framing is ours (see codec).
+        let (rd, wr) = tokio::io::split(ws.into_inner());
+        let rd = FrameReader::new(rd, gw.config.max_message_size);
+        let wr = FrameWriter::new(wr);
 
         let (ctrl_tx, ctrl_rx) = mpsc::channel(CONTROL_QUEUE);
         let plan = gw.router.on_connect(&identity);
@@ -196,64 +192,35 @@ impl TokenBucket {
     }
 }
 
-/// How a read-side failure ends the session.
-fn close_for(error: &WebSocketError) -> Option<(u16, &'static str, CloseReason)> {
-    match error {
-        WebSocketError::InvalidUTF8 => Some((
-            close::INVALID_PAYLOAD,
-            "invalid UTF-8",
-            CloseReason::Protocol,
-        )),
-        WebSocketError::FrameTooLarge => Some((
-            close::MESSAGE_TOO_BIG,
-            "message too big",
-            CloseReason::TooBig,
-        )),
-        WebSocketError::ReservedBitsNotZero
-        | WebSocketError::ControlFrameFragmented
-        | WebSocketError::PingFrameTooLarge
-        | WebSocketError::InvalidValue
-        | WebSocketError::InvalidFragment
-        | WebSocketError::InvalidContinuationFrame
-        | WebSocketError::InvalidCloseFrame => Some((
-            close::PROTOCOL_ERROR,
-            "protocol error",
-            CloseReason::Protocol,
-        )),
-        // InvalidCloseCode: the 1002 reply was already queued by the WebSocket layer.
-        _ => None,
-    }
-}
-
 impl Reader {
-    async fn run(mut self, mut rd: WebSocketRead<ReadHalf<Io>>) {
-        let tx = self.ctrl.clone();
-        let mut obligated = move |frame: Frame<'_>| {
-            let payload = Bytes::copy_from_slice(&frame.payload);
-            let msg = if frame.opcode == OpCode::Close {
-                Control::CloseEcho(payload)
-            } else {
-                Control::Pong(payload)
-            };
-            let tx = tx.clone();
-            async move { tx.send(msg).await.map_err(|_| "writer is gone") }
-        };
+    async fn run(mut self, mut rd: FrameReader<ReadHalf<Io>>) {
         let max = self.gw.config.max_message_size;
         let mut partial: Option<(OpCode, BytesMut)> = None;
+        let violation = |why| Control::Close(close::PROTOCOL_ERROR, why, CloseReason::Protocol);
         loop {
-            let frame = match rd.read_frame(&mut obligated).await {
+            let frame = match rd.read_frame().await {
                 Ok(frame) => frame,
-                Err(e) => {
-                    if let Some((code, why, reason)) = close_for(&e) {
-                        tracing::debug!(error = %e, code, "closing on a bad frame");
-                        let _ = self.ctrl.send(Control::Close(code, why, reason)).await;
-                    } else {
-                        tracing::trace!(error = %e, "read side ended");
-                    }
+                Err(ReadError::Protocol(why)) => {
+                    tracing::debug!(why, "closing on a protocol violation");
+                    let _ = self.ctrl.send(violation(why)).await;
+                    return;
+                }
+                Err(ReadError::TooBig) => {
+                    let _ = self
+                        .ctrl
+                        .send(Control::Close(
+                            close::MESSAGE_TOO_BIG,
+                            "message too big",
+                            CloseReason::TooBig,
+                        ))
+                        .await;
+                    return;
+                }
+                Err(ReadError::Io(e)) => {
+                    tracing::trace!(error = %e, "read side ended");
                     return;
                 }
             };
-            let violation = |why| Control::Close(close::PROTOCOL_ERROR, why, CloseReason::Protocol);
             match frame.opcode {
                 OpCode::Text | OpCode::Binary => {
                     if partial.is_some() {
@@ -264,6 +231,19 @@ impl Reader {
                         return;
                     }
                     if frame.fin {
+                        if frame.opcode == OpCode::Text
+                            && std::str::from_utf8(&frame.payload).is_err()
+                        {
+                            let _ = self
+                                .ctrl
+                                .send(Control::Close(
+                                    close::INVALID_PAYLOAD,
+                                    "invalid UTF-8",
+                                    CloseReason::Protocol,
+                                ))
+                                .await;
+                            return;
+                        }
                         if !self.handle(frame.opcode, &frame.payload).await {
                             return;
                         }
@@ -311,14 +291,24 @@ impl Reader {
                         }
                     }
                 }
-                // The close echo went to the writer through `obligated`.
-                OpCode::Close => return,
+                OpCode::Close => {
+                    let reply = match check_close(&frame.payload) {
+                        Ok(()) => Control::CloseEcho(frame.payload),
+                        Err((code, why)) => Control::Close(code, why, CloseReason::Protocol),
+                    };
+                    let _ = self.ctrl.send(reply).await;
+                    return;
+                }
+                OpCode::Ping => {
+                    if self.ctrl.send(Control::Pong(frame.payload)).await.is_err() {
+                        return;
+                    }
+                }
                 OpCode::Pong => {
                     if self.ctrl.send(Control::PongSeen).await.is_err() {
                         return;
                     }
                 }
-                OpCode::Ping => {}
             }
         }
     }
@@ -507,10 +497,16 @@ impl Reader {
     }
 }
 
-/// Writes one frame, giving up if the peer does not take it in time.
-async fn write(wr: &mut WebSocketWrite<WriteHalf<Io>>, frame: Frame<'_>, limit: Duration) -> bool {
-    matches!(timeout(limit, wr.write_frame(frame)).await, Ok(Ok(())))
+/// Runs one write, giving up if the peer does not take it in time.
+async fn timed<F: std::future::Future<Output = std::io::Result<()>>>(
+    limit: Duration,
+    f: F,
+) -> bool {
+    matches!(timeout(limit, f).await, Ok(Ok(())))
 }
+
+/// Most queued deliveries written in one batch (one system call).
+const BATCH_FRAMES: usize = 64;
 
 /// Where in the drain window connection `id` closes: spread evenly over
 /// the window by a hash of the id (ids are sequential, so a multiplicative
@@ -521,7 +517,7 @@ fn spread_offset(id: u64, window: Duration) -> Duration {
 }
 
 async fn write_loop(
-    mut wr: WebSocketWrite<WriteHalf<Io>>,
+    mut wr: FrameWriter<WriteHalf<Io>>,
     mut ctrl: mpsc::Receiver<Control>,
     mut mailbox: MailboxReceiver,
     gw: &Inner,
@@ -535,13 +531,13 @@ async fn write_loop(
     let mut close_at: Option<Instant> = None;
     macro_rules! close {
         ($code:expr, $why:expr, $reason:expr) => {{
-            let _ = write(&mut wr, Frame::close($code, $why.as_bytes()), limit).await;
+            let _ = timed(limit, wr.close($code, $why)).await;
             return $reason;
         }};
     }
     macro_rules! text {
         ($bytes:expr) => {{
-            if !write(&mut wr, Frame::text(Payload::Borrowed(&$bytes[..])), limit).await {
+            if !timed(limit, wr.send(OpCode::Text, &$bytes[..])).await {
                 // The peer stopped reading: a slow consumer.
                 return CloseReason::SlowConsumer;
             }
@@ -561,12 +557,16 @@ async fn write_loop(
             c = ctrl.recv() => match c {
                 Some(Control::Text(b)) => text!(b),
                 Some(Control::Pong(p)) => {
-                    if !write(&mut wr, Frame::pong(Payload::Borrowed(&p[..])), limit).await {
-                        return CloseReason::Heartbeat;
+                    if !timed(limit, wr.send(OpCode::Pong, &p)).await {
+                        return CloseReason::SlowConsumer;
                     }
                 }
                 Some(Control::CloseEcho(p)) => {
-                    let _ = write(&mut wr, Frame::close_raw(Payload::Borrowed(&p[..])), limit).await;
+                    let _ = timed(limit, async {
+                        wr.send(OpCode::Close, &p).await?;
+                        Ok(())
+                    })
+                    .await;
                     return CloseReason::Client;
                 }
                 Some(Control::Close(code, why, reason)) => close!(code, why, reason),
@@ -574,8 +574,31 @@ async fn write_loop(
                 None => return CloseReason::Client,
             },
             next = mailbox.next() => match next {
-                Next::Item(Outbound::Deliver(d)) => text!(d.frame()),
-                Next::Item(Outbound::Notice(b)) => text!(b),
+                Next::Item(item) => {
+                    // Write this delivery and whatever else is already
+                    // queued, in one batch.
+                    let mut n = 0u64;
+                    let mut item = Some(item);
+                    let mut ok = true;
+                    while let Some(it) = item.take() {
+                        let bytes = match &it {
+                            Outbound::Deliver(d) => d.frame().clone(),
+                            Outbound::Notice(b) => b.clone(),
+                        };
+                        if !timed(limit, wr.push(OpCode::Text, &bytes)).await {
+                            ok = false;
+                            break;
+                        }
+                        n += 1;
+                        if n < BATCH_FRAMES as u64 && wr.pending() < BATCH_BYTES {
+                            item = mailbox.try_next();
+                        }
+                    }
+                    if !ok || !timed(limit, wr.flush()).await {
+                        return CloseReason::SlowConsumer;
+                    }
+                    gw.stats.frames_out(n);
+                }
                 Next::Dropped(n) => text!(protocol::encode_dropped(n)),
                 Next::Overflowed => close!(close::SLOW_CONSUMER, "slow consumer", CloseReason::SlowConsumer),
                 Next::Closed => return CloseReason::Client,
@@ -586,8 +609,8 @@ async fn write_loop(
                     close!(close::HEARTBEAT_TIMEOUT, "heartbeat timeout", CloseReason::Heartbeat);
                 }
                 if Instant::now() >= next_ping {
-                    if !write(&mut wr, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"tidings")), limit).await {
-                        return CloseReason::Heartbeat;
+                    if !timed(limit, wr.send(OpCode::Ping, b"tidings")).await {
+                        return CloseReason::SlowConsumer;
                     }
                     let now = Instant::now();
                     next_ping = now + cfg.ping_interval;

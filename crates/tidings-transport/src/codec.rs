@@ -1,0 +1,390 @@
+//! WebSocket framing (RFC 6455) for the server side, after the handshake.
+//!
+//! fastwebsockets does the upgrade handshake; the frames are read and
+//! written here, for three reasons: an idle socket must not hold a large
+//! read buffer (the reader keeps none while idle and grows only for the
+//! frame at hand), every violation must map to its close code (unmasked
+//! client frames, bad close frames, oversize frames) and the writer must be
+//! able to send several queued frames in one system call.
+
+use std::io;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Frame opcodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpCode {
+    Continuation,
+    Text,
+    Binary,
+    Close,
+    Ping,
+    Pong,
+}
+
+impl OpCode {
+    fn from_bits(bits: u8) -> Option<Self> {
+        Some(match bits {
+            0x0 => Self::Continuation,
+            0x1 => Self::Text,
+            0x2 => Self::Binary,
+            0x8 => Self::Close,
+            0x9 => Self::Ping,
+            0xA => Self::Pong,
+            _ => return None,
+        })
+    }
+
+    fn bits(self) -> u8 {
+        match self {
+            Self::Continuation => 0x0,
+            Self::Text => 0x1,
+            Self::Binary => 0x2,
+            Self::Close => 0x8,
+            Self::Ping => 0x9,
+            Self::Pong => 0xA,
+        }
+    }
+
+    fn is_control(self) -> bool {
+        matches!(self, Self::Close | Self::Ping | Self::Pong)
+    }
+}
+
+/// One frame from the client, unmasked.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub(crate) fin: bool,
+    pub(crate) opcode: OpCode,
+    pub(crate) payload: Bytes,
+}
+
+/// Why reading failed.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The connection ended or failed.
+    Io(io::Error),
+    /// The peer broke the protocol: close with 1002.
+    Protocol(&'static str),
+    /// A frame larger than the message limit: close with 1009.
+    TooBig,
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+/// Read buffers larger than this are released once empty.
+const KEEP_CAPACITY: usize = 1024;
+/// Read at least this much at a time once a frame is being read.
+const READ_CHUNK: usize = 512;
+
+/// Reads client frames, keeping no buffer while idle.
+pub(crate) struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+    max_frame: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader refusing frames with payloads over `max_frame` bytes.
+    pub(crate) fn new(io: R, max_frame: usize) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+            max_frame,
+        }
+    }
+
+    /// Reads until at least `n` bytes are buffered.
+    async fn fill(&mut self, n: usize) -> Result<(), ReadError> {
+        while self.buf.len() < n {
+            let want = (n - self.buf.len()).max(READ_CHUNK);
+            self.buf.reserve(want);
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the next frame. Not cancel-safe: run it in its own task.
+    pub(crate) async fn read_frame(&mut self) -> Result<Frame, ReadError> {
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
+            // Idle from here on, probably: give the memory back.
+            self.buf = BytesMut::new();
+        }
+        if self.buf.is_empty() {
+            // Wait for the first bytes with a tiny buffer.
+            self.buf.reserve(16);
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+        self.fill(2).await?;
+        let (b0, b1) = (self.buf[0], self.buf[1]);
+        if b0 & 0x70 != 0 {
+            return Err(ReadError::Protocol("reserved bits set"));
+        }
+        let fin = b0 & 0x80 != 0;
+        let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(ReadError::Protocol("unknown opcode"))?;
+        if b1 & 0x80 == 0 {
+            return Err(ReadError::Protocol("client frames must be masked"));
+        }
+        let extra = match b1 & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let header = 2 + extra + 4;
+        self.fill(header).await?;
+        let len = match extra {
+            0 => u64::from(b1 & 0x7F),
+            2 => u64::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
+            _ => {
+                let mut be = [0u8; 8];
+                be.copy_from_slice(&self.buf[2..10]);
+                u64::from_be_bytes(be)
+            }
+        };
+        if opcode.is_control() {
+            if !fin {
+                return Err(ReadError::Protocol("fragmented control frame"));
+            }
+            if len > 125 {
+                return Err(ReadError::Protocol("control frame over 125 bytes"));
+            }
+        }
+        let len = usize::try_from(len).map_err(|_| ReadError::TooBig)?;
+        if len > self.max_frame {
+            return Err(ReadError::TooBig);
+        }
+        let mut mask = [0u8; 4];
+        mask.copy_from_slice(&self.buf[2 + extra..header]);
+        self.fill(header + len).await?;
+        self.buf.advance(header);
+        let mut payload = self.buf.split_to(len);
+        unmask(&mut payload, mask);
+        Ok(Frame {
+            fin,
+            opcode,
+            payload: payload.freeze(),
+        })
+    }
+}
+
+fn unmask(data: &mut [u8], mask: [u8; 4]) {
+    let word = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(v) ^ word).to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+}
+
+/// Writes server frames (unmasked), batching small ones.
+pub(crate) struct FrameWriter<W> {
+    io: W,
+    out: Vec<u8>,
+}
+
+/// Frames up to this size are copied into one buffer with their headers;
+/// larger payloads are written after their header without a copy.
+const COPY_LIMIT: usize = 16 * 1024;
+/// A batch is written once it holds this much.
+pub(crate) const BATCH_BYTES: usize = 64 * 1024;
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub(crate) fn new(io: W) -> Self {
+        Self {
+            io,
+            out: Vec::new(),
+        }
+    }
+
+    fn header(opcode: OpCode, len: usize, into: &mut Vec<u8>) {
+        into.push(0x80 | opcode.bits());
+        if len < 126 {
+            into.push(len as u8);
+        } else if let Ok(short) = u16::try_from(len) {
+            into.push(126);
+            into.extend_from_slice(&short.to_be_bytes());
+        } else {
+            into.push(127);
+            into.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+
+    /// Adds a frame to the batch; large payloads flush the batch and are
+    /// written at once.
+    pub(crate) async fn push(&mut self, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
+        if payload.len() > COPY_LIMIT {
+            Self::header(opcode, payload.len(), &mut self.out);
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+            self.io.write_all(payload).await?;
+        } else {
+            Self::header(opcode, payload.len(), &mut self.out);
+            self.out.extend_from_slice(payload);
+        }
+        Ok(())
+    }
+
+    /// Bytes waiting in the batch.
+    pub(crate) fn pending(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Writes the batch.
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+            if self.out.capacity() > BATCH_BYTES {
+                self.out = Vec::new();
+            } else if self.out.capacity() > KEEP_CAPACITY {
+                self.out.shrink_to(KEEP_CAPACITY);
+            }
+        }
+        self.io.flush().await
+    }
+
+    /// Writes one frame now.
+    pub(crate) async fn send(&mut self, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
+        self.push(opcode, payload).await?;
+        self.flush().await
+    }
+
+    /// Writes a close frame with `code` and `reason`.
+    pub(crate) async fn close(&mut self, code: u16, reason: &str) -> io::Result<()> {
+        let mut payload = Vec::with_capacity(2 + reason.len());
+        payload.extend_from_slice(&code.to_be_bytes());
+        payload.extend_from_slice(reason.as_bytes());
+        self.send(OpCode::Close, &payload).await?;
+        self.io.shutdown().await
+    }
+}
+
+/// Checks a client's close frame payload; the close code to answer with.
+/// `Ok(payload to echo)` for a valid one.
+pub(crate) fn check_close(payload: &[u8]) -> Result<(), (u16, &'static str)> {
+    match payload.len() {
+        0 => Ok(()),
+        1 => Err((1002, "close frame with a 1-byte payload")),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            let allowed = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            if !allowed {
+                return Err((1002, "invalid close code"));
+            }
+            if std::str::from_utf8(&payload[2..]).is_err() {
+                return Err((1007, "invalid UTF-8 in close reason"));
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        if payload.len() < 126 {
+            f.push(0x80 | payload.len() as u8);
+        } else {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    #[tokio::test]
+    async fn reads_masked_frames_and_releases_the_buffer() {
+        let big = vec![b'x'; 3000];
+        let mut wire = masked(true, 1, b"hello");
+        wire.extend(masked(true, 1, &big));
+        wire.extend(masked(true, 9, b"p"));
+        let mut r = FrameReader::new(&wire[..], 4096);
+        let f = r.read_frame().await.unwrap();
+        assert_eq!((f.opcode, &f.payload[..]), (OpCode::Text, &b"hello"[..]));
+        let f = r.read_frame().await.unwrap();
+        assert_eq!(f.payload.len(), 3000);
+        assert!(f.payload.iter().all(|b| *b == b'x'));
+        drop(f);
+        let f = r.read_frame().await.unwrap();
+        assert_eq!((f.opcode, &f.payload[..]), (OpCode::Ping, &b"p"[..]));
+        assert!(r.buf.capacity() <= KEEP_CAPACITY.max(4096));
+        assert!(matches!(r.read_frame().await, Err(ReadError::Io(_))));
+    }
+
+    #[tokio::test]
+    async fn violations() {
+        let unmasked = [0x81u8, 0x01, b'a'];
+        let mut r = FrameReader::new(&unmasked[..], 100);
+        assert!(matches!(r.read_frame().await, Err(ReadError::Protocol(_))));
+        let rsv = masked(true, 0x41, b"a");
+        assert!(matches!(
+            FrameReader::new(&rsv[..], 100).read_frame().await,
+            Err(ReadError::Protocol(_))
+        ));
+        let ping_frag = masked(false, 9, b"a");
+        assert!(matches!(
+            FrameReader::new(&ping_frag[..], 100).read_frame().await,
+            Err(ReadError::Protocol(_))
+        ));
+        let big = masked(true, 1, &[b'a'; 200]);
+        assert!(matches!(
+            FrameReader::new(&big[..], 100).read_frame().await,
+            Err(ReadError::TooBig)
+        ));
+        let op = masked(true, 3, b"");
+        assert!(matches!(
+            FrameReader::new(&op[..], 100).read_frame().await,
+            Err(ReadError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn close_payloads() {
+        assert!(check_close(b"").is_ok());
+        assert!(check_close(&[0x03, 0xE8]).is_ok());
+        assert_eq!(check_close(&[0x03]).unwrap_err().0, 1002);
+        assert_eq!(check_close(&[0x03, 0xED]).unwrap_err().0, 1002); // 1005
+        assert_eq!(check_close(&[0x03, 0xE8, 0xFF]).unwrap_err().0, 1007);
+    }
+
+    #[tokio::test]
+    async fn writes_headers_for_every_length() {
+        for len in [0usize, 125, 126, 65535, 65536, 70000] {
+            let mut out = Vec::new();
+            let payload = vec![7u8; len];
+            let mut w = FrameWriter::new(&mut out);
+            w.send(OpCode::Text, &payload).await.unwrap();
+            assert_eq!(out[0], 0x81);
+            let (hdr, n) = match out[1] {
+                126 => (4, usize::from(u16::from_be_bytes([out[2], out[3]]))),
+                127 => (
+                    10,
+                    u64::from_be_bytes(out[2..10].try_into().unwrap()) as usize,
+                ),
+                n => (2, usize::from(n)),
+            };
+            assert_eq!(n, len);
+            assert_eq!(out.len(), hdr + len);
+        }
+    }
+}
