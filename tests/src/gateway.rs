@@ -182,6 +182,26 @@ impl Gateway {
         }
     }
 
+    /// Waits (up to [`crate::PATIENCE`]) until `/readyz` answers 200, for
+    /// example until the gateway's first Redis connection is up.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + crate::PATIENCE;
+        loop {
+            let res = crate::http::get(self.addr, "/readyz").await;
+            if res.status == 200 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway not ready: {} {}\n{}",
+                res.status,
+                res.body,
+                self.logs()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
     /// `ws://addr/ws`.
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)

@@ -45,6 +45,9 @@ impl Stack {
                 .env("TIDINGS_LOG__LEVEL", "debug"),
         )
         .await;
+        // Sockets opened before the first Redis connection would (rightly)
+        // get a gap notice once it is up; these tests start from ready.
+        gw.wait_ready().await;
         Stack { redis, django, gw }
     }
 

@@ -14,7 +14,7 @@ use std::{
 
 use bytes::Bytes;
 use tidings_core::Delivery;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 /// What happens to a socket whose outbound queue is full when a message
 /// arrives for it.
@@ -51,19 +51,54 @@ pub enum Outbound {
     Notice(Bytes),
 }
 
+/// The queue itself: allocated only while it holds something, so an idle
+/// socket's mailbox costs a few dozen bytes.
 #[derive(Debug, Default)]
+struct Queue {
+    items: std::collections::VecDeque<Outbound>,
+    /// Set when the receiver is gone.
+    closed: bool,
+    /// Live [`Mailbox`] handles; zero means no more items can come.
+    senders: usize,
+}
+
+#[derive(Debug)]
 struct Shared {
+    queue: parking_lot::Mutex<Queue>,
+    capacity: usize,
     dropped: AtomicU64,
     overflowed: AtomicBool,
     wake: Notify,
 }
 
 /// The sending side of a socket's outbound queue, held by the hub.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Mailbox {
-    tx: mpsc::Sender<Outbound>,
     policy: SlowConsumerPolicy,
     shared: Arc<Shared>,
+}
+
+impl Clone for Mailbox {
+    fn clone(&self) -> Self {
+        self.shared.queue.lock().senders += 1;
+        Self {
+            policy: self.policy,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        let last = {
+            let mut q = self.shared.queue.lock();
+            q.senders -= 1;
+            q.senders == 0
+        };
+        if last {
+            self.shared.wake.notify_one();
+        }
+    }
 }
 
 /// What became of an item offered to a [`Mailbox`].
@@ -80,49 +115,67 @@ pub enum Offer {
 }
 
 impl Mailbox {
-    /// Offers `item` without waiting. Never blocks.
+    /// Offers `item` without waiting. Never blocks (one uncontended lock).
     pub fn offer(&self, item: Outbound) -> Offer {
-        match self.tx.try_send(item) {
-            Ok(()) => Offer::Queued,
-            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
-            Err(mpsc::error::TrySendError::Full(_)) => match self.policy {
-                SlowConsumerPolicy::Drop => {
-                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut q = self.shared.queue.lock();
+            if q.closed {
+                return Offer::Closed;
+            }
+            if q.items.len() < self.shared.capacity {
+                let was_empty = q.items.is_empty();
+                q.items.push_back(item);
+                drop(q);
+                if was_empty {
                     self.shared.wake.notify_one();
-                    Offer::Dropped
                 }
-                SlowConsumerPolicy::Close => {
-                    if self.shared.overflowed.swap(true, Ordering::Relaxed) {
-                        // Already told; the socket is on its way out.
-                        Offer::Closed
-                    } else {
-                        self.shared.wake.notify_one();
-                        Offer::Overflowed
-                    }
+                return Offer::Queued;
+            }
+        }
+        match self.policy {
+            SlowConsumerPolicy::Drop => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared.wake.notify_one();
+                Offer::Dropped
+            }
+            SlowConsumerPolicy::Close => {
+                if self.shared.overflowed.swap(true, Ordering::Relaxed) {
+                    // Already told; the socket is on its way out.
+                    Offer::Closed
+                } else {
+                    self.shared.wake.notify_one();
+                    Offer::Overflowed
                 }
-            },
+            }
         }
     }
 
     /// Items waiting in the queue now.
     pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.shared.queue.lock().items.len()
     }
 
     /// Whether the receiving side is gone.
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.shared.queue.lock().closed
     }
 }
 
-/// The receiving side of a socket's outbound queue, read by its writer task.
+/// The receiving side of a socket's outbound queue, read by its session.
 #[derive(Debug)]
 pub struct MailboxReceiver {
-    rx: mpsc::Receiver<Outbound>,
     shared: Arc<Shared>,
 }
 
-/// What the writer should do next.
+impl Drop for MailboxReceiver {
+    fn drop(&mut self) {
+        let mut q = self.shared.queue.lock();
+        q.closed = true;
+        q.items = std::collections::VecDeque::new();
+    }
+}
+
+/// What the session should do next.
 #[derive(Debug)]
 pub enum Next {
     /// Write this item.
@@ -135,6 +188,9 @@ pub enum Next {
     Closed,
 }
 
+/// Queues that grew beyond this are given back once drained.
+const KEEP_SLOTS: usize = 16;
+
 impl MailboxReceiver {
     /// Waits for the next thing to do. Cancel-safe.
     ///
@@ -146,22 +202,24 @@ impl MailboxReceiver {
             if self.shared.overflowed.load(Ordering::Relaxed) {
                 return Next::Overflowed;
             }
-            match self.rx.try_recv() {
-                Ok(item) => return Next::Item(item),
-                Err(mpsc::error::TryRecvError::Disconnected) => return Next::Closed,
-                Err(mpsc::error::TryRecvError::Empty) => {}
+            let notified = self.shared.wake.notified();
+            {
+                let mut q = self.shared.queue.lock();
+                if let Some(item) = q.items.pop_front() {
+                    if q.items.is_empty() && q.items.capacity() > KEEP_SLOTS {
+                        q.items = std::collections::VecDeque::new();
+                    }
+                    return Next::Item(item);
+                }
+                if q.senders == 0 {
+                    return Next::Closed;
+                }
             }
             let dropped = self.shared.dropped.swap(0, Ordering::Relaxed);
             if dropped > 0 {
                 return Next::Dropped(dropped);
             }
-            tokio::select! {
-                item = self.rx.recv() => return match item {
-                    Some(item) => Next::Item(item),
-                    None => Next::Closed,
-                },
-                () = self.shared.wake.notified() => {}
-            }
+            notified.await;
         }
     }
 
@@ -170,31 +228,46 @@ impl MailboxReceiver {
         if self.shared.overflowed.load(Ordering::Relaxed) {
             return None;
         }
-        self.rx.try_recv().ok()
+        let mut q = self.shared.queue.lock();
+        let item = q.items.pop_front();
+        if q.items.is_empty() && q.items.capacity() > KEEP_SLOTS {
+            q.items = std::collections::VecDeque::new();
+        }
+        item
     }
 
     /// How many items are queued.
     pub fn len(&self) -> usize {
-        self.rx.len()
+        self.shared.queue.lock().items.len()
     }
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.len() == 0
     }
 }
 
-/// Creates a socket's outbound queue holding at most `capacity` items.
+/// A socket's outbound queue holding at most `capacity` items, with
+/// `policy` for when it is full. The queue's memory is allocated only while
+/// it holds items.
 pub fn mailbox(capacity: usize, policy: SlowConsumerPolicy) -> (Mailbox, MailboxReceiver) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        queue: parking_lot::Mutex::new(Queue {
+            items: std::collections::VecDeque::new(),
+            closed: false,
+            senders: 1,
+        }),
+        capacity: capacity.max(1),
+        dropped: AtomicU64::new(0),
+        overflowed: AtomicBool::new(false),
+        wake: Notify::new(),
+    });
     (
         Mailbox {
-            tx,
             policy,
             shared: shared.clone(),
         },
-        MailboxReceiver { rx, shared },
+        MailboxReceiver { shared },
     )
 }
 

@@ -82,23 +82,29 @@ const KEEP_CAPACITY: usize = 1024;
 /// Read at least this much at a time once a frame is being read.
 const READ_CHUNK: usize = 512;
 
-/// Reads client frames, keeping no buffer while idle.
-pub(crate) struct FrameReader<R> {
-    io: R,
+/// One WebSocket connection's framing: reads client frames keeping no
+/// buffer while idle, writes server frames batching small ones.
+pub(crate) struct Conn<S> {
+    io: S,
     buf: BytesMut,
     max_frame: usize,
+    out: Vec<u8>,
 }
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// A reader refusing frames with payloads over `max_frame` bytes.
-    pub(crate) fn new(io: R, max_frame: usize) -> Self {
+impl<S> Conn<S> {
+    /// Framing over `io`, refusing client frames with payloads over
+    /// `max_frame` bytes.
+    pub(crate) fn new(io: S, max_frame: usize) -> Self {
         Self {
             io,
             buf: BytesMut::new(),
             max_frame,
+            out: Vec::new(),
         }
     }
+}
 
+impl<S: AsyncRead + Unpin> Conn<S> {
     /// Reads until at least `n` bytes are buffered.
     async fn fill(&mut self, n: usize) -> Result<(), ReadError> {
         while self.buf.len() < n {
@@ -111,7 +117,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(())
     }
 
-    /// Waits for the next frame. Not cancel-safe: run it in its own task.
+    /// Waits for the next frame. Cancel-safe: whatever was read stays
+    /// buffered, and the frame is only consumed once complete.
     pub(crate) async fn read_frame(&mut self) -> Result<Frame, ReadError> {
         if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
             // Idle from here on, probably: give the memory back.
@@ -191,26 +198,13 @@ fn unmask(data: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-/// Writes server frames (unmasked), batching small ones.
-pub(crate) struct FrameWriter<W> {
-    io: W,
-    out: Vec<u8>,
-}
-
 /// Frames up to this size are copied into one buffer with their headers;
 /// larger payloads are written after their header without a copy.
 const COPY_LIMIT: usize = 16 * 1024;
 /// A batch is written once it holds this much.
 pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 
-impl<W: AsyncWrite + Unpin> FrameWriter<W> {
-    pub(crate) fn new(io: W) -> Self {
-        Self {
-            io,
-            out: Vec::new(),
-        }
-    }
-
+impl<S: AsyncWrite + Unpin> Conn<S> {
     fn header(opcode: OpCode, len: usize, into: &mut Vec<u8>) {
         into.push(0x80 | opcode.bits());
         if len < 126 {
@@ -318,7 +312,7 @@ mod tests {
         let mut wire = masked(true, 1, b"hello");
         wire.extend(masked(true, 1, &big));
         wire.extend(masked(true, 9, b"p"));
-        let mut r = FrameReader::new(&wire[..], 4096);
+        let mut r = Conn::new(&wire[..], 4096);
         let f = r.read_frame().await.unwrap();
         assert_eq!((f.opcode, &f.payload[..]), (OpCode::Text, &b"hello"[..]));
         let f = r.read_frame().await.unwrap();
@@ -334,26 +328,26 @@ mod tests {
     #[tokio::test]
     async fn violations() {
         let unmasked = [0x81u8, 0x01, b'a'];
-        let mut r = FrameReader::new(&unmasked[..], 100);
+        let mut r = Conn::new(&unmasked[..], 100);
         assert!(matches!(r.read_frame().await, Err(ReadError::Protocol(_))));
         let rsv = masked(true, 0x41, b"a");
         assert!(matches!(
-            FrameReader::new(&rsv[..], 100).read_frame().await,
+            Conn::new(&rsv[..], 100).read_frame().await,
             Err(ReadError::Protocol(_))
         ));
         let ping_frag = masked(false, 9, b"a");
         assert!(matches!(
-            FrameReader::new(&ping_frag[..], 100).read_frame().await,
+            Conn::new(&ping_frag[..], 100).read_frame().await,
             Err(ReadError::Protocol(_))
         ));
         let big = masked(true, 1, &[b'a'; 200]);
         assert!(matches!(
-            FrameReader::new(&big[..], 100).read_frame().await,
+            Conn::new(&big[..], 100).read_frame().await,
             Err(ReadError::TooBig)
         ));
         let op = masked(true, 3, b"");
         assert!(matches!(
-            FrameReader::new(&op[..], 100).read_frame().await,
+            Conn::new(&op[..], 100).read_frame().await,
             Err(ReadError::Protocol(_))
         ));
     }
@@ -372,7 +366,7 @@ mod tests {
         for len in [0usize, 125, 126, 65535, 65536, 70000] {
             let mut out = Vec::new();
             let payload = vec![7u8; len];
-            let mut w = FrameWriter::new(&mut out);
+            let mut w = Conn::new(&mut out, 0);
             w.send(OpCode::Text, &payload).await.unwrap();
             assert_eq!(out[0], 0x81);
             let (hdr, n) = match out[1] {

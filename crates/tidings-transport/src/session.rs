@@ -1,15 +1,12 @@
-//! One WebSocket session: a reader task and a writer task around a bounded
-//! outbound queue.
+//! One WebSocket session: one task per connection.
 //!
-//! - The **reader** owns the read half and the socket's [`Subscriber`]. It
-//!   assembles fragmented messages (enforcing the total size limit itself),
-//!   answers requests, and forwards the pong and close replies the WebSocket
-//!   layer owes the peer to the writer. `read_frame` is not cancel-safe, so it
-//!   is never raced in a `select!`: the reader runs until the socket ends and
-//!   is aborted when the writer is done.
-//! - The **writer** owns the write half. It writes control replies first,
-//!   then deliveries from the mailbox, pings on schedule, and closes the
-//!   socket on heartbeat timeout, overflow or shutdown.
+//! The task owns the connection and loops over a `select!` of what can
+//! happen to a socket, in priority order: shutdown, RPC answers, deliveries
+//! from its bounded mailbox (written in batches), client frames (handled
+//! inline: subscribe, publish, ...), and the heartbeat timer. Reading is
+//! cancel-safe (see `codec`), so racing it against the rest loses nothing.
+//! Nothing but the RPC calls themselves runs in other tasks, and an idle
+//! socket holds no buffers.
 
 use std::{
     sync::{
@@ -23,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use fastwebsockets::WebSocket;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use serde_json::value::RawValue;
 use tidings_bridge::{mailbox, mailbox::Next, MailboxReceiver, Outbound, Subscriber};
 use tidings_core::{
     protocol::{self, close, ClientFrame, ErrorCode, Request, SenderEnvelope},
@@ -30,16 +28,13 @@ use tidings_core::{
 };
 use tidings_routing::Denied;
 use tokio::{
-    io::{ReadHalf, WriteHalf},
     sync::mpsc,
     time::{sleep_until, timeout, Instant},
 };
 use tracing::Instrument;
 
-use serde_json::value::RawValue;
-
 use crate::{
-    codec::{check_close, FrameReader, FrameWriter, OpCode, ReadError, BATCH_BYTES},
+    codec::{check_close, Conn, Frame, OpCode, ReadError, BATCH_BYTES},
     rpc::{RpcCall, RpcError},
     server::Inner,
     stats::CloseReason,
@@ -47,15 +42,15 @@ use crate::{
 
 type Io = TokioIo<Upgraded>;
 
-/// What the reader asks of the writer.
-enum Control {
-    /// A reply frame for this socket (welcome, ack, error, pong).
-    Text(Bytes),
-    /// The WebSocket pong owed for a client ping.
+/// What handling a client frame asks of the session.
+enum Step {
+    /// Go on; write this reply first, if any.
+    Reply(Option<Bytes>),
+    /// Answer the client's WebSocket ping.
     Pong(Bytes),
-    /// The echo of the client's close frame; the session ends after it.
+    /// Echo the client's close frame; the session ends.
     CloseEcho(Bytes),
-    /// Close the socket with this code.
+    /// Close with this code; the session ends.
     Close(u16, &'static str, CloseReason),
     /// The client answered our ping.
     PongSeen,
@@ -63,8 +58,8 @@ enum Control {
 
 /// How long a closing socket gets to send its close reply before it is dropped.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// Room for replies between reader and writer.
-const CONTROL_QUEUE: usize = 32;
+/// Most queued deliveries written in one batch (one system call).
+const BATCH_FRAMES: usize = 64;
 
 /// Runs one session to its end.
 pub(crate) async fn run(
@@ -74,10 +69,10 @@ pub(crate) async fn run(
     credentials: http::HeaderMap,
     peer: std::net::SocketAddr,
 ) {
-    let (mailbox, mailbox_rx) = mailbox(gw.config.outbound_queue, gw.config.slow_consumer);
-    let sub = gw.bridge.subscriber(mailbox);
+    let (mailbox, mut mailbox_rx) = mailbox(gw.config.outbound_queue, gw.config.slow_consumer);
+    let mut sub = gw.bridge.subscriber(mailbox);
     let conn_id = sub.id();
-    let span = tracing::debug_span!("conn", id = sub.id(), %peer, user = tracing::field::Empty);
+    let span = tracing::debug_span!("conn", id = conn_id, %peer, user = tracing::field::Empty);
     if let Some(user) = &identity.user {
         span.record("user", user.as_str());
     }
@@ -85,53 +80,43 @@ pub(crate) async fn run(
         gw.stats.opened();
         tracing::debug!("socket open");
         // fastwebsockets did the handshake; framing is ours (see codec).
-        let (rd, wr) = tokio::io::split(ws.into_inner());
-        let rd = FrameReader::new(rd, gw.config.max_message_size);
-        let wr = FrameWriter::new(wr);
-
-        let (ctrl_tx, ctrl_rx) = mpsc::channel(CONTROL_QUEUE);
+        let mut conn = Conn::new(ws.into_inner(), gw.config.max_message_size);
         let plan = gw.router.on_connect(&identity);
         // Join before the welcome: once a client sees `welcome`, whatever is
         // published on its channels reaches it.
-        let mut sub = sub;
         for topic in plan.topics() {
             if let Err(e) = sub.join(topic.clone()).await {
                 tracing::warn!(%topic, error = %e, "join on connect is pending until the broker is back");
             }
         }
         let welcome = protocol::encode_welcome(
-            &sub.id().to_string(),
+            &conn_id.to_string(),
             identity.user.as_deref(),
             &plan.channels,
             &plan.patterns,
         );
-        // The writer sends control frames first, so the welcome precedes
-        // every delivery.
-        let _ = ctrl_tx.try_send(Control::Text(welcome));
-
-        let reader = tokio::spawn(
-            Reader {
+        drop(plan);
+        let reason = if timed(gw.config.write_timeout, conn.send(OpCode::Text, &welcome)).await {
+            gw.stats.frames_out(1);
+            let mut session = Session {
                 rate: TokenBucket::new(
                     gw.config.client_messages_per_sec,
                     gw.config.client_message_burst,
                 ),
                 rpc_in_flight: Arc::new(AtomicUsize::new(0)),
+                rpc_results: None,
                 gw: gw.clone(),
                 identity: Arc::new(identity),
                 credentials: Arc::new(credentials),
                 peer,
                 sub,
-                ctrl: ctrl_tx,
                 limited_in_a_row: 0,
-            }
-            .run(rd)
-            .in_current_span(),
-        );
-        let mut reader = AbortOnDrop(reader);
-        let reason = write_loop(wr, ctrl_rx, mailbox_rx, &gw, conn_id).await;
-        // Let the peer answer our close frame, then tear down.
-        let _ = timeout(CLOSE_LINGER, &mut reader.0).await;
-        drop(reader);
+                partial: None,
+            };
+            session.serve(&mut conn, &mut mailbox_rx, conn_id).await
+        } else {
+            CloseReason::SlowConsumer
+        };
         gw.stats.closed(reason);
         tracing::debug!(reason = reason.as_str(), "socket closed");
     }
@@ -139,24 +124,20 @@ pub(crate) async fn run(
     .await
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-struct Reader {
+struct Session {
     gw: Arc<Inner>,
     identity: Arc<Identity>,
     /// What RPC calls forward (empty unless RPC is on).
     credentials: Arc<http::HeaderMap>,
     peer: std::net::SocketAddr,
     sub: Subscriber,
-    ctrl: mpsc::Sender<Control>,
     rate: TokenBucket,
     limited_in_a_row: u32,
     rpc_in_flight: Arc<AtomicUsize>,
+    /// RPC answers on their way back; made on the first call.
+    rpc_results: Option<(mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)>,
+    /// A fragmented message being assembled.
+    partial: Option<(OpCode, BytesMut)>,
 }
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up.
@@ -192,178 +173,265 @@ impl TokenBucket {
     }
 }
 
-impl Reader {
-    async fn run(mut self, mut rd: FrameReader<ReadHalf<Io>>) {
-        let max = self.gw.config.max_message_size;
-        let mut partial: Option<(OpCode, BytesMut)> = None;
-        let violation = |why| Control::Close(close::PROTOCOL_ERROR, why, CloseReason::Protocol);
+/// Runs one write, giving up if the peer does not take it in time.
+async fn timed<F: std::future::Future<Output = std::io::Result<()>>>(
+    limit: Duration,
+    f: F,
+) -> bool {
+    matches!(timeout(limit, f).await, Ok(Ok(())))
+}
+
+/// The next RPC answer, or never when no call was made.
+async fn next_rpc(results: &mut Option<(mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)>) -> Bytes {
+    match results {
+        Some((_, rx)) => match rx.recv().await {
+            Some(b) => b,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// After our close frame: read (and discard) until the peer's close reply,
+/// an error, or the linger time.
+async fn linger(conn: &mut Conn<Io>) {
+    let _ = timeout(CLOSE_LINGER, async {
+        while let Ok(frame) = conn.read_frame().await {
+            if frame.opcode == OpCode::Close {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Where in the drain window connection `id` closes: spread evenly over
+/// the window by a hash of the id (ids are sequential, so a multiplicative
+/// hash scatters neighbours).
+fn spread_offset(id: u64, window: Duration) -> Duration {
+    let frac = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+    window.mul_f64(frac)
+}
+
+impl Session {
+    /// The session's loop; returns why it ended.
+    async fn serve(
+        &mut self,
+        conn: &mut Conn<Io>,
+        mailbox: &mut MailboxReceiver,
+        conn_id: u64,
+    ) -> CloseReason {
+        let gw = self.gw.clone();
+        let cfg = &gw.config;
+        let limit = cfg.write_timeout;
+        let mut next_ping = Instant::now() + cfg.ping_interval;
+        let mut pong_deadline: Option<Instant> = None;
+        // At shutdown: this socket's own moment within the drain spread.
+        let mut close_at: Option<Instant> = None;
         loop {
-            let frame = match rd.read_frame().await {
-                Ok(frame) => frame,
-                Err(ReadError::Protocol(why)) => {
-                    tracing::debug!(why, "closing on a protocol violation");
-                    let _ = self.ctrl.send(violation(why)).await;
-                    return;
+            let tick = pong_deadline.map_or(next_ping, |d| d.min(next_ping));
+            let step = tokio::select! {
+                biased;
+                () = gw.shutdown.cancelled(), if close_at.is_none() => {
+                    close_at = Some(Instant::now() + spread_offset(conn_id, cfg.drain_spread));
+                    continue;
                 }
-                Err(ReadError::TooBig) => {
-                    let _ = self
-                        .ctrl
-                        .send(Control::Close(
-                            close::MESSAGE_TOO_BIG,
-                            "message too big",
-                            CloseReason::TooBig,
-                        ))
-                        .await;
-                    return;
+                () = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
+                    Step::Close(close::SERVICE_RESTART, "server restarting, reconnect", CloseReason::Shutdown)
                 }
-                Err(ReadError::Io(e)) => {
-                    tracing::trace!(error = %e, "read side ended");
-                    return;
+                reply = next_rpc(&mut self.rpc_results) => Step::Reply(Some(reply)),
+                next = mailbox.next() => match next {
+                    Next::Item(item) => {
+                        // Write this delivery and whatever else is already
+                        // queued, in one batch.
+                        let mut n = 0u64;
+                        let mut item = Some(item);
+                        while let Some(it) = item.take() {
+                            let pushed = match &it {
+                                Outbound::Deliver(d) => timed(limit, conn.push(OpCode::Text, d.frame())).await,
+                                Outbound::Notice(b) => timed(limit, conn.push(OpCode::Text, b)).await,
+                            };
+                            if !pushed {
+                                return CloseReason::SlowConsumer;
+                            }
+                            n += 1;
+                            if n < BATCH_FRAMES as u64 && conn.pending() < BATCH_BYTES {
+                                item = mailbox.try_next();
+                            }
+                        }
+                        if !timed(limit, conn.flush()).await {
+                            // The peer stopped reading: a slow consumer.
+                            return CloseReason::SlowConsumer;
+                        }
+                        gw.stats.frames_out(n);
+                        continue;
+                    }
+                    Next::Dropped(n) => Step::Reply(Some(protocol::encode_dropped(n))),
+                    Next::Overflowed => Step::Close(close::SLOW_CONSUMER, "slow consumer", CloseReason::SlowConsumer),
+                    Next::Closed => return CloseReason::Client,
+                },
+                frame = conn.read_frame() => match frame {
+                    Ok(frame) => self.on_frame(frame).await,
+                    Err(ReadError::Protocol(why)) => {
+                        tracing::debug!(why, "closing on a protocol violation");
+                        Step::Close(close::PROTOCOL_ERROR, why, CloseReason::Protocol)
+                    }
+                    Err(ReadError::TooBig) => {
+                        Step::Close(close::MESSAGE_TOO_BIG, "message too big", CloseReason::TooBig)
+                    }
+                    Err(ReadError::Io(e)) => {
+                        tracing::trace!(error = %e, "read side ended");
+                        return CloseReason::Client;
+                    }
+                },
+                () = sleep_until(tick) => {
+                    let now = Instant::now();
+                    if pong_deadline.is_some_and(|d| now >= d) {
+                        tracing::debug!("no pong in time");
+                        Step::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout", CloseReason::Heartbeat)
+                    } else {
+                        if now >= next_ping {
+                            if !timed(limit, conn.send(OpCode::Ping, b"tidings")).await {
+                                return CloseReason::SlowConsumer;
+                            }
+                            next_ping = now + cfg.ping_interval;
+                            if pong_deadline.is_none() {
+                                pong_deadline = Some(now + cfg.pong_timeout);
+                            }
+                        }
+                        continue;
+                    }
                 }
             };
-            match frame.opcode {
-                OpCode::Text | OpCode::Binary => {
-                    if partial.is_some() {
-                        let _ = self
-                            .ctrl
-                            .send(violation("new message inside a fragmented one"))
-                            .await;
-                        return;
+            match step {
+                Step::Reply(None) => {}
+                Step::Reply(Some(reply)) => {
+                    if !timed(limit, conn.send(OpCode::Text, &reply)).await {
+                        return CloseReason::SlowConsumer;
                     }
-                    if frame.fin {
-                        if frame.opcode == OpCode::Text
-                            && std::str::from_utf8(&frame.payload).is_err()
-                        {
-                            let _ = self
-                                .ctrl
-                                .send(Control::Close(
-                                    close::INVALID_PAYLOAD,
-                                    "invalid UTF-8",
-                                    CloseReason::Protocol,
-                                ))
-                                .await;
-                            return;
-                        }
-                        if !self.handle(frame.opcode, &frame.payload).await {
-                            return;
-                        }
-                    } else {
-                        partial = Some((frame.opcode, BytesMut::from(&frame.payload[..])));
+                    gw.stats.frames_out(1);
+                }
+                Step::Pong(payload) => {
+                    if !timed(limit, conn.send(OpCode::Pong, &payload)).await {
+                        return CloseReason::SlowConsumer;
                     }
                 }
-                OpCode::Continuation => {
-                    let Some((_, buf)) = partial.as_mut() else {
-                        let _ = self
-                            .ctrl
-                            .send(violation("continuation frame without a message"))
-                            .await;
-                        return;
-                    };
-                    if buf.len() + frame.payload.len() > max {
-                        let _ = self
-                            .ctrl
-                            .send(Control::Close(
-                                close::MESSAGE_TOO_BIG,
-                                "message too big",
-                                CloseReason::TooBig,
-                            ))
-                            .await;
-                        return;
-                    }
-                    buf.extend_from_slice(&frame.payload);
-                    if frame.fin {
-                        let Some((opcode, buf)) = partial.take() else {
-                            return;
-                        };
-                        if opcode == OpCode::Text && std::str::from_utf8(&buf).is_err() {
-                            let _ = self
-                                .ctrl
-                                .send(Control::Close(
-                                    close::INVALID_PAYLOAD,
-                                    "invalid UTF-8",
-                                    CloseReason::Protocol,
-                                ))
-                                .await;
-                            return;
-                        }
-                        if !self.handle(opcode, &buf).await {
-                            return;
-                        }
-                    }
+                Step::PongSeen => pong_deadline = None,
+                Step::CloseEcho(payload) => {
+                    let _ = timed(limit, conn.send(OpCode::Close, &payload)).await;
+                    return CloseReason::Client;
                 }
-                OpCode::Close => {
-                    let reply = match check_close(&frame.payload) {
-                        Ok(()) => Control::CloseEcho(frame.payload),
-                        Err((code, why)) => Control::Close(code, why, CloseReason::Protocol),
-                    };
-                    let _ = self.ctrl.send(reply).await;
-                    return;
-                }
-                OpCode::Ping => {
-                    if self.ctrl.send(Control::Pong(frame.payload)).await.is_err() {
-                        return;
+                Step::Close(code, why, reason) => {
+                    if timed(limit, conn.close(code, why)).await {
+                        linger(conn).await;
                     }
-                }
-                OpCode::Pong => {
-                    if self.ctrl.send(Control::PongSeen).await.is_err() {
-                        return;
-                    }
+                    return reason;
                 }
             }
         }
     }
 
-    /// Handles one complete client message. Returns `false` when the writer
-    /// is gone and the session is over.
-    async fn handle(&mut self, opcode: OpCode, payload: &[u8]) -> bool {
+    /// One client frame: control frames, fragments, whole messages.
+    async fn on_frame(&mut self, frame: Frame) -> Step {
+        let max = self.gw.config.max_message_size;
+        let invalid_utf8 = Step::Close(
+            close::INVALID_PAYLOAD,
+            "invalid UTF-8",
+            CloseReason::Protocol,
+        );
+        match frame.opcode {
+            OpCode::Text | OpCode::Binary => {
+                if self.partial.is_some() {
+                    return Step::Close(
+                        close::PROTOCOL_ERROR,
+                        "new message inside a fragmented one",
+                        CloseReason::Protocol,
+                    );
+                }
+                if !frame.fin {
+                    self.partial = Some((frame.opcode, BytesMut::from(&frame.payload[..])));
+                    return Step::Reply(None);
+                }
+                if frame.opcode == OpCode::Text && std::str::from_utf8(&frame.payload).is_err() {
+                    return invalid_utf8;
+                }
+                self.handle(frame.opcode, &frame.payload).await
+            }
+            OpCode::Continuation => {
+                let Some((_, buf)) = self.partial.as_mut() else {
+                    return Step::Close(
+                        close::PROTOCOL_ERROR,
+                        "continuation frame without a message",
+                        CloseReason::Protocol,
+                    );
+                };
+                if buf.len() + frame.payload.len() > max {
+                    return Step::Close(
+                        close::MESSAGE_TOO_BIG,
+                        "message too big",
+                        CloseReason::TooBig,
+                    );
+                }
+                buf.extend_from_slice(&frame.payload);
+                if !frame.fin {
+                    return Step::Reply(None);
+                }
+                let Some((opcode, buf)) = self.partial.take() else {
+                    return Step::Reply(None);
+                };
+                if opcode == OpCode::Text && std::str::from_utf8(&buf).is_err() {
+                    return invalid_utf8;
+                }
+                self.handle(opcode, &buf).await
+            }
+            OpCode::Close => match check_close(&frame.payload) {
+                Ok(()) => Step::CloseEcho(frame.payload),
+                Err((code, why)) => Step::Close(code, why, CloseReason::Protocol),
+            },
+            OpCode::Ping => Step::Pong(frame.payload),
+            OpCode::Pong => Step::PongSeen,
+        }
+    }
+
+    /// Handles one complete client message.
+    async fn handle(&mut self, opcode: OpCode, payload: &[u8]) -> Step {
         self.gw.stats.frame_in();
         if !self.rate.take() {
             self.gw.stats.rate_limited();
             self.limited_in_a_row += 1;
             if self.limited_in_a_row >= self.gw.config.rate_limit_close_after {
-                let _ = self
-                    .ctrl
-                    .send(Control::Close(
-                        close::POLICY_VIOLATION,
-                        "rate limit exceeded",
-                        CloseReason::RateLimited,
-                    ))
-                    .await;
-                return false;
+                return Step::Close(
+                    close::POLICY_VIOLATION,
+                    "rate limit exceeded",
+                    CloseReason::RateLimited,
+                );
             }
             let id = ClientFrame::parse(payload).ok().and_then(|f| f.id);
-            let reply = protocol::encode_error(
+            return Step::Reply(Some(protocol::encode_error(
                 ErrorCode::RateLimited,
                 &format!(
                     "at most {} messages per second",
                     self.gw.config.client_messages_per_sec
                 ),
                 id.as_deref(),
-            );
-            return self.ctrl.send(Control::Text(reply)).await.is_ok();
+            )));
         }
         self.limited_in_a_row = 0;
-        let reply = if opcode == OpCode::Binary {
-            protocol::encode_error(
+        if opcode == OpCode::Binary {
+            return Step::Reply(Some(protocol::encode_error(
                 ErrorCode::BinaryUnsupported,
                 "protocol v1 uses JSON text frames only",
                 None,
-            )
-        } else {
-            match ClientFrame::parse(payload) {
-                Ok(frame) => match self.request(frame).await {
-                    Some(reply) => reply,
-                    // Answered later (RPC).
-                    None => return true,
-                },
-                Err(e) => protocol::encode_error(e.code, &e.message, e.id.as_deref()),
-            }
-        };
-        self.ctrl.send(Control::Text(reply)).await.is_ok()
+            )));
+        }
+        Step::Reply(match ClientFrame::parse(payload) {
+            Ok(frame) => self.request(frame).await,
+            Err(e) => Some(protocol::encode_error(e.code, &e.message, e.id.as_deref())),
+        })
     }
 
-    /// Starts an RPC call in its own task; its answer goes to the writer
-    /// when it comes, so deliveries never wait for the backend.
+    /// Starts an RPC call in its own task; its answer comes back to the
+    /// session when it comes, so deliveries never wait for the backend.
     fn rpc(
         &mut self,
         id: Option<Box<RawValue>>,
@@ -388,10 +456,14 @@ impl Reader {
             ));
         }
         let in_flight = self.rpc_in_flight.clone();
+        let results = self
+            .rpc_results
+            .get_or_insert_with(|| mpsc::channel(limit))
+            .0
+            .clone();
         let identity = self.identity.clone();
         let credentials = self.credentials.clone();
         let peer = self.peer;
-        let ctrl = self.ctrl.clone();
         let stats = self.gw.stats.clone();
         tokio::spawn(
             async move {
@@ -417,7 +489,7 @@ impl Reader {
                     }
                 };
                 in_flight.fetch_sub(1, Ordering::AcqRel);
-                let _ = ctrl.send(Control::Text(reply)).await;
+                let _ = results.send(reply).await;
             }
             .in_current_span(),
         );
@@ -492,132 +564,6 @@ impl Reader {
             Request::Ping => protocol::encode_pong(id),
             Request::Rpc { .. } => {
                 protocol::encode_error(ErrorCode::Internal, "rpc is answered apart", id)
-            }
-        }
-    }
-}
-
-/// Runs one write, giving up if the peer does not take it in time.
-async fn timed<F: std::future::Future<Output = std::io::Result<()>>>(
-    limit: Duration,
-    f: F,
-) -> bool {
-    matches!(timeout(limit, f).await, Ok(Ok(())))
-}
-
-/// Most queued deliveries written in one batch (one system call).
-const BATCH_FRAMES: usize = 64;
-
-/// Where in the drain window connection `id` closes: spread evenly over
-/// the window by a hash of the id (ids are sequential, so a multiplicative
-/// hash scatters neighbours).
-fn spread_offset(id: u64, window: Duration) -> Duration {
-    let frac = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
-    window.mul_f64(frac)
-}
-
-async fn write_loop(
-    mut wr: FrameWriter<WriteHalf<Io>>,
-    mut ctrl: mpsc::Receiver<Control>,
-    mut mailbox: MailboxReceiver,
-    gw: &Inner,
-    conn_id: u64,
-) -> CloseReason {
-    let cfg = &gw.config;
-    let limit = cfg.write_timeout;
-    let mut next_ping = Instant::now() + cfg.ping_interval;
-    let mut pong_deadline: Option<Instant> = None;
-    // At shutdown: this socket's own moment within the drain spread.
-    let mut close_at: Option<Instant> = None;
-    macro_rules! close {
-        ($code:expr, $why:expr, $reason:expr) => {{
-            let _ = timed(limit, wr.close($code, $why)).await;
-            return $reason;
-        }};
-    }
-    macro_rules! text {
-        ($bytes:expr) => {{
-            if !timed(limit, wr.send(OpCode::Text, &$bytes[..])).await {
-                // The peer stopped reading: a slow consumer.
-                return CloseReason::SlowConsumer;
-            }
-            gw.stats.frames_out(1);
-        }};
-    }
-    loop {
-        tokio::select! {
-            biased;
-            () = gw.shutdown.cancelled(), if close_at.is_none() => {
-                let at = Instant::now() + spread_offset(conn_id, cfg.drain_spread);
-                close_at = Some(at);
-            }
-            () = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
-                close!(close::SERVICE_RESTART, "server restarting, reconnect", CloseReason::Shutdown)
-            }
-            c = ctrl.recv() => match c {
-                Some(Control::Text(b)) => text!(b),
-                Some(Control::Pong(p)) => {
-                    if !timed(limit, wr.send(OpCode::Pong, &p)).await {
-                        return CloseReason::SlowConsumer;
-                    }
-                }
-                Some(Control::CloseEcho(p)) => {
-                    let _ = timed(limit, async {
-                        wr.send(OpCode::Close, &p).await?;
-                        Ok(())
-                    })
-                    .await;
-                    return CloseReason::Client;
-                }
-                Some(Control::Close(code, why, reason)) => close!(code, why, reason),
-                Some(Control::PongSeen) => pong_deadline = None,
-                None => return CloseReason::Client,
-            },
-            next = mailbox.next() => match next {
-                Next::Item(item) => {
-                    // Write this delivery and whatever else is already
-                    // queued, in one batch.
-                    let mut n = 0u64;
-                    let mut item = Some(item);
-                    let mut ok = true;
-                    while let Some(it) = item.take() {
-                        let bytes = match &it {
-                            Outbound::Deliver(d) => d.frame().clone(),
-                            Outbound::Notice(b) => b.clone(),
-                        };
-                        if !timed(limit, wr.push(OpCode::Text, &bytes)).await {
-                            ok = false;
-                            break;
-                        }
-                        n += 1;
-                        if n < BATCH_FRAMES as u64 && wr.pending() < BATCH_BYTES {
-                            item = mailbox.try_next();
-                        }
-                    }
-                    if !ok || !timed(limit, wr.flush()).await {
-                        return CloseReason::SlowConsumer;
-                    }
-                    gw.stats.frames_out(n);
-                }
-                Next::Dropped(n) => text!(protocol::encode_dropped(n)),
-                Next::Overflowed => close!(close::SLOW_CONSUMER, "slow consumer", CloseReason::SlowConsumer),
-                Next::Closed => return CloseReason::Client,
-            },
-            () = sleep_until(pong_deadline.map_or(next_ping, |d| d.min(next_ping))) => {
-                if pong_deadline.is_some_and(|d| Instant::now() >= d) {
-                    tracing::debug!("no pong in time");
-                    close!(close::HEARTBEAT_TIMEOUT, "heartbeat timeout", CloseReason::Heartbeat);
-                }
-                if Instant::now() >= next_ping {
-                    if !timed(limit, wr.send(OpCode::Ping, b"tidings")).await {
-                        return CloseReason::SlowConsumer;
-                    }
-                    let now = Instant::now();
-                    next_ping = now + cfg.ping_interval;
-                    if pong_deadline.is_none() {
-                        pong_deadline = Some(now + cfg.pong_timeout);
-                    }
-                }
             }
         }
     }
