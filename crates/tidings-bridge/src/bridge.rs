@@ -140,9 +140,22 @@ impl Bridge {
     /// A subscription handle for one socket, delivering into `mailbox`.
     /// Dropping the handle leaves every topic it joined.
     pub fn subscriber(&self, mailbox: Mailbox) -> Subscriber {
+        self.subscriber_with_id(self.next_connection_id(), mailbox)
+    }
+
+    /// A fresh connection id, unique in this bridge (for
+    /// [`Bridge::subscriber_with_id`]).
+    pub fn next_connection_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Like [`Bridge::subscriber`], with an id from
+    /// [`Bridge::next_connection_id`] (so that logs can name the connection
+    /// before it subscribes).
+    pub fn subscriber_with_id(&self, id: u64, mailbox: Mailbox) -> Subscriber {
         Subscriber {
             bridge: self.clone(),
-            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             mailbox,
             topics: HashSet::new(),
         }

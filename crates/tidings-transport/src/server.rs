@@ -361,13 +361,14 @@ impl Gateway {
             .unwrap_or_default();
         let inner = self.inner.clone();
         let peer = parts.peer;
-        self.inner.sessions.spawn(async move {
-            match fut.await {
-                Ok(ws) => session::run(ws, inner, identity, credentials, peer).await,
-                Err(e) => tracing::debug!(%peer, error = %e, "upgrade did not complete"),
-            }
-            drop(slot);
-        });
+        self.inner.sessions.spawn(session::run(
+            fut,
+            inner,
+            Arc::new(identity),
+            Arc::new(credentials),
+            peer,
+            slot,
+        ));
         let (parts, _) = response.into_parts();
         Response::from_parts(parts, Full::new(Bytes::new()))
     }

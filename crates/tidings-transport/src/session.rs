@@ -17,7 +17,6 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::WebSocket;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
@@ -61,26 +60,51 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Most queued deliveries written in one batch (one system call).
 const BATCH_FRAMES: usize = 64;
 
-/// Runs one session to its end.
+/// Runs one session to its end: completes the upgrade, then serves the
+/// socket inside its tracing span. Arguments are small (shared pointers)
+/// because an async function keeps its arguments for its whole life: this
+/// future *is* the per-connection memory.
 pub(crate) async fn run(
-    ws: WebSocket<Io>,
+    upgrade: fastwebsockets::upgrade::UpgradeFut,
     gw: Arc<Inner>,
-    identity: Identity,
-    credentials: http::HeaderMap,
+    identity: Arc<Identity>,
+    credentials: Arc<http::HeaderMap>,
     peer: std::net::SocketAddr,
+    slot: crate::limits::Slot,
 ) {
-    let (mailbox, mut mailbox_rx) = mailbox(gw.config.outbound_queue, gw.config.slow_consumer);
-    let mut sub = gw.bridge.subscriber(mailbox);
-    let conn_id = sub.id();
-    let span = tracing::debug_span!("conn", id = conn_id, %peer, user = tracing::field::Empty);
+    let io = match upgrade.await {
+        Ok(ws) => ws.into_inner(),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let id = gw.bridge.next_connection_id();
+    let span = tracing::debug_span!("conn", id, %peer, user = tracing::field::Empty);
     if let Some(user) = &identity.user {
         span.record("user", user.as_str());
     }
-    async move {
-        gw.stats.opened();
-        tracing::debug!("socket open");
-        // fastwebsockets did the handshake; framing is ours (see codec).
-        let mut conn = Conn::new(ws.into_inner(), gw.config.max_message_size);
+    serve_socket(io, id, gw, identity, credentials, peer)
+        .instrument(span)
+        .await;
+    drop(slot);
+}
+
+async fn serve_socket(
+    io: Io,
+    id: u64,
+    gw: Arc<Inner>,
+    identity: Arc<Identity>,
+    credentials: Arc<http::HeaderMap>,
+    peer: std::net::SocketAddr,
+) {
+    gw.stats.opened();
+    tracing::debug!("socket open");
+    let (mailbox, mut mailbox_rx) = mailbox(gw.config.outbound_queue, gw.config.slow_consumer);
+    let mut sub = gw.bridge.subscriber_with_id(id, mailbox);
+    // fastwebsockets did the handshake; framing is ours (see codec).
+    let mut conn = Conn::new(io, gw.config.max_message_size);
+    let welcome = {
         let plan = gw.router.on_connect(&identity);
         // Join before the welcome: once a client sees `welcome`, whatever is
         // published on its channels reaches it.
@@ -89,39 +113,37 @@ pub(crate) async fn run(
                 tracing::warn!(%topic, error = %e, "join on connect is pending until the broker is back");
             }
         }
-        let welcome = protocol::encode_welcome(
-            &conn_id.to_string(),
+        protocol::encode_welcome(
+            &id.to_string(),
             identity.user.as_deref(),
             &plan.channels,
             &plan.patterns,
-        );
-        drop(plan);
-        let reason = if timed(gw.config.write_timeout, conn.send(OpCode::Text, &welcome)).await {
-            gw.stats.frames_out(1);
-            let mut session = Session {
-                rate: TokenBucket::new(
-                    gw.config.client_messages_per_sec,
-                    gw.config.client_message_burst,
-                ),
-                rpc_in_flight: Arc::new(AtomicUsize::new(0)),
-                rpc_results: None,
-                gw: gw.clone(),
-                identity: Arc::new(identity),
-                credentials: Arc::new(credentials),
-                peer,
-                sub,
-                limited_in_a_row: 0,
-                partial: None,
-            };
-            session.serve(&mut conn, &mut mailbox_rx, conn_id).await
-        } else {
-            CloseReason::SlowConsumer
+        )
+    };
+    let reason = if timed(gw.config.write_timeout, conn.send(OpCode::Text, &welcome)).await {
+        drop(welcome);
+        gw.stats.frames_out(1);
+        let mut session = Session {
+            rate: TokenBucket::new(
+                gw.config.client_messages_per_sec,
+                gw.config.client_message_burst,
+            ),
+            rpc_in_flight: Arc::new(AtomicUsize::new(0)),
+            rpc_results: None,
+            gw: gw.clone(),
+            identity,
+            credentials,
+            peer,
+            sub,
+            limited_in_a_row: 0,
+            partial: None,
         };
-        gw.stats.closed(reason);
-        tracing::debug!(reason = reason.as_str(), "socket closed");
-    }
-    .instrument(span)
-    .await
+        session.serve(&mut conn, &mut mailbox_rx, id).await
+    } else {
+        CloseReason::SlowConsumer
+    };
+    gw.stats.closed(reason);
+    tracing::debug!(reason = reason.as_str(), "socket closed");
 }
 
 struct Session {
