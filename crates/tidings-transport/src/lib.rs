@@ -4,9 +4,10 @@
 //! It accepts HTTP/1.1 connections, upgrades requests on the WebSocket path
 //! (checking `Origin` and asking the [`IdentityResolver`](tidings_identity::IdentityResolver)
 //! who the socket is), and runs each socket as a session speaking protocol v1
-//! (`docs/protocol.md`): one reader task, one writer task, and a bounded
-//! outbound queue between the [`Bridge`](tidings_bridge::Bridge) and the
-//! socket. Everything else on the listener goes to an [`HttpHandler`] you
+//! (`docs/protocol.md`): one task per socket, and a bounded outbound queue
+//! between the [`Bridge`](tidings_bridge::Bridge) and the socket. The
+//! handshake is fastwebsockets'; the framing after it is this crate's own
+//! (`codec`), so that an idle socket holds no read buffer. Everything else on the listener goes to an [`HttpHandler`] you
 //! provide.
 //!
 //! # Layout
@@ -14,7 +15,10 @@
 //! - [`config`]: [`TransportConfig`], every tunable with its default.
 //! - [`server`]: [`serve`], the accept loop and shutdown, and [`Gateway`],
 //!   the upgrade handler.
-//! - `session`: the reader and writer of one socket (private).
+//! - [`limits`]: connection limits (total, per address, per user) and the
+//!   client address behind trusted proxies.
+//! - [`rpc`]: RPC from sockets to the backend.
+//! - `session`, `codec`: one socket's task and its framing (private).
 //! - [`stats`]: connection counters.
 //!
 //! # Guarantees
@@ -26,7 +30,8 @@
 //! - A socket that does not answer pings within the pong timeout is closed
 //!   with 4000; a socket whose queue overflows is handled by the
 //!   slow-consumer policy. Neither slows any other socket.
-//! - On shutdown every socket receives 1001.
+//! - On shutdown readiness goes first, then every socket receives 1012, each
+//!   at its own moment within the drain window.
 //!
 //! # Example
 //!

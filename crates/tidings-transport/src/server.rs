@@ -412,7 +412,9 @@ fn same_origin(origin: &str, host: Option<&str>) -> bool {
 /// Serves HTTP/1.1 on `listener` until `signal` resolves: upgrades on the
 /// WebSocket path go to `gateway`, everything else to `http`.
 ///
-/// On `signal` it stops accepting, closes every socket with 1001, lets
+/// On `signal` it turns readiness off and refuses new upgrades, waits the
+/// readiness delay, stops accepting, closes every socket with 1012 (spread
+/// over the drain window), lets
 /// in-flight HTTP requests finish, and returns once all are done or the
 /// configured `shutdown_grace` has passed.
 pub async fn serve(

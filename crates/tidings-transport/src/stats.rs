@@ -11,11 +11,12 @@ pub enum CloseReason {
     Protocol,
     /// A message exceeded the size limit (1009).
     TooBig,
-    /// No pong within the timeout (4000), or a write blocked too long.
+    /// No pong within the timeout (4000).
     Heartbeat,
-    /// Outbound queue overflowed (4001).
+    /// Outbound queue overflowed (4001), or a write blocked longer than the
+    /// write timeout.
     SlowConsumer,
-    /// The server shut down (1001).
+    /// The server shut down (1012, drain).
     Shutdown,
     /// The client kept sending faster than its rate limit (1008).
     RateLimited,
