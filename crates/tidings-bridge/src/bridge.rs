@@ -95,7 +95,13 @@ impl Bridge {
             control: control.clone(),
         })?);
         let degraded = Arc::new(AtomicBool::new(false));
-        tokio::spawn(manage(hub.clone(), broker.clone(), rx, degraded.clone()));
+        tokio::spawn(manage(
+            hub.clone(),
+            broker.clone(),
+            rx,
+            control.downgrade(),
+            degraded.clone(),
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 hub,
@@ -267,6 +273,7 @@ async fn manage(
     hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
     mut rx: mpsc::UnboundedReceiver<Control>,
+    retry: mpsc::WeakUnboundedSender<Control>,
     degraded: Arc<AtomicBool>,
 ) {
     // Topics the broker is subscribed to, as far as this task knows.
@@ -313,7 +320,20 @@ async fn manage(
             }
             active = wanted.iter().cloned().collect();
             degraded.store(failed, Ordering::Relaxed);
-            if lost {
+            if failed {
+                // Try again shortly rather than wait for the next reconnect;
+                // meanwhile `/readyz` says not ready.
+                let retry = retry.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    if let Some(tx) = retry.upgrade() {
+                        let _ = tx.send(Control::Restored);
+                    }
+                });
+            }
+            // The gap notice goes out once subscriptions are really back
+            // (after a failed attempt, the retry sends it).
+            if lost && !failed {
                 hub.stats().record_reconnect();
                 let told = hub.notify_gap(&wanted, "broker_reconnected");
                 tracing::info!(
@@ -322,8 +342,8 @@ async fn manage(
                     sockets = told,
                     "broker connection restored; subscriptions restored"
                 );
+                lost = false;
             }
-            lost = false;
         }
         touched.sort();
         touched.dedup();
