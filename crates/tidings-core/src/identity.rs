@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 #[serde(default)]
 pub struct Identity {
     /// The user id, or `None` for an anonymous visitor. In JSON a string or
-    /// a number (`"42"` or `42`).
+    /// a number (`"42"` or `42`); `null` or `""` mean anonymous.
     #[serde(deserialize_with = "string_or_number")]
     pub user: Option<String>,
     /// The backend's session id, when it shares one (for per-session channels).
@@ -71,6 +71,8 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Str
     }
     Ok(match Option::<Raw>::deserialize(d)? {
         None => None,
+        // An empty id is no id: the visitor is anonymous.
+        Some(Raw::Text(s)) if s.is_empty() => None,
         Some(Raw::Text(s)) => Some(s),
         Some(Raw::Int(n)) => Some(n.to_string()),
         Some(Raw::Uint(n)) => Some(n.to_string()),
@@ -87,6 +89,8 @@ mod tests {
         assert_eq!(id.user.as_deref(), Some("42"));
         let id: Identity = serde_json::from_str(r#"{"user": null}"#).unwrap();
         assert!(id.is_anonymous());
+        let id: Identity = serde_json::from_str(r#"{"user": ""}"#).unwrap();
+        assert!(id.is_anonymous(), "an empty user id is anonymous");
         assert!(serde_json::from_str::<Identity>(r#"{"user": 4.5}"#).is_err());
         assert!(serde_json::from_str::<Identity>(r#"{"user": ["x"]}"#).is_err());
     }
