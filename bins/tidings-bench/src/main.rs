@@ -1,0 +1,797 @@
+//! `tidings-bench`: an end-to-end load generator for the Tidings gateway.
+//!
+//! It opens N WebSockets to a gateway, each with its own identity through
+//! the gateway's real identity path (a built-in whoami backend the cookie
+//! proxy asks: cookie `uid=<n>` is user `n`), publishes through Redis at a
+//! given rate, and measures delivery latency, loss, wrong-user deliveries,
+//! connect rate and latency, and the gateway's memory and CPU.
+//!
+//! ```text
+//! tidings-bench idle          -n 19000 -d 30 --launch target/release/tidings
+//! tidings-bench per-user      -n 10000 --rate 20000 -d 10 --launch target/release/tidings
+//! tidings-bench broadcast     -n 10000 --rate 1 -d 20 --launch target/release/tidings
+//! tidings-bench connect-storm -n 10000 -c 1000 --same-cookie-every 10 --cache on --launch target/release/tidings
+//! ```
+//!
+//! See docs/benchmarks.md, "End-to-end load (tidings-bench)".
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::Semaphore,
+    task::JoinSet,
+};
+
+mod client;
+mod procs;
+mod publish;
+mod stats;
+mod whoami;
+
+use stats::{Latency, ProcSample, Shared};
+
+/// End-to-end load generator for the Tidings gateway.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Hold N authenticated connections for T seconds; report the gateway's
+    /// RSS before, after, and per connection.
+    Idle(Common),
+    /// Publish R msg/s for T seconds, each to the notification channel of a
+    /// random user among the N connections' users.
+    PerUser {
+        #[command(flatten)]
+        common: Common,
+        /// Messages per second.
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
+    },
+    /// Publish R msg/s on `/app/broadcast` (every socket) for T seconds.
+    Broadcast {
+        #[command(flatten)]
+        common: Common,
+        /// Messages per second.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+    },
+    /// Open N connections as fast as possible (concurrency C); report the
+    /// connect rate, connect latency and the whoami requests it took.
+    ConnectStorm(Common),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Connections to open.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    connections: usize,
+    /// Seconds to hold (idle), publish (per-user, broadcast) or hold after
+    /// the storm (connect-storm). Default: 10, or 1 for connect-storm.
+    #[arg(short = 'd', long)]
+    duration: Option<f64>,
+    /// Connection attempts in flight at once. Above the gateway's listen
+    /// backlog (128 today) a storm overflows its accept queue and the
+    /// dropped SYNs are retried after 1 s.
+    #[arg(short = 'c', long, default_value_t = 100)]
+    concurrency: usize,
+    /// Start this gateway binary with the right environment (cookie proxy
+    /// to the built-in whoami backend, Redis, high connection limits).
+    #[arg(long, value_name = "TIDINGS_BINARY", conflicts_with = "gateway_url")]
+    launch: Option<PathBuf>,
+    /// The WebSocket URL of a gateway started by you (with
+    /// `TIDINGS_IDENTITY__RESOLVERS='["cookie_proxy"]'`,
+    /// `TIDINGS_IDENTITY__COOKIE_PROXY__URL=<the whoami URL, see --whoami-listen>`,
+    /// `TIDINGS_IDENTITY__ANONYMOUS=refuse`).
+    #[arg(long, value_name = "WS_URL")]
+    gateway_url: Option<String>,
+    /// The process id of that gateway, to read its RSS and CPU.
+    #[arg(long, value_name = "PID")]
+    gateway_pid: Option<u32>,
+    /// Redis to publish through (and, with --launch, the gateway's
+    /// `TIDINGS_REDIS_URL`). With --launch and none given, the bench
+    /// starts a private `redis-server` on a free port.
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    /// With --launch: the cookie proxy's answer cache (off sets
+    /// `TIDINGS_IDENTITY__COOKIE_PROXY__CACHE_TTL_SECS=0`).
+    #[arg(long, value_enum, default_value_t = Cache::On)]
+    cache: Cache,
+    /// K connections share each user (and cookie): connection i is user
+    /// i/K + 1. 1: every connection is its own user.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    same_cookie_every: usize,
+    /// Spread client sockets over this many source addresses 127.0.0.2,
+    /// 127.0.0.3, ... (loopback gateways only; 0: let the kernel choose).
+    #[arg(long, default_value_t = 8)]
+    source_ips: u8,
+    /// Where the built-in whoami backend listens (port 0: a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    whoami_listen: SocketAddr,
+    /// With --launch: an extra gateway environment variable (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    gateway_env: Vec<String>,
+    /// After publishing, wait at most this many seconds for deliveries.
+    #[arg(long, default_value_t = 5.0)]
+    drain_secs: f64,
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Cache {
+    On,
+    Off,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tidings-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            r = run(cli.scenario) => r,
+            _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
+        }
+    });
+    // Connection tasks may still hold sockets: do not wait for them.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("tidings-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Idle,
+    PerUser,
+    Broadcast,
+    ConnectStorm,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Idle => "idle",
+            Kind::PerUser => "per-user",
+            Kind::Broadcast => "broadcast",
+            Kind::ConnectStorm => "connect-storm",
+        }
+    }
+}
+
+/// Polls `GET /readyz` until it answers 200.
+async fn wait_ready(addr: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr).await {
+            let req = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            let mut buf = Vec::new();
+            if s.write_all(req.as_bytes()).await.is_ok()
+                && s.read_to_end(&mut buf).await.is_ok()
+                && buf.starts_with(b"HTTP/1.1 200")
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the gateway at {addr} did not become ready"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `ws://host:port/path` → the socket address to connect to.
+async fn target_of(url: &str) -> Result<SocketAddr, String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or("--gateway-url must be a ws:// URL")?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let hostport = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:80")
+    };
+    let found = tokio::net::lookup_host(&hostport)
+        .await
+        .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
+        .find(SocketAddr::is_ipv4);
+    found.ok_or_else(|| format!("{hostport} has no IPv4 address"))
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// A phase's CPU use, as a percentage of one core.
+fn cpu_percent(
+    before: Option<ProcSample>,
+    after: Option<ProcSample>,
+    wall: Duration,
+    hz: f64,
+) -> Option<f64> {
+    let (b, a) = (before?, after?);
+    let secs = wall.as_secs_f64();
+    (secs > 0.0).then(|| a.cpu_ticks.saturating_sub(b.cpu_ticks) as f64 / hz / secs * 100.0)
+}
+
+/// Returns Ok(true) when everything was delivered exactly right.
+async fn run(scenario: Scenario) -> Result<bool, String> {
+    let (kind, common, rate) = match scenario {
+        Scenario::Idle(c) => (Kind::Idle, c, 0.0),
+        Scenario::PerUser { common, rate } => (Kind::PerUser, common, rate),
+        Scenario::Broadcast { common, rate } => (Kind::Broadcast, common, rate),
+        Scenario::ConnectStorm(c) => (Kind::ConnectStorm, c, 0.0),
+    };
+    let n = common.connections;
+    let k = common.same_cookie_every.max(1);
+    let users = n.div_ceil(k) as u64;
+    let duration = common.duration.unwrap_or(if kind == Kind::ConnectStorm {
+        1.0
+    } else {
+        10.0
+    });
+    if matches!(kind, Kind::PerUser | Kind::Broadcast) && !(rate > 0.0 && rate.is_finite()) {
+        return Err("--rate must be a positive number".to_owned());
+    }
+    let hz = stats::clock_ticks();
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned));
+
+    // Sockets: ours, plus the gateway's (a launched gateway inherits the limit).
+    let nofile = rlimit::increase_nofile_limit(u64::MAX)
+        .map_err(|e| format!("cannot raise the open-file limit: {e}"))?;
+    if (n + common.concurrency + 64) as u64 > nofile {
+        eprintln!(
+            "warning: {n} connections + {} in flight need more than the open-file limit {nofile}",
+            common.concurrency
+        );
+    }
+
+    let whoami = whoami::Whoami::start(common.whoami_listen)
+        .await
+        .map_err(|e| {
+            format!(
+                "whoami backend: cannot listen on {}: {e}",
+                common.whoami_listen
+            )
+        })?;
+    eprintln!("whoami backend: {}", whoami.url());
+
+    // The gateway: launched here, or given.
+    let mut private_redis = None;
+    let redis_url = match (&common.redis_url, &common.launch) {
+        (Some(u), _) => Some(u.clone()),
+        (None, Some(_)) => {
+            let r = procs::PrivateRedis::start().await?;
+            let url = r.url();
+            eprintln!("private redis-server: {url}");
+            private_redis = Some(r);
+            Some(url)
+        }
+        (None, None) => None,
+    };
+    let mut launched = None;
+    let (ws_url, pid) = match (&common.launch, &common.gateway_url) {
+        (Some(bin), _) => {
+            let mut env: Vec<(String, String)> = vec![
+                (
+                    "TIDINGS_IDENTITY__RESOLVERS".into(),
+                    "[\"cookie_proxy\"]".into(),
+                ),
+                ("TIDINGS_IDENTITY__COOKIE_PROXY__URL".into(), whoami.url()),
+                ("TIDINGS_IDENTITY__ANONYMOUS".into(), "refuse".into()),
+                ("TIDINGS_LIMITS__MAX_CONNECTIONS".into(), "1000000".into()),
+                (
+                    "TIDINGS_LIMITS__MAX_CONNECTIONS_PER_IP".into(),
+                    "1000000".into(),
+                ),
+                (
+                    "TIDINGS_LIMITS__MAX_CONNECTIONS_PER_USER".into(),
+                    "1000000".into(),
+                ),
+            ];
+            if let Some(u) = &redis_url {
+                env.push(("TIDINGS_REDIS_URL".into(), u.clone()));
+            }
+            if common.cache == Cache::Off {
+                env.push((
+                    "TIDINGS_IDENTITY__COOKIE_PROXY__CACHE_TTL_SECS".into(),
+                    "0".into(),
+                ));
+            }
+            for kv in &common.gateway_env {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| format!("--gateway-env {kv}: expected KEY=VALUE"))?;
+                env.push((k.to_owned(), v.to_owned()));
+            }
+            let gw = procs::LaunchedGateway::start(bin, &env).await?;
+            eprintln!("gateway: pid {} on {}", gw.pid, gw.addr);
+            let url = format!("ws://{}/ws", gw.addr);
+            let pid = gw.pid;
+            launched = Some(gw);
+            (url, Some(pid))
+        }
+        (None, Some(url)) => (url.clone(), common.gateway_pid),
+        (None, None) => return Err("give --launch <tidings binary> or --gateway-url".to_owned()),
+    };
+    let target = target_of(&ws_url).await?;
+    wait_ready(target).await?;
+    if matches!(kind, Kind::PerUser | Kind::Broadcast) && redis_url.is_none() {
+        return Err("--redis-url is needed to publish".to_owned());
+    }
+
+    let max_messages = match kind {
+        Kind::PerUser | Kind::Broadcast => (rate * duration).ceil().max(1.0) as usize,
+        _ => 0,
+    };
+    let shared = Arc::new(Shared::new(max_messages, users));
+    let sent = Arc::new(AtomicU64::new(0));
+    let phase = Arc::new(parking_lot::Mutex::new("connect"));
+    let peak_rss = Arc::new(AtomicU64::new(0));
+    let progress = tokio::spawn(progress(
+        kind,
+        shared.clone(),
+        sent.clone(),
+        phase.clone(),
+        pid,
+        peak_rss.clone(),
+        hz,
+    ));
+
+    // Settle, then the baseline.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let gw_before = pid.and_then(|p| ProcSample::read(Some(p)));
+
+    // Connect N clients.
+    let sources: Vec<Option<IpAddr>> = if target.ip().is_loopback() && common.source_ips > 0 {
+        (0..common.source_ips)
+            .map(|i| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i.min(250)))))
+            .collect()
+    } else {
+        vec![None]
+    };
+    let url: Arc<str> = Arc::from(ws_url.as_str());
+    let permits = Arc::new(Semaphore::new(common.concurrency.max(1)));
+    let mut clients = JoinSet::new();
+    let redis_pid = private_redis.as_ref().and_then(procs::PrivateRedis::pid);
+    let redis_sample = || redis_pid.and_then(|p| ProcSample::read(Some(p)));
+    let bench_connect_before = ProcSample::read(None);
+    let machine_connect_before = stats::machine_cpu();
+    let connect_start = Instant::now();
+    for i in 0..n {
+        clients.spawn(client::run(
+            client::Plan {
+                index: i,
+                user: (i / k) as u64 + 1,
+                source: sources[i % sources.len()],
+                target,
+                url: url.clone(),
+            },
+            shared.clone(),
+            permits.clone(),
+        ));
+    }
+    loop {
+        let done = shared.opened.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed);
+        if done >= n as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let connect_wall = connect_start.elapsed();
+    let gw_connected = pid.and_then(|p| ProcSample::read(Some(p)));
+    let bench_connected = ProcSample::read(None);
+    let machine_connected = stats::machine_cpu();
+    let whoami_after_connect = whoami.requests();
+    let opened = shared.opened.load(Ordering::Relaxed);
+
+    // The scenario's own phase.
+    let bench_before = ProcSample::read(None);
+    let redis_before = redis_sample();
+    let main_start = Instant::now();
+    let mut published = 0usize;
+    let mut drain_wall = Duration::ZERO;
+    let mut publisher_replies = None;
+    match kind {
+        Kind::Idle | Kind::ConnectStorm => {
+            *phase.lock() = "hold";
+            tokio::time::sleep(Duration::from_secs_f64(duration)).await;
+        }
+        Kind::PerUser | Kind::Broadcast => {
+            *phase.lock() = "publish";
+            let mut publisher =
+                publish::Publisher::connect(redis_url.as_deref().unwrap_or_default()).await?;
+            publisher.sent = sent.clone();
+            let target = if kind == Kind::PerUser {
+                publish::Target::PerUser { users }
+            } else {
+                publish::Target::Broadcast
+            };
+            published = publisher.run(rate, &target, &shared).await?;
+            *phase.lock() = "drain";
+            let drain_start = Instant::now();
+            let expected = shared.expected_total(published);
+            while shared.received.load(Ordering::Relaxed) < expected
+                && drain_start.elapsed() < Duration::from_secs_f64(common.drain_secs)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // Late duplicates or strays: a short extra look.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drain_wall = drain_start.elapsed();
+            publisher_replies = Some(publisher.replies.clone());
+        }
+    }
+    let main_wall = main_start.elapsed();
+    let gw_after = pid.and_then(|p| ProcSample::read(Some(p)));
+    let bench_after = ProcSample::read(None);
+    let redis_after = redis_sample();
+    let machine_after = stats::machine_cpu();
+    progress.abort();
+    clients.abort_all();
+
+    let gateway_alive = match launched.as_mut() {
+        Some(g) => g.running(),
+        None => gw_after.is_some() || pid.is_none(),
+    };
+    let gateway_tail = launched.as_ref().map(procs::LaunchedGateway::tail);
+    if let Some(g) = launched {
+        g.stop().await;
+    }
+    drop(private_redis);
+
+    // The report.
+    let failed = shared.failed.load(Ordering::Relaxed);
+    let connect_lat = Latency::of(&shared.connect.merged());
+    let delivery_lat = Latency::of(&shared.delivery.merged());
+    let expected = shared.expected_total(published);
+    let received = shared.received.load(Ordering::Relaxed);
+    let (lost, duplicated) = shared.loss(published);
+    let wrong_user = shared.wrong_user.load(Ordering::Relaxed);
+    let wrong_welcome = shared.wrong_welcome.load(Ordering::Relaxed);
+    let disconnected = shared.disconnected.load(Ordering::Relaxed);
+    let foreign = shared.foreign.load(Ordering::Relaxed);
+    let other_frames = shared.other_frames.load(Ordering::Relaxed);
+    let connect_rate = opened as f64 / connect_wall.as_secs_f64().max(1e-9);
+    let rss = |s: Option<ProcSample>| s.map(|s| s.rss_kib);
+    let per_conn_bytes = match (gw_before, gw_after) {
+        (Some(b), Some(a)) if opened > 0 => {
+            Some((a.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / opened as f64)
+        }
+        _ => None,
+    };
+    let per_conn_connected = match (gw_before, gw_connected) {
+        (Some(b), Some(a)) if opened > 0 => {
+            Some((a.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / opened as f64)
+        }
+        _ => None,
+    };
+    let gw_cpu_connect = cpu_percent(gw_before, gw_connected, connect_wall, hz);
+    let gw_cpu_main = cpu_percent(gw_connected, gw_after, main_wall, hz);
+    let bench_cpu_main = cpu_percent(bench_before, bench_after, main_wall, hz);
+    let redis_cpu_main = cpu_percent(redis_before, redis_after, main_wall, hz);
+    let bench_cpu_connect = cpu_percent(bench_connect_before, bench_connected, connect_wall, hz);
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let machine_connect = stats::machine_busy_percent(machine_connect_before, machine_connected);
+    let machine_main = stats::machine_busy_percent(machine_connected, machine_after);
+    // What other processes took: busy share of all cores minus ours.
+    let others = |machine: Option<f64>, ours: &[Option<f64>]| {
+        machine.map(|m| (m - ours.iter().flatten().sum::<f64>() / nproc).max(0.0))
+    };
+    let others_connect = others(machine_connect, &[gw_cpu_connect, bench_cpu_connect]);
+    let others_main = others(machine_main, &[gw_cpu_main, bench_cpu_main, redis_cpu_main]);
+    let errors: Value = shared
+        .errors
+        .lock()
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    let samples = shared.samples.lock().clone();
+    let replies = publisher_replies.as_ref().map(|r| {
+        json!({
+            "replies": r.replies.load(Ordering::Relaxed),
+            "zero_receivers": r.zero_receivers.load(Ordering::Relaxed),
+            "errors": r.errors.load(Ordering::Relaxed),
+        })
+    });
+    let mut ok = failed == 0
+        && lost == 0
+        && duplicated == 0
+        && wrong_user == 0
+        && wrong_welcome == 0
+        && disconnected == 0
+        && foreign == 0
+        && other_frames == 0
+        && gateway_alive;
+    if matches!(kind, Kind::PerUser | Kind::Broadcast) && published < max_messages {
+        ok = false;
+    }
+    let report = json!({
+        "scenario": kind.name(),
+        "ok": ok,
+        "config": {
+            "connections": n,
+            "users": users,
+            "same_cookie_every": k,
+            "concurrency": common.concurrency,
+            "duration_secs": duration,
+            "rate_per_sec": if rate > 0.0 { json!(rate) } else { Value::Null },
+            "source_ips": sources.iter().filter(|s| s.is_some()).count(),
+            "launched": common.launch.is_some(),
+            "cache": match (common.launch.is_some(), common.cache) {
+                (false, _) => "as configured",
+                (true, Cache::On) => "on",
+                (true, Cache::Off) => "off",
+            },
+            "gateway_url": ws_url,
+        },
+        "connect": {
+            "attempted": n,
+            "opened": opened,
+            "failed": failed,
+            "errors": errors,
+            "wall_secs": connect_wall.as_secs_f64(),
+            "rate_per_sec": connect_rate,
+            "latency": connect_lat,
+        },
+        "whoami_requests": {
+            "after_connect": whoami_after_connect,
+            "total": whoami.requests(),
+        },
+        "delivery": {
+            "published": published,
+            "expected": expected,
+            "received": received,
+            "lost": lost,
+            "duplicated": duplicated,
+            "wrong_user": wrong_user,
+            "wrong_welcome": wrong_welcome,
+            "foreign": foreign,
+            "other_frames": other_frames,
+            "disconnected": disconnected,
+            "publish_replies": replies,
+            "drain_secs": drain_wall.as_secs_f64(),
+            "latency": delivery_lat,
+        },
+        "gateway": {
+            "pid": pid,
+            "alive_at_end": gateway_alive,
+            "rss_kib_before": rss(gw_before),
+            "rss_kib_connected": rss(gw_connected),
+            "rss_kib_after": rss(gw_after),
+            "rss_kib_peak": gw_after.map(|s| s.hwm_kib).or(Some(peak_rss.load(Ordering::Relaxed)).filter(|p| *p > 0)),
+            "rss_bytes_per_connection": per_conn_bytes,
+            "rss_bytes_per_connection_when_connected": per_conn_connected,
+            "threads": gw_after.map(|s| s.threads),
+            "cpu_percent_connect": gw_cpu_connect,
+            "cpu_percent_main": gw_cpu_main,
+            "main_phase_secs": main_wall.as_secs_f64(),
+        },
+        "redis": {
+            "private": redis_pid.is_some(),
+            "cpu_percent_main": redis_cpu_main,
+        },
+        "machine": {
+            "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "loadavg_at_start": loadavg,
+            "busy_percent_of_all_cores_connect": machine_connect,
+            "busy_percent_of_all_cores_main": machine_main,
+            "other_processes_percent_of_all_cores_connect": others_connect,
+            "other_processes_percent_of_all_cores_main": others_main,
+        },
+        "bench": {
+            "cpu_percent_connect": bench_cpu_connect,
+            "cpu_percent_main": bench_cpu_main,
+            "rss_kib": bench_after.map(|s| s.rss_kib),
+        },
+        "samples": samples,
+    });
+
+    // The human table.
+    let fmt_opt =
+        |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.1}{unit}"));
+    let lat = |l: &Latency| {
+        format!(
+            "p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  (n={})",
+            l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
+        )
+    };
+    println!();
+    println!(
+        "tidings-bench {}: {n} connections ({users} users, {k} per user), concurrency {}{}",
+        kind.name(),
+        common.concurrency,
+        if rate > 0.0 {
+            format!(", {rate} msg/s for {duration} s")
+        } else {
+            format!(", held {duration} s")
+        }
+    );
+    println!("  {:<14}{}", "gateway", ws_url);
+    println!(
+        "  {:<14}{opened} opened, {failed} failed in {:.2} s = {connect_rate:.0} conn/s",
+        "connect",
+        connect_wall.as_secs_f64()
+    );
+    if failed > 0 {
+        println!("  {:<14}{errors}", "  errors");
+    }
+    println!("  {:<14}{}", "connect lat.", lat(&connect_lat));
+    println!(
+        "  {:<14}{} requests ({} during the connect phase)",
+        "whoami",
+        whoami.requests(),
+        whoami_after_connect
+    );
+    if matches!(kind, Kind::PerUser | Kind::Broadcast) {
+        println!(
+            "  {:<14}{published} published, {expected} expected, {received} received, {lost} lost, {duplicated} duplicated, {wrong_user} wrong-user",
+            "delivery"
+        );
+        println!("  {:<14}{}", "latency", lat(&delivery_lat));
+    }
+    println!(
+        "  {:<14}{} disconnected, {other_frames} other frames, {foreign} unattributed, {wrong_welcome} wrong welcomes",
+        "anomalies", disconnected
+    );
+    println!(
+        "  {:<14}RSS {} MiB before, {} MiB connected, {} MiB at end; {} per connection",
+        "gateway mem",
+        fmt_opt(rss(gw_before).map(mib), ""),
+        fmt_opt(rss(gw_connected).map(mib), ""),
+        fmt_opt(rss(gw_after).map(mib), ""),
+        fmt_opt(per_conn_bytes.map(|b| b / 1024.0), " KiB"),
+    );
+    println!(
+        "  {:<14}{} of one core while connecting, {} during the {} phase ({:.1} s)",
+        "gateway cpu",
+        fmt_opt(gw_cpu_connect, "%"),
+        fmt_opt(gw_cpu_main, "%"),
+        if rate > 0.0 { "publish" } else { "hold" },
+        main_wall.as_secs_f64(),
+    );
+    println!(
+        "  {:<14}{} while connecting (clients and whoami), {} during the {} phase",
+        "bench cpu",
+        fmt_opt(bench_cpu_connect, "%"),
+        fmt_opt(bench_cpu_main, "%"),
+        if rate > 0.0 { "publish" } else { "hold" },
+    );
+    if redis_pid.is_some() {
+        println!(
+            "  {:<14}{} of one core during the {} phase",
+            "redis cpu",
+            fmt_opt(redis_cpu_main, "%"),
+            if rate > 0.0 { "publish" } else { "hold" },
+        );
+    }
+    println!(
+        "  {:<14}{} of all cores busy while connecting, {} during the {} phase; other processes took {} and {} (load average at start {})",
+        "machine",
+        fmt_opt(machine_connect, "%"),
+        fmt_opt(machine_main, "%"),
+        if rate > 0.0 { "publish" } else { "hold" },
+        fmt_opt(others_connect, "%"),
+        fmt_opt(others_main, "%"),
+        loadavg.as_deref().unwrap_or("n/a"),
+    );
+    if !samples.is_empty() {
+        println!("  first anomalies:");
+        for s in &samples {
+            println!("    {s}");
+        }
+    }
+    if !gateway_alive {
+        println!("  THE GATEWAY DIED during the run");
+        if let Some(t) = gateway_tail {
+            println!("{t}");
+        }
+    }
+    println!(
+        "  result: {}",
+        if ok { "OK" } else { "PROBLEMS (see above)" }
+    );
+
+    if let Some(path) = &common.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(ok)
+}
+
+/// Prints a progress line to stderr every second.
+async fn progress(
+    kind: Kind,
+    shared: Arc<Shared>,
+    sent: Arc<AtomicU64>,
+    phase: Arc<parking_lot::Mutex<&'static str>>,
+    pid: Option<u32>,
+    peak_rss: Arc<AtomicU64>,
+    hz: f64,
+) {
+    let start = Instant::now();
+    let mut last = (
+        Instant::now(),
+        0u64,
+        0u64,
+        0u64,
+        pid.and_then(|p| ProcSample::read(Some(p))),
+    );
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        let opened = shared.opened.load(Ordering::Relaxed);
+        let failed = shared.failed.load(Ordering::Relaxed);
+        let sent_n = sent.load(Ordering::Relaxed);
+        let recv = shared.received.load(Ordering::Relaxed);
+        let gw = pid.and_then(|p| ProcSample::read(Some(p)));
+        let secs = now.duration_since(last.0).as_secs_f64();
+        let per_s = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs;
+        let cpu = cpu_percent(last.4, gw, now.duration_since(last.0), hz);
+        if let Some(g) = gw {
+            peak_rss.fetch_max(g.rss_kib, Ordering::Relaxed);
+        }
+        let mut line = format!(
+            "[{} {:>5.1}s {}] open {opened} (+{:.0}/s) failed {failed} closed {}",
+            kind.name(),
+            start.elapsed().as_secs_f64(),
+            *phase.lock(),
+            per_s(opened, last.1),
+            shared.disconnected.load(Ordering::Relaxed),
+        );
+        if matches!(kind, Kind::PerUser | Kind::Broadcast) {
+            line += &format!(
+                " | sent {sent_n} ({:.0}/s) recv {recv} ({:.0}/s) wrong-user {} p99 {:.2} ms",
+                per_s(sent_n, last.2),
+                per_s(recv, last.3),
+                shared.wrong_user.load(Ordering::Relaxed),
+                shared.delivery.merged().value_at_quantile(0.99) as f64 / 1000.0,
+            );
+        }
+        if let Some(g) = gw {
+            line += &format!(
+                " | gateway RSS {:.1} MiB CPU {}",
+                mib(g.rss_kib),
+                cpu.map_or("n/a".to_owned(), |c| format!("{c:.0}%"))
+            );
+        }
+        eprintln!("{line}");
+        last = (now, opened, sent_n, recv, gw);
+    }
+}

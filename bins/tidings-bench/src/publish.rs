@@ -1,0 +1,231 @@
+//! Publishing through Redis on a raw RESP connection: `PUBLISH` commands
+//! are pipelined in batches at the requested rate; a reader task counts the
+//! replies (and the publishes no subscriber received).
+
+use std::{
+    io::Write as _,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{tcp::OwnedWriteHalf, TcpStream},
+    time::Instant,
+};
+
+use crate::{client::now_ns, stats::Shared};
+
+/// What the reply reader saw.
+#[derive(Default)]
+pub(crate) struct Replies {
+    /// Replies to `PUBLISH`.
+    pub(crate) replies: AtomicU64,
+    /// `PUBLISH` replies of 0: no subscriber (no gateway) had the channel.
+    pub(crate) zero_receivers: AtomicU64,
+    /// Error replies.
+    pub(crate) errors: AtomicU64,
+}
+
+/// Where the messages go.
+pub(crate) enum Target {
+    /// `/app/user/<u>/notifications` for a random user `u` in `1..=users`,
+    /// expected on every socket of that user.
+    PerUser { users: u64 },
+    /// `/app/broadcast`, expected on every open socket.
+    Broadcast,
+}
+
+/// A RESP connection that publishes.
+pub(crate) struct Publisher {
+    write: OwnedWriteHalf,
+    pub(crate) replies: Arc<Replies>,
+    /// Messages written so far.
+    pub(crate) sent: Arc<AtomicU64>,
+}
+
+/// `redis://[user:password@]host:port[/db]` → (`host:port`, AUTH arguments).
+fn parse_url(url: &str) -> Result<(String, Vec<String>), String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or("only redis:// URLs are supported")?;
+    let rest = rest.split('/').next().unwrap_or(rest);
+    let (auth, hostport) = match rest.rsplit_once('@') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, rest),
+    };
+    let auth = match auth {
+        None => Vec::new(),
+        Some(a) => match a.split_once(':') {
+            Some(("", pw)) => vec![pw.to_owned()],
+            Some((user, pw)) => vec![user.to_owned(), pw.to_owned()],
+            None => vec![a.to_owned()],
+        },
+    };
+    let hostport = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:6379")
+    };
+    Ok((hostport, auth))
+}
+
+fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    let _ = write!(out, "*{}\r\n", args.len());
+    for a in args {
+        let _ = write!(out, "${}\r\n", a.len());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+impl Publisher {
+    pub(crate) async fn connect(url: &str) -> Result<Self, String> {
+        let (hostport, auth) = parse_url(url)?;
+        let stream = TcpStream::connect(&hostport)
+            .await
+            .map_err(|e| format!("cannot connect to Redis at {hostport}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        if !auth.is_empty() {
+            let mut out = Vec::new();
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            args.extend(auth.iter().map(|a| a.as_bytes()));
+            command(&mut out, &args);
+            write.write_all(&out).await.map_err(|e| e.to_string())?;
+            let mut line = String::new();
+            read.read_line(&mut line).await.map_err(|e| e.to_string())?;
+            if !line.starts_with("+OK") {
+                return Err("Redis refused AUTH".to_owned());
+            }
+        }
+        let replies = Arc::new(Replies::default());
+        let counts = replies.clone();
+        tokio::spawn(async move {
+            let mut line = Vec::with_capacity(64);
+            loop {
+                line.clear();
+                match read.read_until(b'\n', &mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                match line.first() {
+                    Some(b':') => {
+                        counts.replies.fetch_add(1, Ordering::Relaxed);
+                        if line.starts_with(b":0\r") {
+                            counts.zero_receivers.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Some(b'-') => {
+                        counts.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(Self {
+            write,
+            replies,
+            sent: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Publishes `shared.expected.len()` messages at `rate` per second to
+    /// `target`, recording for each sequence number how many deliveries
+    /// are expected. Returns how many were published.
+    pub(crate) async fn run(
+        &mut self,
+        rate: f64,
+        target: &Target,
+        shared: &Shared,
+    ) -> Result<usize, String> {
+        let total = shared.expected.len();
+        let start = Instant::now();
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ now_ns());
+        let mut out = Vec::with_capacity(64 * 1024);
+        let mut payload = Vec::with_capacity(96);
+        let mut channel = Vec::with_capacity(64);
+        let mut seq = 0usize;
+        while seq < total {
+            let elapsed = start.elapsed().as_secs_f64();
+            // The first message goes at once, then one every 1/rate s.
+            let due = ((elapsed * rate) as usize + 1).min(total);
+            if due > seq {
+                out.clear();
+                for s in seq..due {
+                    let (user, expected) = match *target {
+                        Target::PerUser { users } => {
+                            let u = rng.below(users) + 1;
+                            channel.clear();
+                            let _ = write!(channel, "/app/user/{u}/notifications");
+                            (u, u64::from(shared.sockets_of(u)))
+                        }
+                        Target::Broadcast => {
+                            channel.clear();
+                            channel.extend_from_slice(b"/app/broadcast");
+                            (0, shared.live())
+                        }
+                    };
+                    shared.expected[s].store(
+                        u32::try_from(expected).unwrap_or(u32::MAX),
+                        Ordering::Relaxed,
+                    );
+                    payload.clear();
+                    let _ = write!(payload, "{{\"t\":{},\"s\":{s},\"u\":{user}}}", now_ns());
+                    command(&mut out, &[b"PUBLISH", &channel, &payload]);
+                }
+                self.write
+                    .write_all(&out)
+                    .await
+                    .map_err(|e| format!("writing to Redis: {e}"))?;
+                seq = due;
+                self.sent.store(seq as u64, Ordering::Relaxed);
+            }
+            if seq < total {
+                let next = start + Duration::from_secs_f64(seq as f64 / rate);
+                tokio::time::sleep_until(next).await;
+            }
+        }
+        Ok(seq)
+    }
+}
+
+/// xorshift64*: random enough to pick users, cheap, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        let mut x = self.0.max(1);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_redis_urls() {
+        assert_eq!(
+            parse_url("redis://127.0.0.1:7000").unwrap(),
+            ("127.0.0.1:7000".to_owned(), vec![])
+        );
+        assert_eq!(
+            parse_url("redis://:pw@h:1/2").unwrap(),
+            ("h:1".to_owned(), vec!["pw".to_owned()])
+        );
+        assert_eq!(
+            parse_url("redis://u:pw@h").unwrap(),
+            ("h:6379".to_owned(), vec!["u".to_owned(), "pw".to_owned()])
+        );
+        assert!(parse_url("rediss://h").is_err());
+    }
+}
