@@ -736,8 +736,20 @@ async fn hostile_identity_values_produce_no_channels() {
     let mut seven = connect_as(&gw, json!({"user":"7","groups":["staff"]})).await;
     let long = "9".repeat(200);
     let hostile = [
-        "42/../7", "*", "a?b", "[7]", "..", ".", "7\\", "{user}", "a\u{7}b", "", &long,
+        "42/../7", "*", "a?b", "[7]", "..", ".", "7\\", "{user}", "a\u{7}b", &long,
     ];
+    // An empty user id is no user at all: an anonymous visitor.
+    let empty = connect_as(&gw, json!({"user": "", "groups": ["staff"]})).await;
+    assert_eq!(empty.welcome["user"], Value::Null, "{}", empty.welcome);
+    assert!(
+        !empty.welcome["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c.as_str().unwrap().starts_with("/app/user/")),
+        "{}",
+        empty.welcome
+    );
     let mut sockets = Vec::new();
     for evil in hostile {
         let c = connect_as(

@@ -111,9 +111,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.rpc(Arc::new(HttpRpc::new(rpc)));
     }
     let gateway = builder.build();
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let listener =
+        listen(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     banner(&config, addr, gateway.bridge().broker_name());
     let endpoints = http::Endpoints::new(
@@ -126,6 +125,20 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     serve(listener, gateway, handler, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A listener with a deep accept backlog: during a reconnect storm
+/// thousands of handshakes arrive at once, and the default (128) makes the
+/// kernel drop SYNs, which clients only retry after a second.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// The resolver chain, and the token store and resolver when tokens are on.

@@ -53,7 +53,8 @@ pub struct RedisConfig {
     /// Connections in the command (publish) pool. Default 2.
     pub pool_size: usize,
     /// Messages fred may buffer between its reader and the routing loop
-    /// before it loses them (counted as `lagged`). Default 65,536.
+    /// before it loses them (counted as `lagged`). Default 8,192 (fred
+    /// allocates its event channels at this size up front).
     pub message_buffer: usize,
 }
 
@@ -82,7 +83,7 @@ impl RedisConfig {
             reconnect_min_delay: Duration::from_millis(100),
             reconnect_max_delay: Duration::from_secs(5),
             pool_size: 2,
-            message_buffer: 65_536,
+            message_buffer: 8_192,
         }
     }
 }
@@ -170,7 +171,7 @@ fn to_broker_error(e: fred::error::Error) -> BrokerError {
 
 /// The fred builder for `config`: reconnect forever with backoff, command
 /// and connect timeouts, unresponsive-connection detection.
-fn builder(config: &RedisConfig) -> Result<Builder, RedisSetupError> {
+fn builder(config: &RedisConfig, subscriber: bool) -> Result<Builder, RedisSetupError> {
     let mut fred_config = parse_url(&config.url)?;
     // Keep trying when the very first connection fails too (Redis started
     // after the gateway): the reconnect policy then applies from the start.
@@ -186,7 +187,13 @@ fn builder(config: &RedisConfig) -> Result<Builder, RedisSetupError> {
         ))
         .set_performance_config(PerformanceConfig {
             default_command_timeout: config.command_timeout,
-            broadcast_channel_capacity: config.message_buffer.max(32),
+            // fred sizes all of a client's event channels with this, up
+            // front; only the subscriber's messages need the room.
+            broadcast_channel_capacity: if subscriber {
+                config.message_buffer.max(32)
+            } else {
+                32
+            },
             ..PerformanceConfig::default()
         })
         .set_connection_config(ConnectionConfig {
@@ -210,7 +217,7 @@ fn builder(config: &RedisConfig) -> Result<Builder, RedisSetupError> {
 /// connecting. For other Redis commands a gateway needs, such as redeeming
 /// one-time tokens. Must be called within a Tokio runtime.
 pub fn command_pool(config: &RedisConfig) -> Result<Pool, RedisSetupError> {
-    let pool = builder(config)?
+    let pool = builder(config, false)?
         .build_pool(config.pool_size.max(1))
         .map_err(|e| RedisSetupError::Client(e.details().to_string()))?;
     drop(pool.connect()); // the task runs on; its handle is not needed
@@ -226,11 +233,10 @@ impl RedisBroker {
     /// unreachable server is retried with backoff forever.
     pub fn new(config: RedisConfig, inbound: Inbound) -> Result<Self, RedisSetupError> {
         let redacted = redact_url(&config.url);
-        let builder = builder(&config)?;
-        let subscriber = builder
+        let subscriber = builder(&config, true)?
             .build()
             .map_err(|e| RedisSetupError::Client(e.details().to_string()))?;
-        let pool = builder
+        let pool = builder(&config, false)?
             .build_pool(config.pool_size.max(1))
             .map_err(|e| RedisSetupError::Client(e.details().to_string()))?;
 

@@ -124,6 +124,7 @@ pub struct CookieProxy {
     client: Client<HttpConnector, Empty<Bytes>>,
     cache: Mutex<HashMap<Key, (Instant, Answer)>>,
     inflight: Mutex<HashMap<Key, Flight>>,
+    last_sweep: Mutex<Instant>,
     stats: CookieProxyStats,
 }
 
@@ -154,6 +155,7 @@ impl CookieProxy {
             client,
             cache: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            last_sweep: Mutex::new(Instant::now()),
             stats: CookieProxyStats::default(),
         })
     }
@@ -232,10 +234,18 @@ impl CookieProxy {
             return;
         }
         let mut cache = self.cache.lock();
+        let ttl = self.config.cache_ttl;
+        // Sweep expired answers now and then, so the cache holds about one
+        // TTL's worth of users rather than everyone ever seen.
+        let mut last_sweep = self.last_sweep.lock();
+        if last_sweep.elapsed() >= ttl {
+            cache.retain(|_, (at, _)| at.elapsed() < ttl);
+            *last_sweep = Instant::now();
+        }
+        drop(last_sweep);
         if cache.len() >= self.config.cache_max_entries {
             // Drop what expired; if that is not enough, start over rather
             // than grow (a cache miss costs one backend request).
-            let ttl = self.config.cache_ttl;
             cache.retain(|_, (at, _)| at.elapsed() < ttl);
             if cache.len() >= self.config.cache_max_entries {
                 cache.clear();

@@ -78,7 +78,7 @@ impl From<io::Error> for ReadError {
 }
 
 /// Read buffers larger than this are released once empty.
-const KEEP_CAPACITY: usize = 1024;
+const KEEP_CAPACITY: usize = 64;
 /// Read at least this much at a time once a frame is being read.
 const READ_CHUNK: usize = 512;
 
@@ -242,12 +242,9 @@ impl<S: AsyncWrite + Unpin> Conn<S> {
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
             self.io.write_all(&self.out).await?;
-            self.out.clear();
-            if self.out.capacity() > BATCH_BYTES {
-                self.out = Vec::new();
-            } else if self.out.capacity() > KEEP_CAPACITY {
-                self.out.shrink_to(KEEP_CAPACITY);
-            }
+            // Nothing is kept between batches: an idle socket holds no
+            // write buffer either.
+            self.out = Vec::new();
         }
         self.io.flush().await
     }
@@ -321,7 +318,7 @@ mod tests {
         drop(f);
         let f = r.read_frame().await.unwrap();
         assert_eq!((f.opcode, &f.payload[..]), (OpCode::Ping, &b"p"[..]));
-        assert!(r.buf.capacity() <= KEEP_CAPACITY.max(4096));
+        assert!(r.buf.capacity() <= 4096);
         assert!(matches!(r.read_frame().await, Err(ReadError::Io(_))));
     }
 

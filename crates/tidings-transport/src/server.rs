@@ -59,6 +59,8 @@ pub(crate) struct Inner {
     pub(crate) bridge: Bridge,
     pub(crate) stats: Arc<TransportStats>,
     pub(crate) rpc: Option<Arc<dyn RpcHandler>>,
+    /// The (empty) credentials of every socket when RPC is off.
+    pub(crate) no_credentials: Arc<http::HeaderMap>,
     /// Cancelled when draining begins: readiness off, upgrades refused.
     pub(crate) draining: CancellationToken,
     /// Cancelled when sockets must go: each session closes with 1012 at its
@@ -130,6 +132,7 @@ impl GatewayBuilder {
                 bridge: self.bridge,
                 stats: Arc::new(TransportStats::default()),
                 rpc: self.rpc,
+                no_credentials: Arc::default(),
                 draining: CancellationToken::new(),
                 shutdown: CancellationToken::new(),
                 counts: Arc::default(),
@@ -352,20 +355,19 @@ impl Gateway {
                 );
             }
         }
-        // What RPC calls will carry: only what the handler asks to keep.
-        let credentials = self
-            .inner
-            .rpc
-            .as_ref()
-            .map(|rpc| rpc.credentials(&parts.headers))
-            .unwrap_or_default();
+        // What RPC calls will carry: only what the handler asks to keep
+        // (and nothing at all, not even an allocation, without RPC).
+        let credentials = match &self.inner.rpc {
+            Some(rpc) => Arc::new(rpc.credentials(&parts.headers)),
+            None => self.inner.no_credentials.clone(),
+        };
         let inner = self.inner.clone();
         let peer = parts.peer;
         self.inner.sessions.spawn(session::run(
             fut,
             inner,
             Arc::new(identity),
-            Arc::new(credentials),
+            credentials,
             peer,
             slot,
         ));

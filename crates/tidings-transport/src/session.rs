@@ -293,7 +293,10 @@ impl Session {
                     Next::Closed => return CloseReason::Client,
                 },
                 frame = conn.read_frame() => match frame {
-                    Ok(frame) => self.on_frame(frame).await,
+                    // Boxed: handling a request is the largest state of
+                    // this loop, and keeping it out of line keeps every
+                    // idle socket's task small.
+                    Ok(frame) => Box::pin(self.on_frame(frame)).await,
                     Err(ReadError::Protocol(why)) => {
                         tracing::debug!(why, "closing on a protocol violation");
                         Step::Close(close::PROTOCOL_ERROR, why, CloseReason::Protocol)
