@@ -163,7 +163,7 @@ impl Bridge {
             bridge: self.clone(),
             id,
             mailbox,
-            topics: HashSet::new(),
+            topics: Vec::new(),
         }
     }
 }
@@ -173,7 +173,9 @@ pub struct Subscriber {
     bridge: Bridge,
     id: u64,
     mailbox: Mailbox,
-    topics: HashSet<Topic>,
+    /// A few topics per socket (bounded by the subscription limit): a
+    /// vector is smaller than a set and as fast at this size.
+    topics: Vec<Topic>,
 }
 
 impl fmt::Debug for Subscriber {
@@ -231,7 +233,7 @@ impl Subscriber {
         }
         let inner = &self.bridge.inner;
         inner.hub.add(&topic, self.id, &self.mailbox);
-        self.topics.insert(topic.clone());
+        self.topics.push(topic.clone());
         let (tx, rx) = oneshot::channel();
         inner
             .control
@@ -242,9 +244,10 @@ impl Subscriber {
 
     /// Leaves `topic`. Returns whether the socket had joined it.
     pub fn unsubscribe(&mut self, topic: &Topic) -> bool {
-        if !self.topics.remove(topic) {
+        let Some(at) = self.topics.iter().position(|t| t == topic) else {
             return false;
-        }
+        };
+        self.topics.swap_remove(at);
         self.release(topic);
         true
     }

@@ -122,7 +122,7 @@ enum Answer {
 pub struct CookieProxy {
     config: CookieProxyConfig,
     client: Client<HttpConnector, Empty<Bytes>>,
-    cache: Mutex<HashMap<Key, (Instant, Answer)>>,
+    cache: Arc<Mutex<HashMap<Key, (Instant, Answer)>>>,
     inflight: Mutex<HashMap<Key, Flight>>,
     last_sweep: Mutex<Instant>,
     stats: CookieProxyStats,
@@ -150,10 +150,30 @@ impl CookieProxy {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
             .build(connector);
+        let cache: Arc<Mutex<HashMap<Key, (Instant, Answer)>>> = Arc::default();
+        if !config.cache_ttl.is_zero() {
+            // Expired answers go within a TTL even when no new lookup comes
+            // (a gateway full of idle sockets holds no stale cache).
+            let weak = Arc::downgrade(&cache);
+            let ttl = config.cache_ttl;
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(ttl);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    let Some(cache) = weak.upgrade() else { return };
+                    let mut cache = cache.lock();
+                    cache.retain(|_, (at, _)| at.elapsed() < ttl);
+                    if cache.is_empty() {
+                        cache.shrink_to_fit();
+                    }
+                }
+            });
+        }
         Ok(Self {
             config,
             client,
-            cache: Mutex::new(HashMap::new()),
+            cache,
             inflight: Mutex::new(HashMap::new()),
             last_sweep: Mutex::new(Instant::now()),
             stats: CookieProxyStats::default(),

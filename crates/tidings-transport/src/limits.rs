@@ -140,9 +140,13 @@ pub enum LimitHit {
 /// The live counts the limits are checked against.
 #[derive(Debug, Default)]
 pub(crate) struct Counts {
+    /// Randomly keyed, so user ids cannot be chosen to collide.
+    hasher: std::collections::hash_map::RandomState,
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    per_user: Mutex<HashMap<String, usize>>,
+    /// Keyed by a hash of the user id: a collision only makes two users
+    /// share a count (stricter, never looser), and no id is copied.
+    per_user: Mutex<HashMap<u64, usize>>,
 }
 
 /// One socket's place in the counts; dropping it gives the place back.
@@ -150,10 +154,15 @@ pub(crate) struct Counts {
 pub(crate) struct Slot {
     counts: Arc<Counts>,
     ip: IpAddr,
-    user: Option<String>,
+    user: Option<u64>,
 }
 
 impl Counts {
+    fn user_key(&self, user: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(user)
+    }
+
     /// Takes a place for a socket from `ip`, if the total and per-address
     /// limits allow.
     pub(crate) fn admit(self: &Arc<Self>, limits: &Limits, ip: IpAddr) -> Result<Slot, LimitHit> {
@@ -180,16 +189,17 @@ impl Counts {
 impl Slot {
     /// Counts the socket against `user` too, if the per-user limit allows.
     pub(crate) fn for_user(&mut self, limits: &Limits, user: &str) -> Result<(), LimitHit> {
+        let key = self.counts.user_key(user);
         let mut per_user = self.counts.per_user.lock();
-        let n = per_user.entry(user.to_owned()).or_insert(0);
+        let n = per_user.entry(key).or_insert(0);
         if *n >= limits.max_connections_per_user {
             if *n == 0 {
-                per_user.remove(user);
+                per_user.remove(&key);
             }
             return Err(LimitHit::PerUser);
         }
         *n += 1;
-        self.user = Some(user.to_owned());
+        self.user = Some(key);
         Ok(())
     }
 }
@@ -206,12 +216,12 @@ impl Drop for Slot {
                 }
             }
         }
-        if let Some(user) = &self.user {
+        if let Some(key) = self.user {
             let mut per_user = self.counts.per_user.lock();
-            if let Some(n) = per_user.get_mut(user) {
+            if let Some(n) = per_user.get_mut(&key) {
                 *n -= 1;
                 if *n == 0 {
-                    per_user.remove(user);
+                    per_user.remove(&key);
                 }
             }
         }
