@@ -619,7 +619,6 @@ async fn redis_outage_shows_in_the_broker_metrics() {
 /// reconnect ("subscriptions restored"). `RedisBroker::subscribe` trusts
 /// fred's `subscribe()` result, which is `Ok` despite the error reply.
 #[tokio::test]
-#[ignore = "known limitation: fred 10 resolves SUBSCRIBE without surfacing a NOPERM reply (also with RESP3); see docs/redis.md 'Redis ACLs' and the issue 3 note"]
 async fn redis_refusing_a_subscription_is_not_acknowledged() {
     let redis = RedisServer::start().await;
     let gw = Gateway::start_with(
@@ -652,6 +651,21 @@ async fn redis_refusing_a_subscription_is_not_acknowledged() {
         "the gateway acknowledged {reply} although Redis refused the SUBSCRIBE \
          (NUMSUB /app/room/9 = {held}); messages on it will never arrive"
     );
+    assert_eq!(
+        (
+            reply["type"].as_str(),
+            reply["code"].as_str(),
+            reply["id"].as_i64()
+        ),
+        (Some("error"), Some("forbidden"), Some(1)),
+        "a refused subscription is a forbidden error: {reply}"
+    );
+    assert!(
+        reply["message"].as_str().unwrap_or("").contains("NOPERM"),
+        "{reply}"
+    );
+    // The socket is still served.
+    assert_served(&mut c, "after the refusal").await;
 }
 
 // ---------------------------------------------------------------- limits

@@ -185,6 +185,9 @@ impl Endpoints {
             .await
         {
             Ok(()) => json_response(StatusCode::ACCEPTED, r#"{"status":"accepted"}"#.into()),
+            Err(e @ tidings_bridge::BrokerError::Refused(_)) => {
+                json_error(StatusCode::FORBIDDEN, "forbidden", &e.to_string())
+            }
             Err(e) => {
                 let mut res = json_error(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -23,6 +23,10 @@ pub enum BrokerError {
     /// The broker took too long to answer.
     #[error("broker timed out")]
     Timeout,
+    /// The broker refused the request (for example a Redis ACL that does
+    /// not allow the channel).
+    #[error("broker refused: {0}")]
+    Refused(String),
     /// The bridge has shut down.
     #[error("bridge is shut down")]
     Closed,

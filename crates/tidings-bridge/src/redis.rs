@@ -165,6 +165,7 @@ impl fmt::Debug for RedisBroker {
 fn to_broker_error(e: fred::error::Error) -> BrokerError {
     match e.kind() {
         ErrorKind::Timeout => BrokerError::Timeout,
+        _ if e.details().starts_with("NOPERM") => BrokerError::Refused(e.details().to_string()),
         _ => BrokerError::Unavailable(e.details().to_string()),
     }
 }
@@ -286,6 +287,23 @@ fn split(topics: &[Topic]) -> (Vec<String>, Vec<String>) {
     (channels, patterns)
 }
 
+impl RedisBroker {
+    /// fred resolves (P)SUBSCRIBE once written and drops the server's
+    /// replies, so a refusal (an ACL's `NOPERM`) would pass unseen. A PING
+    /// on the same connection is answered after those replies: an error
+    /// reply in between is handed to the PING, and so seen here.
+    async fn confirm(&self) -> Result<(), BrokerError> {
+        match self.subscriber.ping::<Value>(None).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == &ErrorKind::Timeout => Err(BrokerError::Timeout),
+            Err(e) => {
+                tracing::warn!(error = %e.details(), "Redis refused a subscription");
+                Err(BrokerError::Refused(e.details().to_string()))
+            }
+        }
+    }
+}
+
 impl Broker for RedisBroker {
     fn publish(
         &self,
@@ -326,7 +344,7 @@ impl Broker for RedisBroker {
                     .await
                     .map_err(to_broker_error)?;
             }
-            Ok(())
+            self.confirm().await
         })
     }
 

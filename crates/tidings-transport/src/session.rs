@@ -195,6 +195,16 @@ impl TokenBucket {
     }
 }
 
+/// The error frame for a broker failure: a refusal (an ACL) is final,
+/// anything else is worth a retry.
+fn broker_error(e: &tidings_bridge::BrokerError, id: Option<&RawValue>) -> Bytes {
+    let code = match e {
+        tidings_bridge::BrokerError::Refused(_) => ErrorCode::Forbidden,
+        _ => ErrorCode::BrokerUnavailable,
+    };
+    protocol::encode_error(code, &e.to_string(), id)
+}
+
 /// Runs one write, giving up if the peer does not take it in time.
 async fn timed<F: std::future::Future<Output = std::io::Result<()>>>(
     limit: Duration,
@@ -560,9 +570,7 @@ impl Session {
                 }
                 match self.sub.subscribe(topic).await {
                     Ok(()) => protocol::encode_ack("subscribed", &channel, id),
-                    Err(e) => {
-                        protocol::encode_error(ErrorCode::BrokerUnavailable, &e.to_string(), id)
-                    }
+                    Err(e) => broker_error(&e, id),
                 }
             }
             Request::Unsubscribe { channel } => match tidings_core::ChannelName::new(&channel) {
@@ -581,9 +589,7 @@ impl Session {
                 let payload = SenderEnvelope::wrap(self.identity.user.as_deref(), &data);
                 match gw.bridge.publish(Message::new(name, payload)).await {
                     Ok(()) => protocol::encode_ack("published", &channel, id),
-                    Err(e) => {
-                        protocol::encode_error(ErrorCode::BrokerUnavailable, &e.to_string(), id)
-                    }
+                    Err(e) => broker_error(&e, id),
                 }
             }
             Request::Ping => protocol::encode_pong(id),
