@@ -3,7 +3,7 @@
 use serde_json::json;
 use tidings_e2e::{http, ws::Client, Gateway, GatewayOptions};
 
-const KEY: &str = "0123456789012345678901";
+const KEY: &str = "00123456789012345678";
 
 #[tokio::test]
 async fn health_readiness_and_demo_page() {
@@ -43,6 +43,21 @@ async fn publish_with_an_api_key() {
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
     assert_eq!(c.next_json().await["data"], json!({"ok": true}));
+    // The scheme name is case-insensitive.
+    let body = json!({"channel": "/app/broadcast", "data": 2}).to_string();
+    let r = tidings_e2e::http::request(
+        gw.addr,
+        "POST",
+        "/api/publish",
+        &[
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+            ("Authorization".to_owned(), format!("bearer {KEY}")),
+        ],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(c.next_json().await["data"], json!(2));
     assert!(!gw.logs().contains(KEY), "the API key must never be logged");
 }
 

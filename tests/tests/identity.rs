@@ -75,6 +75,8 @@ fn with_token(gw: &Gateway, token: &str) -> String {
 /// 401 rather than 503. (Right after startup the gateway may answer 503 for
 /// a moment: see `ready_means_tokens_can_be_redeemed`.)
 async fn tokens_ready(gw: &Gateway) {
+    // The broker (publishing) too, not only the token store.
+    gw.wait_ready().await;
     let deadline = Instant::now() + PATIENCE;
     loop {
         let r = refused(&with_token(gw, &new_token("probe")), &[]).await;

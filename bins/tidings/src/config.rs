@@ -452,9 +452,36 @@ impl Config {
             }
             fig = fig.merge(Toml::file_exact(path));
         }
-        fig = fig.merge(Env::prefixed("TIDINGS_").split("__"));
-        let config: Config = fig.extract()?;
+        // Secrets are taken from the environment byte for byte: figment
+        // would read an all-digit key as a number (and round it).
+        fig = fig.merge(
+            Env::prefixed("TIDINGS_")
+                .split("__")
+                .ignore(&["api_key", "redis_url"]),
+        );
+        let mut config: Config = fig.extract()?;
+        if let Ok(raw) = std::env::var("TIDINGS_API_KEY") {
+            config.api_key = Some(Secret(raw));
+        }
+        if let Ok(raw) = std::env::var("TIDINGS_REDIS_URL") {
+            config.redis_url = Some(Secret(raw));
+        }
         config.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, reason, .. }
+                if is_secret(key)
+                    && std::env::var_os(format!("TIDINGS_{}", key.to_ascii_uppercase()))
+                        .is_some() =>
+            {
+                let origin = format!(
+                    " (from environment variable TIDINGS_{})",
+                    key.to_ascii_uppercase()
+                );
+                ConfigError::Invalid {
+                    key,
+                    reason,
+                    origin,
+                }
+            }
             ConfigError::Invalid { key, reason, .. } => {
                 let origin = fig
                     .find_metadata(key)

@@ -127,7 +127,12 @@ impl Endpoints {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            // The scheme name is case-insensitive (RFC 9110 11.1).
+            .and_then(|v| {
+                v.get(..7)
+                    .filter(|s| s.eq_ignore_ascii_case("bearer "))
+                    .map(|_| &v[7..])
+            })
             .map(str::trim);
         match (&self.api_key, bearer) {
             (Some(key), Some(given)) if constant_time_eq(key.as_bytes(), given.as_bytes()) => {
@@ -138,7 +143,11 @@ impl Endpoints {
                 let proxied = ["forwarded", "x-forwarded-for", "x-real-ip"]
                     .iter()
                     .any(|h| req.headers().contains_key(*h));
-                if self.allow_local_without_key && peer.ip().is_loopback() && !proxied {
+                // `::ffff:127.0.0.1` (a dual-stack listener) is loopback too.
+                if self.allow_local_without_key
+                    && peer.ip().to_canonical().is_loopback()
+                    && !proxied
+                {
                     Ok(())
                 } else {
                     Err("no api_key is configured, so only local processes may publish; set TIDINGS_API_KEY")

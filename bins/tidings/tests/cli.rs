@@ -147,3 +147,14 @@ fn unknown_keys_stop_startup() {
     assert!(!ok);
     assert!(err.contains("does not exist"), "{err}");
 }
+
+#[test]
+fn an_all_digit_api_key_is_kept_exactly() {
+    // figment would read this as a number and round it; the key must be
+    // used byte for byte (leading zeros and all).
+    let key = "00123456789012345678";
+    let (ok, out, err) = tidings(&["check-config"], &[("TIDINGS_API_KEY", key)]);
+    assert!(ok, "{err}");
+    assert!(out.contains("api_key = \"<redacted>\""), "{out}");
+    assert!(!out.contains(key) && !err.contains(key));
+}

@@ -79,6 +79,8 @@ impl From<io::Error> for ReadError {
 
 /// Read buffers larger than this are released once empty.
 const KEEP_CAPACITY: usize = 64;
+/// Grow the read buffer by at most this much per read.
+const GROW_STEP: usize = 16 * 1024;
 /// Read at least this much at a time once a frame is being read.
 const READ_CHUNK: usize = 512;
 
@@ -108,7 +110,9 @@ impl<S: AsyncRead + Unpin> Conn<S> {
     /// Reads until at least `n` bytes are buffered.
     async fn fill(&mut self, n: usize) -> Result<(), ReadError> {
         while self.buf.len() < n {
-            let want = (n - self.buf.len()).max(READ_CHUNK);
+            // Grow as bytes arrive, not by what a header announces: a
+            // client cannot make the server reserve a whole frame up front.
+            let want = (n - self.buf.len()).clamp(READ_CHUNK, GROW_STEP);
             self.buf.reserve(want);
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));

@@ -75,7 +75,7 @@ impl std::str::FromStr for IpNet {
 impl IpNet {
     /// Whether `ip` is in this range.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
+        match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
                     .checked_shl(32 - u32::from(self.prefix))
@@ -98,6 +98,8 @@ impl Limits {
     /// proxy, the rightmost `X-Forwarded-For` entry that is not itself a
     /// trusted proxy (entries further left are the client's own claims).
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        // A dual-stack listener sees IPv4 peers as `::ffff:a.b.c.d`.
+        let peer = peer.to_canonical();
         let trusted = |ip: IpAddr| self.trusted_proxies.iter().any(|n| n.contains(ip));
         if !trusted(peer) {
             return peer;
@@ -166,6 +168,13 @@ impl Counts {
     /// Takes a place for a socket from `ip`, if the total and per-address
     /// limits allow.
     pub(crate) fn admit(self: &Arc<Self>, limits: &Limits, ip: IpAddr) -> Result<Slot, LimitHit> {
+        // One IPv6 client usually holds a whole /64: count it as one address.
+        let ip = match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64)))
+            }
+            v4 => v4,
+        };
         if self.total.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(LimitHit::Total);

@@ -158,13 +158,19 @@ impl HttpRpc {
             && !path.bytes().any(|b| b.is_ascii_control() || b == b' ')
             && !path.to_ascii_lowercase().contains("%2e")
             && !path.to_ascii_lowercase().contains("%2f")
-            && !path.to_ascii_lowercase().contains("%5c");
+            && !path.to_ascii_lowercase().contains("%5c")
+            // `;` path parameters (`/api/..;/admin` on some servers) and
+            // double encoding (`%252e`) could decode into another path.
+            && !path_only.contains(';')
+            && !path.contains("%25");
         if !safe
-            || !self
-                .config
-                .allowed_paths
-                .iter()
-                .any(|prefix| path_only.starts_with(prefix.as_str()))
+            || !self.config.allowed_paths.iter().any(|prefix| {
+                // Whole segments: `/api` admits `/api/x`, not `/api-admin`.
+                path_only.starts_with(prefix.as_str())
+                    && (prefix.ends_with('/')
+                        || path_only.len() == prefix.len()
+                        || path_only.as_bytes()[prefix.len()] == b'/')
+            })
         {
             return Err(RpcError::Forbidden(format!(
                 "path not allowed for rpc (allowed: {})",
@@ -244,6 +250,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn prefixes_match_whole_segments() {
+        let rpc = HttpRpc {
+            config: RpcConfig::new(
+                Uri::from_static("http://127.0.0.1:8000"),
+                vec!["/api".into()],
+            ),
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        };
+        assert!(rpc.target("/api").is_ok());
+        assert!(rpc.target("/api/x").is_ok());
+        assert!(rpc.target("/api?x=1").is_ok());
+        assert!(matches!(
+            rpc.target("/api-admin"),
+            Err(RpcError::Forbidden(_))
+        ));
+    }
+
+    #[test]
     fn paths_are_confined_to_the_allowed_prefixes() {
         let rpc = HttpRpc {
             config: RpcConfig::new(
@@ -270,6 +294,9 @@ mod tests {
             "/api/%2F..%2Fadmin",
             "/ap",
             "/api/..?x=1",
+            "/api/..;/admin",
+            "/api/%252e%252e/admin",
+            "/api-admin",
             "/api/x/..?",
             "/api//x",
         ] {

@@ -272,6 +272,26 @@ impl Session {
                     Step::Close(close::SERVICE_RESTART, "server restarting, reconnect", CloseReason::Shutdown)
                 }
                 reply = next_rpc(&mut self.rpc_results) => Step::Reply(Some(reply)),
+                // Client frames before deliveries: however busy its
+                // channels are, a client can always be heard (unsubscribe,
+                // close). Its frames are bounded by the rate limit.
+                frame = conn.read_frame() => match frame {
+                    // Boxed: handling a request is the largest state of
+                    // this loop, and keeping it out of line keeps every
+                    // idle socket's task small.
+                    Ok(frame) => Box::pin(self.on_frame(frame)).await,
+                    Err(ReadError::Protocol(why)) => {
+                        tracing::debug!(why, "closing on a protocol violation");
+                        Step::Close(close::PROTOCOL_ERROR, why, CloseReason::Protocol)
+                    }
+                    Err(ReadError::TooBig) => {
+                        Step::Close(close::MESSAGE_TOO_BIG, "message too big", CloseReason::TooBig)
+                    }
+                    Err(ReadError::Io(e)) => {
+                        tracing::trace!(error = %e, "read side ended");
+                        return CloseReason::Client;
+                    }
+                },
                 next = mailbox.next() => match next {
                     Next::Item(item) => {
                         // Write this delivery and whatever else is already
@@ -301,23 +321,6 @@ impl Session {
                     Next::Dropped(n) => Step::Reply(Some(protocol::encode_dropped(n))),
                     Next::Overflowed => Step::Close(close::SLOW_CONSUMER, "slow consumer", CloseReason::SlowConsumer),
                     Next::Closed => return CloseReason::Client,
-                },
-                frame = conn.read_frame() => match frame {
-                    // Boxed: handling a request is the largest state of
-                    // this loop, and keeping it out of line keeps every
-                    // idle socket's task small.
-                    Ok(frame) => Box::pin(self.on_frame(frame)).await,
-                    Err(ReadError::Protocol(why)) => {
-                        tracing::debug!(why, "closing on a protocol violation");
-                        Step::Close(close::PROTOCOL_ERROR, why, CloseReason::Protocol)
-                    }
-                    Err(ReadError::TooBig) => {
-                        Step::Close(close::MESSAGE_TOO_BIG, "message too big", CloseReason::TooBig)
-                    }
-                    Err(ReadError::Io(e)) => {
-                        tracing::trace!(error = %e, "read side ended");
-                        return CloseReason::Client;
-                    }
                 },
                 () = sleep_until(tick) => {
                     let now = Instant::now();
@@ -423,7 +426,26 @@ impl Session {
                 Ok(()) => Step::CloseEcho(frame.payload),
                 Err((code, why)) => Step::Close(code, why, CloseReason::Protocol),
             },
-            OpCode::Ping => Step::Pong(frame.payload),
+            OpCode::Ping => {
+                // Pings cost a write each: they count against the rate
+                // limit like messages (over it, they go unanswered).
+                if self.rate.take() {
+                    self.limited_in_a_row = 0;
+                    Step::Pong(frame.payload)
+                } else {
+                    self.gw.stats.rate_limited();
+                    self.limited_in_a_row += 1;
+                    if self.limited_in_a_row >= self.gw.config.rate_limit_close_after {
+                        Step::Close(
+                            close::POLICY_VIOLATION,
+                            "rate limit exceeded",
+                            CloseReason::RateLimited,
+                        )
+                    } else {
+                        Step::Reply(None)
+                    }
+                }
+            }
             OpCode::Pong => Step::PongSeen,
         }
     }
