@@ -313,19 +313,26 @@ pub fn encode_message(
         return Bytes::from(out);
     }
     out.push_str(",\"data\":");
+    push_payload(&mut out, payload);
+    out.push('}');
+    Bytes::from(out)
+}
+
+/// Appends `payload` as a frame's `data`: the JSON itself when it is JSON,
+/// a JSON string when it is other UTF-8, else base64 followed by
+/// `"encoding":"base64"`.
+fn push_payload(out: &mut String, payload: &[u8]) {
     match std::str::from_utf8(payload) {
         Ok(text) => match serde_json::from_str::<&RawValue>(text) {
             Ok(raw) => out.push_str(raw.get()),
-            Err(_) => push_json_str(&mut out, text),
+            Err(_) => push_json_str(out, text),
         },
         Err(_) => {
             out.push('"');
-            base64_into(&mut out, payload);
+            base64_into(out, payload);
             out.push_str("\",\"encoding\":\"base64\"");
         }
     }
-    out.push('}');
-    Bytes::from(out)
 }
 
 /// How a message a client published travels through the broker: the data
@@ -390,17 +397,10 @@ pub fn encode_rpc_result(id: Option<&RawValue>, status: u16, body: &[u8]) -> Byt
     out.push_str(",\"status\":");
     out.push_str(&status.to_string());
     out.push_str(",\"data\":");
-    match std::str::from_utf8(body) {
-        Ok("") => out.push_str("null"),
-        Ok(text) => match serde_json::from_str::<&RawValue>(text) {
-            Ok(raw) => out.push_str(raw.get()),
-            Err(_) => push_json_str(&mut out, text),
-        },
-        Err(_) => {
-            out.push('"');
-            base64_into(&mut out, body);
-            out.push_str("\",\"encoding\":\"base64\"");
-        }
+    if body.is_empty() {
+        out.push_str("null");
+    } else {
+        push_payload(&mut out, body);
     }
     out.push('}');
     Bytes::from(out)

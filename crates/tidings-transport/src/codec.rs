@@ -4,10 +4,11 @@
 //! written here, for three reasons: an idle socket must not hold a large
 //! read buffer (the reader keeps none while idle and grows only for the
 //! frame at hand), every violation must map to its close code (unmasked
-//! client frames, bad close frames, oversize frames) and the writer must be
-//! able to send several queued frames in one system call.
+//! client frames, bad close frames, oversize frames) and the writer must
+//! send several queued frames in one system call without copying their
+//! shared payloads.
 
-use std::io;
+use std::io::{self, IoSlice};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -90,7 +91,13 @@ pub(crate) struct Conn<S> {
     io: S,
     buf: BytesMut,
     max_frame: usize,
-    out: Vec<u8>,
+    /// Frame headers of the batch being written, back to back.
+    heads: Vec<u8>,
+    /// Each frame of the batch: where its header ends in `heads`, and its
+    /// payload.
+    parts: Vec<(usize, Bytes)>,
+    /// Bytes in the batch.
+    pending: usize,
 }
 
 impl<S> Conn<S> {
@@ -101,7 +108,9 @@ impl<S> Conn<S> {
             io,
             buf: BytesMut::new(),
             max_frame,
-            out: Vec::new(),
+            heads: Vec::new(),
+            parts: Vec::new(),
+            pending: 0,
         }
     }
 }
@@ -202,9 +211,6 @@ fn unmask(data: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-/// Frames up to this size are copied into one buffer with their headers;
-/// larger payloads are written after their header without a copy.
-const COPY_LIMIT: usize = 16 * 1024;
 /// A batch is written once it holds this much.
 pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 
@@ -222,40 +228,53 @@ impl<S: AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Adds a frame to the batch; large payloads flush the batch and are
-    /// written at once.
-    pub(crate) async fn push(&mut self, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
-        if payload.len() > COPY_LIMIT {
-            Self::header(opcode, payload.len(), &mut self.out);
-            self.io.write_all(&self.out).await?;
-            self.out.clear();
-            self.io.write_all(payload).await?;
-        } else {
-            Self::header(opcode, payload.len(), &mut self.out);
-            self.out.extend_from_slice(payload);
-        }
-        Ok(())
+    /// Adds a frame to the batch. The payload is not copied: the batch
+    /// holds the (shared) bytes, and [`Conn::flush`] hands the kernel the
+    /// headers and payloads in one vectored write.
+    pub(crate) fn push(&mut self, opcode: OpCode, payload: Bytes) {
+        Self::header(opcode, payload.len(), &mut self.heads);
+        self.pending += self.heads.len() - self.parts.last().map_or(0, |(end, _)| *end);
+        self.pending += payload.len();
+        self.parts.push((self.heads.len(), payload));
     }
 
     /// Bytes waiting in the batch.
     pub(crate) fn pending(&self) -> usize {
-        self.out.len()
+        self.pending
     }
 
     /// Writes the batch.
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.io.write_all(&self.out).await?;
+        if !self.parts.is_empty() {
+            let mut slices = Vec::with_capacity(self.parts.len() * 2);
+            let mut start = 0;
+            for (end, payload) in &self.parts {
+                slices.push(IoSlice::new(&self.heads[start..*end]));
+                if !payload.is_empty() {
+                    slices.push(IoSlice::new(payload));
+                }
+                start = *end;
+            }
+            let mut bufs = &mut slices[..];
+            while !bufs.is_empty() {
+                let n = self.io.write_vectored(bufs).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                IoSlice::advance_slices(&mut bufs, n);
+            }
             // Nothing is kept between batches: an idle socket holds no
-            // write buffer either.
-            self.out = Vec::new();
+            // write buffers.
+            self.parts = Vec::new();
+            self.heads = Vec::new();
+            self.pending = 0;
         }
         self.io.flush().await
     }
 
     /// Writes one frame now.
-    pub(crate) async fn send(&mut self, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
-        self.push(opcode, payload).await?;
+    pub(crate) async fn send(&mut self, opcode: OpCode, payload: Bytes) -> io::Result<()> {
+        self.push(opcode, payload);
         self.flush().await
     }
 
@@ -264,7 +283,7 @@ impl<S: AsyncWrite + Unpin> Conn<S> {
         let mut payload = Vec::with_capacity(2 + reason.len());
         payload.extend_from_slice(&code.to_be_bytes());
         payload.extend_from_slice(reason.as_bytes());
-        self.send(OpCode::Close, &payload).await?;
+        self.send(OpCode::Close, Bytes::from(payload)).await?;
         self.io.shutdown().await
     }
 }
@@ -368,7 +387,7 @@ mod tests {
             let mut out = Vec::new();
             let payload = vec![7u8; len];
             let mut w = Conn::new(&mut out, 0);
-            w.send(OpCode::Text, &payload).await.unwrap();
+            w.send(OpCode::Text, Bytes::from(payload)).await.unwrap();
             assert_eq!(out[0], 0x81);
             let (hdr, n) = match out[1] {
                 126 => (4, usize::from(u16::from_be_bytes([out[2], out[3]]))),

@@ -120,8 +120,7 @@ async fn serve_socket(
             &plan.patterns,
         )
     };
-    let reason = if timed(gw.config.write_timeout, conn.send(OpCode::Text, &welcome)).await {
-        drop(welcome);
+    let reason = if timed(gw.config.write_timeout, conn.send(OpCode::Text, welcome)).await {
         gw.stats.frames_out(1);
         let mut session = Session {
             rate: TokenBucket::new(
@@ -295,17 +294,15 @@ impl Session {
                 next = mailbox.next() => match next {
                     Next::Item(item) => {
                         // Write this delivery and whatever else is already
-                        // queued, in one batch.
+                        // queued, in one batch (the shared frames are not
+                        // copied).
                         let mut n = 0u64;
                         let mut item = Some(item);
                         while let Some(it) = item.take() {
-                            let pushed = match &it {
-                                Outbound::Deliver(d) => timed(limit, conn.push(OpCode::Text, d.frame())).await,
-                                Outbound::Notice(b) => timed(limit, conn.push(OpCode::Text, b)).await,
-                            };
-                            if !pushed {
-                                return CloseReason::SlowConsumer;
-                            }
+                            conn.push(OpCode::Text, match it {
+                                Outbound::Deliver(d) => d.frame().clone(),
+                                Outbound::Notice(b) => b,
+                            });
                             n += 1;
                             if n < BATCH_FRAMES as u64 && conn.pending() < BATCH_BYTES {
                                 item = mailbox.try_next();
@@ -329,7 +326,7 @@ impl Session {
                         Step::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout", CloseReason::Heartbeat)
                     } else {
                         if now >= next_ping {
-                            if !timed(limit, conn.send(OpCode::Ping, b"tidings")).await {
+                            if !timed(limit, conn.send(OpCode::Ping, Bytes::from_static(b"tidings"))).await {
                                 return CloseReason::SlowConsumer;
                             }
                             next_ping = now + cfg.ping_interval;
@@ -344,19 +341,19 @@ impl Session {
             match step {
                 Step::Reply(None) => {}
                 Step::Reply(Some(reply)) => {
-                    if !timed(limit, conn.send(OpCode::Text, &reply)).await {
+                    if !timed(limit, conn.send(OpCode::Text, reply)).await {
                         return CloseReason::SlowConsumer;
                     }
                     gw.stats.frames_out(1);
                 }
                 Step::Pong(payload) => {
-                    if !timed(limit, conn.send(OpCode::Pong, &payload)).await {
+                    if !timed(limit, conn.send(OpCode::Pong, payload)).await {
                         return CloseReason::SlowConsumer;
                     }
                 }
                 Step::PongSeen => pong_deadline = None,
                 Step::CloseEcho(payload) => {
-                    let _ = timed(limit, conn.send(OpCode::Close, &payload)).await;
+                    let _ = timed(limit, conn.send(OpCode::Close, payload)).await;
                     return CloseReason::Client;
                 }
                 Step::Close(code, why, reason) => {
@@ -429,39 +426,40 @@ impl Session {
             OpCode::Ping => {
                 // Pings cost a write each: they count against the rate
                 // limit like messages (over it, they go unanswered).
-                if self.rate.take() {
-                    self.limited_in_a_row = 0;
-                    Step::Pong(frame.payload)
-                } else {
-                    self.gw.stats.rate_limited();
-                    self.limited_in_a_row += 1;
-                    if self.limited_in_a_row >= self.gw.config.rate_limit_close_after {
-                        Step::Close(
-                            close::POLICY_VIOLATION,
-                            "rate limit exceeded",
-                            CloseReason::RateLimited,
-                        )
-                    } else {
-                        Step::Reply(None)
-                    }
+                match self.rate_limit() {
+                    Ok(()) => Step::Pong(frame.payload),
+                    Err(step) => step.unwrap_or(Step::Reply(None)),
                 }
             }
             OpCode::Pong => Step::PongSeen,
         }
     }
 
+    /// Takes a token for one client message or ping. `Err(None)`: over
+    /// the limit, refuse this one; `Err(Some(close))`: over it too long.
+    fn rate_limit(&mut self) -> Result<(), Option<Step>> {
+        if self.rate.take() {
+            self.limited_in_a_row = 0;
+            return Ok(());
+        }
+        self.gw.stats.rate_limited();
+        self.limited_in_a_row += 1;
+        if self.limited_in_a_row >= self.gw.config.rate_limit_close_after {
+            return Err(Some(Step::Close(
+                close::POLICY_VIOLATION,
+                "rate limit exceeded",
+                CloseReason::RateLimited,
+            )));
+        }
+        Err(None)
+    }
+
     /// Handles one complete client message.
     async fn handle(&mut self, opcode: OpCode, payload: &[u8]) -> Step {
         self.gw.stats.frame_in();
-        if !self.rate.take() {
-            self.gw.stats.rate_limited();
-            self.limited_in_a_row += 1;
-            if self.limited_in_a_row >= self.gw.config.rate_limit_close_after {
-                return Step::Close(
-                    close::POLICY_VIOLATION,
-                    "rate limit exceeded",
-                    CloseReason::RateLimited,
-                );
+        if let Err(close) = self.rate_limit() {
+            if let Some(close) = close {
+                return close;
             }
             let id = ClientFrame::parse(payload).ok().and_then(|f| f.id);
             return Step::Reply(Some(protocol::encode_error(
@@ -473,7 +471,6 @@ impl Session {
                 id.as_deref(),
             )));
         }
-        self.limited_in_a_row = 0;
         if opcode == OpCode::Binary {
             return Step::Reply(Some(protocol::encode_error(
                 ErrorCode::BinaryUnsupported,
