@@ -17,7 +17,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
@@ -38,6 +38,11 @@ pub enum Mode {
     Slow(Duration, Box<Mode>),
     /// Accepts the request and never answers.
     Hang,
+    /// An RPC target, answering by path: `/api/echo...` 200 with what it got
+    /// (`{"ok":true,"method":..,"path":..,"got":<JSON body>}`), `/api/fail`
+    /// 500 with an error body, `/api/slow?ms=N` 200 after N ms, anything
+    /// else 404.
+    Rpc,
 }
 
 impl Mode {
@@ -55,12 +60,16 @@ impl Mode {
 /// One request the backend received.
 #[derive(Debug, Clone)]
 pub struct Call {
+    /// The request method.
+    pub method: String,
     /// The request path (with the query, if any).
     pub path: String,
     /// The `Cookie` header, if the request had one (several are joined with `; `).
     pub cookie: Option<String>,
     /// Every header, names lowercased, in order.
     pub headers: Vec<(String, String)>,
+    /// The request body.
+    pub body: Vec<u8>,
     /// When the request arrived.
     pub at: Instant,
 }
@@ -128,6 +137,11 @@ impl Backend {
         Backend { addr, shared, stop }
     }
 
+    /// `http://127.0.0.1:<port>`: a base URL, for example `rpc.url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// `http://127.0.0.1:<port>/whoami`: the gateway's `identity.cookie_proxy.url`.
     pub fn url(&self) -> String {
         format!("http://{}/whoami", self.addr)
@@ -190,25 +204,38 @@ async fn handle(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
+    let method = req.method().to_string();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let cookie = (!cookies.is_empty()).then(|| cookies.join("; "));
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
     let call = Call {
-        path: req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned()),
-        cookie: (!cookies.is_empty()).then(|| cookies.join("; ")),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        method,
+        path,
+        cookie,
+        headers,
+        body,
         at: Instant::now(),
     };
     let cookie = call.cookie.clone();
+    let this = call.clone();
     state.calls.lock().unwrap().push(call);
     let mut mode = state.mode.lock().unwrap().clone();
     loop {
@@ -218,6 +245,7 @@ async fn handle(
                 mode = *then;
             }
             Mode::Hang => std::future::pending::<()>().await,
+            Mode::Rpc => return Ok(rpc_answer(&this).await),
             Mode::Json(body) => return Ok(respond(200, &body)),
             Mode::Status(status) => {
                 return Ok(respond(
@@ -235,6 +263,28 @@ async fn handle(
                 return Ok(respond(200, found.unwrap_or(&json!({"user": null}))));
             }
         }
+    }
+}
+
+/// [`Mode::Rpc`]'s answer to `call`.
+async fn rpc_answer(call: &Call) -> Response<Full<Bytes>> {
+    let path = call.path.as_str();
+    if path.starts_with("/api/echo") {
+        let got: Value = serde_json::from_slice(&call.body).unwrap_or(Value::Null);
+        respond(
+            200,
+            &json!({"ok": true, "method": call.method, "path": path, "got": got}),
+        )
+    } else if path == "/api/fail" {
+        respond(
+            500,
+            &json!({"error": "boom", "detail": "the backend failed"}),
+        )
+    } else if let Some(ms) = path.strip_prefix("/api/slow?ms=") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        respond(200, &json!({"slow": true}))
+    } else {
+        respond(404, &json!({"error": "not found"}))
     }
 }
 

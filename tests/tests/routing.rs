@@ -10,29 +10,19 @@
 //! (`identity.resolvers = ["token"]`), so a test can give a socket any
 //! identity, hostile ones included.
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tidings_e2e::{
+    backend::{Backend, Mode},
     http,
     redis::{RedisServer, Reply, Resp},
     ws::Client,
     Gateway, GatewayOptions, PATIENCE,
 };
 use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::watch,
-    task::JoinSet,
+    net::TcpStream,
     time::{sleep, timeout, Instant},
 };
 use tokio_tungstenite::{tungstenite::Message as WsMessage, MaybeTlsStream, WebSocketStream};
@@ -973,146 +963,6 @@ async fn rate_limit_answers_then_closes_the_flooder_only() {
 
 // -------------------------------------------------------------------- RPC
 
-/// One request the RPC backend received.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A real HTTP/1.1 backend for RPC (hyper, on a free loopback port) that
-/// records method, path, headers and body. It answers by path:
-/// `/api/echo...` 200 with what it got, `/api/fail` 500 with an error body,
-/// `/api/slow?ms=N` 200 after N ms, anything else 404.
-struct RpcBackend {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    stop: watch::Sender<bool>,
-}
-
-impl RpcBackend {
-    async fn start() -> RpcBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (stop, mut stopped) = watch::channel(false);
-        let record = seen.clone();
-        tokio::spawn(async move {
-            let mut conns = JoinSet::new();
-            loop {
-                tokio::select! {
-                    _ = stopped.wait_for(|s| *s) => break,
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        let record = record.clone();
-                        conns.spawn(async move {
-                            let svc = service_fn(move |req| answer(record.clone(), req));
-                            let _ = http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
-                        });
-                    }
-                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                }
-            }
-            drop(listener);
-            conns.shutdown().await;
-        });
-        RpcBackend { addr, seen, stop }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// Closes the listener and every connection; waits until the port
-    /// refuses connections.
-    async fn stop(&self) {
-        let _ = self.stop.send(true);
-        let deadline = Instant::now() + PATIENCE;
-        while TcpStream::connect(self.addr).await.is_ok() {
-            assert!(Instant::now() < deadline, "backend still accepting");
-            sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for RpcBackend {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-async fn answer(
-    record: Arc<Mutex<Vec<Seen>>>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let method = req.method().to_string();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
-    let headers = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes().to_vec())
-        .unwrap_or_default();
-    record.lock().unwrap().push(Seen {
-        method: method.clone(),
-        path: path.clone(),
-        headers,
-        body: body.clone(),
-    });
-    let (status, out) = if path.starts_with("/api/echo") {
-        let got: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        (
-            200,
-            json!({"ok": true, "method": method, "path": path, "got": got}),
-        )
-    } else if path == "/api/fail" {
-        (
-            500,
-            json!({"error": "boom", "detail": "the backend failed"}),
-        )
-    } else if let Some(ms) = path.strip_prefix("/api/slow?ms=") {
-        sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
-        (200, json!({"slow": true}))
-    } else {
-        (404, json!({"error": "not found"}))
-    };
-    Ok(Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(out.to_string())))
-        .expect("response"))
-}
-
 /// `[rpc]` for the backend at `url`: `/api/` allowed, 0.5 s timeout, 2 in
 /// flight per socket; default rules.
 fn rpc_config(url: &str) -> String {
@@ -1135,8 +985,8 @@ fn rpc(id: Value, method: &str, path: &str, data: Option<Value>) -> Value {
 /// backend call.
 #[tokio::test]
 async fn rpc_round_trips_carry_the_sockets_cookie() {
-    let backend = RpcBackend::start().await;
-    let gw = start_ready(with_tokens(&rpc_config(&backend.url()))).await;
+    let backend = Backend::start(Mode::Rpc).await;
+    let gw = start_ready(with_tokens(&rpc_config(&backend.base_url()))).await;
     const COOKIE: &str = "sessionid=abc123; csrftoken=tok456";
     let mut c = connect_as_with(
         &gw,
@@ -1163,7 +1013,7 @@ async fn rpc_round_trips_carry_the_sockets_cookie() {
         json!({"type":"rpc_result","id":1,"status":200,"data":{
             "ok":true,"method":"POST","path":"/api/echo/cart","got":{"item":7,"qty":2}}})
     );
-    let seen = backend.seen();
+    let seen = backend.calls();
     assert_eq!(seen.len(), 1, "{seen:?}");
     let call = &seen[0];
     assert_eq!(call.method, "POST");
@@ -1186,7 +1036,7 @@ async fn rpc_round_trips_carry_the_sockets_cookie() {
     assert_eq!(r["id"], "g");
     assert_eq!(r["status"], 200);
     assert_eq!(r["data"]["path"], "/api/echo/items?page=2");
-    let call = backend.seen().pop().unwrap();
+    let call = backend.calls().pop().unwrap();
     assert_eq!(call.method, "GET");
     assert!(call.body.is_empty());
     assert_eq!(call.header("cookie"), Some(COOKIE));
@@ -1198,7 +1048,7 @@ async fn rpc_round_trips_carry_the_sockets_cookie() {
         c.next_json().await,
         json!({"type":"rpc_result","id":2,"status":500,"data":{"error":"boom","detail":"the backend failed"}})
     );
-    assert_eq!(backend.seen().len(), 3);
+    assert_eq!(backend.calls().len(), 3);
 
     // Outside the allowed paths, or another method: refused, never sent.
     for (n, (method, path)) in [
@@ -1222,7 +1072,7 @@ async fn rpc_round_trips_carry_the_sockets_cookie() {
         .await;
     }
     sleep(Duration::from_millis(100)).await;
-    assert_eq!(backend.seen().len(), 3, "{:?}", backend.seen());
+    assert_eq!(backend.calls().len(), 3, "{:?}", backend.calls());
 }
 
 /// `/api/..?x=1` is `/?x=1` once dot segments are removed (RFC 3986
@@ -1231,8 +1081,8 @@ async fn rpc_round_trips_carry_the_sockets_cookie() {
 /// without a backend call. The query must not hide the final `..`.
 #[tokio::test]
 async fn rpc_dot_segment_before_the_query_is_refused() {
-    let backend = RpcBackend::start().await;
-    let gw = start_ready(with_tokens(&rpc_config(&backend.url()))).await;
+    let backend = Backend::start(Mode::Rpc).await;
+    let gw = start_ready(with_tokens(&rpc_config(&backend.base_url()))).await;
     let mut c = connect_as(&gw, json!({"user":"42"})).await;
     for (n, path) in ["/api/..?x=1", "/api/..?", "/api/echo/../..?x=1"]
         .into_iter()
@@ -1244,10 +1094,10 @@ async fn rpc_dot_segment_before_the_query_is_refused() {
             f["code"],
             "forbidden",
             "rpc GET {path} must be refused; got {f}; the backend saw {:?}",
-            backend.seen().iter().map(|s| &s.path).collect::<Vec<_>>()
+            backend.calls().iter().map(|s| &s.path).collect::<Vec<_>>()
         );
     }
-    assert!(backend.seen().is_empty(), "{:?}", backend.seen());
+    assert!(backend.calls().is_empty(), "{:?}", backend.calls());
 }
 
 /// A slow backend: the call times out with `rpc_timeout` while deliveries
@@ -1255,8 +1105,8 @@ async fn rpc_dot_segment_before_the_query_is_refused() {
 /// up again; a backend that is down gives `rpc_unavailable`.
 #[tokio::test]
 async fn rpc_timeouts_limits_and_outages() {
-    let backend = RpcBackend::start().await;
-    let gw = start_ready(with_tokens(&rpc_config(&backend.url()))).await;
+    let backend = Backend::start(Mode::Rpc).await;
+    let gw = start_ready(with_tokens(&rpc_config(&backend.base_url()))).await;
     let mut c = connect_as(&gw, json!({"user":"42"})).await;
     const MINE: &str = "/app/user/42/notifications";
 
@@ -1310,7 +1160,7 @@ async fn rpc_timeouts_limits_and_outages() {
     let f = c.next_json().await;
     assert_eq!(f["type"], "rpc_result", "{f}");
     assert_eq!(f["status"], 200);
-    assert!(!backend.seen().iter().any(|s| s.path == "/api/echo/third"));
+    assert!(!backend.calls().iter().any(|s| s.path == "/api/echo/third"));
 
     // The backend goes away.
     backend.stop().await;
