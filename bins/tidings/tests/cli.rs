@@ -4,23 +4,8 @@
 //! (This integration test also makes `cargo test --workspace` build the
 //! `tidings` binary that the end-to-end suite in `tests/` drives.)
 
-use std::process::Command;
-
-fn tidings(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TIDINGS_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.args(args).envs(env.iter().copied());
-    let out = cmd.output().expect("run tidings");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::tidings;
 
 fn write_config(name: &str, body: &str) -> std::path::PathBuf {
     let p = std::env::temp_dir().join(format!("tidings-cli-{}-{name}.toml", std::process::id()));

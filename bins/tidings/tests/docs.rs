@@ -9,10 +9,12 @@
 //! - Every error code and close code defined in
 //!   `crates/tidings-core/src/protocol.rs` appears in `docs/protocol.md`.
 
+mod common;
+use common::tidings;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
-    process::Command,
 };
 
 /// A key name no configuration will ever accept.
@@ -25,23 +27,6 @@ fn repo_root() -> PathBuf {
 fn read(relative: &str) -> String {
     let path = repo_root().join(relative);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-/// Runs the binary with no `TIDINGS_*` variable but those in `env`.
-fn tidings(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TIDINGS_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.args(args).envs(env.iter().copied());
-    let out = cmd.output().expect("run tidings");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The environment variable for the key `path` (`["websocket", "x"]` gives
