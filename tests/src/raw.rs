@@ -98,6 +98,14 @@ impl RawWs {
         let _ = self.stream.write_all(&f).await;
     }
 
+    /// Connects to `gw`'s WebSocket path and reads the welcome frame.
+    pub async fn welcomed(gw: &crate::Gateway) -> RawWs {
+        let mut r = RawWs::connect(gw.addr, "/ws").await;
+        let w = r.next_json(crate::PATIENCE).await.expect("welcome");
+        assert_eq!(w["type"], "welcome", "{w}");
+        r
+    }
+
     /// Writes raw bytes (for frames no well-behaved client would send,
     /// such as unmasked ones).
     pub async fn send_raw(&mut self, bytes: &[u8]) {

@@ -862,14 +862,6 @@ async fn max_subscriptions_answers_too_many_subscriptions() {
     );
 }
 
-/// A raw socket with its welcome read.
-async fn raw(gw: &Gateway) -> RawWs {
-    let mut r = RawWs::connect(gw.addr, "/ws").await;
-    let w = r.next_json(PATIENCE).await.expect("welcome");
-    assert_eq!(w["type"], "welcome");
-    r
-}
-
 #[tokio::test]
 async fn client_rate_limit_answers_rate_limited_then_closes_with_1008() {
     let gw = Gateway::start_with(
@@ -880,7 +872,7 @@ async fn client_rate_limit_answers_rate_limited_then_closes_with_1008() {
     )
     .await;
     let mut bystander = connect(&gw.ws_url(), &[]).await;
-    let mut r = raw(&gw).await;
+    let mut r = RawWs::welcomed(&gw).await;
     let ping = |id: usize| json!({"type":"ping","id":id}).to_string();
     // The burst is served...
     for i in 0..5 {
@@ -944,7 +936,7 @@ async fn max_message_bytes_closes_with_1009_and_is_counted() {
     )
     .await;
     let mut bystander = connect(&gw.ws_url(), &[]).await;
-    let mut r = raw(&gw).await;
+    let mut r = RawWs::welcomed(&gw).await;
     r.send_frame(true, op::TEXT, &[b' '; 129]).await;
     assert_eq!(r.close_code(PATIENCE).await, Some(1009));
     let m = wait_value(

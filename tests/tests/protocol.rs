@@ -137,14 +137,6 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
     );
 }
 
-/// A fresh raw socket with its welcome read.
-async fn raw(gw: &Gateway) -> RawWs {
-    let mut r = RawWs::connect(gw.addr, "/ws").await;
-    let w = r.next_json(PATIENCE).await.expect("welcome");
-    assert_eq!(w["type"], "welcome");
-    r
-}
-
 #[tokio::test]
 async fn size_limit_counts_all_fragments() {
     let gw = Gateway::start_with(
@@ -154,7 +146,7 @@ async fn size_limit_counts_all_fragments() {
     let mut bystander = Client::connect(&gw.ws_url()).await;
 
     // Exactly the limit is fine.
-    let mut r = raw(&gw).await;
+    let mut r = RawWs::welcomed(&gw).await;
     let frame = |pad: usize| format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(pad));
     let ping = frame(1024 - frame(0).len());
     assert_eq!(ping.len(), 1024);
@@ -166,7 +158,7 @@ async fn size_limit_counts_all_fragments() {
     assert_eq!(r.close_code(PATIENCE).await, Some(1009));
 
     // Many small fragments that add up to more than the limit.
-    let mut r = raw(&gw).await;
+    let mut r = RawWs::welcomed(&gw).await;
     r.send_frame(false, op::TEXT, b"[").await;
     for _ in 0..40 {
         r.send_frame(false, op::CONT, &[b' '; 32]).await;
@@ -175,7 +167,7 @@ async fn size_limit_counts_all_fragments() {
     assert_eq!(r.close_code(PATIENCE).await, Some(1009));
 
     // Fragments under the limit are reassembled.
-    let mut r = raw(&gw).await;
+    let mut r = RawWs::welcomed(&gw).await;
     r.send_frame(false, op::TEXT, br#"{"type":"#).await;
     r.send_frame(false, op::CONT, br#""pi"#).await;
     r.send_frame(true, op::CONT, br#"ng","id":3}"#).await;
@@ -193,7 +185,7 @@ async fn invalid_utf8_and_protocol_violations_get_their_close_codes() {
     let gw = Gateway::start().await;
     let mut bystander = Client::connect(&gw.ws_url()).await;
 
-    let mut r = raw(&gw).await;
+    let mut r = RawWs::welcomed(&gw).await;
     r.send_frame(true, op::TEXT, &[b'"', 0xff, 0xfe, b'"'])
         .await;
     assert_eq!(
@@ -202,7 +194,7 @@ async fn invalid_utf8_and_protocol_violations_get_their_close_codes() {
         "invalid UTF-8 in one frame"
     );
 
-    let mut r = raw(&gw).await;
+    let mut r = RawWs::welcomed(&gw).await;
     // A multi-byte character split across fragments is fine...
     let snowman = "\"☃\"".as_bytes();
     r.send_frame(false, op::TEXT, &snowman[..2]).await;
@@ -220,12 +212,12 @@ async fn invalid_utf8_and_protocol_violations_get_their_close_codes() {
         "invalid UTF-8 across fragments"
     );
 
-    let mut r = raw(&gw).await;
+    let mut r = RawWs::welcomed(&gw).await;
     // An unmasked client frame (RFC 6455 5.1: the server must close).
     r.send_raw(&[0x81, 0x02, b'{', b'}']).await;
     assert_eq!(r.close_code(PATIENCE).await, Some(1002), "unmasked frame");
 
-    let mut r = raw(&gw).await;
+    let mut r = RawWs::welcomed(&gw).await;
     // A close frame with a code nobody may send (1005), and one with a
     // 1-byte payload.
     r.send_frame(true, op::CLOSE, &1005u16.to_be_bytes()).await;
@@ -234,7 +226,7 @@ async fn invalid_utf8_and_protocol_violations_get_their_close_codes() {
         Some(1002),
         "reserved close code"
     );
-    let mut r = raw(&gw).await;
+    let mut r = RawWs::welcomed(&gw).await;
     r.send_frame(true, op::CLOSE, &[3]).await;
     assert_eq!(
         r.close_code(PATIENCE).await,
@@ -242,7 +234,7 @@ async fn invalid_utf8_and_protocol_violations_get_their_close_codes() {
         "1-byte close payload"
     );
 
-    let mut r = raw(&gw).await;
+    let mut r = RawWs::welcomed(&gw).await;
     r.send_frame(true, op::CONT, b"x").await;
     assert_eq!(
         r.close_code(PATIENCE).await,
@@ -250,7 +242,7 @@ async fn invalid_utf8_and_protocol_violations_get_their_close_codes() {
         "continuation without a message"
     );
 
-    let mut r = raw(&gw).await;
+    let mut r = RawWs::welcomed(&gw).await;
     r.send_frame(false, op::TEXT, b"[").await;
     r.send_frame(true, op::TEXT, b"]").await;
     assert_eq!(
@@ -259,7 +251,7 @@ async fn invalid_utf8_and_protocol_violations_get_their_close_codes() {
         "new message inside a fragmented one"
     );
 
-    let mut r = raw(&gw).await;
+    let mut r = RawWs::welcomed(&gw).await;
     r.send_frame_rsv(true, 4, op::TEXT, b"{}").await;
     assert_eq!(
         r.close_code(PATIENCE).await,
@@ -267,7 +259,7 @@ async fn invalid_utf8_and_protocol_violations_get_their_close_codes() {
         "reserved bits set"
     );
 
-    let mut r = raw(&gw).await;
+    let mut r = RawWs::welcomed(&gw).await;
     r.send_frame(false, op::PING, b"").await;
     assert_eq!(
         r.close_code(PATIENCE).await,
@@ -275,12 +267,12 @@ async fn invalid_utf8_and_protocol_violations_get_their_close_codes() {
         "fragmented control frame"
     );
 
-    let mut r = raw(&gw).await;
+    let mut r = RawWs::welcomed(&gw).await;
     r.send_frame(true, 0x3, b"").await;
     assert_eq!(r.close_code(PATIENCE).await, Some(1002), "reserved opcode");
 
     // A client close is echoed.
-    let mut r = raw(&gw).await;
+    let mut r = RawWs::welcomed(&gw).await;
     r.send_frame(true, op::CLOSE, &1000u16.to_be_bytes()).await;
     assert_eq!(r.close_code(PATIENCE).await, Some(1000));
 
@@ -299,7 +291,7 @@ async fn dead_peer_is_closed_live_peer_is_not() {
     // tungstenite answers pings automatically: a live peer.
     let mut live = Client::connect(&gw.ws_url()).await;
     // The raw client never answers: a dead peer.
-    let mut dead = raw(&gw).await;
+    let mut dead = RawWs::welcomed(&gw).await;
     // The live one keeps reading (so tungstenite answers its pings) for well
     // past several ping intervals, while the dead one is cut off.
     let keep_live = async {
