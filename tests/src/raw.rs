@@ -199,3 +199,73 @@ fn parse(b: &[u8]) -> Option<(ServerFrame, usize)> {
         i + len,
     ))
 }
+
+/// Writes `request` (a whole HTTP request, as bytes on the wire) on a new
+/// connection and reads one response: its status line, header block and
+/// body (by `Content-Length`, or until the server closes). `None` when
+/// the connection ended or stalled before a complete response head.
+pub async fn http_exchange(addr: SocketAddr, request: &[u8]) -> Option<RawResponse> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.ok()?;
+    read_response(&mut stream).await
+}
+
+/// One HTTP response read by [`http_exchange`].
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    /// The status line, `HTTP/1.1 403 Forbidden`.
+    pub status_line: String,
+    /// The status code.
+    pub status: u16,
+    /// The header block, lines joined with `\r\n`.
+    pub head: String,
+    /// The body.
+    pub body: String,
+}
+
+/// Reads one response from `stream` (see [`http_exchange`]).
+pub async fn read_response(stream: &mut TcpStream) -> Option<RawResponse> {
+    let deadline = tokio::time::Instant::now() + crate::PATIENCE;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status_line = head.lines().next().unwrap_or_default().to_owned();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    let mut body = buf.split_off(head_end);
+    loop {
+        if length.is_some_and(|n| body.len() >= n) {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => body.extend_from_slice(&chunk[..n]),
+            // Closed (the end of a body without a length) or stalled.
+            _ => break,
+        }
+    }
+    Some(RawResponse {
+        status_line,
+        status,
+        head,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}

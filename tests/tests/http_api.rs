@@ -100,3 +100,44 @@ async fn publish_errors_are_clear() {
     let r = post(r#"{"channel":"/a","data":1}"#, json_ct).await;
     assert_eq!(r.status, 202);
 }
+
+/// A `Content-Length` over `api.max_body_bytes` is refused with 413 on the
+/// header alone: the gateway does not wait for (or read) a body it would
+/// refuse anyway.
+#[tokio::test]
+async fn a_declared_body_over_the_limit_is_refused_on_the_header() {
+    let gw =
+        Gateway::start_with(GatewayOptions::default().env("TIDINGS_API__MAX_BODY_BYTES", "256"))
+            .await;
+    let req = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n",
+        gw.addr
+    );
+    // No body byte is ever sent.
+    let r = tidings_e2e::raw::http_exchange(gw.addr, req.as_bytes())
+        .await
+        .expect("an answer without the body");
+    assert_eq!(r.status, 413, "{}{}", r.head, r.body);
+    let body: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
+    assert_eq!(body["error"], "too_large", "{body}");
+}
+
+/// A body that stops arriving is answered 408 after
+/// `websocket.handshake_timeout_secs`, not waited for forever.
+#[tokio::test]
+async fn a_stalled_body_gets_408() {
+    let gw = Gateway::start_with(
+        GatewayOptions::default().env("TIDINGS_WEBSOCKET__HANDSHAKE_TIMEOUT_SECS", "0.5"),
+    )
+    .await;
+    let req = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{{\"channel\":\"/a\",",
+        gw.addr
+    );
+    let r = tidings_e2e::raw::http_exchange(gw.addr, req.as_bytes())
+        .await
+        .expect("an answer for the stalled body");
+    assert_eq!(r.status, 408, "{}{}", r.head, r.body);
+    let body: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
+    assert_eq!(body["error"], "body_timeout", "{body}");
+}

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tidings_e2e::{
-    raw::{op, RawWs},
+    raw::{self, op, RawWs},
     ws::Client,
     Gateway, GatewayOptions, PATIENCE,
 };
@@ -364,4 +364,96 @@ async fn origin_is_checked_on_upgrade() {
         .err()
         .expect("refused");
     assert_eq!(refused.status, 403);
+}
+
+/// An upgrade request in HTTP/1.0 (which has no upgrade mechanism) must be
+/// refused with a clear answer, not switched to 101 and then dropped.
+#[tokio::test]
+async fn an_http_1_0_upgrade_is_refused_clearly() {
+    let gw = Gateway::start().await;
+    let req = format!(
+        "GET /ws HTTP/1.0\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        gw.addr
+    );
+    let res = raw::http_exchange(gw.addr, req.as_bytes())
+        .await
+        .expect("a response");
+    assert_eq!(res.status, 400, "{}{}", res.head, res.body);
+    assert!(res.body.contains("HTTP/1.1"), "{}", res.body);
+    // HTTP/1.1 still upgrades.
+    RawWs::welcomed(&gw).await;
+}
+
+/// Two `Origin` headers: whichever one a check reads, the other could be
+/// the browser's real one. The request is refused, whatever their order.
+#[tokio::test]
+async fn two_origin_headers_are_refused() {
+    let gw = Gateway::start().await;
+    let same = format!("http://{}", gw.addr);
+    for (first, second) in [
+        (same.as_str(), "https://evil.example"),
+        ("https://evil.example", same.as_str()),
+        (same.as_str(), same.as_str()),
+    ] {
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nOrigin: {first}\r\nOrigin: {second}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            gw.addr
+        );
+        let res = raw::http_exchange(gw.addr, req.as_bytes())
+            .await
+            .expect("a response");
+        assert_eq!(res.status, 403, "{first} then {second}: {}", res.head);
+        assert_eq!(res.body, "more than one Origin header\n");
+    }
+    // One Origin, the same one, is still fine.
+    let refused = Client::connect_with(&gw.ws_url(), &[("Origin", &same)]).await;
+    assert!(refused.is_ok());
+}
+
+/// A frame that starts arriving must finish within
+/// `websocket.handshake_timeout_secs`: half a frame closes the socket with
+/// 1008, instead of holding it until the heartbeat (here far away).
+#[tokio::test]
+async fn a_half_sent_frame_is_closed_with_1008() {
+    let gw = Gateway::start_with(
+        GatewayOptions::default()
+            .env("TIDINGS_WEBSOCKET__HANDSHAKE_TIMEOUT_SECS", "0.5")
+            .env("TIDINGS_WEBSOCKET__PING_INTERVAL_SECS", "600"),
+    )
+    .await;
+    let mut r = RawWs::welcomed(&gw).await;
+    // The header of a 100-byte masked text frame and 10 of its bytes.
+    let mut half = vec![0x81u8, 0x80 | 100, 1, 2, 3, 4];
+    half.extend_from_slice(&[b'x'; 10]);
+    r.send_raw(&half).await;
+    assert_eq!(r.close_code(PATIENCE).await, Some(1008));
+    // A socket that sends nothing at all is not closed by it.
+    let mut idle = RawWs::welcomed(&gw).await;
+    let mut busy = RawWs::welcomed(&gw).await;
+    busy.send_raw(&half).await;
+    assert_eq!(busy.close_code(PATIENCE).await, Some(1008));
+    idle.send_frame(true, op::TEXT, br#"{"type":"ping","id":1}"#)
+        .await;
+    let pong = idle.next_json(PATIENCE).await.expect("pong");
+    assert_eq!(pong["type"], "pong", "{pong}");
+}
+
+/// Unsolicited pongs and empty continuation frames are frames to read like
+/// any other: a flood of either is rate limited and closed with 1008.
+#[tokio::test]
+async fn pong_and_empty_continuation_floods_are_rate_limited() {
+    let opts = GatewayOptions::default()
+        .env("TIDINGS_WEBSOCKET__CLIENT_MESSAGES_PER_SEC", "1")
+        .env("TIDINGS_WEBSOCKET__CLIENT_MESSAGE_BURST", "1");
+    let gw = Gateway::start_with(opts).await;
+    let mut pongs = RawWs::welcomed(&gw).await;
+    let flood: Vec<u8> = (0..500).flat_map(|_| [0x8Au8, 0x80, 0, 0, 0, 0]).collect();
+    pongs.send_raw(&flood).await;
+    assert_eq!(pongs.close_code(PATIENCE).await, Some(1008));
+
+    let mut conts = RawWs::welcomed(&gw).await;
+    conts.send_frame(false, op::TEXT, b"{").await;
+    let flood: Vec<u8> = (0..500).flat_map(|_| [0x00u8, 0x80, 0, 0, 0, 0]).collect();
+    conts.send_raw(&flood).await;
+    assert_eq!(conts.close_code(PATIENCE).await, Some(1008));
 }

@@ -716,6 +716,11 @@ impl Config {
                 "websocket.handshake_timeout_secs",
                 ws.handshake_timeout_secs,
             )?,
+            // The same slow-sender bound for the rest of a started frame.
+            frame_timeout: positive_secs(
+                "websocket.handshake_timeout_secs",
+                ws.handshake_timeout_secs,
+            )?,
             allowed_origins: ws.allowed_origins.clone(),
             max_subscriptions: ws.max_subscriptions,
             shutdown_grace: positive_secs("shutdown.grace_secs", self.shutdown.grace_secs)?,

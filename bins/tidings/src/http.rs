@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tidings_core::{ChannelName, Message};
@@ -31,6 +31,9 @@ pub(crate) struct Endpoints {
     pub(crate) api_key: Option<String>,
     pub(crate) allow_local_without_key: bool,
     pub(crate) max_body: usize,
+    /// Longest wait for a request body once its headers are in
+    /// (`websocket.handshake_timeout_secs`, as for the headers).
+    pub(crate) body_timeout: Duration,
 }
 
 impl Endpoints {
@@ -41,12 +44,13 @@ impl Endpoints {
         cookie_proxy: Option<Arc<tidings_identity::CookieProxy>>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            gateway,
             tokens,
             cookie_proxy,
             api_key: config.api_key.as_ref().map(|k| k.0.trim().to_owned()),
             allow_local_without_key: config.api.allow_local_without_key,
             max_body: config.api.max_body_bytes,
+            body_timeout: gateway.config().handshake_timeout,
+            gateway,
         })
     }
 
@@ -232,13 +236,27 @@ impl Endpoints {
                 "Content-Type must be application/json",
             ));
         }
-        match Limited::new(req.into_body(), self.max_body).collect().await {
+        // A declared length over the limit is refused on the header alone,
+        // before a byte of the body is read (or waited for).
+        if req.body().size_hint().lower() > self.max_body as u64 {
+            return Err(too_large(self.max_body));
+        }
+        // A client that declares a body must send it in time: a stalled one
+        // would otherwise hold the connection (and its task) for good.
+        let read = Limited::new(req.into_body(), self.max_body).collect();
+        let Ok(read) = tokio::time::timeout(self.body_timeout, read).await else {
+            return Err(json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                &format!(
+                    "the request body did not arrive within {} s",
+                    self.body_timeout.as_secs_f64()
+                ),
+            ));
+        };
+        match read {
             Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                &format!("body larger than {} bytes", self.max_body),
-            )),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(self.max_body)),
             Err(_) => Err(json_error(
                 StatusCode::BAD_REQUEST,
                 "bad_body",
@@ -339,6 +357,14 @@ fn json_response(status: StatusCode, body: String) -> HttpResponse {
 fn json_error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
     let body = serde_json::json!({ "error": code, "message": message }).to_string();
     json_response(status, body)
+}
+
+fn too_large(max: usize) -> HttpResponse {
+    json_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        &format!("body larger than {max} bytes"),
+    )
 }
 
 fn unauthorized(message: &str) -> HttpResponse {

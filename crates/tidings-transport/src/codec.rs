@@ -10,8 +10,13 @@
 
 use std::io::{self, IoSlice};
 
+use std::time::Duration;
+
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    time::Instant,
+};
 
 /// Frame opcodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +75,9 @@ pub(crate) enum ReadError {
     Protocol(&'static str),
     /// A frame larger than the message limit: close with 1009.
     TooBig,
+    /// A frame started arriving but was not complete within the frame
+    /// timeout: close with 1008.
+    Timeout,
 }
 
 impl From<io::Error> for ReadError {
@@ -91,6 +99,10 @@ pub(crate) struct Conn<S> {
     io: S,
     buf: BytesMut,
     max_frame: usize,
+    /// How long a frame may take to arrive once its first byte has.
+    frame_timeout: Duration,
+    /// When the frame being read must be complete (set by its first byte).
+    frame_deadline: Option<Instant>,
     /// Frame headers of the batch being written, back to back.
     heads: Vec<u8>,
     /// Each frame of the batch: where its header ends in `heads`, and its
@@ -102,12 +114,15 @@ pub(crate) struct Conn<S> {
 
 impl<S> Conn<S> {
     /// Framing over `io`, refusing client frames with payloads over
-    /// `max_frame` bytes.
-    pub(crate) fn new(io: S, max_frame: usize) -> Self {
+    /// `max_frame` bytes and frames that take longer than `frame_timeout`
+    /// to arrive once started.
+    pub(crate) fn new(io: S, max_frame: usize, frame_timeout: Duration) -> Self {
         Self {
             io,
             buf: BytesMut::new(),
             max_frame,
+            frame_timeout,
+            frame_deadline: None,
             heads: Vec::new(),
             parts: Vec::new(),
             pending: 0,
@@ -132,18 +147,39 @@ impl<S: AsyncRead + Unpin> Conn<S> {
 
     /// Waits for the next frame. Cancel-safe: whatever was read stays
     /// buffered, and the frame is only consumed once complete.
+    ///
+    /// Waiting for a frame to *start* has no limit (an idle socket is the
+    /// heartbeat's business), but once its first byte is in, the whole
+    /// frame must arrive within the frame timeout: a half-sent frame would
+    /// otherwise hold the socket, its buffer and the pongs behind it.
     pub(crate) async fn read_frame(&mut self) -> Result<Frame, ReadError> {
         if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
             // Idle from here on, probably: give the memory back.
             self.buf = BytesMut::new();
         }
         if self.buf.is_empty() {
+            self.frame_deadline = None;
             // Wait for the first bytes with a tiny buffer.
             self.buf.reserve(16);
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
             }
         }
+        // Kept across cancellations: the deadline is the frame's, not this
+        // call's.
+        let deadline = *self.frame_deadline.get_or_insert_with(|| {
+            crate::config::deadline_after(Instant::now(), self.frame_timeout)
+        });
+        let frame = tokio::time::timeout_at(deadline, self.read_started_frame())
+            .await
+            .map_err(|_| ReadError::Timeout)??;
+        // The next frame's clock starts with its own first byte.
+        self.frame_deadline = None;
+        Ok(frame)
+    }
+
+    /// The rest of [`Conn::read_frame`], once the frame has begun.
+    async fn read_started_frame(&mut self) -> Result<Frame, ReadError> {
         self.fill(2).await?;
         let (b0, b1) = (self.buf[0], self.buf[1]);
         if b0 & 0x70 != 0 {
@@ -312,6 +348,8 @@ pub(crate) fn check_close(payload: &[u8]) -> Result<(), (u16, &'static str)> {
 mod tests {
     use super::*;
 
+    const T: Duration = Duration::from_secs(10);
+
     fn masked(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
         let mask = [1, 2, 3, 4];
         let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
@@ -332,7 +370,7 @@ mod tests {
         let mut wire = masked(true, 1, b"hello");
         wire.extend(masked(true, 1, &big));
         wire.extend(masked(true, 9, b"p"));
-        let mut r = Conn::new(&wire[..], 4096);
+        let mut r = Conn::new(&wire[..], 4096, T);
         let f = r.read_frame().await.unwrap();
         assert_eq!((f.opcode, &f.payload[..]), (OpCode::Text, &b"hello"[..]));
         let f = r.read_frame().await.unwrap();
@@ -348,28 +386,42 @@ mod tests {
     #[tokio::test]
     async fn violations() {
         let unmasked = [0x81u8, 0x01, b'a'];
-        let mut r = Conn::new(&unmasked[..], 100);
+        let mut r = Conn::new(&unmasked[..], 100, T);
         assert!(matches!(r.read_frame().await, Err(ReadError::Protocol(_))));
         let rsv = masked(true, 0x41, b"a");
         assert!(matches!(
-            Conn::new(&rsv[..], 100).read_frame().await,
+            Conn::new(&rsv[..], 100, T).read_frame().await,
             Err(ReadError::Protocol(_))
         ));
         let ping_frag = masked(false, 9, b"a");
         assert!(matches!(
-            Conn::new(&ping_frag[..], 100).read_frame().await,
+            Conn::new(&ping_frag[..], 100, T).read_frame().await,
             Err(ReadError::Protocol(_))
         ));
         let big = masked(true, 1, &[b'a'; 200]);
         assert!(matches!(
-            Conn::new(&big[..], 100).read_frame().await,
+            Conn::new(&big[..], 100, T).read_frame().await,
             Err(ReadError::TooBig)
         ));
         let op = masked(true, 3, b"");
         assert!(matches!(
-            Conn::new(&op[..], 100).read_frame().await,
+            Conn::new(&op[..], 100, T).read_frame().await,
             Err(ReadError::Protocol(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_started_frame_must_complete_within_the_frame_timeout() {
+        use tokio::io::AsyncWriteExt as _;
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut r = Conn::new(server, 100, Duration::from_millis(50));
+        let wire = masked(true, 1, b"hello");
+        client.write_all(&wire).await.unwrap();
+        let f = r.read_frame().await.unwrap();
+        assert_eq!(&f.payload[..], b"hello");
+        // Half a frame, and nothing more: the read gives up.
+        client.write_all(&wire[..4]).await.unwrap();
+        assert!(matches!(r.read_frame().await, Err(ReadError::Timeout)));
     }
 
     #[test]
@@ -386,7 +438,7 @@ mod tests {
         for len in [0usize, 125, 126, 65535, 65536, 70000] {
             let mut out = Vec::new();
             let payload = vec![7u8; len];
-            let mut w = Conn::new(&mut out, 0);
+            let mut w = Conn::new(&mut out, 0, T);
             w.send(OpCode::Text, Bytes::from(payload)).await.unwrap();
             assert_eq!(out[0], 0x81);
             let (hdr, n) = match out[1] {

@@ -182,6 +182,11 @@ impl Counts {
         let mut per_ip = self.per_ip.lock();
         let n = per_ip.entry(ip).or_insert(0);
         if *n >= limits.max_connections_per_ip {
+            // A refusal leaves no trace: with a limit of 0, an entry kept
+            // for every refused address would grow the map without bound.
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
             drop(per_ip);
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(LimitHit::PerIp);
@@ -279,6 +284,31 @@ mod tests {
             limits.client_ip(ip("127.0.0.1"), &HeaderMap::new()),
             ip("127.0.0.1")
         );
+    }
+
+    #[test]
+    fn zero_limits_refuse_without_keeping_entries() {
+        let limits = Limits {
+            max_connections_per_ip: 0,
+            max_connections_per_user: 0,
+            ..Limits::default()
+        };
+        let counts = Arc::new(Counts::default());
+        for i in 0..1000u32 {
+            let addr = IpAddr::V4(std::net::Ipv4Addr::from(0x0A00_0000 + i));
+            assert_eq!(counts.admit(&limits, addr).unwrap_err(), LimitHit::PerIp);
+        }
+        assert_eq!(counts.per_ip.lock().len(), 0, "refused addresses kept");
+        assert_eq!(counts.total.load(Ordering::Acquire), 0);
+        let open = Limits::default();
+        let mut slot = counts.admit(&open, ip("1.1.1.1")).unwrap();
+        for i in 0..1000 {
+            assert_eq!(
+                slot.for_user(&limits, &format!("user-{i}")).unwrap_err(),
+                LimitHit::PerUser
+            );
+        }
+        assert_eq!(counts.per_user.lock().len(), 0, "refused users kept");
     }
 
     #[test]

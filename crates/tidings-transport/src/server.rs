@@ -126,7 +126,9 @@ impl GatewayBuilder {
     pub fn build(self) -> Gateway {
         Gateway {
             inner: Arc::new(Inner {
-                config: self.config,
+                // Out-of-range values (a zero interval, a duration no
+                // deadline can hold) are brought into range, never panicked on.
+                config: self.config.clamped(),
                 resolver: self.resolver,
                 router: Arc::new(self.router),
                 bridge: self.bridge,
@@ -231,6 +233,16 @@ impl Gateway {
                 .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             return res;
         }
+        // HTTP/1.0 has no upgrade mechanism (RFC 6455 requires HTTP/1.1):
+        // hyper would answer 101 and then close the connection. Refuse it
+        // before anything else is looked at.
+        if req.version() < http::Version::HTTP_11 {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "WebSocket needs HTTP/1.1; this request is HTTP/1.0",
+                RejectReason::BadHandshake,
+            );
+        }
         if self.is_shutting_down() {
             let mut res = refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -240,6 +252,21 @@ impl Gateway {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             return res;
+        }
+        // One browser request carries at most one Origin: two are forged,
+        // and whichever one a check read, the other could be the real one.
+        if req
+            .headers()
+            .get_all(header::ORIGIN)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "more than one Origin header",
+                RejectReason::Origin,
+            );
         }
         if let Some(origin) = req.headers().get(header::ORIGIN) {
             let host = req

@@ -34,6 +34,7 @@ use tracing::Instrument;
 
 use crate::{
     codec::{check_close, Conn, Frame, OpCode, ReadError, BATCH_BYTES},
+    config::deadline_after,
     rpc::{RpcCall, RpcError},
     server::Inner,
     stats::CloseReason,
@@ -103,7 +104,7 @@ async fn serve_socket(
     let (mailbox, mut mailbox_rx) = mailbox(gw.config.outbound_queue, gw.config.slow_consumer);
     let mut sub = gw.bridge.subscriber_with_id(id, mailbox);
     // fastwebsockets did the handshake; framing is ours (see codec).
-    let mut conn = Conn::new(io, gw.config.max_message_size);
+    let mut conn = Conn::new(io, gw.config.max_message_size, gw.config.frame_timeout);
     let welcome = {
         let plan = gw.router.on_connect(&identity);
         // Join before the welcome: once a client sees `welcome`, whatever is
@@ -241,7 +242,9 @@ async fn linger(conn: &mut Conn<Io>) {
 /// hash scatters neighbours).
 fn spread_offset(id: u64, window: Duration) -> Duration {
     let frac = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
-    window.mul_f64(frac)
+    Duration::try_from_secs_f64(window.as_secs_f64() * frac)
+        .unwrap_or(window)
+        .min(window)
 }
 
 impl Session {
@@ -255,7 +258,9 @@ impl Session {
         let gw = self.gw.clone();
         let cfg = &gw.config;
         let limit = cfg.write_timeout;
-        let mut next_ping = Instant::now() + cfg.ping_interval;
+        // Deadlines saturate: no configured duration can overflow them.
+        let after = |d: Duration| deadline_after(Instant::now(), d);
+        let mut next_ping = after(cfg.ping_interval);
         let mut pong_deadline: Option<Instant> = None;
         // At shutdown: this socket's own moment within the drain spread.
         let mut close_at: Option<Instant> = None;
@@ -264,7 +269,7 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 () = gw.shutdown.cancelled(), if close_at.is_none() => {
-                    close_at = Some(Instant::now() + spread_offset(conn_id, cfg.drain_spread));
+                    close_at = Some(after(spread_offset(conn_id, cfg.drain_spread)));
                     continue;
                 }
                 () = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
@@ -285,6 +290,10 @@ impl Session {
                     }
                     Err(ReadError::TooBig) => {
                         Step::Close(close::MESSAGE_TOO_BIG, "message too big", CloseReason::TooBig)
+                    }
+                    Err(ReadError::Timeout) => {
+                        tracing::debug!("closing on a frame not completed in time");
+                        Step::Close(close::POLICY_VIOLATION, "frame not completed in time", CloseReason::Protocol)
                     }
                     Err(ReadError::Io(e)) => {
                         tracing::trace!(error = %e, "read side ended");
@@ -329,9 +338,9 @@ impl Session {
                             if !timed(limit, conn.send(OpCode::Ping, Bytes::from_static(b"tidings"))).await {
                                 return CloseReason::SlowConsumer;
                             }
-                            next_ping = now + cfg.ping_interval;
+                            next_ping = deadline_after(now, cfg.ping_interval);
                             if pong_deadline.is_none() {
-                                pong_deadline = Some(now + cfg.pong_timeout);
+                                pong_deadline = Some(deadline_after(now, cfg.pong_timeout));
                             }
                         }
                         continue;
@@ -384,6 +393,11 @@ impl Session {
                     );
                 }
                 if !frame.fin {
+                    // Each fragment costs a token (the whole message costs
+                    // one more when complete): fragments are frames to read.
+                    if let Err(Some(close)) = self.rate_limit() {
+                        return close;
+                    }
                     self.partial = Some((frame.opcode, BytesMut::from(&frame.payload[..])));
                     return Step::Reply(None);
                 }
@@ -409,6 +423,11 @@ impl Session {
                 }
                 buf.extend_from_slice(&frame.payload);
                 if !frame.fin {
+                    // Empty ones included: a stream of them grows nothing
+                    // but still has to be read, so it is rate limited.
+                    if let Err(Some(close)) = self.rate_limit() {
+                        return close;
+                    }
                     return Step::Reply(None);
                 }
                 let Some((opcode, buf)) = self.partial.take() else {
@@ -431,11 +450,17 @@ impl Session {
                     Err(step) => step.unwrap_or(Step::Reply(None)),
                 }
             }
-            OpCode::Pong => Step::PongSeen,
+            // Pongs count too (unsolicited ones are frames to read like any
+            // other); over the limit one is still taken as an answer.
+            OpCode::Pong => match self.rate_limit() {
+                Err(Some(close)) => close,
+                _ => Step::PongSeen,
+            },
         }
     }
 
-    /// Takes a token for one client message or ping. `Err(None)`: over
+    /// Takes a token for one client message, ping, pong or non-final
+    /// fragment. `Err(None)`: over
     /// the limit, refuse this one; `Err(Some(close))`: over it too long.
     fn rate_limit(&mut self) -> Result<(), Option<Step>> {
         if self.rate.take() {
@@ -616,5 +641,72 @@ impl Session {
                 protocol::encode_error(ErrorCode::Internal, "rpc is answered apart", id)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+
+    use crate::{serve, text_response, Gateway, TransportConfig};
+
+    /// Durations no `Instant` can be pushed by (the heartbeat, the drain
+    /// spread) must not panic a session: the socket still works.
+    #[tokio::test]
+    async fn huge_durations_do_not_panic_a_session() {
+        let config = TransportConfig {
+            ping_interval: Duration::MAX,
+            pong_timeout: Duration::MAX,
+            frame_timeout: Duration::MAX,
+            drain_spread: Duration::MAX,
+            ..TransportConfig::default()
+        };
+        let gateway = Gateway::builder(tidings_bridge::Bridge::in_process())
+            .config(config)
+            .build();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let http = |_req, _peer| async { text_response(http::StatusCode::NOT_FOUND, "") };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = stop.clone();
+        let server = tokio::spawn(serve(listener, gateway, http, async move {
+            stopped.cancelled().await
+        }));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!(
+                "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        // A masked ping with payload "x" (mask 0): its pong proves the
+        // session runs (a panicked one drops the connection).
+        s.write_all(&[0x89, 0x81, 0, 0, 0, 0, b'x']).await.unwrap();
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let pong = [0x8A, 0x01, b'x'];
+        while !seen.windows(3).any(|w| w == pong) {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(
+                n > 0,
+                "connection dropped: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        stop.cancel();
+        drop(s);
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     }
 }
