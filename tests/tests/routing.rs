@@ -1100,6 +1100,54 @@ async fn rpc_dot_segment_before_the_query_is_refused() {
     assert!(backend.calls().is_empty(), "{:?}", backend.calls());
 }
 
+/// Paths a backend that normalises Unicode or decodes overlong UTF-8 reads
+/// as `../` (fullwidth dots and solidus, the two-dot leader, `%c0%ae`), raw
+/// non-ASCII and escapes in the path: all refused with `forbidden` before
+/// any backend call; only the conservative ASCII grammar goes through.
+#[tokio::test]
+async fn rpc_paths_outside_the_ascii_grammar_are_refused() {
+    let backend = Backend::start(Mode::Rpc).await;
+    let gw = start_ready(with_tokens(&rpc_config(&backend.base_url()))).await;
+    let mut c = connect_as(&gw, json!({"user":"42"})).await;
+    for (n, path) in [
+        "/api/\u{ff0e}\u{ff0e}/admin",
+        "/api/\u{ff0e}\u{ff0e}\u{ff0f}admin",
+        "/api/\u{2025}/admin",
+        "/api/%c0%ae%c0%ae/admin",
+        "/api/%ef%bc%8e%ef%bc%8e/admin",
+        "/api/echo/caf\u{e9}",
+        "/api/echo/%41",
+        "/api/.../admin",
+        "/api/echo?q=\u{e9}",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let f = {
+            c.send_json(rpc(json!(n), "GET", path, None)).await;
+            c.next_json().await
+        };
+        assert_eq!(
+            (&f["type"], &f["code"]),
+            (&json!("error"), &json!("forbidden")),
+            "rpc GET {path:?} must be refused; got {f}"
+        );
+        assert_eq!(f["id"], json!(n), "{f}");
+    }
+    assert!(backend.calls().is_empty(), "{:?}", backend.calls());
+    // Plain ASCII paths (and an escaped query) still go through.
+    c.send_json(rpc(
+        json!("ok"),
+        "GET",
+        "/api/echo/items-2?q=caf%C3%A9",
+        None,
+    ))
+    .await;
+    let f = c.next_json().await;
+    assert_eq!(f["type"], "rpc_result", "{f}");
+    assert_eq!(backend.calls().len(), 1, "{:?}", backend.calls());
+}
+
 /// A slow backend: the call times out with `rpc_timeout` while deliveries
 /// go on; beyond `max_in_flight` calls get `too_many_requests`; slots free
 /// up again; a backend that is down gives `rpc_unavailable`.

@@ -145,33 +145,18 @@ impl HttpRpc {
     /// The absolute URI for a client path, if the path is allowed.
     fn target(&self, path: &str) -> Result<Uri, RpcError> {
         let path_only = path.split('?').next().unwrap_or(path);
-        // No dot segments, empty segments, escapes or anything a server or
-        // proxy could normalise into another path.
-        let safe = path.starts_with('/')
-            && !path_only
-                .split('/')
-                .skip(1)
-                .any(|seg| seg == "." || seg == "..")
-            && !path_only.contains("//")
-            && !path.contains('\\')
-            && !path.contains('#')
-            && !path.bytes().any(|b| b.is_ascii_control() || b == b' ')
-            && !path.to_ascii_lowercase().contains("%2e")
-            && !path.to_ascii_lowercase().contains("%2f")
-            && !path.to_ascii_lowercase().contains("%5c")
-            // `;` path parameters (`/api/..;/admin` on some servers) and
-            // double encoding (`%252e`) could decode into another path.
-            && !path_only.contains(';')
-            && !path.contains("%25");
-        if !safe
-            || !self.config.allowed_paths.iter().any(|prefix| {
-                // Whole segments: `/api` admits `/api/x`, not `/api-admin`.
-                path_only.starts_with(prefix.as_str())
-                    && (prefix.ends_with('/')
-                        || path_only.len() == prefix.len()
-                        || path_only.as_bytes()[prefix.len()] == b'/')
-            })
-        {
+        if let Err(why) = check_path(path) {
+            return Err(RpcError::Forbidden(format!(
+                "path not allowed for rpc: {why}"
+            )));
+        }
+        if !self.config.allowed_paths.iter().any(|prefix| {
+            // Whole segments: `/api` admits `/api/x`, not `/api-admin`.
+            path_only.starts_with(prefix.as_str())
+                && (prefix.ends_with('/')
+                    || path_only.len() == prefix.len()
+                    || path_only.as_bytes()[prefix.len()] == b'/')
+        }) {
             return Err(RpcError::Forbidden(format!(
                 "path not allowed for rpc (allowed: {})",
                 self.config.allowed_paths.join(", ")
@@ -183,6 +168,75 @@ impl HttpRpc {
             .parse()
             .map_err(|_| RpcError::Forbidden("path is not a valid URI path".into()))
     }
+}
+
+/// Whether `path` (with its query) is in the conservative grammar RPC
+/// paths must follow, so that no server, proxy or framework that decodes
+/// or normalises it (percent-decoding, Unicode normalisation, overlong
+/// UTF-8, dot-segment removal, `;` parameters, backslashes) can read it as
+/// another path:
+///
+/// - the path starts with `/` and is made of segments of ASCII letters,
+///   digits and `-._~` only: no `%` escapes, no other character, nothing
+///   outside ASCII;
+/// - no segment is empty (`//`; a single trailing `/` is fine) and none
+///   starts with `.` (so no `.`, `..`, `...` or hidden names);
+/// - the optional query, after the first `?`, is made of printable ASCII
+///   other than `#`, `\` and space, and its `%` escapes are complete
+///   (`%` and two hex digits, not `%25`).
+///
+/// The reason why not, otherwise.
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    let (path_only, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let Some(rest) = path_only.strip_prefix('/') else {
+        return Err("it must start with `/`");
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len() - 1;
+    for (i, seg) in segments.iter().enumerate() {
+        if seg.is_empty() {
+            // `/` alone, or one trailing `/`, is fine; `//` is not.
+            if i == last && (i == 0 || !segments[i - 1].is_empty()) {
+                continue;
+            }
+            return Err("empty path segments (`//`) are not allowed");
+        }
+        if seg.starts_with('.') {
+            return Err("a path segment may not start with `.` (no `.` or `..` segments)");
+        }
+        if !seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        {
+            return Err(
+                "path segments may hold only ASCII letters, digits and `-._~` (no escapes, no other characters)",
+            );
+        }
+    }
+    if let Some(query) = query {
+        let bytes = query.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if !(b.is_ascii_graphic()) || matches!(b, b'#' | b'\\') {
+                return Err("the query may hold only printable ASCII, without `#` or `\\`");
+            }
+            if b == b'%' {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+                match hex {
+                    Some(h) if !h.eq_ignore_ascii_case(b"25") => i += 2,
+                    _ => return Err("the query has an incomplete or double `%` escape"),
+                }
+            }
+            i += 1;
+        }
+    }
+    Ok(())
 }
 
 impl RpcHandler for HttpRpc {
@@ -250,6 +304,68 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ordinary_paths_pass_the_grammar() {
+        for good in [
+            "/",
+            "/api",
+            "/api/",
+            "/api/cart/add",
+            "/api/items/42/",
+            "/api/v1.2/file_name-x~y",
+            "/api/x?page=2&q=caf%C3%A9+au+lait",
+            "/api/x?a=%2e%2e/b&c=d?e",
+            "/api/x?",
+        ] {
+            assert_eq!(check_path(good), Ok(()), "{good}");
+        }
+    }
+
+    /// Removes dot segments (RFC 3986 section 5.2.4), as servers do.
+    fn remove_dot_segments(path: &str) -> String {
+        let mut out: Vec<&str> = Vec::new();
+        for seg in path.split('/').skip(1) {
+            match seg {
+                "." => {}
+                ".." => {
+                    out.pop();
+                }
+                s => out.push(s),
+            }
+        }
+        format!("/{}", out.join("/"))
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends, an accepted path is plain ASCII with
+        /// nothing left to decode or normalise: percent-decoding, Unicode
+        /// normalisation (all of which leave ASCII alone) and dot-segment
+        /// removal all give back the same path, so it stays under the
+        /// allowed prefix.
+        #[test]
+        fn accepted_paths_have_nothing_to_normalise(
+            tail in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "a", "Z", "0", "-", "_", "~", ".", "..", "/", "//", "%", "%2e", "%2E",
+                    "%2f", "%c0%ae", "%25", "\\", ";", ":", "?", "#", " ", "\u{ff0e}",
+                    "\u{2025}", "\u{ff0f}", "\u{e9}", "\u{0}", "\t", "x", "api", "admin",
+                ]),
+                0..12,
+            ),
+        ) {
+            let path = format!("/api/{}", tail.concat());
+            if check_path(&path).is_ok() {
+                let path_only = path.split('?').next().unwrap_or(&path);
+                proptest::prop_assert!(path.is_ascii());
+                proptest::prop_assert!(!path_only.contains('%'));
+                proptest::prop_assert!(!path_only.contains(';'));
+                proptest::prop_assert!(!path_only.contains('\\'));
+                proptest::prop_assert_eq!(remove_dot_segments(path_only), path_only);
+                proptest::prop_assert!(path_only.starts_with("/api/"));
+            }
+        }
+    }
+
+    #[test]
     fn prefixes_match_whole_segments() {
         let rpc = HttpRpc {
             config: RpcConfig::new(
@@ -299,6 +415,28 @@ mod tests {
             "/api-admin",
             "/api/x/..?",
             "/api//x",
+            // Unicode a normalising backend reads as dots or slashes.
+            "/api/\u{ff0e}\u{ff0e}/admin",
+            "/api/\u{2025}/admin",
+            "/api/\u{ff0e}\u{ff0e}\u{ff0f}admin",
+            "/api/caf\u{e9}",
+            // Overlong and UTF-8 escapes of `.` and `/`.
+            "/api/%c0%ae%c0%ae/admin",
+            "/api/%e0%80%ae%e0%80%ae/admin",
+            "/api/%ef%bc%8e%ef%bc%8e/admin",
+            "/api/%c0%af",
+            "/api/%41",
+            "/api/.../x",
+            "/api/.env",
+            "/api/x;y",
+            "/api/x:y",
+            "/api/x?a#b",
+            "/api/x?a=%",
+            "/api/x?a=%2",
+            "/api/x?a=%zz",
+            "/api/x?a=%252e",
+            "/api/x?caf\u{e9}",
+            "/api/x?a b",
         ] {
             assert!(
                 matches!(rpc.target(bad), Err(RpcError::Forbidden(_))),
