@@ -13,6 +13,9 @@ use http::HeaderMap;
 use parking_lot::Mutex;
 
 /// How many sockets may be open, and who counts as one client.
+///
+/// A limit of 0 refuses every socket it applies to (and keeps no count for
+/// the refused ones); [`crate::TransportConfig::validate`] reports it.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Most sockets open at once. Beyond: 503. Default 100,000.
