@@ -438,19 +438,30 @@ async fn a_half_sent_frame_is_closed_with_1008() {
     assert_eq!(pong["type"], "pong", "{pong}");
 }
 
-/// Unsolicited pongs and empty continuation frames are frames to read like
-/// any other: a flood of either is rate limited and closed with 1008.
-#[tokio::test]
-async fn pong_and_empty_continuation_floods_are_rate_limited() {
+/// A gateway with a rate limit of one frame per second.
+async fn strictly_rate_limited() -> Gateway {
     let opts = GatewayOptions::default()
         .env("TIDINGS_WEBSOCKET__CLIENT_MESSAGES_PER_SEC", "1")
         .env("TIDINGS_WEBSOCKET__CLIENT_MESSAGE_BURST", "1");
-    let gw = Gateway::start_with(opts).await;
+    Gateway::start_with(opts).await
+}
+
+/// Unsolicited pongs are frames to read like any other: a flood of them is
+/// rate limited and closed with 1008.
+#[tokio::test]
+async fn a_pong_flood_is_rate_limited() {
+    let gw = strictly_rate_limited().await;
     let mut pongs = RawWs::welcomed(&gw).await;
     let flood: Vec<u8> = (0..500).flat_map(|_| [0x8Au8, 0x80, 0, 0, 0, 0]).collect();
     pongs.send_raw(&flood).await;
     assert_eq!(pongs.close_code(PATIENCE).await, Some(1008));
+}
 
+/// Empty continuation frames grow nothing, but each is a frame to read: a
+/// flood of them is rate limited and closed with 1008.
+#[tokio::test]
+async fn an_empty_continuation_flood_is_rate_limited() {
+    let gw = strictly_rate_limited().await;
     let mut conts = RawWs::welcomed(&gw).await;
     conts.send_frame(false, op::TEXT, b"{").await;
     let flood: Vec<u8> = (0..500).flat_map(|_| [0x00u8, 0x80, 0, 0, 0, 0]).collect();
