@@ -234,6 +234,25 @@ impl Resp {
         }
     }
 
+    /// How many times the server has run the commands named `commands`
+    /// (lowercase, for example `["getdel", "eval"]`), from `INFO
+    /// commandstats`, summed.
+    pub async fn command_calls(&mut self, commands: &[&str]) -> i64 {
+        let info = self.cmd(&["INFO", "commandstats"]).await;
+        let info = info.as_str().expect("INFO answers text").to_owned();
+        info.lines()
+            .filter_map(|line| line.strip_prefix("cmdstat_"))
+            .filter_map(|line| line.split_once(':'))
+            .filter(|(name, _)| commands.contains(name))
+            .filter_map(|(_, stats)| {
+                stats
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix("calls="))
+                    .and_then(|n| n.parse::<i64>().ok())
+            })
+            .sum()
+    }
+
     fn read(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send + '_>> {
         Box::pin(async move {
             let mut line = String::new();

@@ -992,3 +992,199 @@ async fn no_cookie_or_token_ever_reaches_the_logs() {
         "part of a credential is in the logs:\n{logs}"
     );
 }
+
+#[tokio::test]
+async fn a_whoami_answer_with_a_mistyped_field_never_puts_its_value_in_the_logs() {
+    // A backend that echoes the session cookie into a field of the wrong
+    // type: serde_json's error message would quote it.
+    let backend = Backend::start(Mode::Json(json!({"user": "42"}))).await;
+    let gw = Gateway::start_with(
+        proxy(&backend)
+            .env("TIDINGS_LOG__LEVEL", "debug")
+            .env(PROXY_CACHE_TTL, "0"),
+    )
+    .await;
+    let answers = [
+        ("SECRETgroupsEcho1", "groups"),
+        ("SECRETuserEcho2", "user"),
+        ("SECRETchannelsEcho3", "channels"),
+    ];
+    for (secret, field) in answers {
+        let body = match field {
+            "groups" => json!({"user": "42", "groups": secret}),
+            "user" => json!({"user": {"session": secret}}),
+            _ => json!({"user": "42", "channels": [1, secret, {"x": secret}]}),
+        };
+        backend.set_mode(Mode::Json(body));
+        let cookie = format!("sessionid={secret}");
+        let r = refused(&gw.ws_url(), &[("Cookie", &cookie)]).await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(!r.body.contains(secret), "{}", r.body);
+    }
+    // One warning per answer (the log reader is async: wait for them).
+    let deadline = Instant::now() + PATIENCE;
+    let logs = loop {
+        let logs = gw.logs();
+        if logs.matches("identity backend unavailable").count() >= answers.len() {
+            break logs;
+        }
+        assert!(Instant::now() < deadline, "warnings missing:\n{logs}");
+        sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        !logs.contains("SECRET"),
+        "a value of the backend's answer is in the logs:\n{}",
+        logs.lines()
+            .filter(|l| l.contains("SECRET"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The warnings still say what is wrong, and where.
+    for (_, field) in answers {
+        assert!(
+            logs.contains(&format!("field `{field}`")),
+            "no warning names the field {field}:\n{logs}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_minted_for_nobody_obeys_the_anonymous_policy() {
+    // Refused: a token whose identity has no user opens no socket.
+    let gw = Gateway::start_with(
+        GatewayOptions::default()
+            .env(RESOLVERS, r#"["token"]"#)
+            .env(ANONYMOUS, "refuse"),
+    )
+    .await;
+    for identity in [json!({"user": null}), json!({}), json!({"user": ""})] {
+        let (status, body) = mint(&gw, json!({ "identity": identity })).await;
+        assert_eq!(status, 201, "{body}");
+        let t = body["token"].as_str().expect("token");
+        let r = refused(&with_token(&gw, t), &[]).await;
+        assert_eq!(r.status, 401, "token for {identity}: {}", r.body);
+    }
+    let (_, body) = mint(&gw, json!({"identity": {"user": "42"}})).await;
+    let c = identified(
+        &with_token(&gw, body["token"].as_str().expect("token")),
+        &[],
+    )
+    .await;
+    assert_eq!(c.welcome["user"], "42");
+    drop(gw);
+
+    // Allowed: the same token opens an anonymous socket.
+    let gw = Gateway::start_with(GatewayOptions::default().env(RESOLVERS, r#"["token"]"#)).await;
+    let (_, body) = mint(&gw, json!({"identity": {"user": null}})).await;
+    let c = identified(
+        &with_token(&gw, body["token"].as_str().expect("token")),
+        &[],
+    )
+    .await;
+    assert_eq!(c.welcome["user"], Value::Null);
+    assert_eq!(c.welcome["channels"], json!(["/app/broadcast"]));
+}
+
+#[tokio::test]
+async fn the_token_cookie_is_not_forwarded_to_the_whoami_backend() {
+    let backend = Backend::start(Mode::users([("s1", json!({"user": "42"}))])).await;
+    let gw = Gateway::start_with(
+        proxy(&backend)
+            .env(RESOLVERS, r#"["cookie_proxy","token"]"#)
+            .env(PROXY_CACHE_TTL, "0"),
+    )
+    .await;
+    let (status, body) = mint(&gw, json!({"identity": {"user": "7"}})).await;
+    assert_eq!(status, 201, "{body}");
+    let t = body["token"].as_str().expect("token").to_owned();
+
+    // The session cookie identifies; the token cookie never reaches the
+    // backend (nor the token in the query: the backend gets no query).
+    let cookie = format!("sessionid=s1; tidings_token={t}; theme=dark");
+    let c = identified(&with_token(&gw, &t), &[("Cookie", &cookie)]).await;
+    assert_eq!(c.welcome["user"], "42");
+    let call = backend.last_call();
+    assert_eq!(call.cookie.as_deref(), Some("sessionid=s1; theme=dark"));
+    assert_eq!(call.path, "/whoami");
+    assert!(
+        !call.headers.iter().any(|(_, v)| v.contains(&t)),
+        "the token reached the backend: {:?}",
+        call.headers
+    );
+
+    // Only the token cookie: nothing for the backend, the token decides.
+    let calls = backend.call_count();
+    let cookie = format!("tidings_token={t}");
+    let c = identified(&gw.ws_url(), &[("Cookie", &cookie)]).await;
+    assert_eq!(c.welcome["user"], "7");
+    assert_eq!(backend.call_count(), calls, "the backend was not asked");
+    drop(gw);
+
+    // Listed in `cookies`, it is forwarded: the operator asked for it.
+    let gw = Gateway::start_with(
+        proxy(&backend)
+            .env(PROXY_COOKIES, r#"["sessionid","tidings_token"]"#)
+            .env(PROXY_CACHE_TTL, "0"),
+    )
+    .await;
+    let c = identified(
+        &gw.ws_url(),
+        &[("Cookie", "sessionid=s1; tidings_token=t2")],
+    )
+    .await;
+    assert_eq!(c.welcome["user"], "42");
+    assert_eq!(
+        backend.last_call().cookie.as_deref(),
+        Some("sessionid=s1; tidings_token=t2")
+    );
+}
+
+#[tokio::test]
+async fn a_redemption_that_timed_out_against_a_frozen_redis_does_not_spend_the_token() {
+    let redis = RedisServer::start().await;
+    // Redis commands time out after 1 s.
+    let gw = Gateway::start_with(on_redis(&redis.url()).env(RESOLVERS, r#"["token"]"#)).await;
+    tokens_ready(&gw).await;
+    let mut r = redis.client().await;
+    let t = new_token("frozen");
+    r.cmd(&["SET", &key(&t), r#"{"user":"7"}"#, "EX", "60"])
+        .await;
+    // Whatever command the gateway redeems with.
+    const REDEEMING: [&str; 3] = ["getdel", "eval", "evalsha"];
+    let before = r.command_calls(&REDEEMING).await;
+
+    // Redis frozen: the redemption is sent, and waits in Redis's input
+    // buffer; the gateway gives up and answers 503.
+    redis.pause();
+    let refusal = refused(&with_token(&gw, &t), &[]).await;
+    redis.resume();
+    assert_eq!(refusal.status, 503, "{}", refusal.body);
+
+    // Thawed, Redis runs the waiting redemption: it must leave the token.
+    let deadline = Instant::now() + PATIENCE;
+    while r.command_calls(&REDEEMING).await <= before {
+        assert!(Instant::now() < deadline, "Redis never ran the redemption");
+        sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        r.cmd(&["EXISTS", &key(&t)]).await.as_int(),
+        Some(1),
+        "the client was refused, yet its token was spent"
+    );
+
+    // And the client's retry gets in with it (once the gateway's Redis
+    // connection is healthy again), exactly once.
+    let deadline = Instant::now() + PATIENCE;
+    let c = loop {
+        match Client::connect_with(&with_token(&gw, &t), &[]).await {
+            Ok(c) => break c,
+            Err(refusal) => {
+                assert_eq!(refusal.status, 503, "{}", refusal.body);
+                assert!(Instant::now() < deadline, "the token never worked again");
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(c.welcome["user"], "7");
+    assert_eq!(refused(&with_token(&gw, &t), &[]).await.status, 401);
+}

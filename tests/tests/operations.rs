@@ -743,12 +743,13 @@ async fn max_connections_per_ip_answers_429_and_forwarded_for_counts_only_from_t
     ] {
         expect_broadcast(s, &json!("ip"), who).await;
     }
-    // The connection span names the forwarded client address.
+    // The connection span names the forwarded client address (`client`)
+    // next to the TCP peer (`peer`, the proxy).
     let deadline = Instant::now() + PATIENCE;
-    while !gw.logs().contains("peer=203.0.113.7:") {
+    while !gw.logs().contains("peer=127.0.0.1:") || !gw.logs().contains("client=203.0.113.7") {
         assert!(
             Instant::now() < deadline,
-            "no conn span with the forwarded peer:\n{}",
+            "no conn span with the forwarded client:\n{}",
             gw.logs()
         );
         sleep(Duration::from_millis(20)).await;

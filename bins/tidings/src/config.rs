@@ -652,6 +652,13 @@ impl Config {
         }
         let mut config = CookieProxyConfig::new(uri);
         config.cookies = c.cookies.clone();
+        // The one-time token's cookie is for the gateway, not the backend
+        // (forwarded only when listed in `cookies`).
+        config.withheld_cookies = Some(&self.identity.token.cookie)
+            .filter(|name| !name.is_empty())
+            .cloned()
+            .into_iter()
+            .collect();
         for h in &c.headers {
             let name = http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
                 invalid(

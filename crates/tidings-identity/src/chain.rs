@@ -19,6 +19,11 @@ pub enum AnonymousPolicy {
 /// rejects it decides; when every one says [`Resolution::Unrecognized`], the
 /// [`AnonymousPolicy`] does (seed 001: the cookie proxy, then the one-time
 /// token, then anonymous).
+///
+/// The policy also applies to an *anonymous* identity a resolver returns
+/// (`"user": null`, for example a one-time token minted for nobody): with
+/// [`AnonymousPolicy::Refuse`] such a socket is refused with 401 like any
+/// other visitor nobody recognised, whichever resolver vouched for it.
 #[derive(Clone, Default)]
 pub struct Chain {
     resolvers: Vec<(&'static str, Arc<dyn IdentityResolver>)>,
@@ -62,6 +67,15 @@ impl IdentityResolver for Chain {
             for (name, resolver) in &self.resolvers {
                 match resolver.resolve(req).await {
                     Resolution::Unrecognized => continue,
+                    Resolution::Identified(identity)
+                        if identity.is_anonymous() && self.anonymous == AnonymousPolicy::Refuse =>
+                    {
+                        tracing::debug!(
+                            resolver = name,
+                            "upgrade refused: an anonymous identity, and anonymous visitors are refused"
+                        );
+                        return Resolution::Rejected(Rejection::unauthorized("sign in first"));
+                    }
                     Resolution::Identified(identity) => {
                         tracing::debug!(
                             resolver = name,
@@ -83,5 +97,51 @@ impl IdentityResolver for Chain {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Identifies every socket as `identity`.
+    struct Fixed(Identity);
+
+    impl IdentityResolver for Fixed {
+        fn resolve<'a>(&'a self, _req: &'a UpgradeRequest) -> BoxFuture<'a, Resolution> {
+            Box::pin(async move { Resolution::Identified(self.0.clone()) })
+        }
+    }
+
+    fn req() -> UpgradeRequest {
+        UpgradeRequest::new(
+            http::HeaderMap::new(),
+            http::Uri::from_static("/ws"),
+            "127.0.0.1:1".parse().unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_anonymous_identity_obeys_the_anonymous_policy() {
+        let anonymous = Arc::new(Fixed(Identity::anonymous()));
+        let refuse = Chain::new()
+            .with("fixed", anonymous.clone())
+            .anonymous(AnonymousPolicy::Refuse);
+        match refuse.resolve(&req()).await {
+            Resolution::Rejected(r) => assert_eq!(r.status, http::StatusCode::UNAUTHORIZED),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let allow = Chain::new().with("fixed", anonymous);
+        assert_eq!(
+            allow.resolve(&req()).await,
+            Resolution::Identified(Identity::anonymous())
+        );
+        let user = Chain::new()
+            .with("fixed", Arc::new(Fixed(Identity::user("7"))))
+            .anonymous(AnonymousPolicy::Refuse);
+        assert_eq!(
+            user.resolve(&req()).await,
+            Resolution::Identified(Identity::user("7"))
+        );
     }
 }

@@ -1,9 +1,11 @@
 //! The cookie proxy: ask the web app who the browser's cookies belong to.
 //!
 //! On an upgrade, the resolver sends one `GET` to the backend's whoami URL
-//! carrying the browser's cookies (all of them, or the configured ones) and
-//! any configured headers, on a pooled keep-alive client with connect and
-//! total timeouts. The backend answers with the identity JSON
+//! carrying the browser's cookies (all of them but the withheld ones, by
+//! default the one-time token's `tidings_token`, or only the configured
+//! ones) and any configured headers, on a pooled keep-alive client with
+//! connect and total timeouts. Nothing of the upgrade's URL (its query, where
+//! a one-time token may be) is forwarded. The backend answers with the identity JSON
 //! ([`Identity`]'s schema): `{"user": "42", "groups": [...], "channels": [...]}`.
 //!
 //! | backend answer | outcome |
@@ -12,6 +14,11 @@
 //! | 200, `"user": null` | [`Resolution::Unrecognized`] (next resolver, or the anonymous policy) |
 //! | 401, 403 | [`Resolution::Rejected`] with that status |
 //! | other status, bad JSON, timeout, unreachable | 503 with `Retry-After` |
+//!
+//! The warning logged for an invalid answer describes what is wrong (the
+//! JSON error's category, line and column, the identity field at fault) but
+//! never quotes the answer: a backend that echoes a cookie into a mistyped
+//! field must not put it in the logs.
 //!
 //! Answers are cached for a short TTL keyed by a SHA-256 of the forwarded
 //! credentials, and identical concurrent lookups are coalesced: a thousand
@@ -46,8 +53,14 @@ pub struct CookieProxyConfig {
     /// The backend's whoami URL (`http://`), for example
     /// `http://127.0.0.1:8000/tidings/whoami/`.
     pub url: Uri,
-    /// Cookie names to forward. Empty: forward the whole `Cookie` header.
+    /// Cookie names to forward. Empty: forward the whole `Cookie` header,
+    /// less the [`withheld_cookies`](Self::withheld_cookies).
     pub cookies: Vec<String>,
+    /// Cookies never forwarded when the whole `Cookie` header is (`cookies`
+    /// empty). Default: `tidings_token`, the one-time token's cookie, so a
+    /// token meant for the gateway does not reach the backend (list it in
+    /// `cookies` to forward it anyway).
+    pub withheld_cookies: Vec<String>,
     /// Further request headers to forward as they are (for example
     /// `authorization`).
     pub headers: Vec<HeaderName>,
@@ -73,6 +86,7 @@ impl CookieProxyConfig {
         Self {
             url,
             cookies: Vec::new(),
+            withheld_cookies: vec!["tidings_token".into()],
             headers: Vec::new(),
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
@@ -191,11 +205,18 @@ impl CookieProxy {
         let mut out = Vec::new();
         if self.config.cookies.is_empty() {
             // Browsers send one Cookie header; HTTP/1 allows several.
+            let withheld = &self.config.withheld_cookies;
             let joined: Vec<&[u8]> = req
                 .headers
                 .get_all(header::COOKIE)
                 .iter()
-                .map(HeaderValue::as_bytes)
+                .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+                .map(<[u8]>::trim_ascii)
+                .filter(|pair| !pair.is_empty())
+                .filter(|pair| {
+                    let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
+                    !withheld.iter().any(|w| w.as_bytes() == name.trim_ascii())
+                })
                 .collect();
             if !joined.is_empty() {
                 let value = HeaderValue::from_bytes(&joined.join(&b"; "[..])).ok()?;
@@ -351,8 +372,14 @@ impl CookieProxy {
             .map_err(|_| format!("backend did not answer within {:?}", self.config.timeout))??;
         match status {
             StatusCode::OK => {
-                let identity: Identity = serde_json::from_slice(&body)
-                    .map_err(|e| format!("backend answered 200 with invalid identity JSON: {e}"))?;
+                // Never `{e}`: serde_json's messages quote the offending
+                // value, which may be a credential the backend echoed.
+                let identity: Identity = serde_json::from_slice(&body).map_err(|e| {
+                    format!(
+                        "backend answered 200 with invalid identity JSON: {}",
+                        describe_invalid(&body, &e)
+                    )
+                })?;
                 Ok(if identity.is_anonymous() {
                     Answer::Anonymous
                 } else {
@@ -363,6 +390,47 @@ impl CookieProxy {
             other => Err(format!("backend answered {other}")),
         }
     }
+}
+
+/// Why `body` is not an identity, without quoting any of it: the JSON
+/// error's category and position, and the identity field at fault when one
+/// can be named.
+fn describe_invalid(body: &[u8], e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax => "malformed JSON",
+        Category::Eof => "truncated JSON",
+        Category::Data => "a value of the wrong type",
+        Category::Io => "unreadable JSON",
+    };
+    let mut out = format!("{what} at line {} column {}", e.line(), e.column());
+    if e.classify() == Category::Data {
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(map)) => {
+                if let Some(field) = faulty_field(&map) {
+                    out.push_str(&format!(" (field `{field}`)"));
+                }
+            }
+            Ok(_) => out.push_str(" (the answer is not a JSON object)"),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+/// The first identity field of `map` that does not have its schema's type.
+/// Only the schema's own field names are returned, never a key of the
+/// answer.
+fn faulty_field(map: &serde_json::Map<String, serde_json::Value>) -> Option<&'static str> {
+    const FIELDS: [&str; 5] = ["user", "session", "groups", "channels", "attributes"];
+    FIELDS.into_iter().find(|field| {
+        map.get(*field).is_some_and(|value| {
+            let alone = serde_json::Value::Object(
+                [((*field).to_owned(), value.clone())].into_iter().collect(),
+            );
+            serde_json::from_value::<Identity>(alone).is_err()
+        })
+    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -400,5 +468,81 @@ impl IdentityResolver for CookieProxy {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(body: &str) -> String {
+        let e = serde_json::from_str::<Identity>(body).unwrap_err();
+        describe_invalid(body.as_bytes(), &e)
+    }
+
+    #[test]
+    fn invalid_answers_are_described_without_their_values() {
+        let d = invalid(r#"{"user": "42", "groups": "SECRET-cookie-value"}"#);
+        assert!(!d.contains("SECRET"), "{d}");
+        assert!(d.contains("field `groups`"), "{d}");
+        assert!(d.contains("wrong type"), "{d}");
+        let d = invalid(r#"{"user": {"SECRET": 1}}"#);
+        assert!(!d.contains("SECRET") && d.contains("field `user`"), "{d}");
+        let d = invalid(r#"["42", "s", "SECRET"]"#);
+        assert!(
+            !d.contains("SECRET") && d.contains("not a JSON object"),
+            "{d}"
+        );
+        let d = invalid(r#"{"groups": ["SECRET"#);
+        assert!(!d.contains("SECRET") && d.contains("truncated"), "{d}");
+        let d = invalid(r#"{"user": SECRET}"#);
+        assert!(!d.contains("SECRET") && d.contains("malformed"), "{d}");
+    }
+
+    fn proxy(withheld: &[&str], cookies: &[&str]) -> CookieProxy {
+        let mut config = CookieProxyConfig::new(Uri::from_static("http://127.0.0.1:9/whoami"));
+        config.withheld_cookies = withheld.iter().map(|s| (*s).to_owned()).collect();
+        config.cookies = cookies.iter().map(|s| (*s).to_owned()).collect();
+        config.cache_ttl = Duration::ZERO;
+        CookieProxy::new(config).unwrap()
+    }
+
+    fn forwarded(proxy: &CookieProxy, cookie: &str) -> Option<String> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header::COOKIE, cookie.parse().unwrap());
+        let req = UpgradeRequest::new(
+            headers,
+            Uri::from_static("/ws?token=abc"),
+            "127.0.0.1:1".parse().unwrap(),
+        );
+        proxy.credentials(&req).map(|c| {
+            assert_eq!(c.len(), 1);
+            c[0].1.to_str().unwrap().to_owned()
+        })
+    }
+
+    #[tokio::test]
+    async fn the_token_cookie_is_withheld_unless_listed() {
+        let p = proxy(&["tidings_token"], &[]);
+        assert_eq!(
+            forwarded(&p, "sessionid=s1; tidings_token=t1;theme=dark").as_deref(),
+            Some("sessionid=s1; theme=dark")
+        );
+        assert_eq!(
+            forwarded(&p, "tidings_token=t1"),
+            None,
+            "nothing left to forward"
+        );
+        let p = proxy(&[], &[]);
+        assert_eq!(
+            forwarded(&p, "sessionid=s1; tidings_token=t1").as_deref(),
+            Some("sessionid=s1; tidings_token=t1")
+        );
+        let p = proxy(&["tidings_token"], &["tidings_token"]);
+        assert_eq!(
+            forwarded(&p, "sessionid=s1; tidings_token=t1").as_deref(),
+            Some("tidings_token=t1"),
+            "a cookie listed explicitly is forwarded"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Who is this socket? Identity resolution for the Tidings gateway.
 //!
 //! On every WebSocket upgrade the gateway hands the request's parts
-//! ([`UpgradeRequest`]: headers, cookies, query, peer address) to an
+//! ([`UpgradeRequest`]: headers, cookies, query, the TCP peer's address and
+//! the client address derived from it) to an
 //! [`IdentityResolver`], which answers with an [`Identity`] or refuses the
 //! upgrade with an HTTP status ([`Rejection`]).
 //!
@@ -51,7 +52,13 @@ pub use cookie_proxy::{CookieProxy, CookieProxyConfig};
 pub use token::RedisTokenStore;
 pub use token::{MemoryTokenStore, TokenConfig, TokenResolver, TokenStore};
 
-use std::{fmt, future::Future, net::SocketAddr, pin::Pin, time::Duration};
+use std::{
+    fmt,
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    time::Duration,
+};
 
 use http::{HeaderMap, StatusCode, Uri};
 
@@ -70,8 +77,17 @@ pub struct UpgradeRequest {
     pub headers: HeaderMap,
     /// The request URI (path and query).
     pub uri: Uri,
-    /// The TCP peer's address.
+    /// The TCP peer's address: the machine that opened this connection to
+    /// the gateway (a reverse proxy, when there is one). Never taken from a
+    /// header: decide whether to believe headers such as
+    /// `X-Forwarded-User` from this.
     pub peer: SocketAddr,
+    /// The client's address as the gateway derived it for its limits: the
+    /// TCP peer's address, or, when the peer is one of the transport's
+    /// trusted proxies, the rightmost `X-Forwarded-For` entry that is not
+    /// itself a trusted proxy. Informational (logs, rate limits, forwarding
+    /// to a backend); it is only as trustworthy as the proxies are.
+    pub client_ip: IpAddr,
 }
 
 impl fmt::Debug for UpgradeRequest {
@@ -80,11 +96,23 @@ impl fmt::Debug for UpgradeRequest {
             .field("path", &self.uri.path())
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("peer", &self.peer)
+            .field("client_ip", &self.client_ip)
             .finish()
     }
 }
 
 impl UpgradeRequest {
+    /// A request from the TCP peer `peer`, whose client address is the
+    /// peer's own (no trusted proxy in between).
+    pub fn new(headers: HeaderMap, uri: Uri, peer: SocketAddr) -> Self {
+        Self {
+            headers,
+            uri,
+            client_ip: peer.ip().to_canonical(),
+            peer,
+        }
+    }
+
     /// The value of cookie `name`, from the `Cookie` header(s).
     pub fn cookie(&self, name: &str) -> Option<&str> {
         self.headers
@@ -188,11 +216,11 @@ mod tests {
     fn req(cookie: &str, uri: &str) -> UpgradeRequest {
         let mut headers = HeaderMap::new();
         headers.insert(http::header::COOKIE, cookie.parse().unwrap());
-        UpgradeRequest {
+        UpgradeRequest::new(
             headers,
-            uri: uri.parse().unwrap(),
-            peer: "127.0.0.1:1".parse().unwrap(),
-        }
+            uri.parse().unwrap(),
+            "127.0.0.1:1".parse().unwrap(),
+        )
     }
 
     #[test]

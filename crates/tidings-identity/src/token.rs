@@ -3,8 +3,11 @@
 //! The backend, for a logged-in user, stores a random token with a short TTL:
 //! `SET tidings:token:<token> '{"user":"42"}' EX 5` (or a bare user id as the
 //! value) and hands the token to the page. The page opens the socket with it
-//! (`/ws?token=...`, or a cookie). The gateway redeems it atomically with
-//! `GETDEL`, so a token works exactly once; expiry is the TTL the backend set.
+//! (`/ws?token=...`, or a cookie). The gateway redeems it atomically (in
+//! Redis, one script that reads and deletes it), so a token works exactly
+//! once; expiry is the TTL the backend set. A redemption Redis runs after
+//! the gateway has given up on it (Redis frozen, then thawed) does nothing:
+//! a client that was answered 503 keeps its token.
 //!
 //! The store is a trait: [`MemoryTokenStore`] serves a gateway without Redis
 //! (the backend mints tokens through the gateway's HTTP API), and with the
@@ -126,26 +129,135 @@ impl TokenStore for MemoryTokenStore {
     }
 }
 
-/// A Redis token store: `GETDEL` on the key (Redis 6.2 or later).
+/// A Redis token store (Redis 6.2 or later).
+///
+/// A token is redeemed by one script (`EVAL`) that reads and
+/// deletes the key atomically, but only while Redis's clock is before a
+/// deadline the gateway sets (three quarters of the pool's command timeout
+/// after sending, corrected for the difference between the two clocks): a
+/// redemption still waiting in Redis when the gateway has given up on it
+/// (Redis frozen, a slow network) finds the deadline passed and leaves the
+/// token alone, so a client answered 503 can use its token again. Plain
+/// `GETDEL` would spend it for nobody.
 #[cfg(feature = "redis")]
 pub struct RedisTokenStore {
     client: fred::clients::Pool,
+    /// How long the gateway waits for a redemption.
+    limit: Duration,
+    /// Redis's clock minus ours, in milliseconds, as last measured.
+    clock_offset_ms: std::sync::atomic::AtomicI64,
 }
 
 #[cfg(feature = "redis")]
 impl fmt::Debug for RedisTokenStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisTokenStore").finish_non_exhaustive()
+        f.debug_struct("RedisTokenStore")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
     }
 }
+
+/// The script a [`RedisTokenStore`] redeems a token with. `KEYS[1]` is the
+/// token's key, `ARGV[1]` the deadline in Unix milliseconds by Redis's
+/// clock. Answers `{0, now}` when run after the deadline (nothing done),
+/// `{1, now}` when there is no such key, `{2, now, value}` when it took the
+/// token; `now` is Redis's clock in Unix milliseconds.
+#[cfg(feature = "redis")]
+const REDEEM_SCRIPT: &str = r#"local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now > tonumber(ARGV[1]) then return {0, now} end
+local v = redis.call('GET', KEYS[1])
+if not v then return {1, now} end
+redis.call('DEL', KEYS[1])
+return {2, now, v}"#;
 
 #[cfg(feature = "redis")]
 impl RedisTokenStore {
     /// Redeems tokens through `pool` (already connected, or connecting with
-    /// a reconnect policy: while it is down, redeeming answers 503).
+    /// a reconnect policy: while it is down, redeeming answers 503). A
+    /// redemption is waited for as long as the pool's command timeout (2 s
+    /// when it has none).
     pub fn new(pool: fred::clients::Pool) -> Self {
-        Self { client: pool }
+        use fred::prelude::ClientLike;
+        let timeout = pool.next().perf_config().default_command_timeout;
+        Self {
+            client: pool,
+            limit: if timeout.is_zero() {
+                Duration::from_secs(2)
+            } else {
+                timeout
+            },
+            clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
+        }
     }
+
+    /// One run of [`REDEEM_SCRIPT`].
+    async fn redeem_once(&self, key: &str) -> Result<Redeemed, StoreError> {
+        use fred::{
+            prelude::ClientLike,
+            types::{ClusterHash, CustomCommand, Value},
+        };
+        use std::sync::atomic::Ordering;
+        let unix_ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        };
+        // Redis may run the script until three quarters of the wait have
+        // passed; the last quarter is for its answer to come back.
+        let window = i64::try_from((self.limit * 3 / 4).as_millis()).unwrap_or(i64::MAX);
+        let sent = Instant::now();
+        let sent_ms = unix_ms();
+        let deadline = sent_ms
+            .saturating_add(self.clock_offset_ms.load(Ordering::Relaxed))
+            .saturating_add(window);
+        let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
+        let args: Vec<Value> = vec![REDEEM_SCRIPT.into(), 1.into(), key.into(), deadline.into()];
+        let reply: Value = tokio::time::timeout(
+            self.limit,
+            self.client.next().custom::<Value, _>(eval, args),
+        )
+        .await
+        .map_err(|_| StoreError(format!("Redis did not answer within {:?}", self.limit)))?
+        .map_err(|e| StoreError(e.details().to_string()))?;
+        let rtt = sent.elapsed();
+        let mut reply = reply.into_array().into_iter();
+        let (Some(status), Some(now)) = (
+            reply.next().and_then(|v| v.as_i64()),
+            reply.next().and_then(|v| v.as_i64()),
+        ) else {
+            return Err(StoreError("unexpected answer to the redeem script".into()));
+        };
+        // A quick answer tells how far Redis's clock is from ours (within
+        // half the round trip).
+        if rtt < self.limit / 4 {
+            let half = i64::try_from(rtt.as_millis() / 2).unwrap_or(0);
+            self.clock_offset_ms
+                .store(now - (sent_ms + half), Ordering::Relaxed);
+        }
+        match status {
+            0 => Ok(Redeemed::TooLate {
+                quick: rtt < self.limit / 4,
+            }),
+            1 => Ok(Redeemed::Found(None)),
+            2 => match reply.next().as_ref().and_then(Value::as_bytes) {
+                Some(value) => Ok(Redeemed::Found(Some(Bytes::copy_from_slice(value)))),
+                None => Err(StoreError("unexpected answer to the redeem script".into())),
+            },
+            _ => Err(StoreError("unexpected answer to the redeem script".into())),
+        }
+    }
+}
+
+/// What one run of the redeem script did.
+#[cfg(feature = "redis")]
+enum Redeemed {
+    /// The key's value (taken), or `None`: no such key.
+    Found(Option<Bytes>),
+    /// Redis ran it after the deadline and left the key alone; `quick`: its
+    /// answer came back at once (so the deadline was missed because Redis's
+    /// clock is ahead of ours, not because Redis was slow).
+    TooLate { quick: bool },
 }
 
 #[cfg(feature = "redis")]
@@ -171,14 +283,21 @@ impl TokenStore for RedisTokenStore {
     }
 
     fn redeem<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>> {
-        use fred::prelude::KeysInterface;
+        let late = || StoreError("Redis ran the redemption after its deadline".into());
         Box::pin(async move {
             self.connected().await?;
-            self.client
-                .next()
-                .getdel::<Option<Bytes>, _>(key)
-                .await
-                .map_err(|e| StoreError(e.details().to_string()))
+            match self.redeem_once(key).await? {
+                Redeemed::Found(found) => return Ok(found),
+                // Too late although Redis answered at once: its clock is
+                // ahead of ours, and that answer measured by how much. Once
+                // more with the corrected deadline (the token is untouched).
+                Redeemed::TooLate { quick: true } => {}
+                Redeemed::TooLate { quick: false } => return Err(late()),
+            }
+            match self.redeem_once(key).await? {
+                Redeemed::Found(found) => Ok(found),
+                Redeemed::TooLate { .. } => Err(late()),
+            }
         })
     }
 

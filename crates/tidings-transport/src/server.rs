@@ -315,10 +315,14 @@ impl Gateway {
                 )
             }
         };
+        // The resolver gets the real TCP peer (to decide whether to believe
+        // headers a proxy sets) and, separately, the client address derived
+        // through the trusted proxies' X-Forwarded-For.
         let parts = UpgradeRequest {
             headers: req.headers().clone(),
             uri: req.uri().clone(),
-            peer: SocketAddr::new(client_ip, peer.port()),
+            peer,
+            client_ip,
         };
         let started = std::time::Instant::now();
         let resolution = self.inner.resolver.resolve(&parts).await;
@@ -389,13 +393,13 @@ impl Gateway {
             None => self.inner.no_credentials.clone(),
         };
         let inner = self.inner.clone();
-        let peer = parts.peer;
         self.inner.sessions.spawn(session::run(
             fut,
             inner,
             Arc::new(identity),
             credentials,
-            peer,
+            parts.peer,
+            parts.client_ip,
             slot,
         ));
         let (parts, _) = response.into_parts();

@@ -71,21 +71,27 @@ pub(crate) async fn run(
     identity: Arc<Identity>,
     credentials: Arc<http::HeaderMap>,
     peer: std::net::SocketAddr,
+    client_ip: std::net::IpAddr,
     slot: crate::limits::Slot,
 ) {
     let io = match upgrade.await {
         Ok(ws) => ws.into_inner(),
         Err(e) => {
-            tracing::debug!(%peer, error = %e, "upgrade did not complete");
+            tracing::debug!(%peer, client = %client_ip, error = %e, "upgrade did not complete");
             return;
         }
     };
     let id = gw.bridge.next_connection_id();
-    let span = tracing::debug_span!("conn", id, %peer, user = tracing::field::Empty);
+    // `peer` is the TCP peer, `client` the address derived through trusted
+    // proxies (the same the per-address limit counts).
+    let span =
+        tracing::debug_span!("conn", id, %peer, client = %client_ip, user = tracing::field::Empty);
     if let Some(user) = &identity.user {
         span.record("user", user.as_str());
     }
-    serve_socket(io, id, gw, identity, credentials, peer)
+    // RPC calls forward the client's address (X-Forwarded-For).
+    let client = std::net::SocketAddr::new(client_ip, peer.port());
+    serve_socket(io, id, gw, identity, credentials, client)
         .instrument(span)
         .await;
     drop(slot);

@@ -15,9 +15,14 @@ use tidings_identity::{
 
 /// Identifies sockets by the `X-Forwarded-User` (and optional
 /// `X-Forwarded-Groups`, comma-separated) headers of a trusted proxy.
+///
+/// The headers are believed only when the TCP connection itself comes from
+/// one of `trusted_proxies` ([`UpgradeRequest::peer`], never derived from a
+/// header): a client that reaches the gateway directly, or that sends its
+/// own `X-Forwarded-For`, cannot assert a user.
 #[derive(Debug, Clone)]
 pub struct ProxyHeaderResolver {
-    /// Peers allowed to assert a user (the proxy's addresses).
+    /// TCP peers allowed to assert a user (the proxy's own addresses).
     pub trusted_proxies: Vec<IpAddr>,
 }
 
@@ -30,7 +35,10 @@ impl IdentityResolver for ProxyHeaderResolver {
                 // policy) decide.
                 return Resolution::Unrecognized;
             };
-            if !self.trusted_proxies.contains(&req.peer.ip()) {
+            // The real TCP peer (a dual-stack listener shows IPv4 peers as
+            // `::ffff:a.b.c.d`), not `req.client_ip`, which a client can
+            // influence through X-Forwarded-For.
+            if !self.trusted_proxies.contains(&req.peer.ip().to_canonical()) {
                 // Anyone can send a header; only the proxy may be believed.
                 return Resolution::Rejected(Rejection::forbidden(
                     "X-Forwarded-User is only accepted from the trusted proxy",

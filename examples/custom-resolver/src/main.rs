@@ -1,6 +1,8 @@
 //! Your own gateway binary: the Tidings library crates, your resolver, a
 //! few lines of wiring. Run it with
-//! `cargo run -p tidings-example-custom-resolver -- 127.0.0.1:8090`.
+//! `cargo run -p tidings-example-custom-resolver -- 127.0.0.1:8090 127.0.0.1`
+//! (the listen address, then the address your authenticating proxy
+//! connects from).
 
 use std::sync::Arc;
 
@@ -13,16 +15,17 @@ use tidings_transport::{serve, text_response, Gateway, StatusCode};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().init();
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8090".into());
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:8090".into());
+    // The proxy's own address, as the gateway sees the TCP connection.
+    let proxy = args.next().unwrap_or_else(|| "127.0.0.1".into());
 
     // Who is this socket? Our proxy says so; nobody else gets in.
     let resolver = Chain::new()
         .with(
             "proxy_header",
             Arc::new(ProxyHeaderResolver {
-                trusted_proxies: vec!["127.0.0.1".parse()?],
+                trusted_proxies: vec![proxy.parse()?],
             }),
         )
         .anonymous(AnonymousPolicy::Refuse);
