@@ -52,6 +52,7 @@ pub mod config;
 pub mod limits;
 pub mod rpc;
 pub mod server;
+pub mod service;
 mod session;
 pub mod stats;
 
@@ -61,5 +62,6 @@ pub use http::{self, StatusCode};
 pub use limits::{IpNet, LimitHit, Limits};
 pub use rpc::{HttpRpc, RpcConfig, RpcHandler};
 pub use server::{serve, text_response, Gateway, GatewayBuilder, HttpHandler, HttpResponse};
+pub use service::{PeerAddr, PeerLookup, WsService};
 pub use stats::{CloseReason, IdentityOutcome, RejectReason, TransportStats};
 pub use tidings_bridge::BoxFuture;
