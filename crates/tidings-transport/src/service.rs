@@ -166,10 +166,7 @@ impl<B> tower_service::Service<Request<B>> for WsService {
                         "WebSocket upgrade without the peer address in the request extensions \
                          (insert tidings_transport::PeerAddr, or set WsService::peer_from); refused"
                     );
-                    text_response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "peer address unknown\n",
-                    )
+                    text_response(StatusCode::INTERNAL_SERVER_ERROR, "peer address unknown\n")
                 }
             })
         })
