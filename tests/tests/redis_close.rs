@@ -105,3 +105,30 @@ async fn sigterm_closes_the_redis_connections_with_quit() {
     wait_clients(&mut admin, 1).await;
     assert_eq!(quits(&mut admin).await, 1 + 2, "{}", gw.logs());
 }
+
+#[tokio::test]
+async fn sigterm_with_redis_gone_still_exits() {
+    let mut redis = RedisServer::start().await;
+    let mut gw = Gateway::start_with(
+        GatewayOptions::default()
+            .env("TIDINGS_REDIS_URL", redis.url())
+            .env("TIDINGS_REDIS__COMMAND_TIMEOUT_SECS", "0.5"),
+    )
+    .await;
+    gw.wait_ready().await;
+    redis.kill().await;
+
+    gw.sigterm();
+    // The QUITs cannot be answered: each step of the close gives up after
+    // the command timeout and the process exits all the same.
+    let status = gw
+        .wait_exit(PATIENCE)
+        .await
+        .unwrap_or_else(|| panic!("still running after SIGTERM\n{}", gw.logs()));
+    assert!(status.success(), "{status:?}\n{}", gw.logs());
+    assert!(
+        gw.logs().contains("Redis connections closed"),
+        "{}",
+        gw.logs()
+    );
+}

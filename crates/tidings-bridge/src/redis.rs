@@ -386,8 +386,9 @@ impl Broker for RedisBroker {
 
     /// Sends `QUIT` on the subscription connection and on every pool
     /// connection, then waits until their connection tasks have ended (the
-    /// server has closed the connections), each step bounded by the command
-    /// timeout (Redis down or frozen: the connections are dropped instead).
+    /// connections are closed). Each of the two steps is bounded by the
+    /// command timeout: with Redis down or frozen the connections are
+    /// dropped instead.
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.connected.store(false, Ordering::Release);
@@ -402,11 +403,15 @@ impl Broker for RedisBroker {
                 tracing::debug!("Redis QUIT timed out");
             }
             let connections = std::mem::take(&mut *self.connections.lock());
-            for task in connections {
-                let abort = task.abort_handle();
-                if tokio::time::timeout(timeout, task).await.is_err() {
-                    abort.abort();
+            let aborts: Vec<_> = connections.iter().map(|t| t.abort_handle()).collect();
+            let ended = async {
+                for task in connections {
+                    let _ = task.await;
                 }
+            };
+            if tokio::time::timeout(timeout, ended).await.is_err() {
+                tracing::debug!("Redis connections did not close in time; dropping them");
+                aborts.iter().for_each(tokio::task::AbortHandle::abort);
             }
             tracing::info!(url = %self.url, "Redis connections closed");
         })
