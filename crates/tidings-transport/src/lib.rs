@@ -7,14 +7,19 @@
 //! (`docs/protocol.md`): one task per socket, and a bounded outbound queue
 //! between the [`Bridge`](tidings_bridge::Bridge) and the socket. The
 //! handshake is fastwebsockets'; the framing after it is this crate's own
-//! (`codec`), so that an idle socket holds no read buffer. Everything else on the listener goes to an [`HttpHandler`] you
-//! provide.
+//! (`codec`), so that an idle socket holds no read buffer. Everything else
+//! on the listener goes to an [`HttpHandler`] you provide; or, in a service
+//! of your own, mount [`Gateway::service`] on a route of your router
+//! (`docs/embedding.md`).
 //!
 //! # Layout
 //!
 //! - [`config`]: [`TransportConfig`], every tunable with its default.
 //! - [`server`]: [`serve`], the accept loop and shutdown, and [`Gateway`],
 //!   the upgrade handler.
+//! - [`service`]: [`WsService`], the WebSocket endpoint as a
+//!   `tower_service::Service` to mount on a route of your own axum or
+//!   hyper service ([`Gateway::service`]); [`serve`] uses it too.
 //! - [`limits`]: connection limits (total, per address, per user) and the
 //!   client address behind trusted proxies.
 //! - [`rpc`]: RPC from sockets to the backend.
