@@ -122,7 +122,10 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         identity.cookie_proxy,
     );
     let handler = move |req, peer| Arc::clone(&endpoints).handle(req, peer);
-    serve(listener, gateway, handler, shutdown_signal()).await?;
+    serve(listener, gateway.clone(), handler, shutdown_signal()).await?;
+    // Last: the sockets are gone; close the broker's connections cleanly
+    // (Redis: QUIT on each) rather than let the exit cut them.
+    gateway.bridge().close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -143,6 +143,14 @@ impl Bridge {
             .await
     }
 
+    /// Closes the broker's connections cleanly (for Redis: `QUIT` on each,
+    /// resolving once the server has closed them). Call it last at
+    /// shutdown, once the sockets are gone: publishes and subscriptions
+    /// fail afterwards.
+    pub async fn close(&self) {
+        self.inner.broker.close().await;
+    }
+
     /// A subscription handle for one socket, delivering into `mailbox`.
     /// Dropping the handle leaves every topic it joined.
     pub fn subscriber(&self, mailbox: Mailbox) -> Subscriber {

@@ -75,6 +75,15 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A short name for logs and metrics (`"in-process"`, `"redis"`).
     fn name(&self) -> &'static str;
+
+    /// Closes the broker's connections cleanly, at shutdown: resolves once
+    /// they are closed (the Redis broker sends `QUIT` on each and waits
+    /// until the server has closed them). Publishes and subscriptions fail
+    /// afterwards. The default does nothing, for brokers with nothing to
+    /// close.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The handle a [`Broker`] delivers received messages and connection events

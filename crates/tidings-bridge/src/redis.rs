@@ -27,7 +27,7 @@ use fred::{
         config::{
             Config, ConnectionConfig, PerformanceConfig, ReconnectPolicy, UnresponsiveConfig,
         },
-        Builder, MessageKind, Value,
+        Builder, ConnectHandle, MessageKind, Value,
     },
 };
 use parking_lot::RwLock;
@@ -151,6 +151,11 @@ pub struct RedisBroker {
     /// pass on which pattern matched).
     patterns: Arc<RwLock<BTreeSet<ChannelPattern>>>,
     url: String,
+    /// The connection tasks of the subscriber and the pool: each ends once
+    /// its connections are closed (awaited by [`Broker::close`]).
+    connections: parking_lot::Mutex<Vec<ConnectHandle>>,
+    /// Bounds each step of [`Broker::close`].
+    command_timeout: Duration,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -257,21 +262,16 @@ impl RedisBroker {
             connected.clone(),
             redacted.clone(),
         ));
-        drop(subscriber.connect());
-        drop(pool.connect()); // the task runs on; its handle is not needed
+        let connections = vec![subscriber.connect(), pool.connect()];
         Ok(Self {
             subscriber,
             pool,
             connected,
             patterns,
             url: redacted,
+            connections: parking_lot::Mutex::new(connections),
+            command_timeout: config.command_timeout,
         })
-    }
-
-    /// Closes the connections (sends `QUIT`).
-    pub async fn close(&self) {
-        let _ = self.subscriber.quit().await;
-        let _ = self.pool.quit().await;
     }
 }
 
@@ -382,6 +382,39 @@ impl Broker for RedisBroker {
 
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    /// Sends `QUIT` on the subscription connection and on every pool
+    /// connection, then waits until their connection tasks have ended (the
+    /// connections are closed). Each of the two steps is bounded by the
+    /// command timeout: with Redis down or frozen the connections are
+    /// dropped instead.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.connected.store(false, Ordering::Release);
+            let timeout = self.command_timeout;
+            let quits = async {
+                let (sub, pool) = tokio::join!(self.subscriber.quit(), self.pool.quit());
+                if let Err(e) = sub.and(pool) {
+                    tracing::debug!(error = %e.details(), "Redis QUIT failed");
+                }
+            };
+            if tokio::time::timeout(timeout, quits).await.is_err() {
+                tracing::debug!("Redis QUIT timed out");
+            }
+            let connections = std::mem::take(&mut *self.connections.lock());
+            let aborts: Vec<_> = connections.iter().map(|t| t.abort_handle()).collect();
+            let ended = async {
+                for task in connections {
+                    let _ = task.await;
+                }
+            };
+            if tokio::time::timeout(timeout, ended).await.is_err() {
+                tracing::debug!("Redis connections did not close in time; dropping them");
+                aborts.iter().for_each(tokio::task::AbortHandle::abort);
+            }
+            tracing::info!(url = %self.url, "Redis connections closed");
+        })
     }
 }
 

@@ -7,14 +7,19 @@
 //! (`docs/protocol.md`): one task per socket, and a bounded outbound queue
 //! between the [`Bridge`](tidings_bridge::Bridge) and the socket. The
 //! handshake is fastwebsockets'; the framing after it is this crate's own
-//! (`codec`), so that an idle socket holds no read buffer. Everything else on the listener goes to an [`HttpHandler`] you
-//! provide.
+//! (`codec`), so that an idle socket holds no read buffer. Everything else
+//! on the listener goes to an [`HttpHandler`] you provide; or, in a service
+//! of your own, mount [`Gateway::service`] on a route of your router
+//! (`docs/embedding.md`).
 //!
 //! # Layout
 //!
 //! - [`config`]: [`TransportConfig`], every tunable with its default.
 //! - [`server`]: [`serve`], the accept loop and shutdown, and [`Gateway`],
 //!   the upgrade handler.
+//! - [`service`]: [`WsService`], the WebSocket endpoint as a
+//!   `tower_service::Service` to mount on a route of your own axum or
+//!   hyper service ([`Gateway::service`]); [`serve`] uses it too.
 //! - [`limits`]: connection limits (total, per address, per user) and the
 //!   client address behind trusted proxies.
 //! - [`rpc`]: RPC from sockets to the backend.
@@ -52,6 +57,7 @@ pub mod config;
 pub mod limits;
 pub mod rpc;
 pub mod server;
+pub mod service;
 mod session;
 pub mod stats;
 
@@ -61,5 +67,6 @@ pub use http::{self, StatusCode};
 pub use limits::{IpNet, LimitHit, Limits};
 pub use rpc::{HttpRpc, RpcConfig, RpcHandler};
 pub use server::{serve, text_response, Gateway, GatewayBuilder, HttpHandler, HttpResponse};
+pub use service::{PeerAddr, PeerLookup, WsService};
 pub use stats::{CloseReason, IdentityOutcome, RejectReason, TransportStats};
 pub use tidings_bridge::BoxFuture;

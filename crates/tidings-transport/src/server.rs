@@ -214,9 +214,12 @@ impl Gateway {
         same_origin(origin, host)
     }
 
-    /// Answers a request on the WebSocket path: refuses it with a clear
-    /// status, or switches protocols and starts a session.
-    pub async fn upgrade(&self, mut req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+    /// Answers a request on the WebSocket path from TCP peer `peer`:
+    /// refuses it with a clear status, or switches protocols and starts a
+    /// session. The request must carry hyper's `OnUpgrade` in its
+    /// extensions (hyper and axum put it there); its body is not read.
+    /// [`Gateway::service`] wraps this in a `tower` service.
+    pub async fn upgrade<B>(&self, mut req: Request<B>, peer: SocketAddr) -> HttpResponse {
         let stats = &self.inner.stats;
         let refuse = |status, why: &str, reason: RejectReason| {
             stats.rejected(reason);
@@ -499,13 +502,19 @@ pub async fn serve(
         conns.spawn(async move {
             let ws_path = gateway.inner.config.ws_path.clone();
             let timeout = gateway.inner.config.handshake_timeout;
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let gateway = gateway.clone();
+            // The same WebSocket service an embedding router mounts.
+            let ws = gateway.service();
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                let mut ws = ws.clone();
                 let http = http.clone();
                 let is_ws = req.uri().path() == ws_path;
                 async move {
                     Ok::<_, Infallible>(if is_ws {
-                        gateway.upgrade(req, peer).await
+                        req.extensions_mut().insert(crate::service::PeerAddr(peer));
+                        match tower_service::Service::call(&mut ws, req).await {
+                            Ok(res) => res,
+                            Err(never) => match never {},
+                        }
                     } else {
                         http.call(req, peer).await
                     })
