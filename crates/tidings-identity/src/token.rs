@@ -128,6 +128,7 @@ impl TokenStore for MemoryTokenStore {
 
 /// A Redis token store: `GETDEL` on the key (Redis 6.2 or later).
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub struct RedisTokenStore {
     client: fred::clients::Pool,
 }
