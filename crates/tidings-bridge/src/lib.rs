@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! - [`mailbox`]: a socket's bounded outbound queue and its slow-consumer policy.
+//! - [`mailbox`](mod@mailbox): a socket's bounded outbound queue and its slow-consumer policy.
 //! - [`hub`]: the local subscriber registry and the fan-out loop.
 //! - [`broker`]: the [`Broker`] trait, [`BrokerError`] and the [`Inbound`]
 //!   handle a broker delivers through.
