@@ -409,6 +409,8 @@ async fn manage(
     }
 }
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 impl Bridge {
     /// A bridge over Redis pub/sub. Connects in the background (and
     /// reconnects with backoff forever); [`Bridge::is_ready`] says when it

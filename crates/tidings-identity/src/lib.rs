@@ -1,13 +1,4 @@
-//! Who is this socket? Identity resolution for the Tidings gateway.
-//!
-//! On every WebSocket upgrade the gateway hands the request's parts
-//! ([`UpgradeRequest`]: headers, cookies, query, the TCP peer's address and
-//! the client address derived from it) to an
-//! [`IdentityResolver`], which answers with an [`Identity`] or refuses the
-//! upgrade with an HTTP status ([`Rejection`]).
-//!
-//! The trait is the seam for teams with their own authentication: implement
-//! it in your own crate and hand it to the transport.
+#![doc = include_str!("../README.md")]
 //!
 //! # Layout
 //!
@@ -21,26 +12,7 @@
 //!   gateway's memory), redeemed once.
 //! - [`chain`]: resolvers tried in order, and the policy for visitors none
 //!   of them recognises.
-//!
-//! # Example
-//!
-//! ```
-//! use tidings_identity::{BoxFuture, Identity, IdentityResolver, Rejection, Resolution, UpgradeRequest};
-//!
-//! /// Trusts an `X-User` header set by a proxy in front of the gateway.
-//! struct HeaderUser;
-//!
-//! impl IdentityResolver for HeaderUser {
-//!     fn resolve<'a>(&'a self, req: &'a UpgradeRequest) -> BoxFuture<'a, Resolution> {
-//!         Box::pin(async move {
-//!             match req.headers.get("x-user").and_then(|v| v.to_str().ok()) {
-//!                 Some(user) => Resolution::Identified(Identity::user(user)),
-//!                 None => Resolution::Rejected(Rejection::unauthorized("no X-User header")),
-//!             }
-//!         })
-//!     }
-//! }
-//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod chain;
 pub mod cookie_proxy;
@@ -49,6 +21,7 @@ pub mod token;
 pub use chain::{AnonymousPolicy, Chain};
 pub use cookie_proxy::{CookieProxy, CookieProxyConfig};
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use token::RedisTokenStore;
 pub use token::{MemoryTokenStore, TokenConfig, TokenResolver, TokenStore};
 

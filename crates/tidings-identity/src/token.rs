@@ -140,6 +140,7 @@ impl TokenStore for MemoryTokenStore {
 /// token alone, so a client answered 503 can use its token again. Plain
 /// `GETDEL` would spend it for nobody.
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub struct RedisTokenStore {
     client: fred::clients::Pool,
     /// How long the gateway waits for a redemption.

@@ -1,9 +1,4 @@
-//! Channel authorization for the Tidings gateway: which channels an identity
-//! joins on connect, may subscribe to, and may publish on.
-//!
-//! Pure logic, no I/O: build a [`Router`] from [`Rule`]s (usually read from
-//! TOML) and ask it about an [`Identity`]. Another Rust service can use it
-//! alone.
+#![doc = include_str!("../README.md")]
 //!
 //! # Rules
 //!
@@ -32,20 +27,6 @@
 //! every rule using it not apply to that identity (the rule grants nothing).
 //! A user id `42/../7` therefore gets no user channel at all, rather than
 //! somebody else's.
-//!
-//! # Example
-//!
-//! ```
-//! use tidings_core::Identity;
-//! use tidings_routing::{Router, Rule};
-//!
-//! let router = Router::new(Rule::defaults()).unwrap();
-//! let alice = Identity::user("42");
-//! let plan = router.on_connect(&alice);
-//! assert_eq!(plan.channels.len(), 2); // broadcast + her notifications
-//! assert!(router.may_subscribe(&alice, "/app/user/42/notifications").is_ok());
-//! assert!(router.may_subscribe(&alice, "/app/user/7/notifications").is_err());
-//! ```
 
 mod rule;
 mod template;

@@ -40,7 +40,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         anonymous: false,
     });
 
-    // In-process broker here; `Bridge::redis(RedisConfig::new(url))?` for Redis.
+    // In-process broker here; `Bridge::redis(RedisConfig::new(url))?` for Redis
+    // (with tidings-bridge's `redis` feature).
     let gateway = Gateway::builder(Bridge::in_process())
         .resolver(Arc::new(resolver))
         .router(Router::new(rules)?)
