@@ -201,6 +201,24 @@ async fn main() {
             atomic / plain
         );
     }
+    // Redis's own time per command (what the server spends, whatever the
+    // load from the client and other processes on the machine)
+    let stats: String = pool
+        .next()
+        .info::<String>(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .unwrap();
+    for line in stats.lines() {
+        for cmd in ["fcall", "publish", "xadd"] {
+            if let Some(rest) = line.strip_prefix(&format!("cmdstat_{cmd}:")) {
+                let per_call = rest
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix("usec_per_call="))
+                    .unwrap_or("?");
+                println!("server time per {cmd:>7}: {per_call} us");
+            }
+        }
+    }
     sub.abort();
     let _ = pool.quit().await;
 }

@@ -100,7 +100,9 @@ impl Default for MemoryHistory {
 }
 
 impl MemoryHistory {
-    /// An empty history on the system clock, without a live sink.
+    /// An empty history on the system clock, without a live sink (its
+    /// publications are kept and replayed, but not delivered live; see
+    /// [`MemoryHistory::with_live`]).
     pub fn new() -> Self {
         Self::with_clock(Clock::system())
     }
