@@ -357,3 +357,40 @@ async fn prefix_is_configurable_and_checked() {
         ));
     }
 }
+
+/// Keys lost one at a time (eviction, a careless DEL): a lost stream makes
+/// positions behind it unrecoverable in the same epoch; a lost meta starts a
+/// new epoch and drops the old stream, whose offsets would be reused.
+#[tokio::test]
+async fn lost_keys() {
+    let server = RedisServer::start().await;
+    let h = RedisHistory::new(server.pool().await);
+    let c = ch("/lost");
+    let o = opts(10);
+    for i in 0..3 {
+        h.publish(&c, Bytes::from(format!("m{i}")), &o)
+            .await
+            .unwrap();
+    }
+    let p3 = h.position(&c, &o).await.unwrap();
+    let mut r = server.client().await;
+    assert_eq!(r.int(&[b"DEL", h.stream_key(&c).as_bytes()]).await, 1);
+    let rec = h
+        .recover(&c, &StreamPosition::new(1, p3.epoch.clone()), 10, &o)
+        .await
+        .unwrap();
+    assert!(!rec.recovered);
+    assert_eq!(rec.position, p3);
+    assert!(h.recover(&c, &p3, 10, &o).await.unwrap().recovered);
+    let p4 = h.publish(&c, Bytes::from_static(b"m3"), &o).await.unwrap();
+    assert_eq!(p4, StreamPosition::new(4, p3.epoch.clone()));
+
+    assert_eq!(r.int(&[b"DEL", h.meta_key(&c).as_bytes()]).await, 1);
+    let rec = h.recover(&c, &p4, 10, &o).await.unwrap();
+    assert!(!rec.recovered);
+    assert_eq!(rec.position.offset, 0);
+    assert_ne!(rec.position.epoch, p3.epoch);
+    assert_eq!(r.int(&[b"EXISTS", h.stream_key(&c).as_bytes()]).await, 0);
+    let p1 = h.publish(&c, Bytes::from_static(b"new"), &o).await.unwrap();
+    assert_eq!(p1, StreamPosition::new(1, rec.position.epoch.clone()));
+}
