@@ -124,7 +124,12 @@ fn run(ops: Vec<Op>) {
         // every run ends connected, recovered, with one more publication
         // (an epoch that expired under an idle client shows only with the
         // next publication: a gap, then `recovered: false`) and drained
-        let tail = [Op::Connect, Op::Recover, Op::Publish, Op::Process(usize::MAX)];
+        let tail = [
+            Op::Connect,
+            Op::Recover,
+            Op::Publish,
+            Op::Process(usize::MAX),
+        ];
         for op in ops.into_iter().chain(tail) {
             match op {
                 Op::Publish => {
