@@ -313,3 +313,26 @@ impl History for MemoryHistory {
         "in-memory"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_channels_are_swept_out_of_memory() {
+        let clock = Clock::manual();
+        let h = MemoryHistory::with_clock(clock.clone());
+        let o = HistoryOptions::new(10, Duration::from_secs(1))
+            .unwrap()
+            .with_meta_ttl(Duration::from_secs(2))
+            .unwrap();
+        for name in ["/a", "/b", "/c"] {
+            let c = ChannelName::new(name).unwrap();
+            h.publish_now(&c, Bytes::from_static(b"x"), &o);
+        }
+        assert_eq!(h.channels(), 3);
+        clock.advance(Duration::from_secs(2));
+        h.position_now(&ChannelName::new("/d").unwrap(), &o);
+        assert_eq!(h.channels(), 1, "the three expired ones are gone");
+    }
+}
