@@ -17,9 +17,9 @@ use crate::{
 };
 
 /// Where [`MemoryHistory`] sends live publications: called with the channel
-/// and the [`LivePublication`] envelope, in offset order, while the channel
-/// is locked (so it must not block; hand the message to a broker or a
-/// channel).
+/// and the [`LivePublication`] envelope, in offset order, while the history
+/// is locked (so it must neither block nor call the history; hand the
+/// message to a broker or a channel).
 pub type LiveSink = Arc<dyn Fn(&ChannelName, Bytes) + Send + Sync>;
 
 /// The time [`MemoryHistory`] expires histories by: the system clock, or a
