@@ -273,3 +273,49 @@ fn every_error_code_and_close_code_is_documented() {
         missing.join(", ")
     );
 }
+
+/// The environment variable names `source` reads with `os.environ.get("X"`
+/// or `os.environ["X"]`.
+fn python_env_vars(source: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for opener in ["os.environ.get(\"", "os.environ[\"", "os.getenv(\""] {
+        for (at, _) in source.match_indices(opener) {
+            let rest = &source[at + opener.len()..];
+            if let Some((name, _)) = rest.split_once('"') {
+                names.insert(name.to_owned());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn the_demo_django_apps_variables_do_not_stop_a_gateway() {
+    // Every TIDINGS_* variable belongs to the gateway, which refuses the
+    // ones it does not know: the Django app of the tests (and of the
+    // recipe) must not read any, or exporting its settings in a shell stops
+    // a gateway started from the same shell.
+    let settings = read("tests/django/demo/settings.py");
+    let names = python_env_vars(&settings);
+    assert!(
+        names.contains("REDIS_URL"),
+        "could not read the variables of settings.py: {names:?}"
+    );
+    for name in &names {
+        let (ok, _, err) = tidings(&["check-config"], &[(name, "1")]);
+        assert!(
+            ok,
+            "the Django app reads {name}, which stops the gateway: {err}"
+        );
+    }
+    // The variables its README exports before running it by hand.
+    let readme = read("tests/django/README.md");
+    for line in readme.lines().filter(|l| l.starts_with("export ")) {
+        let vars: Vec<(&str, &str)> = line["export ".len()..]
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let (ok, _, err) = tidings(&["check-config"], &vars);
+        assert!(ok, "`{line}` stops the gateway: {err}");
+    }
+}
