@@ -31,7 +31,8 @@ pub const OPEN_FILES_NEEDED: u64 = 4096;
 /// or opens many sockets calls this first (the gateway and Redis spawners),
 /// so `cargo test --workspace` works as written; the processes it spawns
 /// inherit the raised limit. When even the hard limit is below
-/// [`OPEN_FILES_NEEDED`], it says so on stderr, once, with the fix.
+/// [`OPEN_FILES_NEEDED`], it says so on stderr (past the test output
+/// capture), once per test process, with the fix.
 pub fn raise_open_file_limit() -> u64 {
     static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *LIMIT.get_or_init(|| {
@@ -39,7 +40,12 @@ pub fn raise_open_file_limit() -> u64 {
         match rlimit::increase_nofile_limit(u64::MAX) {
             Ok(soft) => {
                 if soft < OPEN_FILES_NEEDED {
-                    eprintln!(
+                    // Straight to stderr, past the test harness's output
+                    // capture: this must be seen even when the test that
+                    // happened to print it passes.
+                    use std::io::Write as _;
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "tidings-e2e: the open-file limit is {soft} even after raising the soft \
                          limit to the hard limit; some tests open over 1,000 sockets at once and \
                          will fail with \"Too many open files\". Raise the hard limit to at least \
@@ -53,7 +59,9 @@ pub fn raise_open_file_limit() -> u64 {
                 soft
             }
             Err(e) => {
-                eprintln!(
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
                     "tidings-e2e: cannot raise the open-file limit ({e}); tests that open many \
                      sockets may fail with \"Too many open files\""
                 );
