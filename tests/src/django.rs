@@ -108,10 +108,7 @@ impl DjangoApp {
         let dir = TempDir(temp_path("django"));
         std::fs::create_dir_all(&dir.0).expect("django temp dir");
         let env = [
-            (
-                "DEMO_DB",
-                dir.0.join("db.sqlite3").display().to_string(),
-            ),
+            ("DEMO_DB", dir.0.join("db.sqlite3").display().to_string()),
             ("REDIS_URL", redis_url.to_owned()),
             ("DEMO_TOKEN_PREFIX", token_prefix.to_owned()),
             ("DJANGO_SETTINGS_MODULE", "demo.settings".to_owned()),

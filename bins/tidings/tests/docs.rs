@@ -428,9 +428,9 @@ fn the_quoted_error_messages_are_the_binarys() {
         let dir = scratch_dir(&format!("session-{n}"));
         let mut lines = block.lines.iter().peekable();
         while let Some(line) = lines.next() {
-            let command = line
-                .strip_prefix("$ ")
-                .unwrap_or_else(|| panic!("under \"{}\": `{line}` is not a command", block.heading));
+            let command = line.strip_prefix("$ ").unwrap_or_else(|| {
+                panic!("under \"{}\": `{line}` is not a command", block.heading)
+            });
             // What follows, up to the next command.
             let mut output = Vec::new();
             while let Some(next) = lines.next_if(|l| !l.starts_with("$ ")) {
@@ -452,7 +452,11 @@ fn the_quoted_error_messages_are_the_binarys() {
                     _ => break word,
                 }
             };
-            assert_eq!(program, "tidings", "under \"{}\": `{command}`", block.heading);
+            assert_eq!(
+                program, "tidings",
+                "under \"{}\": `{command}`",
+                block.heading
+            );
             let mut args: Vec<String> = words.collect();
             if !args.iter().any(|a| a == "check-config" || a == "run") {
                 args.push("check-config".to_owned());
@@ -495,8 +499,8 @@ fn matches_quote(actual: &str, quoted: &str) -> bool {
     rest.ends_with(last)
 }
 
-/// The first block in `lang` under the heading `heading` that follows a
-/// line containing `after` (or the first such block when `after` is empty).
+/// The first TOML block after the text `after`, still under the heading
+/// `heading` (or under no heading after `after`).
 fn block_after(doc: &str, heading: &str, after: &str) -> String {
     let from = doc
         .find(after)
@@ -538,7 +542,11 @@ fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
 #[test]
 fn the_complete_example_sets_every_key_and_is_accepted() {
     let doc = read("docs/configuration.md");
-    let example = block_after(&doc, "A complete example file", "## A complete example file");
+    let example = block_after(
+        &doc,
+        "A complete example file",
+        "## A complete example file",
+    );
     let parsed: toml::Table = example
         .parse()
         .unwrap_or_else(|e| panic!("the complete example is not TOML: {e}"));
