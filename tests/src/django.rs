@@ -108,12 +108,9 @@ impl DjangoApp {
         let dir = TempDir(temp_path("django"));
         std::fs::create_dir_all(&dir.0).expect("django temp dir");
         let env = [
-            (
-                "TIDINGS_DJANGO_DB",
-                dir.0.join("db.sqlite3").display().to_string(),
-            ),
+            ("DEMO_DB", dir.0.join("db.sqlite3").display().to_string()),
             ("REDIS_URL", redis_url.to_owned()),
-            ("TIDINGS_TOKEN_PREFIX", token_prefix.to_owned()),
+            ("DEMO_TOKEN_PREFIX", token_prefix.to_owned()),
             ("DJANGO_SETTINGS_MODULE", "demo.settings".to_owned()),
             ("PYTHONUNBUFFERED", "1".to_owned()),
         ];

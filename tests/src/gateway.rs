@@ -97,6 +97,8 @@ pub async fn run_to_exit(opts: GatewayOptions) -> (ExitStatus, String, String) {
 }
 
 fn command(opts: &GatewayOptions) -> (Command, Option<TempFile>) {
+    // Before the gateway (which inherits it) and the test's sockets exist.
+    crate::raise_open_file_limit();
     let mut cmd = Command::new(binary());
     for (k, _) in std::env::vars() {
         if k.starts_with("TIDINGS_") {

@@ -42,6 +42,7 @@ impl RedisServer {
     }
 
     async fn spawn(&mut self) {
+        crate::raise_open_file_limit();
         let child = Command::new("redis-server")
             .args([
                 "--port",

@@ -611,13 +611,14 @@ async fn redis_outage_shows_in_the_broker_metrics() {
     assert_eq!(gap["reason"], "broker_reconnected");
 }
 
-/// KNOWN PRODUCT BUG (fails today): when Redis refuses a SUBSCRIBE (here an
+/// Regression test for a fixed bug: when Redis refuses a SUBSCRIBE (here an
 /// ACL that allows only `/app/broadcast`; Redis answers `-NOPERM`), the
-/// gateway still answers `subscribed`, logs nothing, counts nothing, and
-/// `/readyz` and `tidings_broker_up` stay healthy: the socket silently never
-/// receives that channel. The same happens to the re-subscription after a
-/// reconnect ("subscriptions restored"). `RedisBroker::subscribe` trusts
-/// fred's `subscribe()` result, which is `Ok` despite the error reply.
+/// gateway used to answer `subscribed`, log nothing, count nothing, and keep
+/// `/readyz` and `tidings_broker_up` healthy, so the socket silently never
+/// received that channel (the same for the re-subscription after a
+/// reconnect), because `RedisBroker::subscribe` trusted fred's `subscribe()`
+/// result, which is `Ok` despite the error reply. The refusal must reach the
+/// client as a `forbidden` error naming Redis' answer.
 #[tokio::test]
 async fn redis_refusing_a_subscription_is_not_acknowledged() {
     let redis = RedisServer::start().await;

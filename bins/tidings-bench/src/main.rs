@@ -88,8 +88,8 @@ struct Common {
     #[arg(short = 'd', long)]
     duration: Option<f64>,
     /// Connection attempts in flight at once. Above the gateway's listen
-    /// backlog (128 today) a storm overflows its accept queue and the
-    /// dropped SYNs are retried after 1 s.
+    /// backlog (4096, capped by the kernel's net.core.somaxconn) a storm
+    /// overflows its accept queue and the dropped SYNs are retried after 1 s.
     #[arg(short = 'c', long, default_value_t = 100)]
     concurrency: usize,
     /// Start this gateway binary with the right environment (cookie proxy

@@ -49,11 +49,22 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
+            for name in config::kubernetes_service_vars() {
+                println!("# ignored {name}: set by Kubernetes for a Service, not configuration");
+            }
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }
         Command::Run => {
             init_tracing(&config);
+            let ignored = config::kubernetes_service_vars();
+            if !ignored.is_empty() {
+                tracing::info!(
+                    "ignoring {}: Kubernetes sets these for a Service named tidings(-*); they are not configuration",
+                    ignored.join(", ")
+                );
+            }
+            raise_open_file_limit(&config);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -67,8 +78,13 @@ fn main() -> ExitCode {
             match runtime.block_on(run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("tidings: {e}");
+                    // Once: through the log when it shows errors (JSON logs
+                    // stay JSON), else plainly.
+                    if tracing::enabled!(tracing::Level::ERROR) {
+                        tracing::error!("{e}");
+                    } else {
+                        eprintln!("tidings: {e}");
+                    }
                     ExitCode::FAILURE
                 }
             }
@@ -111,8 +127,12 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.rpc(Arc::new(HttpRpc::new(rpc)));
     }
     let gateway = builder.build();
-    let listener =
-        listen(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let listener = listen(config.listen).map_err(|e| {
+        format!(
+            "cannot listen on {}: {e}; choose another address with the config key `listen` (environment variable TIDINGS_LISTEN, for example TIDINGS_LISTEN=127.0.0.1:8081)",
+            config.listen
+        )
+    })?;
     let addr = listener.local_addr()?;
     banner(&config, addr, gateway.bridge().broker_name());
     let endpoints = http::Endpoints::new(
@@ -199,14 +219,27 @@ fn identity(
     })
 }
 
+/// The address to print for `addr` in URLs one can open on this machine:
+/// an unspecified address (`0.0.0.0`, `::`) is not one, so its loopback
+/// counterpart on the same port is given instead.
+fn reachable(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
 fn banner(config: &Config, addr: std::net::SocketAddr, broker: &str) {
-    let base = format!("http://{addr}");
     tracing::info!(
-        "Tidings {} listening on {base} (broker: {broker})",
+        "Tidings {} listening on http://{addr} (broker: {broker})",
         env!("CARGO_PKG_VERSION")
     );
+    let local = reachable(addr);
+    let base = format!("http://{local}");
     tracing::info!("  demo page:  {base}/");
-    tracing::info!("  websocket:  ws://{addr}{}", config.websocket.path);
+    tracing::info!("  websocket:  ws://{local}{}", config.websocket.path);
     let auth = if config.api_key.is_some() {
         " -H \"Authorization: Bearer $TIDINGS_API_KEY\""
     } else {
@@ -224,6 +257,35 @@ fn banner(config: &Config, addr: std::net::SocketAddr, broker: &str) {
     }
     if !addr.ip().is_loopback() && config.websocket.allowed_origins.iter().any(|o| o == "*") {
         tracing::warn!("listening beyond loopback with allowed_origins = [\"*\"]: any web page can open sockets with your visitors' cookies");
+    }
+}
+
+/// Raises the open-file soft limit to the hard limit: every socket is a
+/// file, and login shells and many service managers start processes with a
+/// soft limit of 1,024. Warns when the limit stays below
+/// `limits.max_connections`.
+fn raise_open_file_limit(config: &Config) {
+    let before = rlimit::Resource::NOFILE.get().ok();
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) => {
+            if let Some((old, _)) = before.filter(|(old, _)| *old < now) {
+                tracing::debug!("raised the open-file soft limit from {old} to {now}");
+            }
+            let wanted = config.limits.max_connections as u64;
+            if now < wanted {
+                let msg = format!(
+                    "the open-file limit is {now}, below limits.max_connections ({wanted}): sockets beyond it fail to open (raise the hard limit: `ulimit -Hn`, LimitNOFILE= in systemd, --ulimit nofile= in Docker)"
+                );
+                // A few thousand is a real problem; tens of thousands is
+                // usually a default nobody needs to hear about each start.
+                if now < 4096 {
+                    tracing::warn!("{msg}");
+                } else {
+                    tracing::debug!("{msg}");
+                }
+            }
+        }
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
 }
 

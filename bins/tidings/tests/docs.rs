@@ -273,3 +273,320 @@ fn every_error_code_and_close_code_is_documented() {
         missing.join(", ")
     );
 }
+
+/// The environment variable names `source` reads with `os.environ.get("X"`
+/// or `os.environ["X"]`.
+fn python_env_vars(source: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for opener in ["os.environ.get(\"", "os.environ[\"", "os.getenv(\""] {
+        for (at, _) in source.match_indices(opener) {
+            let rest = &source[at + opener.len()..];
+            if let Some((name, _)) = rest.split_once('"') {
+                names.insert(name.to_owned());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn the_demo_django_apps_variables_do_not_stop_a_gateway() {
+    // Every TIDINGS_* variable belongs to the gateway, which refuses the
+    // ones it does not know: the Django app of the tests (and of the
+    // recipe) must not read any, or exporting its settings in a shell stops
+    // a gateway started from the same shell.
+    let settings = read("tests/django/demo/settings.py");
+    let names = python_env_vars(&settings);
+    assert!(
+        names.contains("REDIS_URL"),
+        "could not read the variables of settings.py: {names:?}"
+    );
+    for name in &names {
+        let (ok, _, err) = tidings(&["check-config"], &[(name, "1")]);
+        assert!(
+            ok,
+            "the Django app reads {name}, which stops the gateway: {err}"
+        );
+    }
+    // The variables its README exports before running it by hand.
+    let readme = read("tests/django/README.md");
+    for line in readme.lines().filter(|l| l.starts_with("export ")) {
+        let vars: Vec<(&str, &str)> = line["export ".len()..]
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let (ok, _, err) = tidings(&["check-config"], &vars);
+        assert!(ok, "`{line}` stops the gateway: {err}");
+    }
+}
+
+/// A fenced code block of a Markdown page: its language and its lines, and
+/// the heading it is under.
+struct Block {
+    lang: String,
+    lines: Vec<String>,
+    heading: String,
+}
+
+fn code_blocks(markdown: &str) -> Vec<Block> {
+    let mut blocks = Vec::new();
+    let mut heading = String::new();
+    let mut open: Option<Block> = None;
+    for line in markdown.lines() {
+        if let Some(fence) = line.strip_prefix("```") {
+            match open.take() {
+                Some(block) => blocks.push(block),
+                None => {
+                    open = Some(Block {
+                        lang: fence.trim().to_owned(),
+                        lines: Vec::new(),
+                        heading: heading.clone(),
+                    })
+                }
+            }
+        } else if let Some(block) = &mut open {
+            block.lines.push(line.to_owned());
+        } else if line.starts_with('#') {
+            heading = line.trim_start_matches('#').trim().to_owned();
+        }
+    }
+    blocks
+}
+
+/// Splits a shell command line into words, honouring single quotes.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let (mut quoted, mut any) = (false, false);
+    for c in line.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    words.push(std::mem::take(&mut word));
+                    any = false;
+                }
+            }
+            c => {
+                word.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        words.push(word);
+    }
+    words
+}
+
+/// Runs `tidings` in `dir` with exactly `env` as its `TIDINGS_*` variables.
+fn tidings_in(dir: &Path, args: &[String], env: &[(String, String)]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TIDINGS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env_remove("RUST_LOG")
+        .current_dir(dir)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    let out = cmd.output().expect("run tidings");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A fresh empty directory.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tidings-docs-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn the_quoted_error_messages_are_the_binarys() {
+    // Every unlabelled block of docs/configuration.md that shows a shell
+    // session (`$ cat FILE` and its body, then `$ [VAR=value...] tidings
+    // [args]` and what it prints) is replayed, and what the binary prints
+    // must be exactly what the page quotes (an ellipsis `…` in a quote
+    // stands for any text). Commands without a subcommand
+    // are run as `check-config`: the configuration is loaded, and its
+    // errors reported, the same way before either command starts.
+    let doc = read("docs/configuration.md");
+    let mut replayed = 0;
+    for (n, block) in code_blocks(&doc).into_iter().enumerate() {
+        if !block.lang.is_empty() || !block.lines.iter().any(|l| l.starts_with("$ ")) {
+            continue;
+        }
+        let dir = scratch_dir(&format!("session-{n}"));
+        let mut lines = block.lines.iter().peekable();
+        while let Some(line) = lines.next() {
+            let command = line.strip_prefix("$ ").unwrap_or_else(|| {
+                panic!("under \"{}\": `{line}` is not a command", block.heading)
+            });
+            // What follows, up to the next command.
+            let mut output = Vec::new();
+            while let Some(next) = lines.next_if(|l| !l.starts_with("$ ")) {
+                output.push(next.as_str());
+            }
+            let words = shell_words(command);
+            if words[0] == "cat" {
+                std::fs::write(dir.join(&words[1]), output.join("\n") + "\n").unwrap();
+                continue;
+            }
+            let mut env = Vec::new();
+            let mut words = words.into_iter();
+            let program = loop {
+                let word = words.next().expect("a command");
+                match word.split_once('=') {
+                    Some((k, v)) if k.chars().all(|c| c.is_ascii_uppercase() || c == '_') => {
+                        env.push((k.to_owned(), v.to_owned()));
+                    }
+                    _ => break word,
+                }
+            };
+            assert_eq!(
+                program, "tidings",
+                "under \"{}\": `{command}`",
+                block.heading
+            );
+            let mut args: Vec<String> = words.collect();
+            if !args.iter().any(|a| a == "check-config" || a == "run") {
+                args.push("check-config".to_owned());
+            }
+            let (ok, _, err) = tidings_in(&dir, &args, &env);
+            assert!(!ok, "`{command}` succeeds, the page shows an error");
+            let quoted = output.join("\n");
+            assert!(
+                matches_quote(err.trim_end(), quoted.trim_end()),
+                "docs/configuration.md, under \"{}\": `{command}` prints\n{}\nbut the page quotes\n{}",
+                block.heading,
+                err.trim_end(),
+                quoted.trim_end(),
+            );
+            replayed += 1;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    assert!(replayed >= 5, "only {replayed} commands found to replay");
+}
+
+/// Whether `actual` is what `quoted` shows, where an ellipsis `…` in the
+/// quote stands for any text (a long list of accepted keys, shortened).
+fn matches_quote(actual: &str, quoted: &str) -> bool {
+    let mut pieces = quoted.split('…');
+    let first = pieces.next().unwrap_or_default();
+    let Some(mut rest) = actual.strip_prefix(first) else {
+        return false;
+    };
+    let pieces: Vec<&str> = pieces.collect();
+    let Some((last, middle)) = pieces.split_last() else {
+        return rest.is_empty();
+    };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
+/// The first TOML block after the text `after`, still under the heading
+/// `heading` (or under no heading after `after`).
+fn block_after(doc: &str, heading: &str, after: &str) -> String {
+    let from = doc
+        .find(after)
+        .unwrap_or_else(|| panic!("docs/configuration.md no longer says `{after}`"));
+    code_blocks(&doc[from..])
+        .into_iter()
+        .find(|b| b.lang == "toml" && (b.heading.is_empty() || b.heading == heading))
+        .map(|b| b.lines.join("\n") + "\n")
+        .unwrap_or_else(|| panic!("no TOML block after `{after}`"))
+}
+
+#[test]
+fn the_defaults_shown_are_what_check_config_prints() {
+    let doc = read("docs/configuration.md");
+    let shown = block_after(
+        &doc,
+        "`tidings check-config`",
+        "With nothing configured, `tidings check-config` prints the defaults:",
+    );
+    let (ok, out, err) = tidings(&["check-config"], &[]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        shown.trim_end(),
+        out.trim_end(),
+        "docs/configuration.md's defaults differ from `tidings check-config`"
+    );
+}
+
+/// The value at the dotted `key` of `table`, if set.
+fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let mut parts = key.split('.');
+    let mut value = table.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_table()?.get(part)?;
+    }
+    Some(value)
+}
+
+#[test]
+fn the_complete_example_sets_every_key_and_is_accepted() {
+    let doc = read("docs/configuration.md");
+    let example = block_after(
+        &doc,
+        "A complete example file",
+        "## A complete example file",
+    );
+    let parsed: toml::Table = example
+        .parse()
+        .unwrap_or_else(|e| panic!("the complete example is not TOML: {e}"));
+
+    // The binary accepts it as it is.
+    let dir = scratch_dir("example");
+    std::fs::write(dir.join("tidings.toml"), &example).unwrap();
+    let args = ["--config", "tidings.toml", "check-config"].map(String::from);
+    let (ok, _, err) = tidings_in(&dir, &args, &[]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok, "the complete example is refused: {err}");
+
+    // And it sets every key the binary knows.
+    let (ok, out, err) = tidings(&["check-config"], &[]);
+    assert!(ok, "{err}");
+    let mut keys = Keys::default();
+    keys.collect(&[], &out.parse().expect("check-config prints TOML"));
+    let mut missing: Vec<String> = keys
+        .keys
+        .iter()
+        .filter(|(key, is_table)| !**is_table && lookup(&parsed, key).is_none())
+        .map(|(key, _)| format!("`{key}`"))
+        .collect();
+    for (array, fields) in &keys.entry_fields {
+        let entries = lookup(&parsed, array)
+            .and_then(toml::Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for field in fields {
+            if !entries
+                .iter()
+                .any(|e| e.as_table().is_some_and(|t| t.contains_key(field)))
+            {
+                missing.push(format!("`{field}` (in no `{array}` entry)"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md's complete example does not set:\n  {}",
+        missing.join("\n  ")
+    );
+}

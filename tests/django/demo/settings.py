@@ -2,10 +2,14 @@
 
 Everything that differs between runs comes from the environment:
 
-- TIDINGS_DJANGO_DB: the sqlite file (each test run uses a fresh one in a temp dir);
+- DEMO_DB: the sqlite file (each test run uses a fresh one in a temp dir);
 - REDIS_URL: the Redis the gateway listens to (PUBLISH, and one-time tokens);
-- TIDINGS_TOKEN_PREFIX, TIDINGS_TOKEN_TTL: where and for how long one-time
-  tokens are stored; they must match the gateway's `identity.token.prefix`.
+- DEMO_TOKEN_PREFIX, DEMO_TOKEN_TTL: where and for how long one-time
+  tokens are stored; the prefix must match the gateway's `identity.token.prefix`.
+
+None of them starts with TIDINGS_: every TIDINGS_* variable belongs to the
+gateway, which refuses the ones it does not know, so the app's variables
+would stop a gateway started from the same shell.
 """
 
 import os
@@ -40,7 +44,7 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get(
-            "TIDINGS_DJANGO_DB", str(Path(tempfile.gettempdir()) / "tidings-django.sqlite3")
+            "DEMO_DB", str(Path(tempfile.gettempdir()) / "tidings-django.sqlite3")
         ),
     }
 }
@@ -54,5 +58,5 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Tidings.
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-TIDINGS_TOKEN_PREFIX = os.environ.get("TIDINGS_TOKEN_PREFIX", "tidings:token:")
-TIDINGS_TOKEN_TTL = int(os.environ.get("TIDINGS_TOKEN_TTL", "5"))
+TIDINGS_TOKEN_PREFIX = os.environ.get("DEMO_TOKEN_PREFIX", "tidings:token:")
+TIDINGS_TOKEN_TTL = int(os.environ.get("DEMO_TOKEN_TTL", "5"))

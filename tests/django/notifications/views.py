@@ -6,7 +6,7 @@ publish to channels through Redis.
   or `{"user": null}` for a visitor who is not logged in.
 - POST /tidings/token/: a one-time token for a WebSocket URL (`?token=...`),
   for when the gateway does not share the app's cookies; it lives in Redis
-  for TIDINGS_TOKEN_TTL seconds and the gateway deletes it on first use.
+  for settings.TIDINGS_TOKEN_TTL seconds and the gateway deletes it on first use.
 - POST /notify/: publishes to the logged-in user's own channel; any code of
   the app can publish like this, to any channel.
 """
