@@ -1,0 +1,283 @@
+"""The clients: :class:`Tidings` (blocking) and :class:`AsyncTidings` (asyncio).
+
+Two ways to reach the gateway, chosen when the client is made:
+
+- ``Tidings(url, api_key)``: the gateway's HTTP API, ``POST /api/publish``
+  and ``POST /api/tokens`` with ``Authorization: Bearer <api_key>``. Needs
+  nothing beyond the standard library. Errors are the gateway's documented
+  answers, as exceptions (:mod:`tidings.errors`).
+- ``Tidings(redis_url=...)``: Redis itself (``PUBLISH`` on the channel, and
+  ``SET <prefix><token> <identity JSON> PX <ttl>`` for tokens), with redis-py
+  (``pip install "tidings[redis]"``). The gateway must use the same Redis
+  (``TIDINGS_REDIS_URL``) and, for tokens, the same prefix
+  (``identity.token.prefix``, ``tidings:token:`` by default).
+
+With both, Redis is used for publishing and tokens; ``url`` serves
+:meth:`Tidings.ready` and the check command.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import _http
+from .channels import DEFAULT_CHANNELS, Channels
+from .errors import ConfigurationError, ConnectionFailed, TidingsError, error_for
+
+#: The gateway's default ``identity.token.prefix``.
+DEFAULT_TOKEN_PREFIX = "tidings:token:"
+
+Identity = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Token:
+    """A one-time token: open ``/ws?token=<token>`` within ``expires_in`` seconds."""
+
+    token: str
+    expires_in: float
+
+    def __str__(self) -> str:
+        return self.token
+
+
+def identity_of(who: Identity | str | int) -> dict[str, Any]:
+    """The identity JSON for a token: a mapping as is, a bare id as ``{"user": id}``."""
+    if isinstance(who, Mapping):
+        return dict(who)
+    if isinstance(who, bool) or not isinstance(who, (str, int)):
+        raise TypeError(f"an identity is a mapping or a user id, not {type(who).__name__}")
+    return {"user": str(who)}
+
+
+def _encode(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class _Base:
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        redis_url: str | None = None,
+        token_prefix: str = DEFAULT_TOKEN_PREFIX,
+        channels: Channels = DEFAULT_CHANNELS,
+        timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if not url and not redis_url:
+            raise ConfigurationError(
+                "give the gateway's URL (url='http://127.0.0.1:8080') or a Redis URL (redis_url=...)"
+            )
+        if url and not url.startswith(("http://", "https://")):
+            raise ConfigurationError(f"the gateway URL must start with http:// or https://: {url!r}")
+        self.url = url.rstrip("/") if url else None
+        self.api_key = api_key
+        self.redis_url = redis_url
+        self.token_prefix = token_prefix
+        self.channels = channels
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+
+    def _require_url(self) -> str:
+        if not self.url:
+            raise ConfigurationError("this needs the gateway's URL (url=...)")
+        return self.url
+
+    def _headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            h["Authorization"] = f"Bearer {self.api_key}"
+        return h
+
+    @staticmethod
+    def _check(answer: _http.Answer, ok: int) -> Any:
+        status, headers, body = answer
+        if status != ok:
+            raise error_for(status, body, headers)
+        try:
+            return json.loads(body) if body else None
+        except ValueError as e:
+            raise TidingsError(f"the gateway answered {status} with a body that is not JSON") from e
+
+    def _token_request(self, who: Identity | str | int, ttl_secs: float) -> bytes:
+        if ttl_secs <= 0:
+            raise ValueError("ttl_secs must be positive")
+        return _encode({"identity": identity_of(who), "ttl_secs": ttl_secs})
+
+    def _new_token(self, who: Identity | str | int, ttl_secs: float) -> tuple[str, str, int]:
+        if ttl_secs <= 0:
+            raise ValueError("ttl_secs must be positive")
+        token = secrets.token_hex(32)
+        value = json.dumps(identity_of(who), separators=(",", ":"))
+        return self.token_prefix + token, value, max(1, int(ttl_secs * 1000))
+
+    def _redis_module(self) -> Any:
+        try:
+            import redis  # noqa: F401
+        except ImportError as e:
+            raise ConfigurationError(
+                'publishing through Redis needs redis-py: pip install "tidings[redis]"'
+            ) from e
+        return redis
+
+
+class Tidings(_Base):
+    """A blocking client. Thread-safe; make one and share it.
+
+    >>> t = Tidings("http://127.0.0.1:8080", api_key="...")   # doctest: +SKIP
+    >>> t.publish_to_user(42, {"title": "Report ready"})        # doctest: +SKIP
+    """
+
+    _redis: Any = None
+
+    def _redis_client(self) -> Any:
+        if self._redis is None:
+            self._redis = self._redis_module().Redis.from_url(
+                self.redis_url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+            )
+        return self._redis
+
+    def _post(self, path: str, body: bytes) -> _http.Answer:
+        return _http.request_sync(
+            "POST", self._require_url() + path, self._headers(), body, self.timeout, self.ssl_context
+        )
+
+    def publish(self, channel: str, data: Any) -> None:
+        """Publishes ``data`` (any JSON value) on ``channel``; every socket
+        listening to it receives ``{"type": "message", "channel": ..., "data": data}``."""
+        if self.redis_url:
+            # On Redis the payload is the data's JSON text itself.
+            try:
+                self._redis_client().publish(channel, _encode(data))
+            except Exception as e:  # redis.exceptions.RedisError, OSError
+                raise ConnectionFailed(f"PUBLISH through Redis: {e}") from e
+            return
+        body = _encode({"channel": channel, "data": data})
+        self._check(self._post("/api/publish", body), 202)
+
+    def publish_to_user(self, user: object, data: Any) -> None:
+        """To every socket of one user (a user id, or an object with ``pk``)."""
+        self.publish(self.channels.for_user(user), data)
+
+    def publish_to_group(self, group: object, data: Any) -> None:
+        """To every socket whose identity lists this group (needs the group rule)."""
+        self.publish(self.channels.for_group(group), data)
+
+    def broadcast(self, data: Any) -> None:
+        """To every socket, anonymous visitors included."""
+        self.publish(self.channels.broadcast, data)
+
+    def mint_token(self, who: Identity | str | int, ttl_secs: float = 5) -> Token:
+        """A one-time token for this identity (a mapping with ``user``,
+        ``groups``...; or a bare user id)."""
+        if self.redis_url:
+            key, value, ms = self._new_token(who, ttl_secs)
+            try:
+                self._redis_client().set(key, value, px=ms)
+            except Exception as e:
+                raise ConnectionFailed(f"SET through Redis: {e}") from e
+            return Token(key[len(self.token_prefix):], ms / 1000)
+        answer = self._check(self._post("/api/tokens", self._token_request(who, ttl_secs)), 201)
+        return Token(str(answer["token"]), float(answer["expires_in"]))
+
+    def ready(self) -> bool:
+        """Whether the gateway's ``/readyz`` answers 200 (its broker is connected)."""
+        status, _, _ = _http.request_sync(
+            "GET", self._require_url() + "/readyz", {}, None, self.timeout, self.ssl_context
+        )
+        return status == 200
+
+    def close(self) -> None:
+        """Closes the Redis connections, if any."""
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+
+    def __enter__(self) -> Tidings:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncTidings(_Base):
+    """The asyncio client: the same methods as :class:`Tidings`, awaited.
+    Speaks HTTP/1.1 over asyncio streams (https through ``ssl``), or uses
+    ``redis.asyncio`` with ``redis_url``."""
+
+    _redis: Any = None
+
+    def _redis_client(self) -> Any:
+        if self._redis is None:
+            mod = self._redis_module()
+            self._redis = mod.asyncio.Redis.from_url(
+                self.redis_url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+            )
+        return self._redis
+
+    async def _post(self, path: str, body: bytes) -> _http.Answer:
+        return await _http.request_async(
+            "POST", self._require_url() + path, self._headers(), body, self.timeout, self.ssl_context
+        )
+
+    async def publish(self, channel: str, data: Any) -> None:
+        """See :meth:`Tidings.publish`."""
+        if self.redis_url:
+            try:
+                await self._redis_client().publish(channel, _encode(data))
+            except Exception as e:
+                raise ConnectionFailed(f"PUBLISH through Redis: {e}") from e
+            return
+        body = _encode({"channel": channel, "data": data})
+        self._check(await self._post("/api/publish", body), 202)
+
+    async def publish_to_user(self, user: object, data: Any) -> None:
+        """See :meth:`Tidings.publish_to_user`."""
+        await self.publish(self.channels.for_user(user), data)
+
+    async def publish_to_group(self, group: object, data: Any) -> None:
+        """See :meth:`Tidings.publish_to_group`."""
+        await self.publish(self.channels.for_group(group), data)
+
+    async def broadcast(self, data: Any) -> None:
+        """See :meth:`Tidings.broadcast`."""
+        await self.publish(self.channels.broadcast, data)
+
+    async def mint_token(self, who: Identity | str | int, ttl_secs: float = 5) -> Token:
+        """See :meth:`Tidings.mint_token`."""
+        if self.redis_url:
+            key, value, ms = self._new_token(who, ttl_secs)
+            try:
+                await self._redis_client().set(key, value, px=ms)
+            except Exception as e:
+                raise ConnectionFailed(f"SET through Redis: {e}") from e
+            return Token(key[len(self.token_prefix):], ms / 1000)
+        answer = self._check(await self._post("/api/tokens", self._token_request(who, ttl_secs)), 201)
+        return Token(str(answer["token"]), float(answer["expires_in"]))
+
+    async def ready(self) -> bool:
+        """See :meth:`Tidings.ready`."""
+        status, _, _ = await _http.request_async(
+            "GET", self._require_url() + "/readyz", {}, None, self.timeout, self.ssl_context
+        )
+        return status == 200
+
+    async def aclose(self) -> None:
+        """Closes the Redis connections, if any."""
+        if self._redis is not None:
+            close = getattr(self._redis, "aclose", None) or self._redis.close
+            await close()
+            self._redis = None
+
+    async def __aenter__(self) -> AsyncTidings:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

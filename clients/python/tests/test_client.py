@@ -1,0 +1,216 @@
+"""The package against the real gateway, with and without a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+from conftest import API_KEY, Gateway, RedisServer, Socket, free_port
+from websockets.exceptions import InvalidStatus
+
+import tidings
+from tidings import AsyncTidings, Tidings
+
+
+def open_with_token(gw: Gateway, token: str, sockets: list[Socket]) -> Socket:
+    s = Socket(f"{gw.ws_url}?token={token}")
+    sockets.append(s)
+    return s
+
+
+def message(channel: str, data: object) -> dict[str, object]:
+    return {"type": "message", "channel": channel, "data": data}
+
+
+def clients(gw: Gateway, redis: RedisServer | None) -> list[Tidings]:
+    """The HTTP client, and the Redis one when there is a Redis."""
+    out = [Tidings(gw.url, API_KEY)]
+    if redis is not None:
+        out.append(Tidings(redis_url=redis.url))
+    return out
+
+
+def run_flow(gw: Gateway, t: Tidings, sockets: list[Socket]) -> None:
+    """Tokens from `t` open sockets for alice and bob; what `t` publishes to a
+    user reaches that user only, groups and broadcasts reach their members."""
+    alice = open_with_token(gw, t.mint_token({"user": "alice", "groups": ["staff"]}).token, sockets)
+    bob = open_with_token(gw, t.mint_token("bob", ttl_secs=10).token, sockets)
+    assert alice.welcome["user"] == "alice"
+    assert bob.welcome["user"] == "bob"
+    assert "/app/group/staff" in alice.welcome["channels"]
+
+    t.publish_to_user("alice", {"text": "for alice"})
+    t.publish_to_user("bob", {"text": "for bob"})
+    # Bob's first message is his own: alice's never reached him.
+    assert bob.next() == message("/app/user/bob/notifications", {"text": "for bob"})
+    assert alice.next() == message("/app/user/alice/notifications", {"text": "for alice"})
+
+    t.publish_to_group("staff", ["only", "staff"])
+    t.broadcast("everyone")
+    assert bob.next() == message("/app/broadcast", "everyone")
+    assert alice.next() == message("/app/group/staff", ["only", "staff"])
+    assert alice.next() == message("/app/broadcast", "everyone")
+
+    t.publish("/app/user/bob/notifications", None)
+    assert bob.next() == message("/app/user/bob/notifications", None)
+
+
+def test_http_publish_and_tokens_reach_real_sockets(gateway: Gateway, sockets: list[Socket]) -> None:
+    run_flow(gateway, Tidings(gateway.url, API_KEY), sockets)
+
+
+def test_redis_publish_and_tokens_reach_real_sockets(
+    redis_gateway: Gateway, redis_server: RedisServer, sockets: list[Socket]
+) -> None:
+    with Tidings(redis_url=redis_server.url) as t:
+        run_flow(redis_gateway, t, sockets)
+
+
+def test_http_tokens_with_redis_and_mixed_clients(
+    redis_gateway: Gateway, redis_server: RedisServer, sockets: list[Socket]
+) -> None:
+    # A token minted through the API is redeemed from Redis; a publish
+    # through Redis reaches a socket opened with it, and vice versa.
+    http = Tidings(redis_gateway.url, API_KEY)
+    red = Tidings(redis_url=redis_server.url)
+    a = open_with_token(redis_gateway, http.mint_token("alice").token, sockets)
+    b = open_with_token(redis_gateway, red.mint_token("bob").token, sockets)
+    red.publish_to_user("alice", 1)
+    http.publish_to_user("bob", 2)
+    assert a.next() == message("/app/user/alice/notifications", 1)
+    assert b.next() == message("/app/user/bob/notifications", 2)
+    red.close()
+
+
+def test_a_token_works_once(gateway: Gateway, sockets: list[Socket]) -> None:
+    t = Tidings(gateway.url, API_KEY)
+    token = t.mint_token("alice")
+    assert len(token.token) == 64 and token.expires_in == 5.0
+    open_with_token(gateway, token.token, sockets)
+    with pytest.raises(InvalidStatus) as refused:
+        open_with_token(gateway, token.token, sockets)
+    assert refused.value.response.status_code == 401
+
+
+def test_asyncio_clients(redis_gateway: Gateway, redis_server: RedisServer, sockets: list[Socket]) -> None:
+    async def mint() -> tuple[str, str]:
+        async with AsyncTidings(redis_gateway.url, API_KEY) as h, AsyncTidings(redis_url=redis_server.url) as r:
+            assert await h.ready()
+            return (await h.mint_token("alice")).token, (await r.mint_token("bob")).token
+
+    ta, tb = asyncio.run(mint())
+    a = open_with_token(redis_gateway, ta, sockets)
+    b = open_with_token(redis_gateway, tb, sockets)
+
+    async def publish() -> None:
+        async with AsyncTidings(redis_gateway.url, API_KEY) as h, AsyncTidings(redis_url=redis_server.url) as r:
+            await h.publish_to_user("alice", {"via": "http"})
+            await r.publish_to_user("bob", {"via": "redis"})
+            await h.broadcast("all")
+            await r.publish_to_group("staff", "nobody here")
+
+    asyncio.run(publish())
+    assert a.next() == message("/app/user/alice/notifications", {"via": "http"})
+    assert b.next() == message("/app/user/bob/notifications", {"via": "redis"})
+    assert a.next() == message("/app/broadcast", "all")
+    assert b.next() == message("/app/broadcast", "all")
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_error_mapping(gateway: Gateway, use_async: bool) -> None:
+    def call(t: Tidings | AsyncTidings, name: str, *args: object) -> object:
+        fn = getattr(t, name)
+        return asyncio.run(fn(*args)) if use_async else fn(*args)
+
+    cls = AsyncTidings if use_async else Tidings
+    with pytest.raises(tidings.Unauthorized) as e:
+        call(cls(gateway.url, "wrong-key-0123456789"), "publish", "/app/broadcast", 1)
+    assert (e.value.status, e.value.code) == (401, "unauthorized")
+
+    good = cls(gateway.url, API_KEY)
+    with pytest.raises(tidings.InvalidChannel) as ic:
+        call(good, "publish", "/app/*", 1)
+    assert ic.value.status == 400 and isinstance(ic.value, ValueError)
+    with pytest.raises(tidings.PayloadTooLarge) as big:
+        call(good, "publish", "/app/broadcast", "x" * (1024 * 1024 + 1))
+    assert big.value.code == "too_large"
+    with pytest.raises(tidings.BadRequest) as br:
+        call(good, "mint_token", {"user": "alice", "groups": "not a list"})
+    assert br.value.status == 400
+
+    port = free_port()
+    with pytest.raises(tidings.ConnectionFailed):
+        call(cls(f"http://127.0.0.1:{port}", API_KEY), "publish", "/app/broadcast", 1)
+    # Values the gateway would never put in a channel fail before any request.
+    for bad in ["", "a/b", "..", "x*", "\n", "é" * 65]:
+        with pytest.raises(tidings.InvalidValue):
+            call(good, "publish_to_user", bad, 1)
+
+
+def test_tokens_disabled_and_broker_unavailable() -> None:
+    # No token resolver; a Redis that is not there.
+    gw = Gateway({"TIDINGS_API_KEY": API_KEY, "TIDINGS_REDIS_URL": f"redis://127.0.0.1:{free_port()}"})
+    try:
+        t = Tidings(gw.url, API_KEY)
+        with pytest.raises(tidings.TokensDisabled) as td:
+            t.mint_token("alice")
+        assert td.value.status == 404
+        with pytest.raises(tidings.Unavailable) as un:
+            t.publish("/app/broadcast", 1)
+        assert un.value.code == "broker_unavailable" and un.value.retryable
+        assert un.value.retry_after == 1.0
+        assert not t.ready()
+    finally:
+        gw.stop()
+
+
+def test_redis_unreachable_is_connection_failed() -> None:
+    t = Tidings(redis_url=f"redis://127.0.0.1:{free_port()}", timeout=2)
+    with pytest.raises(tidings.ConnectionFailed):
+        t.publish("/app/broadcast", 1)
+    with pytest.raises(tidings.ConnectionFailed):
+        t.mint_token("alice")
+
+
+def test_configuration_errors() -> None:
+    with pytest.raises(tidings.ConfigurationError):
+        Tidings()
+    with pytest.raises(tidings.ConfigurationError):
+        Tidings("127.0.0.1:8080")
+    with pytest.raises(tidings.ConfigurationError):
+        tidings.Channels(user="/app/u")
+
+
+def run_check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tidings", "check", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_command(redis_gateway: Gateway) -> None:
+    ok = run_check("--gateway", redis_gateway.url, "--api-key", API_KEY)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "[ok] /readyz: ready" in ok.stdout
+    assert "the API key is accepted" in ok.stdout
+    assert "one-time tokens are enabled" in ok.stdout
+
+    wrong = run_check("--gateway", redis_gateway.url, "--api-key", "wrong-key-0123456789")
+    assert wrong.returncode == 1
+    assert "the API key is refused" in wrong.stdout
+
+    gone = run_check("--gateway", f"http://127.0.0.1:{free_port()}")
+    assert gone.returncode == 1
+    assert "not reachable" in gone.stdout
+
+
+def test_check_command_sees_an_unready_gateway() -> None:
+    gw = Gateway({"TIDINGS_API_KEY": API_KEY, "TIDINGS_REDIS_URL": f"redis://127.0.0.1:{free_port()}"})
+    try:
+        r = run_check("--gateway", gw.url, "--api-key", API_KEY)
+        assert r.returncode == 1
+        assert "/readyz answered 503" in r.stdout
+        assert "one-time tokens are disabled" in r.stdout
+    finally:
+        gw.stop()
