@@ -1,0 +1,2 @@
+# A urls.py that forgot the include.
+urlpatterns: list[object] = []
