@@ -103,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--whoami", help="also check this whoami URL as the gateway calls it (no cookies)")
     c.add_argument("--timeout", type=float, default=5.0)
     args = p.parse_args(argv)
-    findings = check(args.gateway, args.api_key, args.whoami, args.timeout)
+    try:
+        findings = check(args.gateway, args.api_key, args.whoami, args.timeout)
+    except ConnectionFailed as e:
+        findings = [(FAIL, f"the gateway stopped answering: {e}")]
     for level, text in findings:
         print(f"[{level}] {text}")
     return 1 if any(level == FAIL for level, _ in findings) else 0

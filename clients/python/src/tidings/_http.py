@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import urllib.error
-import urllib.request
+import http.client
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError, ConnectionFailed
@@ -21,11 +20,6 @@ def _headers(items: object) -> dict[str, str]:
     return {str(k).lower(): str(v) for k, v in items}  # type: ignore[attr-defined]
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
-
-
 def request_sync(
     method: str,
     url: str,
@@ -34,24 +28,43 @@ def request_sync(
     timeout: float,
     ssl_context: ssl.SSLContext | None = None,
 ) -> Answer:
-    """One request with urllib; redirects are not followed (a redirect is an answer)."""
-    req = urllib.request.Request(url, data=body, method=method, headers=headers)
-    handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
-    if ssl_context is not None:
-        handlers.append(urllib.request.HTTPSHandler(context=ssl_context))
-    opener = urllib.request.build_opener(*handlers)
+    """One request with http.client; redirects are not followed (a redirect is
+    an answer). When the gateway answers before the whole body is sent (a 413
+    decided on Content-Length alone) and closes, its answer is still read."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"not an http(s) URL: {url!r}")
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=timeout,
+            context=ssl_context or ssl.create_default_context(),
+        )
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
     try:
-        with opener.open(req, timeout=timeout) as resp:
-            return resp.status, _headers(resp.headers.items()), resp.read()
-    except urllib.error.HTTPError as e:
         try:
-            data = e.read()
-        finally:
-            e.close()
-        return e.code, _headers(e.headers.items()), data
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        reason = getattr(e, "reason", e)
-        raise ConnectionFailed(f"{method} {url}: {reason}") from e
+            conn.putrequest(method, target, skip_accept_encoding=True)
+            for k, v in headers.items():
+                conn.putheader(k, v)
+            if body is not None:
+                conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders()
+            if body:
+                conn.send(body)
+        except (BrokenPipeError, ConnectionResetError):
+            if conn.sock is None:
+                raise
+            # The server answered early and closed: read that answer below.
+        resp = conn.getresponse()
+        return resp.status, _headers(resp.getheaders()), resp.read()
+    except (OSError, http.client.HTTPException) as e:
+        raise ConnectionFailed(f"{method} {url}: {e}") from e
+    finally:
+        conn.close()
 
 
 async def request_async(
@@ -99,7 +112,10 @@ async def _request_async(
         if body is not None or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body or b'')}")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
-        await writer.drain()
+        try:
+            await writer.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # The server answered early and closed: read that answer.
 
         head = await reader.readuntil(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
