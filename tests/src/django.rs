@@ -1,10 +1,12 @@
 //! A real Django app (`tests/django/`) beside the gateway: it logs users in
-//! with Django's auth, answers the gateway's whoami calls, issues one-time
-//! tokens, and publishes to Redis with redis-py.
+//! with Django's auth, and with the `tidings` package (`clients/python`,
+//! `tidings.contrib.django`) answers the gateway's whoami calls, issues
+//! one-time tokens, and publishes to Redis.
 //!
 //! [`DjangoApp::start`] makes sure the virtualenv `tests/django/.venv` has
-//! `tests/django/requirements.txt` installed (`tests/django/ensure-venv.sh`:
-//! locked against parallel runs, redone when requirements.txt changes), then
+//! `tests/django/requirements.txt` and the package installed
+//! (`tests/django/ensure-venv.sh`: locked against parallel runs, redone when
+//! requirements.txt or the package's pyproject.toml changes), then
 //! migrates a fresh sqlite database in a temp dir, creates the users `alice`
 //! and `bob` (password [`PASSWORD`]; alice is in the group `editors`), and
 //! runs `manage.py runserver --noreload` on a free loopback port. The server's

@@ -26,6 +26,7 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
+    "tidings.contrib.django",
     "notifications",
 ]
 
@@ -56,7 +57,11 @@ TIME_ZONE = "UTC"
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Tidings.
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-TIDINGS_TOKEN_PREFIX = os.environ.get("DEMO_TOKEN_PREFIX", "tidings:token:")
-TIDINGS_TOKEN_TTL = int(os.environ.get("DEMO_TOKEN_TTL", "5"))
+# Tidings (the `tidings` package, clients/python): publish and store one-time
+# tokens straight in the gateway's Redis. Without REDIS_URL, with "URL" and
+# "API_KEY", the package uses the gateway's HTTP API instead.
+TIDINGS = {
+    "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    "TOKEN_PREFIX": os.environ.get("DEMO_TOKEN_PREFIX", "tidings:token:"),
+    "TOKEN_TTL": int(os.environ.get("DEMO_TOKEN_TTL", "5")),
+}

@@ -1,10 +1,10 @@
-from django.urls import path
+from django.urls import include, path
 
 from notifications import views
 
 urlpatterns = [
     path("login/", views.login_view),
     path("notify/", views.notify),
-    path("tidings/whoami/", views.whoami),
-    path("tidings/token/", views.token),
+    # tidings/whoami/ and tidings/token/, from the package.
+    path("tidings/", include("tidings.contrib.django.urls")),
 ]
