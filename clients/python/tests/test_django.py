@@ -215,3 +215,21 @@ def test_system_checks() -> None:
     assert ids(TIDINGS={**ok, "WHOAMI_URL": "http://127.0.0.1:8000/ws/whoami/"}) == {"tidings.W006"}
     assert ids(TIDINGS=ok, ROOT_URLCONF="djangoproject.bare_urls") == {"tidings.W006"}
     assert settings.TIDINGS["URL"] == "http://127.0.0.1:9"
+
+
+def test_check_command_with_whoami(live: str, stack: Gateway) -> None:
+    from test_client import run_check
+
+    base = ["--gateway", stack.url, "--api-key", API_KEY]
+    ok = run_check(*base, "--whoami", live + "/tidings/whoami/")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert '[ok] ' + live + '/tidings/whoami/ answers an anonymous visitor with {"user": null}' in ok.stdout
+
+    redirect = run_check(*base, "--whoami", live + "/private/")
+    assert redirect.returncode == 1
+    assert "redirects (302 to /login/?next=/private/)" in redirect.stdout
+
+    with override_settings(ALLOWED_HOSTS=["app.example.com"]):
+        bad_host = run_check(*base, "--whoami", live + "/tidings/whoami/")
+    assert bad_host.returncode == 1
+    assert "ALLOWED_HOSTS" in bad_host.stdout

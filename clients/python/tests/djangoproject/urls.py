@@ -10,7 +10,13 @@ def page(request: HttpRequest) -> HttpResponse:
     return HttpResponse(f'<meta name="csrf-token" content="{get_token(request)}">')
 
 
+def private(request: HttpRequest) -> HttpResponse:
+    # LoginRequiredMiddleware sends anonymous visitors to LOGIN_URL.
+    return HttpResponse("private")
+
+
 urlpatterns = [
     path("", page),
+    path("private/", private),
     path("tidings/", include("tidings.contrib.django.urls")),
 ]
