@@ -31,7 +31,7 @@ try:  # Django 5.1+: LoginRequiredMiddleware would redirect these views to the l
     from django.contrib.auth.decorators import login_not_required
 except ImportError:  # pragma: no cover - older Django
 
-    def login_not_required(f):  # type: ignore[no-untyped-def]
+    def login_not_required(f):  # type: ignore[no-untyped-def,misc]
         return f
 
 
