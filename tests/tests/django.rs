@@ -161,7 +161,8 @@ async fn the_django_app_answers_whoami_and_issues_tokens() {
         .await;
     assert_eq!(wrong.status, 401, "{}", wrong.body);
 
-    // A token is the identity JSON under PREFIX, for at most 5 seconds.
+    // A token (from the package's token view, through Redis) is the identity
+    // JSON under PREFIX, for at most 5 seconds.
     let token = django.token(&alice).await;
     assert!(token.len() >= 40, "{token}");
     let key = format!("{PREFIX}{token}");
@@ -177,6 +178,19 @@ async fn the_django_app_answers_whoami_and_issues_tokens() {
     // Without a login: no token (Django's CSRF check refuses first).
     let anon = django.post_form("/tidings/token/", None, &[]).await;
     assert_eq!(anon.status, 403, "{}", anon.body);
+    // With a CSRF token but no login: 401 JSON, not a 302 to a login page
+    // (which a page's fetch() would follow).
+    let visitor = Session {
+        user_id: String::new(),
+        sessionid: String::new(),
+        csrftoken: "a".repeat(32),
+    };
+    let anon = django
+        .post_form("/tidings/token/", Some(&visitor), &[])
+        .await;
+    assert_eq!(anon.status, 401, "{}", anon.body);
+    let body: Value = serde_json::from_str(&anon.body).expect("JSON");
+    assert_eq!(body["error"], "login_required", "{body}");
 }
 
 #[tokio::test]
