@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import secrets
 import ssl
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -136,13 +137,15 @@ class Tidings(_Base):
     """
 
     _redis: Any = None
+    _redis_lock = threading.Lock()
 
     def _redis_client(self) -> Any:
-        if self._redis is None:
-            self._redis = self._redis_module().Redis.from_url(
-                self.redis_url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
-            )
-        return self._redis
+        with self._redis_lock:
+            if self._redis is None:
+                self._redis = self._redis_module().Redis.from_url(
+                    self.redis_url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+                )
+            return self._redis
 
     def _post(self, path: str, body: bytes) -> _http.Answer:
         return _http.request_sync(
