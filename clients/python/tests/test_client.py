@@ -214,3 +214,46 @@ def test_check_command_sees_an_unready_gateway() -> None:
         assert "one-time tokens are disabled" in r.stdout
     finally:
         gw.stop()
+
+
+def test_redis_publish_with_history(redis_server: RedisServer) -> None:
+    import redis
+
+    from conftest import ROOT
+
+    t = Tidings(redis_url=redis_server.url)
+    h = tidings.History(size=2, ttl_secs=60)
+    # Without the gateway's function library: a clear configuration error.
+    with pytest.raises(tidings.ConfigurationError, match="function library"):
+        t.publish_to_user(42, {"n": 0}, history=h)
+
+    # The library as a gateway with history loads it (crates/tidings-history).
+    lua = (ROOT / "crates/tidings-history/src/tidings.lua").read_text()
+    r = redis.Redis.from_url(redis_server.url)
+    r.function_load(lua.replace("__TIDINGS_PREFIX__", "tidings:history:"), replace=True)
+    sub = r.pubsub()
+    sub.subscribe("/app/user/42/notifications")
+    assert sub.get_message(timeout=10)["type"] == "subscribe"
+
+    first = t.publish_to_user(42, {"n": 1}, history=h)
+    assert first is not None and first.offset == 1
+    second = asyncio.run(AsyncTidings(redis_url=redis_server.url).publish_to_user(42, {"n": 2}, history=h))
+    assert second == tidings.Position(2, first.epoch)
+    assert t.publish_to_user(42, {"n": 3}) is None  # plain PUBLISH: live only
+
+    got = [sub.get_message(timeout=10)["data"] for _ in range(3)]
+    assert got == [
+        f"\0th1 1 {first.epoch}\n".encode() + b'{"n":1}',
+        f"\0th1 2 {first.epoch}\n".encode() + b'{"n":2}',
+        b'{"n":3}',
+    ]
+    stream = r.xrange("tidings:history:{/app/user/42/notifications}:stream")
+    assert [(i, f[b"d"]) for i, f in stream] == [(b"1-0", b'{"n":1}'), (b"2-0", b'{"n":2}')]
+
+    with pytest.raises(tidings.ConfigurationError, match="Redis"):
+        Tidings("http://127.0.0.1:9").publish("/app/x", 1, history=h)
+    with pytest.raises(ValueError):
+        t.publish("/app/x", 1, history=tidings.History(size=0, ttl_secs=60))
+    sub.close()
+    r.close()
+    t.close()

@@ -7,7 +7,7 @@ or asyncio (:class:`AsyncTidings`). Django: :mod:`tidings.contrib.django`.
 """
 
 from .channels import BROADCAST, DEFAULT_CHANNELS, GROUP, USER, Channels
-from .client import DEFAULT_TOKEN_PREFIX, AsyncTidings, Tidings, Token
+from .client import DEFAULT_TOKEN_PREFIX, AsyncTidings, History, Position, Tidings, Token
 from .errors import (
     BadRequest,
     ConfigurationError,
@@ -41,10 +41,12 @@ __all__ = [
     "Forbidden",
     "GROUP",
     "GatewayError",
+    "History",
     "InvalidChannel",
     "InvalidValue",
     "NotFound",
     "PayloadTooLarge",
+    "Position",
     "RateLimited",
     "RequestTimeout",
     "Tidings",

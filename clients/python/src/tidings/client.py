@@ -37,6 +37,54 @@ Identity = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
+class History:
+    """Publish through Redis with the channel's history (issue 12's atomic step,
+    ``FCALL tidings_publish``): the message gets the next offset and is kept
+    for clients that reconnect with their position. Use the size and TTL of
+    the gateway's routing rule for that channel. Needs Redis 7.0+ with the
+    ``tidings`` function library loaded (a gateway with history loads it)."""
+
+    size: int
+    ttl_secs: int
+    meta_ttl_secs: int | None = None
+
+    def args(self) -> list[int]:
+        """The size and TTL arguments of ``FCALL tidings_publish``."""
+        for name, v in (("size", self.size), ("ttl_secs", self.ttl_secs), ("meta_ttl_secs", self.meta_ttl_secs)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"History.{name} must be a positive integer")
+        out = [self.size, self.ttl_secs]
+        if self.meta_ttl_secs is not None:
+            out.append(self.meta_ttl_secs)
+        return out
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a publication with history went: its offset in the channel's epoch."""
+
+    offset: int
+    epoch: str
+
+
+def _position(reply: Any) -> Position:
+    offset, epoch = reply
+    return Position(int(offset), epoch.decode() if isinstance(epoch, bytes) else str(epoch))
+
+
+def _redis_error(what: str, e: Exception) -> TidingsError:
+    text = str(e)
+    if "Function not found" in text or "No matching library" in text:
+        return ConfigurationError(
+            "the tidings function library is not loaded in this Redis (a gateway with history "
+            "loads it; see crates/tidings-history): " + text
+        )
+    if type(e).__name__ == "ResponseError":
+        return TidingsError(f"{what}: Redis answered {text}")
+    return ConnectionFailed(f"{what} through Redis: {text}")
+
+
+@dataclass(frozen=True)
 class Token:
     """A one-time token: open ``/ws?token=<token>`` within ``expires_in`` seconds."""
 
@@ -85,6 +133,14 @@ class _Base:
         self.channels = channels
         self.timeout = timeout
         self.ssl_context = ssl_context
+
+    @staticmethod
+    def _no_history_over_http(history: History | None) -> None:
+        if history is not None:
+            raise ConfigurationError(
+                "history= applies to publishing through Redis (redis_url=...); the gateway's "
+                "HTTP API applies its routing rules' history itself"
+            )
 
     def _require_url(self) -> str:
         if not self.url:
@@ -152,30 +208,41 @@ class Tidings(_Base):
             "POST", self._require_url() + path, self._headers(), body, self.timeout, self.ssl_context
         )
 
-    def publish(self, channel: str, data: Any) -> None:
+    def publish(self, channel: str, data: Any, *, history: History | None = None) -> Position | None:
         """Publishes ``data`` (any JSON value) on ``channel``; every socket
-        listening to it receives ``{"type": "message", "channel": ..., "data": data}``."""
+        listening to it receives ``{"type": "message", "channel": ..., "data": data}``.
+        With ``history`` (Redis only), through the history step; returns its position."""
         if self.redis_url:
             # On Redis the payload is the data's JSON text itself.
             try:
+                if history is not None:
+                    return _position(
+                        self._redis_client().fcall(
+                            "tidings_publish", 1, channel, _encode(data), *history.args()
+                        )
+                    )
                 self._redis_client().publish(channel, _encode(data))
+            except ValueError:
+                raise
             except Exception as e:  # redis.exceptions.RedisError, OSError
-                raise ConnectionFailed(f"PUBLISH through Redis: {e}") from e
-            return
+                raise _redis_error("PUBLISH", e) from e
+            return None
+        self._no_history_over_http(history)
         body = _encode({"channel": channel, "data": data})
         self._check(self._post("/api/publish", body), 202)
+        return None
 
-    def publish_to_user(self, user: object, data: Any) -> None:
+    def publish_to_user(self, user: object, data: Any, *, history: History | None = None) -> Position | None:
         """To every socket of one user (a user id, or an object with ``pk``)."""
-        self.publish(self.channels.for_user(user), data)
+        return self.publish(self.channels.for_user(user), data, history=history)
 
-    def publish_to_group(self, group: object, data: Any) -> None:
+    def publish_to_group(self, group: object, data: Any, *, history: History | None = None) -> Position | None:
         """To every socket whose identity lists this group (needs the group rule)."""
-        self.publish(self.channels.for_group(group), data)
+        return self.publish(self.channels.for_group(group), data, history=history)
 
-    def broadcast(self, data: Any) -> None:
+    def broadcast(self, data: Any, *, history: History | None = None) -> Position | None:
         """To every socket, anonymous visitors included."""
-        self.publish(self.channels.broadcast, data)
+        return self.publish(self.channels.broadcast, data, history=history)
 
     def mint_token(self, who: Identity | str | int, ttl_secs: float = 5) -> Token:
         """A one-time token for this identity (a mapping with ``user``,
@@ -185,7 +252,7 @@ class Tidings(_Base):
             try:
                 self._redis_client().set(key, value, px=ms)
             except Exception as e:
-                raise ConnectionFailed(f"SET through Redis: {e}") from e
+                raise _redis_error("SET", e) from e
             return Token(key[len(self.token_prefix):], ms / 1000)
         answer = self._check(self._post("/api/tokens", self._token_request(who, ttl_secs)), 201)
         return Token(str(answer["token"]), float(answer["expires_in"]))
@@ -230,28 +297,38 @@ class AsyncTidings(_Base):
             "POST", self._require_url() + path, self._headers(), body, self.timeout, self.ssl_context
         )
 
-    async def publish(self, channel: str, data: Any) -> None:
+    async def publish(self, channel: str, data: Any, *, history: History | None = None) -> Position | None:
         """See :meth:`Tidings.publish`."""
         if self.redis_url:
             try:
+                if history is not None:
+                    return _position(
+                        await self._redis_client().fcall(
+                            "tidings_publish", 1, channel, _encode(data), *history.args()
+                        )
+                    )
                 await self._redis_client().publish(channel, _encode(data))
+            except ValueError:
+                raise
             except Exception as e:
-                raise ConnectionFailed(f"PUBLISH through Redis: {e}") from e
-            return
+                raise _redis_error("PUBLISH", e) from e
+            return None
+        self._no_history_over_http(history)
         body = _encode({"channel": channel, "data": data})
         self._check(await self._post("/api/publish", body), 202)
+        return None
 
-    async def publish_to_user(self, user: object, data: Any) -> None:
+    async def publish_to_user(self, user: object, data: Any, *, history: History | None = None) -> Position | None:
         """See :meth:`Tidings.publish_to_user`."""
-        await self.publish(self.channels.for_user(user), data)
+        return await self.publish(self.channels.for_user(user), data, history=history)
 
-    async def publish_to_group(self, group: object, data: Any) -> None:
+    async def publish_to_group(self, group: object, data: Any, *, history: History | None = None) -> Position | None:
         """See :meth:`Tidings.publish_to_group`."""
-        await self.publish(self.channels.for_group(group), data)
+        return await self.publish(self.channels.for_group(group), data, history=history)
 
-    async def broadcast(self, data: Any) -> None:
+    async def broadcast(self, data: Any, *, history: History | None = None) -> Position | None:
         """See :meth:`Tidings.broadcast`."""
-        await self.publish(self.channels.broadcast, data)
+        return await self.publish(self.channels.broadcast, data, history=history)
 
     async def mint_token(self, who: Identity | str | int, ttl_secs: float = 5) -> Token:
         """See :meth:`Tidings.mint_token`."""
@@ -260,7 +337,7 @@ class AsyncTidings(_Base):
             try:
                 await self._redis_client().set(key, value, px=ms)
             except Exception as e:
-                raise ConnectionFailed(f"SET through Redis: {e}") from e
+                raise _redis_error("SET", e) from e
             return Token(key[len(self.token_prefix):], ms / 1000)
         answer = self._check(await self._post("/api/tokens", self._token_request(who, ttl_secs)), 201)
         return Token(str(answer["token"]), float(answer["expires_in"]))

@@ -22,28 +22,30 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...client import History, Position
 from .conf import client, identity_for
 
 
-def publish(channel: str, data: Any) -> None:
-    """Publishes ``data`` (any JSON value) on ``channel``."""
-    client().publish(channel, data)
+def publish(channel: str, data: Any, *, history: History | None = None) -> Position | None:
+    """Publishes ``data`` (any JSON value) on ``channel``. ``history``: see
+    :class:`tidings.History` (with ``REDIS_URL`` only)."""
+    return client().publish(channel, data, history=history)
 
 
-def publish_to_user(user: Any, data: Any) -> None:
+def publish_to_user(user: Any, data: Any, *, history: History | None = None) -> Position | None:
     """To every socket of ``user`` (a user object, or its pk)."""
-    client().publish_to_user(user, data)
+    return client().publish_to_user(user, data, history=history)
 
 
-def publish_to_group(group: Any, data: Any) -> None:
+def publish_to_group(group: Any, data: Any, *, history: History | None = None) -> Position | None:
     """To every socket of the group (a ``Group`` or its name); the gateway
     needs the ``/app/group/{group}`` routing rule (docs/routing.md)."""
-    client().publish_to_group(group, data)
+    return client().publish_to_group(group, data, history=history)
 
 
-def broadcast(data: Any) -> None:
+def broadcast(data: Any, *, history: History | None = None) -> Position | None:
     """To every socket, anonymous visitors included."""
-    client().broadcast(data)
+    return client().broadcast(data, history=history)
 
 
 def mint_token(user: Any, ttl_secs: float | None = None) -> str:
