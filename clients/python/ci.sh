@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Python package's CI step (called by .ci/run after the cargo tests, which
 # build target/debug/tidings): a venv, the package with its test extras,
-# pytest against the real gateway, redis-server and Django, then the sdist
+# mypy --strict, pytest against the real gateway, redis-server and Django, then the sdist
 # and wheel with `python -m build`.
 #
 # TIDINGS_BIN chooses another gateway binary; PYTHON another interpreter
@@ -17,6 +17,9 @@ if ! "$venv/bin/python" -c '' 2>/dev/null; then
 fi
 py="$venv/bin/python"
 "$py" -m pip install --quiet --disable-pip-version-check -e ".[test]" build
+
+# The package is typed (py.typed): keep it clean under mypy --strict.
+"$py" -m mypy --strict --no-error-summary src/tidings
 
 # pytest exits 5 when it collected no tests: that is a failure here too.
 set +e
