@@ -257,3 +257,15 @@ def test_redis_publish_with_history(redis_server: RedisServer) -> None:
     sub.close()
     r.close()
     t.close()
+
+
+def test_answers_the_gateway_itself_never_sends() -> None:
+    # A proxy in front of the gateway may answer 429 or 502 with any body.
+    from tidings.errors import error_for
+
+    e = error_for(429, b"<html>slow down</html>", {"retry-after": "7"})
+    assert isinstance(e, tidings.RateLimited) and e.retryable and e.retry_after == 7.0
+    assert e.code is None and "slow down" in e.message
+    bad_gateway = error_for(502, b"", {})
+    assert isinstance(bad_gateway, tidings.Unavailable) and bad_gateway.message == "HTTP 502"
+    assert type(error_for(418, b"{}", {})) is tidings.GatewayError
