@@ -1,5 +1,5 @@
 // Unit tests of the client's own logic against a fake WebSocket, with node's
-// test runner and mocked timers: `node --test clients/js/test/`.
+// test runner and mocked timers: `node --test clients/js/test/*.test.js`.
 import { test, beforeEach, afterEach, mock } from "node:test";
 import assert from "node:assert/strict";
 import { connect, TERMINAL_CODES, TidingsError } from "../tidings.js";
@@ -77,7 +77,11 @@ function client(opts = {}) {
 
 beforeEach(() => {
   FakeSocket.all = [];
-  mock.timers.enable({ apis: ["setTimeout"] });
+  try {
+    mock.timers.enable({ apis: ["setTimeout"] });
+  } catch (_) {
+    mock.timers.enable(["setTimeout"]); // node 18's signature
+  }
 });
 afterEach(() => {
   for (const c of clients) c.close();
