@@ -192,6 +192,7 @@ async fn tidings_js_is_served_with_its_type_and_an_etag() {
         Some("text/javascript; charset=utf-8")
     );
     assert_eq!(res.header("cache-control"), Some("public, no-cache"));
+    assert_eq!(res.header("access-control-allow-origin"), Some("*"));
     assert_eq!(res.body, source, "the gateway serves clients/js/tidings.js");
     let etag = res.header("etag").expect("an ETag").to_owned();
     assert!(

@@ -451,6 +451,12 @@ fn client_js(req: &Request<Incoming>) -> HttpResponse {
         );
         res
     };
+    // A public file: pages on other origins may import it as a module
+    // (module scripts are fetched with CORS).
+    res.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     let h = res.headers_mut();
     h.insert(
         header::ETAG,
