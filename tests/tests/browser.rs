@@ -214,7 +214,10 @@ anonymous = true
         .status()
         .expect("kill");
     assert!(status.success());
-    assert!(gw.wait_exit(std::time::Duration::from_secs(10)).await.is_some());
+    assert!(gw
+        .wait_exit(std::time::Duration::from_secs(10))
+        .await
+        .is_some());
     page.wait_for(
         "the page to show the disconnect",
         "document.getElementById('status').textContent.startsWith('disconnected (1006')",

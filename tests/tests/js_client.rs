@@ -261,7 +261,10 @@ async fn js_client_connects_subscribes_publishes_and_calls_rpc() {
     let r = gw.publish("/app/room/7", json!({ "n": 1 })).await;
     assert_eq!(r.status, 202, "{}", r.body);
     wait_sub_messages(&page, "/app/room/7", 1).await;
-    assert_eq!(sub_messages(&page, "/app/room/7").await, json!([{ "n": 1 }]));
+    assert_eq!(
+        sub_messages(&page, "/app/room/7").await,
+        json!([{ "n": 1 }])
+    );
     // ... and to the channel joined on connect, through the client's event.
     let r = gw.publish("/app/broadcast", json!("to all")).await;
     assert_eq!(r.status, 202, "{}", r.body);
@@ -358,7 +361,9 @@ async fn js_client_survives_a_gateway_sigkill_and_restart_on_the_same_port() {
         let r = gw.publish("/app/room/7", json!({ "after": n })).await;
         assert_eq!(r.status, 202, "{}", r.body);
     }
-    let r = gw.publish("/app/broadcast", json!("after the restart")).await;
+    let r = gw
+        .publish("/app/broadcast", json!("after the restart"))
+        .await;
     assert_eq!(r.status, 202, "{}", r.body);
     wait_sub_messages(&page, "/app/room/7", 6).await;
     page.wait_for(
@@ -452,8 +457,7 @@ async fn js_client_stops_after_a_terminal_close_code() {
     );
     // Closed for good: no retry is scheduled, and only one socket was opened.
     assert_eq!(
-        page.eval("!client._timers.retry && T.urls.length")
-            .await,
+        page.eval("!client._timers.retry && T.urls.length").await,
         Ok(json!(1)),
         "{t:#}"
     );

@@ -417,10 +417,7 @@ fn demo_page() -> HttpResponse {
 
 /// The ETag of `/tidings.js`: the gateway's version and the file's hash.
 fn client_js_etag() -> String {
-    format!(
-        "\"{}-{CLIENT_JS_HASH:016x}\"",
-        env!("CARGO_PKG_VERSION")
-    )
+    format!("\"{}-{CLIENT_JS_HASH:016x}\"", env!("CARGO_PKG_VERSION"))
 }
 
 /// `GET /tidings.js`: the browser client, revalidated by ETag (`304` when
