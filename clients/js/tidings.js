@@ -110,7 +110,7 @@ export class Client extends Emitter {
     this._env = options.globals || globalThis;
     this.url = resolveUrl(url, this._env);
     /** `connecting`, `connected`, `disconnected` (waiting to reconnect) or `closed`. */
-    this.state = "disconnected";
+    this.state = "connecting";
     /** The last `welcome` frame, or null. */
     this.welcome = null;
     this._subs = new Set();
@@ -135,7 +135,10 @@ export class Client extends Emitter {
     if (typeof this._env.addEventListener === "function") {
       this._env.addEventListener("online", this._onOnline);
     }
-    this._open();
+    // Start once the caller had the chance to attach its handlers, so that
+    // the first `connecting` event is seen too.
+    this.state = "connecting";
+    Promise.resolve().then(() => this._open());
   }
 
   /** Listens to `channel`; the subscription is renewed on every reconnect. */

@@ -69,9 +69,12 @@ function fakeGlobals(online = true) {
 const flush = () => new Promise((r) => setImmediate(r));
 
 let clients = [];
-function client(opts = {}) {
+// A client whose first attempt has started (connect() starts it right
+// after the caller's own synchronous code).
+async function client(opts = {}) {
   const c = connect("ws://gw.test/ws", { WebSocket: FakeSocket, globals: fakeGlobals(), ...opts });
   clients.push(c);
+  await Promise.resolve();
   return c;
 }
 
@@ -89,8 +92,8 @@ afterEach(() => {
   mock.timers.reset();
 });
 
-test("connects, reports its state, and subscribes once welcomed", () => {
-  const c = client();
+test("connects, reports its state, and subscribes once welcomed", async () => {
+  const c = await client();
   const events = [];
   c.on("connected", (e) => events.push(["connected", e.reconnect]));
   assert.equal(c.state, "connecting");
@@ -110,9 +113,9 @@ test("connects, reports its state, and subscribes once welcomed", () => {
   assert.deepEqual(got, [{ n: 1 }], "only its own channel, and not the pattern copy");
 });
 
-test("backoff is full jitter under an exponential cap", () => {
+test("backoff is full jitter under an exponential cap", async () => {
   // random() = 0.999...: the delay is just under the cap each time.
-  const c = client({ random: () => 0.9999, minDelay: 100, maxDelay: 1000 });
+  const c = await client({ random: () => 0.9999, minDelay: 100, maxDelay: 1000 });
   const delays = [];
   c.on("disconnected", (e) => delays.push(e.delay));
   for (let i = 0; i < 6; i++) {
@@ -123,15 +126,15 @@ test("backoff is full jitter under an exponential cap", () => {
   assert.equal(FakeSocket.all.length, 7, "one new socket per retry");
 
   // random() = 0: retry at once; the cap stays the bound.
-  const c2 = client({ random: () => 0, minDelay: 100, maxDelay: 1000 });
+  const c2 = await client({ random: () => 0, minDelay: 100, maxDelay: 1000 });
   const d2 = [];
   c2.on("disconnected", (e) => d2.push(e.delay));
   FakeSocket.last.serverClose(1006);
   assert.deepEqual(d2, [0]);
 });
 
-test("random jitter stays within [0, cap)", () => {
-  const c = client({ minDelay: 100, maxDelay: 1600 });
+test("random jitter stays within [0, cap)", async () => {
+  const c = await client({ minDelay: 100, maxDelay: 1600 });
   const seen = [];
   c.on("disconnected", (e) => seen.push(e.delay));
   for (let i = 0; i < 40; i++) {
@@ -144,8 +147,8 @@ test("random jitter stays within [0, cap)", () => {
   });
 });
 
-test("a stable connection resets the backoff; an unstable one does not", () => {
-  const c = client({ random: () => 0.9999, minDelay: 100, maxDelay: 10000, stableAfter: 5000 });
+test("a stable connection resets the backoff; an unstable one does not", async () => {
+  const c = await client({ random: () => 0.9999, minDelay: 100, maxDelay: 10000, stableAfter: 5000 });
   const delays = [];
   c.on("disconnected", (e) => delays.push(e.delay));
   FakeSocket.last.serverClose(1006);
@@ -165,9 +168,9 @@ test("a stable connection resets the backoff; an unstable one does not", () => {
   assert.deepEqual(delays, [99, 199, 399, 99]);
 });
 
-test("terminal close codes stop reconnecting; 1012, 4000, 4001 and 1006 do not", () => {
+test("terminal close codes stop reconnecting; 1012, 4000, 4001 and 1006 do not", async () => {
   for (const code of [1006, 1012, 4000, 4001, 1009, 1011]) {
-    const c = client({ random: () => 0 });
+    const c = await client({ random: () => 0 });
     let last;
     c.on("disconnected", (e) => (last = e));
     FakeSocket.last.welcome();
@@ -179,7 +182,7 @@ test("terminal close codes stop reconnecting; 1012, 4000, 4001 and 1006 do not",
     c.close();
   }
   for (const code of TERMINAL_CODES) {
-    const c = client({ random: () => 0 });
+    const c = await client({ random: () => 0 });
     let last;
     c.on("disconnected", (e) => (last = e));
     FakeSocket.last.welcome();
@@ -191,13 +194,13 @@ test("terminal close codes stop reconnecting; 1012, 4000, 4001 and 1006 do not",
     assert.equal(FakeSocket.all.length, before, `code ${code} does not reconnect`);
   }
   // An application may add its own.
-  const c = client({ random: () => 0, terminalCodes: [4001] });
+  const c = await client({ random: () => 0, terminalCodes: [4001] });
   FakeSocket.last.serverClose(4001);
   assert.equal(c.state, "closed");
 });
 
-test("every reconnect resubscribes everything and reports a gap", () => {
-  const c = client({ random: () => 0 });
+test("every reconnect resubscribes everything and reports a gap", async () => {
+  const c = await client({ random: () => 0 });
   const a = c.subscribe("/a");
   const b = c.subscribe("/b");
   const gone = c.subscribe("/gone");
@@ -218,8 +221,8 @@ test("every reconnect resubscribes everything and reports a gap", () => {
   assert.equal(a.state, "subscribed");
 });
 
-test("positions are kept and sent on resubscribe only when the welcome advertises recovery", () => {
-  const c = client({ random: () => 0 });
+test("positions are kept and sent on resubscribe only when the welcome advertises recovery", async () => {
+  const c = await client({ random: () => 0 });
   const sub = c.subscribe("/h");
   FakeSocket.last.welcome({ recovery: true });
   FakeSocket.last.reply("subscribe");
@@ -247,8 +250,8 @@ test("positions are kept and sent on resubscribe only when the welcome advertise
   assert.equal(FakeSocket.last.sentOfType("subscribe")[0].offset, undefined);
 });
 
-test("gap and dropped notices reach the subscriptions they name", () => {
-  const c = client();
+test("gap and dropped notices reach the subscriptions they name", async () => {
+  const c = await client();
   const a = c.subscribe("/a");
   const b = c.subscribe("/b");
   FakeSocket.last.welcome();
@@ -260,8 +263,8 @@ test("gap and dropped notices reach the subscriptions they name", () => {
   assert.deepEqual(got, [["a", "broker_reconnected"], ["a", "dropped"], ["b", "dropped"]]);
 });
 
-test("the heartbeat watchdog notices a dead connection without a close event", () => {
-  const c = client({ random: () => 0, pingInterval: 1000, pongTimeout: 500 });
+test("the heartbeat watchdog notices a dead connection without a close event", async () => {
+  const c = await client({ random: () => 0, pingInterval: 1000, pongTimeout: 500 });
   const events = [];
   c.on("disconnected", (e) => events.push(e.code));
   const ws = FakeSocket.last;
@@ -282,8 +285,8 @@ test("the heartbeat watchdog notices a dead connection without a close event", (
   assert.equal(c.state, "connecting");
 });
 
-test("an attempt that never gets a welcome is abandoned", () => {
-  const c = client({ random: () => 0, connectTimeout: 3000 });
+test("an attempt that never gets a welcome is abandoned", async () => {
+  const c = await client({ random: () => 0, connectTimeout: 3000 });
   const events = [];
   c.on("disconnected", (e) => events.push(e.code));
   mock.timers.tick(3000);
@@ -293,7 +296,7 @@ test("an attempt that never gets a welcome is abandoned", () => {
 });
 
 test("publish and rpc resolve on their replies and reject with the protocol's code", async () => {
-  const c = client();
+  const c = await client();
   FakeSocket.last.welcome();
   const p = c.publish("/app/room/lobby", { text: "hi" });
   const f = FakeSocket.last.sentOfType("publish")[0];
@@ -318,7 +321,7 @@ test("publish and rpc resolve on their replies and reject with the protocol's co
 });
 
 test("requests time out, and in-flight ones fail on disconnect", async () => {
-  const c = client({ random: () => 0, requestTimeout: 2000 });
+  const c = await client({ random: () => 0, requestTimeout: 2000 });
   FakeSocket.last.welcome();
   const p = c.publish("/a", 1);
   mock.timers.tick(2000);
@@ -329,7 +332,7 @@ test("requests time out, and in-flight ones fail on disconnect", async () => {
 });
 
 test("requests made while disconnected wait for the connection (within their timeout)", async () => {
-  const c = client({ random: () => 0 });
+  const c = await client({ random: () => 0 });
   const p = c.publish("/a", 1, { timeout: 5000 });
   assert.equal(FakeSocket.last.sent.length, 0);
   FakeSocket.last.welcome();
@@ -343,7 +346,7 @@ test("requests made while disconnected wait for the connection (within their tim
 
 test("getToken is called for every attempt and the token goes in the query", async () => {
   let n = 0;
-  const c = client({ random: () => 0, getToken: async () => "tok" + ++n });
+  const c = await client({ random: () => 0, getToken: async () => "tok" + ++n });
   await flush();
   assert.equal(FakeSocket.last.url, "ws://gw.test/ws?token=tok1");
   FakeSocket.last.welcome();
@@ -357,7 +360,9 @@ test("getToken is called for every attempt and the token goes in the query", asy
 
 test("a failing getToken is retried with backoff", async () => {
   let n = 0;
-  const c = client({
+  const c = connect("ws://gw.test/ws", {
+    WebSocket: FakeSocket,
+    globals: fakeGlobals(),
     random: () => 0.9999,
     minDelay: 100,
     getToken: async () => {
@@ -365,6 +370,7 @@ test("a failing getToken is retried with backoff", async () => {
       return "ok";
     },
   });
+  clients.push(c);
   const delays = [];
   c.on("disconnected", (e) => delays.push(e.delay));
   await flush();
@@ -377,9 +383,21 @@ test("a failing getToken is retried with backoff", async () => {
   assert.equal(FakeSocket.last.url, "ws://gw.test/ws?token=ok");
 });
 
-test("offline pauses reconnecting until the online event", () => {
+test("handlers attached right after connect() see the first attempt", async () => {
+  const c = connect("ws://gw.test/ws", { WebSocket: FakeSocket, globals: fakeGlobals() });
+  clients.push(c);
+  const events = [];
+  c.on("connecting", (e) => events.push(["connecting", e.attempt]));
+  c.on("connected", () => events.push(["connected"]));
+  assert.equal(c.state, "connecting");
+  await Promise.resolve();
+  FakeSocket.last.welcome();
+  assert.deepEqual(events, [["connecting", 0], ["connected"]]);
+});
+
+test("offline pauses reconnecting until the online event", async () => {
   const globals = fakeGlobals(true);
-  const c = client({ random: () => 0.5, minDelay: 1000, globals });
+  const c = await client({ random: () => 0.5, minDelay: 1000, globals });
   FakeSocket.last.welcome();
   globals.navigator.onLine = false;
   FakeSocket.last.serverClose(1006);
@@ -393,7 +411,7 @@ test("offline pauses reconnecting until the online event", () => {
 });
 
 test("close() stops everything", async () => {
-  const c = client({ random: () => 0 });
+  const c = await client({ random: () => 0 });
   FakeSocket.last.welcome();
   const events = [];
   c.on("disconnected", (e) => events.push(e));
@@ -406,8 +424,8 @@ test("close() stops everything", async () => {
   assert.throws(() => c.subscribe("/a"), { code: "closed" });
 });
 
-test("subscription errors: final codes fail the subscription, others retry", () => {
-  const c = client({ random: () => 0, minDelay: 100 });
+test("subscription errors: final codes fail the subscription, others retry", async () => {
+  const c = await client({ random: () => 0, minDelay: 100 });
   const bad = c.subscribe("/secret");
   const busy = c.subscribe("/busy");
   FakeSocket.last.welcome();
@@ -428,7 +446,7 @@ test("subscription errors: final codes fail the subscription, others retry", () 
   assert.deepEqual(FakeSocket.last.sentOfType("subscribe").map((f) => f.channel), ["/busy"]);
 });
 
-test("the default URL is /ws on the page's host", () => {
+test("the default URL is /ws on the page's host", async () => {
   const globals = { ...fakeGlobals(), location: { href: "https://app.example.com/page?x=1" } };
   const c = connect(undefined, { WebSocket: FakeSocket, globals });
   clients.push(c);
