@@ -9,9 +9,14 @@ export const VERSION = "0.1.0";
  * them when the client itself is at fault (protocol error, invalid payload,
  * policy violation such as flooding past the rate limit), so reconnecting
  * would only repeat the fault. Every other code (1006, 1012 restart, 4000
- * heartbeat timeout, 4001 slow consumer, ...) reconnects with backoff.
+ * heartbeat timeout, 4001 slow consumer, ...) reconnects with backoff, and so
+ * does a 1008 with the reason "frame not completed in time" (a slow network).
  */
 export const TERMINAL_CODES = Object.freeze([1002, 1003, 1007, 1008]);
+
+// The one 1008 that is the network's fault, not the client's (a frame that
+// did not arrive in time): it reconnects.
+const SLOW_FRAME = "frame not completed in time";
 
 const DEFAULTS = {
   minDelay: 500,
@@ -261,7 +266,9 @@ export class Client extends Emitter {
       ws.onmessage = ws.onclose = ws.onerror = null;
     }
     this._teardown(new TidingsError("disconnected", "the connection was lost (" + code + ")"));
-    const terminal = TERMINAL_CODES.includes(code) || (this._opts.terminalCodes || []).includes(code);
+    const terminal =
+      (TERMINAL_CODES.includes(code) && !(code === 1008 && reason === SLOW_FRAME)) ||
+      (this._opts.terminalCodes || []).includes(code);
     // Consecutive failures; a stable connection reset it to 0.
     this._attempt++;
     if (terminal) {

@@ -193,6 +193,11 @@ test("terminal close codes stop reconnecting; 1012, 4000, 4001 and 1006 do not",
     mock.timers.tick(60000);
     assert.equal(FakeSocket.all.length, before, `code ${code} does not reconnect`);
   }
+  // A 1008 for a frame that did not arrive in time is the network's fault.
+  const slow = await client({ random: () => 0 });
+  FakeSocket.last.welcome();
+  FakeSocket.last.serverClose(1008, "frame not completed in time");
+  assert.equal(slow.state, "disconnected");
   // An application may add its own.
   const c = await client({ random: () => 0, terminalCodes: [4001] });
   FakeSocket.last.serverClose(4001);
