@@ -1,6 +1,8 @@
-//! The demo page in a real headless Chromium: it connects, shows what is
-//! published to the channel every socket joins, and its own publish form
-//! round-trips, all without a JavaScript error or a CSP violation.
+//! The demo page in a real headless Chromium: it connects (through the
+//! gateway's own `/tidings.js` client), shows what is published to the
+//! channel every socket joins, its own publish form round-trips, it
+//! subscribes to more channels, and it reconnects after the gateway is
+//! killed and restarted, all without a JavaScript error or a CSP violation.
 //!
 //! Needs Debian's `chromium` (CI's `.ci/run` installs it) or
 //! `$TIDINGS_CHROMIUM`; the tests fail, not skip, without it.
@@ -37,7 +39,7 @@ async fn open_demo(browser: &Browser, gw: &Gateway) -> Page {
     page.navigate(&format!("http://{}/", gw.addr)).await;
     page.wait_for(
         "the page's socket to open and show the welcome",
-        "document.getElementById('status')?.textContent === 'open' \
+        "document.getElementById('status')?.textContent === 'connected' \
          && document.getElementById('who').textContent.includes('joined /app/broadcast')",
     )
     .await;
@@ -157,4 +159,100 @@ async fn demo_page_form_uses_the_api_key() {
     })
     .await;
     assert!(!gw.logs().contains(KEY), "the API key must never be logged");
+}
+
+#[tokio::test]
+async fn demo_page_subscribes_and_shows_the_reconnect_after_a_gateway_restart() {
+    let rules = r#"
+[[routing.rules]]
+channel = "/app/broadcast"
+join = true
+subscribe = true
+anonymous = true
+
+[[routing.rules]]
+channel = "/app/room/*"
+subscribe = true
+anonymous = true
+"#;
+    let opts = GatewayOptions::default().toml(rules);
+    let mut gw = Gateway::start_with(opts.clone()).await;
+    let addr = gw.addr;
+    let browser = Browser::launch().await;
+    let page = open_demo(&browser, &gw).await;
+
+    // Subscribe to one more channel with the page's form.
+    let done = page
+        .eval(
+            "(() => { const f = document.getElementById('subscribe'); \
+             f.elements.channel.value = '/app/room/7'; \
+             f.querySelector('button[type=submit]').click(); return true; })()",
+        )
+        .await;
+    assert_eq!(done, Ok(json!(true)));
+    page.wait_for(
+        "the channel list to show the subscription",
+        "document.getElementById('channels').textContent.includes('/app/room/7 (subscribed)')",
+    )
+    .await;
+    let text = unique("in the room");
+    let r = gw.publish("/app/room/7", json!({ "text": text })).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    page.wait_for(
+        "the room message",
+        &format!(
+            "[...document.querySelectorAll('#log li.message')].some(li => \
+             li.textContent.includes('/app/room/7') && li.textContent.includes({}))",
+            js(&text)
+        ),
+    )
+    .await;
+
+    // The gateway dies; the page says so, and reconnects once it is back.
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &gw.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert!(gw
+        .wait_exit(std::time::Duration::from_secs(10))
+        .await
+        .is_some());
+    page.wait_for(
+        "the page to show the disconnect",
+        "document.getElementById('status').textContent.startsWith('disconnected (1006')",
+    )
+    .await;
+    let gw = Gateway::start_with(opts.env("TIDINGS_LISTEN", addr.to_string())).await;
+    assert_eq!(gw.addr, addr);
+    page.wait_for(
+        "the page to reconnect and show the gap",
+        "document.getElementById('status').textContent === 'connected' \
+         && [...document.querySelectorAll('#log li.gap')].some(li => \
+            li.textContent.startsWith('reconnected:') && li.textContent.includes('/app/room/7'))",
+    )
+    .await;
+    page.wait_for(
+        "the subscription to be renewed",
+        "document.getElementById('channels').textContent.includes('/app/room/7 (subscribed)')",
+    )
+    .await;
+    let text = unique("after the restart");
+    let r = gw.publish("/app/room/7", json!({ "text": text })).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    page.wait_for(
+        "the room message after the restart",
+        &format!(
+            "[...document.querySelectorAll('#log li.message')].some(li => \
+             li.textContent.includes('/app/room/7') && li.textContent.includes({}))",
+            js(&text)
+        ),
+    )
+    .await;
+    assert_eq!(error_rows(&page).await, json!([]), "error rows on the page");
+    // While the gateway was down the browser logged failed connections.
+    assert_no_errors(&page, |e| {
+        e.starts_with("log/network:") || e.contains("WebSocket connection to")
+    })
+    .await;
 }

@@ -128,12 +128,19 @@ fn nginx_site_sets_up_the_websocket_proxy() {
         assert_eq!(l.one("deny"), ["all"], "{path}");
         assert_eq!(l.children("proxy_pass").count(), 0, "{path}");
     }
-    // Nothing but /ws goes to the gateway.
+    // Nothing but /ws and the browser client go to the gateway.
     let to_gateway = nginx::find_all(&site, "proxy_pass")
         .into_iter()
         .filter(|p| p.args == ["http://tidings_gateway"])
         .count();
-    assert_eq!(to_gateway, 1, "only /ws may be proxied to the gateway");
+    assert_eq!(
+        to_gateway, 2,
+        "only /ws and /tidings.js may be proxied to the gateway"
+    );
+    assert_eq!(
+        location(&site, &["=", "/tidings.js"]).one("proxy_pass"),
+        ["http://tidings_gateway"]
+    );
     assert_eq!(
         location(&site, &["/"]).one("proxy_pass"),
         ["http://django_app"]
@@ -207,6 +214,16 @@ async fn nginx_proxies_websockets_django_and_static_files() {
     );
     assert_eq!(r.header("content-type"), Some("text/css"));
     assert_eq!(django.call_count(), 0, "static files must not reach Django");
+
+    // `/tidings.js`, the browser client, comes from the gateway.
+    let r = http::get(front, "/tidings.js").await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", nginx.logs());
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert!(r.body.contains("export function connect("), "{r:?}");
+    assert_eq!(django.call_count(), 0, "the client must not reach Django");
 
     // A plain GET on /ws reaches the gateway, which wants an upgrade.
     let r = http::get(front, "/ws").await;

@@ -15,7 +15,7 @@ async fn health_readiness_and_demo_page() {
     let r = http::get(gw.addr, "/").await;
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/html"));
-    assert!(r.body.contains("new WebSocket("));
+    assert!(r.body.contains(r#"import { connect } from "/tidings.js""#));
     assert_eq!(http::get(gw.addr, "/nope").await.status, 404);
     assert_eq!(http::get(gw.addr, "/api/publish").await.status, 405);
     let r = http::get(gw.addr, "/ws").await;

@@ -16,6 +16,24 @@ use crate::config::Config;
 
 const DEMO_PAGE: &str = include_str!("demo.html");
 
+/// The browser client, `clients/js/tidings.js` (`src/tidings.js` is a symlink
+/// to it, so that `cargo package` takes the file into the crate).
+const CLIENT_JS: &str = include_str!("tidings.js");
+
+/// FNV-1a of the client, computed at compile time: its ETag changes whenever
+/// the file does, also between builds of the same version.
+const CLIENT_JS_HASH: u64 = {
+    let bytes = CLIENT_JS.as_bytes();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+};
+
 /// Minting one-time tokens (`POST /api/tokens`), when the token resolver is on.
 pub(crate) struct Tokens {
     pub(crate) resolver: Arc<TokenResolver>,
@@ -62,6 +80,7 @@ impl Endpoints {
     ) -> HttpResponse {
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/") => demo_page(),
+            (&Method::GET | &Method::HEAD, "/tidings.js") => client_js(&req),
             (&Method::GET | &Method::HEAD, "/healthz") => text_response(StatusCode::OK, "ok\n"),
             (&Method::GET | &Method::HEAD, "/readyz") => self.readyz(),
             (&Method::POST, "/api/publish") => self.publish(req, peer).await,
@@ -86,7 +105,11 @@ impl Endpoints {
                 );
                 res
             }
-            (_, "/" | "/healthz" | "/readyz" | "/api/publish" | "/api/tokens" | "/metrics") => {
+            (
+                _,
+                "/" | "/tidings.js" | "/healthz" | "/readyz" | "/api/publish" | "/api/tokens"
+                | "/metrics",
+            ) => {
                 let mut res = json_error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method_not_allowed",
@@ -383,11 +406,64 @@ fn demo_page() -> HttpResponse {
     );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:"),
+        HeaderValue::from_static("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:"),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
+    );
+    res
+}
+
+/// The ETag of `/tidings.js`: the gateway's version and the file's hash.
+fn client_js_etag() -> String {
+    format!("\"{}-{CLIENT_JS_HASH:016x}\"", env!("CARGO_PKG_VERSION"))
+}
+
+/// `GET /tidings.js`: the browser client, revalidated by ETag (`304` when
+/// `If-None-Match` names it).
+fn client_js(req: &Request<Incoming>) -> HttpResponse {
+    let etag = client_js_etag();
+    let matches = req
+        .headers()
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag);
+    let mut res = if matches {
+        let mut res = http::Response::new(Full::new(Bytes::new()));
+        *res.status_mut() = StatusCode::NOT_MODIFIED;
+        res
+    } else {
+        let mut res = http::Response::new(Full::new(Bytes::from_static(CLIENT_JS.as_bytes())));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        );
+        res.headers_mut().insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        res
+    };
+    // A public file: pages on other origins may import it as a module
+    // (module scripts are fetched with CORS).
+    res.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    let h = res.headers_mut();
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).expect("an ETag is ASCII"),
+    );
+    // Cached, and revalidated on each use (a 304 when unchanged), so an
+    // upgraded gateway serves its new client at once.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, no-cache"),
     );
     res
 }
