@@ -62,7 +62,6 @@ impl Default for IdentitySettings {
 pub struct CookieProxySettings {
     /// The backend's whoami URL (`http://...`). Required when the resolver
     /// is used.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Cookie names to forward; empty: the whole Cookie header.
     pub cookies: Vec<String>,

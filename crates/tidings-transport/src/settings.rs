@@ -251,7 +251,6 @@ impl TransportConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RpcSettings {
     /// The backend's base URL (`http://...`). Unset: RPC is off.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Path prefixes clients may call, each starting with `/`.
     pub allowed_paths: Vec<String>,
