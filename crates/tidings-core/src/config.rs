@@ -155,7 +155,9 @@ mod tests {
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e10] {
             let e = positive_secs("a_secs", bad).unwrap_err();
             assert_eq!(e.key(), "a_secs");
-            assert!(e.reason().starts_with("must be a positive number of seconds"));
+            assert!(e
+                .reason()
+                .starts_with("must be a positive number of seconds"));
         }
         assert_eq!(non_negative_secs("a", 0.0), Ok(Duration::ZERO));
         assert!(non_negative_secs("a", -0.5).is_err());
