@@ -99,13 +99,6 @@ impl WebSocketSettings {
         if self.outbound_queue == 0 {
             return Err(ConfigError::new("outbound_queue", "must be at least 1"));
         }
-        let rate = self.client_messages_per_sec;
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(ConfigError::new(
-                "client_messages_per_sec",
-                format!("must be a positive number, got {rate}"),
-            ));
-        }
         t.ws_path = self.path.clone();
         t.ping_interval = positive_secs("ping_interval_secs", self.ping_interval_secs)?;
         t.pong_timeout = positive_secs("pong_timeout_secs", self.pong_timeout_secs)?;
@@ -114,6 +107,13 @@ impl WebSocketSettings {
         t.slow_consumer = self.slow_consumer.into();
         t.write_timeout = positive_secs("write_timeout_secs", self.write_timeout_secs)?;
         t.handshake_timeout = positive_secs("handshake_timeout_secs", self.handshake_timeout_secs)?;
+        let rate = self.client_messages_per_sec;
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(ConfigError::new(
+                "client_messages_per_sec",
+                format!("must be a positive number, got {rate}"),
+            ));
+        }
         // The same slow-sender bound for the rest of a started frame.
         t.frame_timeout = t.handshake_timeout;
         t.allowed_origins = self.allowed_origins.clone();
