@@ -6,8 +6,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc};
 use clap::{Parser, Subcommand};
 use tidings_bridge::Bridge;
 use tidings_identity::{
-    AnonymousPolicy, Chain, CookieProxy, MemoryTokenStore, RedisTokenStore, TokenResolver,
-    TokenStore,
+    Chain, CookieProxy, MemoryTokenStore, RedisTokenStore, ResolverKind, TokenResolver, TokenStore,
 };
 use tidings_transport::{serve, Gateway, HttpRpc};
 use tracing_subscriber::EnvFilter;
@@ -175,22 +174,19 @@ fn identity(
     config: &Config,
     redis: Option<&tidings_bridge::RedisConfig>,
 ) -> Result<IdentitySetup, Box<dyn std::error::Error>> {
-    let mut chain = Chain::new().anonymous(match config.identity.anonymous {
-        config::Anonymous::Allow => AnonymousPolicy::Allow,
-        config::Anonymous::Refuse => AnonymousPolicy::Refuse,
-    });
+    let mut chain = Chain::new().anonymous(config.identity.anonymous);
     let mut tokens = None;
     let mut cookie_proxy = None;
     for kind in &config.identity.resolvers {
         match kind {
-            config::ResolverKind::CookieProxy => {
+            ResolverKind::CookieProxy => {
                 let proxy = Arc::new(CookieProxy::new(
                     config.cookie_proxy()?.expect("listed, so configured"),
                 )?);
                 cookie_proxy = Some(proxy.clone());
                 chain = chain.with("cookie_proxy", proxy);
             }
-            config::ResolverKind::Token => {
+            ResolverKind::Token => {
                 let store: Arc<dyn TokenStore> = match redis {
                     Some(redis) => Arc::new(RedisTokenStore::new(
                         tidings_bridge::redis::command_pool(redis)?,
@@ -205,9 +201,7 @@ fn identity(
                 tokens = Some(http::Tokens {
                     resolver,
                     store,
-                    max_ttl: std::time::Duration::from_secs(
-                        config.identity.token.max_ttl_secs.max(1),
-                    ),
+                    max_ttl: config.identity.token.max_ttl(),
                 });
             }
         }

@@ -14,6 +14,9 @@
 
 pub mod bridge;
 pub mod broker;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod config;
 pub mod hub;
 pub mod local;
 pub mod mailbox;
@@ -24,6 +27,9 @@ pub mod stats;
 
 pub use bridge::{Bridge, Subscriber};
 pub use broker::{BoxFuture, Broker, BrokerError, Inbound, Topic};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use config::RedisSettings;
 pub use hub::{Hub, QueueDepths};
 pub use local::LocalBroker;
 pub use mailbox::{mailbox, Mailbox, MailboxReceiver, Outbound, SlowConsumerPolicy};

@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //!
+//! - [`config`]: shared pieces of the crates' configuration sections
+//!   ([`config::ConfigError`], [`config::Secret`], `*_secs` durations).
 //! - [`channel`]: validated channel names ([`ChannelName`]) and glob patterns
 //!   ([`ChannelPattern`]) with Redis `PSUBSCRIBE` semantics.
 //! - [`identity`]: who a socket is ([`Identity`]).
@@ -10,6 +12,7 @@
 //! - [`protocol`]: protocol v1, the JSON frames exchanged with clients.
 
 pub mod channel;
+pub mod config;
 pub mod identity;
 pub mod message;
 pub mod protocol;

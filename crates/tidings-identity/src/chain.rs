@@ -5,7 +5,8 @@ use std::{fmt, sync::Arc};
 use crate::{BoxFuture, Identity, IdentityResolver, Rejection, Resolution, UpgradeRequest};
 
 /// What a socket that no resolver recognised may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AnonymousPolicy {
     /// Connect as an anonymous visitor; the routing rules decide what it sees
     /// (by default only the broadcast channel).

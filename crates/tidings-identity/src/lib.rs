@@ -10,15 +10,19 @@
 //!   with a short cache and coalescing of identical lookups.
 //! - [`token`]: one-time tokens the backend stored (in Redis, or in the
 //!   gateway's memory), redeemed once.
+//! - [`config`]: the `[identity]` configuration section, deserializing and
+//!   checking itself.
 //! - [`chain`]: resolvers tried in order, and the policy for visitors none
 //!   of them recognises.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod chain;
+pub mod config;
 pub mod cookie_proxy;
 pub mod token;
 
 pub use chain::{AnonymousPolicy, Chain};
+pub use config::{CookieProxySettings, IdentitySettings, ResolverKind, TokenSettings};
 pub use cookie_proxy::{CookieProxy, CookieProxyConfig};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

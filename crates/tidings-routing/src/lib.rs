@@ -28,8 +28,10 @@
 //! A user id `42/../7` therefore gets no user channel at all, rather than
 //! somebody else's.
 
+pub mod config;
 mod rule;
 mod template;
 
+pub use config::RoutingSettings;
 pub use rule::{Access, Denied, Plan, Router, Rule, RuleError};
 pub use template::MAX_VALUE_LEN;

@@ -3,6 +3,8 @@
 //! # Layout
 //!
 //! - [`config`]: [`TransportConfig`], every tunable with its default.
+//! - [`settings`]: the `[websocket]`, `[shutdown]`, `[limits]` and `[rpc]`
+//!   configuration sections, deserializing and checking themselves.
 //! - [`server`]: [`serve`], the accept loop and shutdown, and [`Gateway`],
 //!   the upgrade handler.
 //! - [`service`]: [`WsService`], the WebSocket endpoint as a
@@ -21,6 +23,7 @@ pub mod rpc;
 pub mod server;
 pub mod service;
 mod session;
+pub mod settings;
 pub mod stats;
 
 pub use config::TransportConfig;
@@ -30,5 +33,6 @@ pub use limits::{IpNet, LimitHit, Limits};
 pub use rpc::{HttpRpc, RpcConfig, RpcHandler};
 pub use server::{serve, text_response, Gateway, GatewayBuilder, HttpHandler, HttpResponse};
 pub use service::{PeerAddr, PeerLookup, WsService};
+pub use settings::{LimitsSettings, RpcSettings, ShutdownSettings, WebSocketSettings};
 pub use stats::{CloseReason, IdentityOutcome, RejectReason, TransportStats};
 pub use tidings_bridge::BoxFuture;
