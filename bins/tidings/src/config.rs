@@ -254,6 +254,7 @@ impl Default for Config {
                     reconnect_max_delay_secs: r.reconnect_max_delay.as_secs_f64(),
                     pool_size: r.pool_size,
                     message_buffer: r.message_buffer,
+                    self_check_interval_secs: r.self_check_interval.as_secs_f64(),
                 }
             },
             identity: {
@@ -348,6 +349,9 @@ pub(crate) struct RedisTuning {
     pub(crate) pool_size: usize,
     /// Messages buffered between the Redis reader and the router.
     pub(crate) message_buffer: usize,
+    /// Seconds between self-checks of the subscriptions against Redis (0:
+    /// only after reconnects).
+    pub(crate) self_check_interval_secs: f64,
 }
 
 /// A configuration that cannot be used, naming the key and its source.
@@ -616,6 +620,14 @@ impl Config {
             });
         }
         config.message_buffer = r.message_buffer;
+        config.self_check_interval = if r.self_check_interval_secs == 0.0 {
+            Duration::ZERO
+        } else {
+            positive_secs(
+                "redis.self_check_interval_secs",
+                r.self_check_interval_secs,
+            )?
+        };
         config.check_url().map_err(|e| ConfigError::Invalid {
             key: "redis_url",
             reason: e.to_string(),

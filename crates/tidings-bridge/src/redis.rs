@@ -56,6 +56,11 @@ pub struct RedisConfig {
     /// before it loses them (counted as `lagged`). Default 8,192 (fred
     /// allocates its event channels at this size up front).
     pub message_buffer: usize,
+    /// How often the self-check compares the subscriptions sockets need
+    /// with what the subscription connection holds on Redis (and repairs
+    /// any difference); it also runs after every reconnect. Zero: only
+    /// after reconnects. Default 30 s.
+    pub self_check_interval: Duration,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -69,6 +74,7 @@ impl fmt::Debug for RedisConfig {
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("pool_size", &self.pool_size)
             .field("message_buffer", &self.message_buffer)
+            .field("self_check_interval", &self.self_check_interval)
             .finish()
     }
 }
@@ -84,6 +90,7 @@ impl RedisConfig {
             reconnect_max_delay: Duration::from_secs(5),
             pool_size: 2,
             message_buffer: 8_192,
+            self_check_interval: crate::bridge::DEFAULT_SELF_CHECK,
         }
     }
 }
@@ -325,26 +332,41 @@ impl Broker for RedisBroker {
     fn subscribe<'a>(&'a self, topics: &'a [Topic]) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let (channels, patterns) = split(topics);
+            // Each command is confirmed on its own, so that at most one
+            // refusal is pending when the PING answers.
             if !channels.is_empty() {
                 self.subscriber
                     .subscribe(channels)
                     .await
                     .map_err(to_broker_error)?;
+                self.confirm().await?;
             }
             if !patterns.is_empty() {
                 // Known before the first pmessage can arrive.
-                self.patterns
-                    .write()
-                    .extend(topics.iter().filter_map(|t| match t {
-                        Topic::Pattern(p) => Some(p.clone()),
-                        Topic::Channel(_) => None,
-                    }));
-                self.subscriber
-                    .psubscribe(patterns)
-                    .await
-                    .map_err(to_broker_error)?;
+                let added: Vec<ChannelPattern> = {
+                    let mut known = self.patterns.write();
+                    topics
+                        .iter()
+                        .filter_map(|t| match t {
+                            Topic::Pattern(p) if known.insert(p.clone()) => Some(p.clone()),
+                            _ => None,
+                        })
+                        .collect()
+                };
+                let result = match self.subscriber.psubscribe(patterns).await {
+                    Ok(()) => self.confirm().await,
+                    Err(e) => Err(to_broker_error(e)),
+                };
+                if let Err(BrokerError::Refused(_)) = &result {
+                    // Not subscribed: no pmessage may be routed to it.
+                    let mut known = self.patterns.write();
+                    for p in &added {
+                        known.remove(p);
+                    }
+                }
+                result?;
             }
-            self.confirm().await
+            Ok(())
         })
     }
 
@@ -372,7 +394,9 @@ impl Broker for RedisBroker {
                 }
                 result?;
             }
-            Ok(())
+            // Done on Redis once the PING is answered: the self-check then
+            // sees Redis as the bridge does.
+            self.confirm().await
         })
     }
 
@@ -380,8 +404,107 @@ impl Broker for RedisBroker {
         self.connected.load(Ordering::Acquire) && self.pool.is_connected()
     }
 
+    fn can_subscribe(&self) -> bool {
+        // SUBSCRIBE goes over the subscription connection only.
+        self.connected.load(Ordering::Acquire)
+    }
+
+    fn missing<'a>(&'a self, held: &'a [Topic]) -> BoxFuture<'a, Result<Vec<Topic>, BrokerError>> {
+        Box::pin(self.self_check(held))
+    }
+
     fn name(&self) -> &'static str {
         "redis"
+    }
+}
+
+/// `sub=` and `psub=` of a `CLIENT LIST` line.
+fn client_counts(line: &str) -> Option<(usize, usize)> {
+    let field = |name: &str| {
+        line.split(' ')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("sub")?, field("psub")?))
+}
+
+impl RedisBroker {
+    /// The self-check against Redis, cheap in the usual case: one
+    /// `CLIENT LIST ID <subscriber>` on the pool gives how many channels and
+    /// patterns the subscription connection holds. When that matches the
+    /// bridge's view, nothing is missing. When it holds fewer channels,
+    /// `PUBSUB NUMSUB` in batches names the ones nobody holds; when that
+    /// cannot name them all (another gateway holds them), every channel is
+    /// named (subscribing again is harmless). Fewer patterns: every pattern
+    /// is named (Redis cannot list one connection's patterns).
+    async fn self_check(&self, held: &[Topic]) -> Result<Vec<Topic>, BrokerError> {
+        use fred::interfaces::ClientInterface;
+        let Some(id) = self.subscriber.connection_ids().into_values().next() else {
+            return Ok(Vec::new()); // not connected: the reconnect restores everything
+        };
+        let list: String = self
+            .pool
+            .next()
+            .custom(
+                fred::types::CustomCommand::new_static("CLIENT", None, false),
+                vec!["LIST".to_string(), "ID".to_string(), id.to_string()],
+            )
+            .await
+            .map_err(to_broker_error)?;
+        let Some((subs, psubs)) = list.lines().find_map(client_counts) else {
+            // That connection is gone: its reconnect restores everything.
+            return Ok(Vec::new());
+        };
+        let channels: Vec<&ChannelName> = held
+            .iter()
+            .filter_map(|t| match t {
+                Topic::Channel(c) => Some(c),
+                Topic::Pattern(_) => None,
+            })
+            .collect();
+        let patterns = held.len() - channels.len();
+        let mut missing = Vec::new();
+        if subs < channels.len() {
+            let short = channels.len() - subs;
+            let mut nobody = Vec::new();
+            for batch in channels.chunks(256) {
+                let names: Vec<String> = batch.iter().map(|c| c.as_str().to_string()).collect();
+                let counts: Vec<Value> = self
+                    .pool
+                    .next()
+                    .pubsub_numsub(names)
+                    .await
+                    .map_err(to_broker_error)?;
+                // [name, count, name, count, ...]
+                for (c, n) in batch.iter().zip(counts.chunks(2)) {
+                    if n.get(1).and_then(Value::as_i64) == Some(0) {
+                        nobody.push(Topic::Channel((*c).clone()));
+                    }
+                }
+            }
+            if nobody.len() >= short {
+                missing.extend(nobody);
+            } else {
+                missing.extend(channels.iter().map(|c| Topic::Channel((*c).clone())));
+            }
+        }
+        if psubs < patterns {
+            missing.extend(
+                held.iter()
+                    .filter(|t| matches!(t, Topic::Pattern(_)))
+                    .cloned(),
+            );
+        }
+        if subs > channels.len() || psubs > patterns {
+            tracing::debug!(
+                subs,
+                psubs,
+                channels = channels.len(),
+                patterns,
+                "self-check: Redis holds more than the sockets need (left to the next unsubscribe)"
+            );
+        }
+        Ok(missing)
     }
 }
 
