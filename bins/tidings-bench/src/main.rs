@@ -392,8 +392,7 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
                 Err(format!("{what} must be a non-negative number of seconds"))
             }
         };
-        let sources: Vec<Option<IpAddr>> = if target.ip().is_loopback() && common.source_ips > 0
-        {
+        let sources: Vec<Option<IpAddr>> = if target.ip().is_loopback() && common.source_ips > 0 {
             (0..common.source_ips)
                 .map(|i| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i.min(250)))))
                 .collect()
@@ -406,13 +405,17 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
             fault_every: secs(fault_every, "--fault-every")?.as_secs_f64(),
             probe_deadline: secs(probe_deadline, "--probe-deadline")?,
             max_life: secs(max_life, "--max-life")?,
-            redis_url: redis_url.clone().ok_or("soak needs Redis: give --redis-url or --launch")?,
+            redis_url: redis_url
+                .clone()
+                .ok_or("soak needs Redis: give --redis-url or --launch")?,
             target,
             url: Arc::from(ws_url.as_str()),
             sources,
         })
         .await?;
-        let alive = launched.as_mut().is_none_or(procs::LaunchedGateway::running);
+        let alive = launched
+            .as_mut()
+            .is_none_or(procs::LaunchedGateway::running);
         if let Some(g) = launched {
             g.stop().await;
         }

@@ -349,8 +349,7 @@ async fn slot(
                             if delivered_at.is_none() {
                                 delivered_at = Some(Instant::now());
                                 counts.delivered.fetch_add(1, Ordering::Relaxed);
-                                first_delivery
-                                    .record(index, welcomed.elapsed().as_micros() as u64);
+                                first_delivery.record(index, welcomed.elapsed().as_micros() as u64);
                             }
                         }
                         Some("gap") => {

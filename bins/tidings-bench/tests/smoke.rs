@@ -262,5 +262,8 @@ async fn soak_with_faults() {
     assert_eq!(u(&r["closed_by_gateway"]), 0, "{r:#}");
     assert!(u(&r["faults_total"]) >= 1, "{r:#}");
     assert_eq!(u(&r["fault_errors"]), 0, "{r:#}");
-    assert!(r["gateway_metrics"]["tidings_bridge_selfcheck_repairs_total"].is_number(), "{r:#}");
+    assert!(
+        r["gateway_metrics"]["tidings_bridge_selfcheck_repairs_total"].is_number(),
+        "{r:#}"
+    );
 }

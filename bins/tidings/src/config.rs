@@ -623,10 +623,7 @@ impl Config {
         config.self_check_interval = if r.self_check_interval_secs == 0.0 {
             Duration::ZERO
         } else {
-            positive_secs(
-                "redis.self_check_interval_secs",
-                r.self_check_interval_secs,
-            )?
+            positive_secs("redis.self_check_interval_secs", r.self_check_interval_secs)?
         };
         config.check_url().map_err(|e| ConfigError::Invalid {
             key: "redis_url",

@@ -511,9 +511,8 @@ impl Manager {
     async fn retry(&mut self) {
         self.retry_at = None;
         let pending: Vec<Topic> = self.pending.iter().cloned().collect();
-        let (wanted, gone): (Vec<Topic>, Vec<Topic>) = pending
-            .into_iter()
-            .partition(|t| self.hub.has_interest(t));
+        let (wanted, gone): (Vec<Topic>, Vec<Topic>) =
+            pending.into_iter().partition(|t| self.hub.has_interest(t));
         for t in &gone {
             self.pending.remove(t);
             self.owed_gap.remove(t);

@@ -157,6 +157,8 @@ pub struct RedisBroker {
     /// Patterns subscribed on Redis, to route `pmessage`s (fred does not
     /// pass on which pattern matched).
     patterns: Arc<RwLock<BTreeSet<ChannelPattern>>>,
+    /// Tokens of the PINGs that confirm subscriptions.
+    tokens: std::sync::atomic::AtomicU64,
     url: String,
 }
 
@@ -271,6 +273,7 @@ impl RedisBroker {
             pool,
             connected,
             patterns,
+            tokens: std::sync::atomic::AtomicU64::new(0),
             url: redacted,
         })
     }
@@ -294,20 +297,123 @@ fn split(topics: &[Topic]) -> (Vec<String>, Vec<String>) {
     (channels, patterns)
 }
 
+/// Whether a PING reply carries `token` (`["pong", token]` on a connection
+/// in subscribed mode, `token` otherwise).
+fn carries(reply: &Value, token: &str) -> bool {
+    match reply {
+        Value::Array(parts) => parts.last().is_some_and(|p| carries(p, token)),
+        Value::String(s) => &**s == token,
+        Value::Bytes(b) => &b[..] == token.as_bytes(),
+        _ => false,
+    }
+}
+
 impl RedisBroker {
+    fn token(&self) -> String {
+        format!("tidings-{}", self.tokens.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Runs `command` (a (P)(UN)SUBSCRIBE) and confirms it with PINGs.
+    async fn confirmed(
+        &self,
+        command: impl std::future::Future<Output = Result<(), fred::error::Error>>,
+    ) -> Result<(), BrokerError> {
+        let token = self.token();
+        // Polled in this order (`biased`), both reach fred's router before
+        // it writes the first: they go out together, the PING second.
+        let (sent, reply) = tokio::join!(
+            biased;
+            command,
+            self.subscriber.ping::<Value>(Some(token.clone()))
+        );
+        sent.map_err(to_broker_error)?;
+        self.confirm(token, reply).await
+    }
+
+    /// Whether Redis really holds `channels` after a confirmed SUBSCRIBE.
+    /// fred writes the SUBSCRIBE as soon as it has it: when the confirming
+    /// PING reaches it a moment later, a refusal may already have come back
+    /// and been dropped (fred has no command waiting for it). So the
+    /// publish pool asks `PUBSUB NUMSUB`: a channel nobody holds was not
+    /// taken. (Another gateway instance holding a channel refused to this
+    /// one is possible only with different Redis users; the self-check
+    /// catches that case.) Skipped while the pool is down.
+    async fn verify_held(&self, channels: Vec<String>) -> Result<(), BrokerError> {
+        if !self.pool.is_connected() {
+            return Ok(());
+        }
+        let Ok(counts) = self
+            .pool
+            .next()
+            .pubsub_numsub::<Vec<Value>, _>(channels.clone())
+            .await
+        else {
+            return Ok(()); // cannot tell: the self-check will
+        };
+        let missing: Vec<&String> = channels
+            .iter()
+            .zip(counts.chunks(2))
+            .filter(|(_, n)| n.get(1).and_then(Value::as_i64) == Some(0))
+            .map(|(c, _)| c)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            tracing::warn!(
+                channels = missing.len(),
+                "Redis did not take a subscription (refused)"
+            );
+            Err(BrokerError::Refused(format!(
+                "Redis did not take the subscription to {} (NOPERM: not allowed for the gateway's Redis user?)",
+                missing[0]
+            )))
+        }
+    }
+
     /// fred resolves (P)SUBSCRIBE once written and drops the server's
     /// replies, so a refusal (an ACL's `NOPERM`) would pass unseen. A PING
     /// on the same connection is answered after those replies: an error
     /// reply in between is handed to the PING, and so seen here.
-    async fn confirm(&self) -> Result<(), BrokerError> {
-        match self.subscriber.ping::<Value>(None).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == &ErrorKind::Timeout => Err(BrokerError::Timeout),
-            Err(e) => {
-                tracing::warn!(error = %e.details(), "Redis refused a subscription");
-                Err(BrokerError::Refused(e.details().to_string()))
+    ///
+    /// That error takes the PING's place, so the PING's own answer comes
+    /// one reply late and could be taken for the answer to a later PING.
+    /// Each PING therefore carries a fresh token, and PINGs are sent until
+    /// the answer carrying the last token arrives: every reply up to it
+    /// belongs to the command being confirmed.
+    ///
+    /// The first PING is handed to fred together with the command (see
+    /// [`RedisBroker::confirmed`]), so both are written in one go: a
+    /// refusal cannot arrive before the PING waits for it.
+    async fn confirm(
+        &self,
+        mut token: String,
+        mut reply: Result<Value, fred::error::Error>,
+    ) -> Result<(), BrokerError> {
+        let mut refused = None;
+        for _ in 0..16 {
+            match reply {
+                Ok(reply) if carries(&reply, &token) => {
+                    return match refused {
+                        None => Ok(()),
+                        Some(e) => Err(e),
+                    };
+                }
+                Ok(_) => {} // the late answer to an earlier PING
+                Err(e) if e.kind() == &ErrorKind::Timeout => return Err(BrokerError::Timeout),
+                Err(e) => {
+                    tracing::warn!(error = %e.details(), "Redis refused a subscription");
+                    refused.get_or_insert(match to_broker_error(e) {
+                        BrokerError::Unavailable(reason) => BrokerError::Refused(reason),
+                        other => other,
+                    });
+                }
             }
+            token = self.token();
+            reply = self.subscriber.ping::<Value>(Some(token.clone())).await;
         }
+        Err(BrokerError::Unavailable(
+            "the subscription connection's replies are out of step".into(),
+        ))
     }
 }
 
@@ -335,11 +441,9 @@ impl Broker for RedisBroker {
             // Each command is confirmed on its own, so that at most one
             // refusal is pending when the PING answers.
             if !channels.is_empty() {
-                self.subscriber
-                    .subscribe(channels)
-                    .await
-                    .map_err(to_broker_error)?;
-                self.confirm().await?;
+                self.confirmed(self.subscriber.subscribe(channels.clone()))
+                    .await?;
+                self.verify_held(channels).await?;
             }
             if !patterns.is_empty() {
                 // Known before the first pmessage can arrive.
@@ -353,10 +457,7 @@ impl Broker for RedisBroker {
                         })
                         .collect()
                 };
-                let result = match self.subscriber.psubscribe(patterns).await {
-                    Ok(()) => self.confirm().await,
-                    Err(e) => Err(to_broker_error(e)),
-                };
+                let result = self.confirmed(self.subscriber.psubscribe(patterns)).await;
                 if let Err(BrokerError::Refused(_)) = &result {
                     // Not subscribed: no pmessage may be routed to it.
                     let mut known = self.patterns.write();
@@ -374,18 +475,14 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let (channels, patterns) = split(topics);
             // Never send an empty UNSUBSCRIBE: it would drop everything.
+            // Done on Redis once confirmed: the self-check then sees Redis
+            // as the bridge does.
             if !channels.is_empty() {
-                self.subscriber
-                    .unsubscribe(channels)
-                    .await
-                    .map_err(to_broker_error)?;
+                self.confirmed(self.subscriber.unsubscribe(channels))
+                    .await?;
             }
             if !patterns.is_empty() {
-                let result = self
-                    .subscriber
-                    .punsubscribe(patterns)
-                    .await
-                    .map_err(to_broker_error);
+                let result = self.confirmed(self.subscriber.punsubscribe(patterns)).await;
                 let mut known = self.patterns.write();
                 for t in topics {
                     if let Topic::Pattern(p) = t {
@@ -394,9 +491,7 @@ impl Broker for RedisBroker {
                 }
                 result?;
             }
-            // Done on Redis once the PING is answered: the self-check then
-            // sees Redis as the bridge does.
-            self.confirm().await
+            Ok(())
         })
     }
 
