@@ -345,12 +345,12 @@ async fn slot(
                 Ok(Some(Ok(Message::Text(t)))) => {
                     let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
                     match v["type"].as_str() {
-                        Some("message") if v["channel"] == channel.as_str() => {
-                            if delivered_at.is_none() {
-                                delivered_at = Some(Instant::now());
-                                counts.delivered.fetch_add(1, Ordering::Relaxed);
-                                first_delivery.record(index, welcomed.elapsed().as_micros() as u64);
-                            }
+                        Some("message")
+                            if v["channel"] == channel.as_str() && delivered_at.is_none() =>
+                        {
+                            delivered_at = Some(Instant::now());
+                            counts.delivered.fetch_add(1, Ordering::Relaxed);
+                            first_delivery.record(index, welcomed.elapsed().as_micros() as u64);
                         }
                         Some("gap") => {
                             counts.gaps.fetch_add(1, Ordering::Relaxed);
