@@ -1048,6 +1048,14 @@ async fn a_socket_joining_while_only_the_publish_pool_is_down_gets_its_channel()
         start_ready(on_redis(&redis.url()).env("TIDINGS_REDIS__RECONNECT_MAX_DELAY_SECS", "0.5"))
             .await;
     let mut r = redis.client().await;
+    // The subscription connection holds a channel (so it is of TYPE pubsub),
+    // but not /app/broadcast.
+    let mut holder = connect_to(&gw, "/app/room/keep").await;
+    let ack = holder
+        .request(json!({"type":"unsubscribe","channel":"/app/broadcast"}))
+        .await;
+    assert_eq!(ack["type"], "unsubscribed", "{ack}");
+    wait_channel_gone(&mut r, "/app/broadcast", PATIENCE).await;
     // Redis takes no new connection, and the publish pool is killed: the
     // subscription connection (and this test's) stay up.
     assert_eq!(
@@ -1057,7 +1065,11 @@ async fn a_socket_joining_while_only_the_publish_pool_is_down_gets_its_channel()
     let killed = r.cmd(&["CLIENT", "KILL", "TYPE", "normal"]).await;
     assert!(killed.as_int() >= Some(1), "{killed:?}");
     wait_readyz(&gw, 503, PATIENCE).await;
-    assert_eq!(r.numsub("/app/broadcast").await, 0, "no socket yet");
+    assert_eq!(
+        r.numsub("/app/room/keep").await,
+        1,
+        "the subscription connection is up"
+    );
 
     // A user connects now: its join on connect needs only the subscription
     // connection, which is up.
@@ -1087,16 +1099,14 @@ async fn a_join_refused_while_redis_is_frozen_is_made_later_and_the_socket_told(
     let redis = RedisServer::start().await;
     let gw = start_ready(
         on_redis(&redis.url())
+            // A join waits at most 0.5 s for Redis (and fred calls the
+            // connection dead only after twice that).
             .env("TIDINGS_REDIS__COMMAND_TIMEOUT_SECS", "0.5")
-            // Long enough that fred does not call the connection dead.
+            // Only the retry may make it, not the self-check.
             .env("TIDINGS_REDIS__SELF_CHECK_INTERVAL_SECS", "0"),
     )
     .await;
-    let mut first = connect(&gw).await; // /app/broadcast is subscribed
     let mut r = redis.client().await;
-    first.subscribe("/app/room/early").await;
-    drop(first);
-    wait_channel_gone(&mut r, "/app/broadcast", PATIENCE).await;
     redis.pause();
     let pending = tokio::spawn({
         let url = gw.ws_url();
