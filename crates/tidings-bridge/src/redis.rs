@@ -534,6 +534,10 @@ impl RedisBroker {
     /// is named (Redis cannot list one connection's patterns).
     async fn self_check(&self, held: &[Topic]) -> Result<Vec<Topic>, BrokerError> {
         use fred::interfaces::ClientInterface;
+        if !self.pool.is_connected() {
+            // Asking would wait for the pool; the next check will do.
+            return Ok(Vec::new());
+        }
         let Some(id) = self.subscriber.connection_ids().into_values().next() else {
             return Ok(Vec::new()); // not connected: the reconnect restores everything
         };
