@@ -513,20 +513,24 @@ impl Broker for RedisBroker {
     }
 }
 
-/// `sub=` and `psub=` of a `CLIENT LIST` line.
-fn client_counts(line: &str) -> Option<(usize, usize)> {
+/// `sub=`, `psub=` and `age=` (seconds) of a `CLIENT LIST` line.
+fn client_counts(line: &str) -> Option<(usize, usize, u64)> {
     let field = |name: &str| {
         line.split(' ')
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
     };
-    Some((field("sub")?, field("psub")?))
+    Some((
+        field("sub")?.parse().ok()?,
+        field("psub")?.parse().ok()?,
+        field("age")?.parse().ok()?,
+    ))
 }
 
 impl RedisBroker {
     /// The self-check against Redis, cheap in the usual case: one
     /// `CLIENT LIST ID <subscriber>` on the pool gives how many channels and
-    /// patterns the subscription connection holds. When that matches the
+    /// patterns the subscription connection holds (a connection under a
+    /// second old is left to its restore). When that matches the
     /// bridge's view, nothing is missing. When it holds fewer channels,
     /// `PUBSUB NUMSUB` in batches names the ones nobody holds; when that
     /// cannot name them all (another gateway holds them), every channel is
@@ -550,10 +554,15 @@ impl RedisBroker {
             )
             .await
             .map_err(to_broker_error)?;
-        let Some((subs, psubs)) = list.lines().find_map(client_counts) else {
+        let Some((subs, psubs, age)) = list.lines().find_map(client_counts) else {
             // That connection is gone: its reconnect restores everything.
             return Ok(Vec::new());
         };
+        if age == 0 {
+            // Under a second old: its restore may still be on the way to
+            // the bridge. The next check looks again.
+            return Ok(Vec::new());
+        }
         let channels: Vec<&ChannelName> = held
             .iter()
             .filter_map(|t| match t {
