@@ -89,6 +89,16 @@ enum Scenario {
         /// this); 0: no faults.
         #[arg(long, default_value_t = 3.0)]
         fault_every: f64,
+        /// The faults to pick from at random, comma-separated: `subscriber`
+        /// (kill the gateway's subscription connection), `pool` (its
+        /// publish connections), `both`, `one_random` (one of its
+        /// connections).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "subscriber,pool,both,one_random"
+        )]
+        faults: Vec<String>,
         /// A socket's channel that delivers nothing for this many seconds
         /// after its welcome counts as silent.
         #[arg(long, default_value_t = 30.0)]
@@ -277,10 +287,11 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
         Scenario::Soak {
             common,
             fault_every,
+            faults,
             probe_deadline,
             max_life,
         } => {
-            soak_args = Some((fault_every, probe_deadline, max_life));
+            soak_args = Some((fault_every, faults, probe_deadline, max_life));
             (Kind::Soak, common, 0.0)
         }
         Scenario::Idle(c) => (Kind::Idle, c, 0.0),
@@ -384,7 +395,16 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
     };
     let target = target_of(&ws_url).await?;
     wait_ready(target).await?;
-    if let Some((fault_every, probe_deadline, max_life)) = soak_args {
+    if let Some((fault_every, faults, probe_deadline, max_life)) = soak_args {
+        let faults = faults
+            .iter()
+            .map(|f| {
+                soak::FAULTS
+                    .iter()
+                    .position(|k| k == f)
+                    .ok_or_else(|| format!("--faults: unknown fault {f:?}"))
+            })
+            .collect::<Result<Vec<usize>, String>>()?;
         let secs = |v: f64, what: &str| {
             if v.is_finite() && v >= 0.0 {
                 Ok(Duration::from_secs_f64(v))
@@ -403,6 +423,7 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
             connections: n,
             duration: secs(duration, "--duration")?,
             fault_every: secs(fault_every, "--fault-every")?.as_secs_f64(),
+            faults,
             probe_deadline: secs(probe_deadline, "--probe-deadline")?,
             max_life: secs(max_life, "--max-life")?,
             redis_url: redis_url

@@ -46,6 +46,8 @@ pub(crate) struct Soak {
     pub(crate) duration: Duration,
     /// Mean seconds between faults (0: no faults).
     pub(crate) fault_every: f64,
+    /// The kinds of fault to pick from (indexes into [`FAULTS`]).
+    pub(crate) faults: Vec<usize>,
     /// A socket's channel that delivers nothing for this long is silent.
     pub(crate) probe_deadline: Duration,
     /// A socket lives between 0.2 s and this long after its first delivery.
@@ -74,7 +76,8 @@ struct Counts {
     next_user: AtomicU64,
 }
 
-const FAULTS: [&str; 4] = ["subscriber", "pool", "both", "one_random"];
+/// The kinds of fault, as `--faults` names them.
+pub(crate) const FAULTS: [&str; 4] = ["subscriber", "pool", "both", "one_random"];
 
 /// A tiny RESP connection of the bench's own (named `tidings-bench`),
 /// reconnecting on demand.
@@ -190,8 +193,9 @@ fn read_reply(
     })
 }
 
-/// Kills gateway connections every `every` seconds (jittered) until `stop`.
-async fn faults(url: String, every: f64, stop: Instant, counts: Arc<Counts>) {
+/// Kills gateway connections every `every` seconds (jittered) until `stop`,
+/// each time a fault of a kind picked at random among `kinds`.
+async fn faults(url: String, every: f64, kinds: Vec<usize>, stop: Instant, counts: Arc<Counts>) {
     let mut redis = Redis::new(&url);
     let mut rng = Rng(client::now_ns() | 1);
     while Instant::now() < stop {
@@ -227,7 +231,7 @@ async fn faults(url: String, every: f64, stop: Instant, counts: Arc<Counts>) {
                 normal.push(id);
             }
         }
-        let kind = rng.below(4) as usize;
+        let kind = kinds[rng.below(kinds.len() as u64) as usize];
         let victims: Vec<String> = match kind {
             0 => pubsub,
             1 => normal,
@@ -402,10 +406,11 @@ pub(crate) async fn run(soak: Soak) -> Result<(bool, Value), String> {
     let started = Instant::now();
     let stop = started + soak.duration;
     let mut tasks = JoinSet::new();
-    if soak.fault_every > 0.0 {
+    if soak.fault_every > 0.0 && !soak.faults.is_empty() {
         tasks.spawn(faults(
             soak.redis_url.clone(),
             soak.fault_every,
+            soak.faults.clone(),
             stop,
             counts.clone(),
         ));
@@ -466,6 +471,7 @@ pub(crate) async fn run(soak: Soak) -> Result<(bool, Value), String> {
             "connections": soak.connections,
             "duration_secs": soak.duration.as_secs_f64(),
             "fault_every_secs": soak.fault_every,
+            "fault_kinds": soak.faults.iter().map(|k| FAULTS[*k]).collect::<Vec<_>>(),
             "probe_deadline_secs": soak.probe_deadline.as_secs_f64(),
             "max_life_secs": soak.max_life.as_secs_f64(),
             "gateway_url": &*soak.url,
