@@ -358,6 +358,11 @@ impl RedisBroker {
             .collect();
         if missing.is_empty() {
             Ok(())
+        } else if !self.connected.load(Ordering::Acquire) {
+            // The connection dropped meanwhile: not a refusal.
+            Err(BrokerError::Unavailable(
+                "the subscription connection dropped".into(),
+            ))
         } else {
             tracing::warn!(
                 channels = missing.len(),
