@@ -287,3 +287,99 @@ impl Resp {
         })
     }
 }
+
+/// A transparent TCP proxy in front of a Redis server, which can write
+/// commands into the gateway's subscription connection behind the
+/// gateway's back (a real fault: Redis then really holds something other
+/// than what the gateway believes).
+pub struct Tap {
+    /// Its port on 127.0.0.1 (give the gateway `redis://127.0.0.1:<port>`).
+    pub port: u16,
+    /// Upstream writers of the proxied connections that sent a `SUBSCRIBE`.
+    subscribers: std::sync::Arc<
+        std::sync::Mutex<Vec<std::sync::Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>>>,
+    >,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Tap {
+    /// Starts a proxy to the Redis server on `redis_port`.
+    pub async fn start(redis_port: u16) -> Tap {
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind tap");
+        let port = listener.local_addr().expect("addr").port();
+        let subscribers: Arc<Mutex<Vec<_>>> = Arc::new(Mutex::new(Vec::new()));
+        let found = subscribers.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) =
+                    TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], redis_port))).await
+                else {
+                    continue;
+                };
+                let (mut client_r, mut client_w) = client.into_split();
+                let (mut server_r, server_w) = server.into_split();
+                let server_w = Arc::new(tokio::sync::Mutex::new(server_w));
+                let found = found.clone();
+                tokio::spawn(async move {
+                    let mut seen = false;
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match client_r.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if !seen && buf[..n].windows(9).any(|w| w == b"SUBSCRIBE") {
+                            seen = true;
+                            found.lock().expect("tap").push(server_w.clone());
+                        }
+                        if server_w.lock().await.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server_w.lock().await.shutdown().await;
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_r, &mut client_w).await;
+                    let _ = client_w.shutdown().await;
+                });
+            }
+        });
+        Tap {
+            port,
+            subscribers,
+            task,
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Writes the command `args` into every proxied connection that has
+    /// sent a `SUBSCRIBE` (the gateway's subscription connection), as if the
+    /// gateway had sent it. Returns how many connections it went to.
+    pub async fn inject_into_subscriber(&self, args: &[&str]) -> usize {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+        let writers = self.subscribers.lock().expect("tap").clone();
+        let mut n = 0;
+        for w in writers {
+            if w.lock().await.write_all(&out).await.is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

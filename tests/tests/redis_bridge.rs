@@ -1005,3 +1005,332 @@ async fn a_socket_that_joined_before_the_first_redis_connection_misses_nothing_s
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// 7. No accepted subscription goes silent, whatever the order of events.
+// ---------------------------------------------------------------------------
+
+/// The value of the unlabelled metric `name` on the gateway's `/metrics`.
+async fn metric(gw: &Gateway, name: &str) -> f64 {
+    let res = http::get(gw.addr, "/metrics").await;
+    res.body
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{}", res.body))
+}
+
+/// Reads frames until a `message` on `channel` with `data`, allowing `gap`
+/// notices (returned) before it; anything else fails.
+async fn expect_message_maybe_after_gap(
+    c: &mut Client,
+    channel: &str,
+    data: Value,
+    who: &str,
+) -> Vec<Value> {
+    let mut gaps = Vec::new();
+    loop {
+        let f = c.next_json().await;
+        if f == message(channel, data.clone()) {
+            return gaps;
+        }
+        assert_eq!(
+            f["type"], "gap",
+            "{who}: expected {data} on {channel}, got {f}"
+        );
+        gaps.push(f);
+    }
+}
+
+#[tokio::test]
+async fn a_socket_joining_while_only_the_publish_pool_is_down_gets_its_channel() {
+    let redis = RedisServer::start().await;
+    let gw =
+        start_ready(on_redis(&redis.url()).env("TIDINGS_REDIS__RECONNECT_MAX_DELAY_SECS", "0.5"))
+            .await;
+    let mut r = redis.client().await;
+    // The subscription connection holds a channel (so it is of TYPE pubsub),
+    // but not /app/broadcast.
+    let mut holder = connect_to(&gw, "/app/room/keep").await;
+    let ack = holder
+        .request(json!({"type":"unsubscribe","channel":"/app/broadcast"}))
+        .await;
+    assert_eq!(ack["type"], "unsubscribed", "{ack}");
+    wait_channel_gone(&mut r, "/app/broadcast", PATIENCE).await;
+    // Redis takes no new connection, and the publish pool is killed: the
+    // subscription connection (and this test's) stay up.
+    assert_eq!(
+        r.cmd(&["CONFIG", "SET", "maxclients", "1"]).await.as_str(),
+        Some("OK")
+    );
+    let killed = r.cmd(&["CLIENT", "KILL", "TYPE", "normal"]).await;
+    assert!(killed.as_int() >= Some(1), "{killed:?}");
+    wait_readyz(&gw, 503, PATIENCE).await;
+    assert_eq!(
+        r.numsub("/app/room/keep").await,
+        1,
+        "the subscription connection is up"
+    );
+
+    // A user connects now: its join on connect needs only the subscription
+    // connection, which is up.
+    let mut c = connect(&gw).await;
+    assert_eq!(c.welcome["channels"], json!(["/app/broadcast"]));
+
+    // Redis takes connections again; the pool comes back.
+    assert_eq!(
+        r.cmd(&["CONFIG", "SET", "maxclients", "10000"])
+            .await
+            .as_str(),
+        Some("OK")
+    );
+    wait_readyz(&gw, 200, PATIENCE).await;
+    // The channel is subscribed (before the fix: never, although ready).
+    wait_numsub(&mut r, "/app/broadcast", 1, PATIENCE).await;
+    assert_eq!(r.publish("/app/broadcast", b"\"hello\"").await, 1);
+    expect_message_maybe_after_gap(&mut c, "/app/broadcast", json!("hello"), "the socket").await;
+    assert_quiet(&mut c, "the socket").await;
+}
+
+#[tokio::test]
+async fn a_join_refused_while_redis_is_frozen_is_made_later_and_the_socket_told() {
+    // The subscription connection is up but Redis does not answer: the join
+    // on connect times out. It is retried until done, then the socket gets
+    // a gap notice; no reconnect is needed for that.
+    let redis = RedisServer::start().await;
+    let gw = start_ready(
+        on_redis(&redis.url())
+            // A join waits at most 0.5 s for Redis (and fred calls the
+            // connection dead only after twice that).
+            .env("TIDINGS_REDIS__COMMAND_TIMEOUT_SECS", "0.5")
+            // Only the retry may make it, not the self-check.
+            .env("TIDINGS_REDIS__SELF_CHECK_INTERVAL_SECS", "0"),
+    )
+    .await;
+    let mut r = redis.client().await;
+    redis.pause();
+    let pending = tokio::spawn({
+        let url = gw.ws_url();
+        async move {
+            let mut c = Client::connect(&url).await;
+            let pong = c.request(json!({"type":"ping","id":"settle"})).await;
+            assert_eq!(pong, json!({"type":"pong","id":"settle"}));
+            c
+        }
+    });
+    // The join waits for Redis, then times out (0.5 s); the socket is
+    // welcomed regardless.
+    let mut c = pending.await.expect("connect");
+    redis.resume();
+    let gap = c.next_json().await;
+    assert_eq!(
+        gap,
+        json!({"type":"gap","channels":["/app/broadcast"],"patterns":[],"reason":"broker_reconnected"}),
+        "gateway output:\n{}",
+        gw.logs()
+    );
+    wait_numsub(&mut r, "/app/broadcast", 1, PATIENCE).await;
+    assert_eq!(r.publish("/app/broadcast", b"\"later\"").await, 1);
+    assert_eq!(
+        c.next_json().await,
+        message("/app/broadcast", json!("later"))
+    );
+    wait_readyz(&gw, 200, PATIENCE).await;
+}
+
+/// Lets the gateway's Redis user use only `channels` (ACL `&` rules).
+async fn allow_only(r: &mut Resp, channels: &[&str]) {
+    let mut args = vec!["ACL", "SETUSER", "default", "resetchannels"];
+    let rules: Vec<String> = channels.iter().map(|c| format!("&{c}")).collect();
+    args.extend(rules.iter().map(String::as_str));
+    assert_eq!(r.cmd(&args).await.as_str(), Some("OK"));
+}
+
+#[tokio::test]
+async fn a_refused_channel_fails_only_its_own_subscribe_in_a_batch() {
+    let redis = RedisServer::start().await;
+    let gw = start_ready(on_redis(&redis.url())).await;
+    let mut r = redis.client().await;
+    allow_only(&mut r, &["/app/broadcast", "/app/room/ok*"]).await;
+    let mut blocker = connect(&gw).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(connect(&gw).await);
+    }
+    // Redis freezes while a first subscribe is under way, so that the next
+    // three reach Redis together, as one SUBSCRIBE.
+    redis.pause();
+    blocker
+        .send_json(json!({"type":"subscribe","channel":"/app/room/ok0","id":0}))
+        .await;
+    sleep(Duration::from_millis(100)).await;
+    let channels = ["/app/room/ok1", "/app/room/no", "/app/room/ok2"];
+    for (i, (c, ch)) in clients.iter_mut().zip(channels).enumerate() {
+        c.send_json(json!({"type":"subscribe","channel":ch,"id":i + 1}))
+            .await;
+    }
+    sleep(Duration::from_millis(200)).await;
+    redis.resume();
+    assert_eq!(
+        blocker.next_json().await,
+        json!({"type":"subscribed","channel":"/app/room/ok0","id":0})
+    );
+    let replies: Vec<Value> = {
+        let mut v = Vec::new();
+        for c in &mut clients {
+            v.push(c.next_json().await);
+        }
+        v
+    };
+    assert_eq!(
+        replies[0],
+        json!({"type":"subscribed","channel":"/app/room/ok1","id":1}),
+        "{replies:?}"
+    );
+    assert_eq!(
+        (replies[1]["type"].as_str(), replies[1]["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{replies:?}; gateway output:\n{}",
+        gw.logs()
+    );
+    assert_eq!(
+        replies[2],
+        json!({"type":"subscribed","channel":"/app/room/ok2","id":3}),
+        "{replies:?}"
+    );
+    for (i, ch) in [(0, "/app/room/ok1"), (2, "/app/room/ok2")] {
+        assert_eq!(r.publish(ch, b"\"in\"").await, 1);
+        assert_eq!(clients[i].next_json().await, message(ch, json!("in")));
+    }
+    assert_eq!(r.numsub("/app/room/no").await, 0);
+    wait_readyz(&gw, 200, PATIENCE).await;
+}
+
+#[tokio::test]
+async fn a_refused_pattern_is_not_used_to_route_messages() {
+    let redis = RedisServer::start().await;
+    let mut r = redis.client().await;
+    // PSUBSCRIBE checks the pattern literally: `/app/*/x` is allowed,
+    // `/app/*` is refused.
+    allow_only(&mut r, &["/app/broadcast", "/app/*/x"]).await;
+    let gw = start_ready(
+        GatewayOptions::default()
+            .env("TIDINGS_REDIS_URL", redis.url())
+            .toml(
+                r#"
+                [[routing.rules]]
+                channel = "/app/*"
+                join = true
+                anonymous = true
+
+                [[routing.rules]]
+                channel = "/app/*/x"
+                join = true
+                anonymous = true
+                "#,
+            ),
+    )
+    .await;
+    let mut c = connect(&gw).await;
+    assert_eq!(c.welcome["patterns"], json!(["/app/*", "/app/*/x"]));
+    wait_numpat(&mut r, 1, PATIENCE).await;
+    // One pmessage, for the one pattern Redis holds: it must name it.
+    assert_eq!(r.publish("/app/r/x", b"\"one\"").await, 1);
+    assert_eq!(
+        c.next_json().await,
+        json!({"type":"message","channel":"/app/r/x","pattern":"/app/*/x","data":"one"})
+    );
+    assert_quiet(&mut c, "the socket").await;
+}
+
+#[tokio::test]
+async fn a_channel_refused_after_a_reconnect_costs_only_itself_and_is_retried() {
+    let redis = RedisServer::start().await;
+    let gw = start_ready(
+        on_redis(&redis.url())
+            .env("TIDINGS_REDIS__RECONNECT_MAX_DELAY_SECS", "0.5")
+            .env("TIDINGS_REDIS__SELF_CHECK_INTERVAL_SECS", "0.5"),
+    )
+    .await;
+    let mut r = redis.client().await;
+    let mut a = connect_to(&gw, "/app/room/a").await;
+    let mut idle = connect(&gw).await;
+    // /app/room/a is no longer allowed: Redis drops the subscription
+    // connection that holds it, and refuses it when the gateway comes back.
+    allow_only(&mut r, &["/app/broadcast"]).await;
+    let _ = r.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    // Every socket hears of the reconnect; the gateway is ready again.
+    for c in [&mut a, &mut idle] {
+        let gap = c.next_json().await;
+        assert_eq!(gap["type"], "gap", "{gap}");
+    }
+    wait_readyz(&gw, 200, PATIENCE).await;
+    wait_numsub(&mut r, "/app/broadcast", 1, PATIENCE).await;
+    assert_eq!(r.publish("/app/broadcast", b"\"still\"").await, 1);
+    // (Redis may drop the connection itself on the ACL change, before the
+    // kill: then there were two reconnects, and two gap notices.)
+    for c in [&mut a, &mut idle] {
+        expect_message_maybe_after_gap(c, "/app/broadcast", json!("still"), "a socket").await;
+    }
+    assert_eq!(r.numsub("/app/room/a").await, 0);
+    // Allowed again: the self-check subscribes it, and a is told.
+    assert_eq!(
+        r.cmd(&["ACL", "SETUSER", "default", "allchannels"])
+            .await
+            .as_str(),
+        Some("OK")
+    );
+    let gap = a.next_json().await;
+    assert_eq!(
+        gap,
+        json!({"type":"gap","channels":["/app/room/a"],"patterns":[],"reason":"broker_reconnected"})
+    );
+    wait_numsub(&mut r, "/app/room/a", 1, PATIENCE).await;
+    assert_eq!(r.publish("/app/room/a", b"\"back\"").await, 1);
+    assert_eq!(a.next_json().await, message("/app/room/a", json!("back")));
+    assert_eq!(readyz(&gw).await, 200);
+}
+
+#[tokio::test]
+async fn the_self_check_repairs_a_subscription_redis_lost_behind_the_gateways_back() {
+    let redis = RedisServer::start().await;
+    let tap = tidings_e2e::redis::Tap::start(redis.port).await;
+    let gw =
+        start_ready(on_redis(&tap.url()).env("TIDINGS_REDIS__SELF_CHECK_INTERVAL_SECS", "0.5"))
+            .await;
+    let mut r = redis.client().await;
+    let mut c = connect(&gw).await;
+    wait_numsub(&mut r, "/app/broadcast", 1, PATIENCE).await;
+    assert_eq!(
+        metric(&gw, "tidings_bridge_selfcheck_repairs_total").await,
+        0.0
+    );
+    // Redis drops the subscription; the gateway is not told.
+    assert_eq!(
+        tap.inject_into_subscriber(&["UNSUBSCRIBE", "/app/broadcast"])
+            .await,
+        1
+    );
+    // The self-check finds it, subscribes again, tells the socket, counts it.
+    let gap = c.next_json().await;
+    assert_eq!(
+        gap,
+        json!({"type":"gap","channels":["/app/broadcast"],"patterns":[],"reason":"broker_reconnected"}),
+        "gateway output:\n{}",
+        gw.logs()
+    );
+    wait_numsub(&mut r, "/app/broadcast", 1, PATIENCE).await;
+    assert_eq!(
+        metric(&gw, "tidings_bridge_selfcheck_repairs_total").await,
+        1.0
+    );
+    assert_eq!(r.publish("/app/broadcast", b"\"again\"").await, 1);
+    assert_eq!(
+        c.next_json().await,
+        message("/app/broadcast", json!("again"))
+    );
+    assert_quiet(&mut c, "the socket").await;
+    assert_eq!(
+        metric(&gw, "tidings_bridge_selfcheck_repairs_total").await,
+        1.0
+    );
+}

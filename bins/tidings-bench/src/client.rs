@@ -86,9 +86,9 @@ pub(crate) async fn run(plan: Plan, shared: Arc<Shared>, permits: Arc<Semaphore>
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-async fn connect(plan: &Plan, shared: &Shared) -> Result<Ws, String> {
+pub(crate) async fn connect(plan: &Plan, shared: &Shared) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("io: socket: {e}"))?;
     if let Some(ip) = plan.source {
         socket

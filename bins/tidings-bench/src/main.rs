@@ -11,6 +11,7 @@
 //! tidings-bench per-user      -n 10000 --rate 20000 -d 10 --launch target/release/tidings
 //! tidings-bench broadcast     -n 10000 --rate 1 -d 20 --launch target/release/tidings
 //! tidings-bench connect-storm -n 10000 -c 1000 --same-cookie-every 10 --cache on --launch target/release/tidings
+//! tidings-bench soak          -n 100 -d 600 --fault-every 3 --launch target/release/tidings
 //! ```
 //!
 //! See docs/benchmarks.md, "End-to-end load (tidings-bench)".
@@ -38,6 +39,7 @@ use tokio::{
 mod client;
 mod procs;
 mod publish;
+mod soak;
 mod stats;
 mod whoami;
 
@@ -76,6 +78,36 @@ enum Scenario {
     /// Open N connections as fast as possible (concurrency C); report the
     /// connect rate, connect latency and the whoami requests it took.
     ConnectStorm(Common),
+    /// For T seconds, keep N sockets connecting and disconnecting (each its
+    /// own user) while the gateway's Redis connections are killed at random
+    /// every few seconds; probe each socket's channel through Redis until it
+    /// delivers, and count the channels that stay silent (target: 0).
+    Soak {
+        #[command(flatten)]
+        common: Common,
+        /// Mean seconds between faults (jittered from half to 1.5 times
+        /// this); 0: no faults.
+        #[arg(long, default_value_t = 3.0)]
+        fault_every: f64,
+        /// The faults to pick from at random, comma-separated: `subscriber`
+        /// (kill the gateway's subscription connection), `pool` (its
+        /// publish connections), `both`, `one_random` (one of its
+        /// connections).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "subscriber,pool,both,one_random"
+        )]
+        faults: Vec<String>,
+        /// A socket's channel that delivers nothing for this many seconds
+        /// after its welcome counts as silent.
+        #[arg(long, default_value_t = 30.0)]
+        probe_deadline: f64,
+        /// Each socket stays between 0.2 s and this many seconds after its
+        /// first delivery, then closes and a new one opens.
+        #[arg(long, default_value_t = 3.0)]
+        max_life: f64,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -178,6 +210,7 @@ enum Kind {
     PerUser,
     Broadcast,
     ConnectStorm,
+    Soak,
 }
 
 impl Kind {
@@ -187,6 +220,7 @@ impl Kind {
             Kind::PerUser => "per-user",
             Kind::Broadcast => "broadcast",
             Kind::ConnectStorm => "connect-storm",
+            Kind::Soak => "soak",
         }
     }
 }
@@ -248,7 +282,18 @@ fn cpu_percent(
 
 /// Returns Ok(true) when everything was delivered exactly right.
 async fn run(scenario: Scenario) -> Result<bool, String> {
+    let mut soak_args = None;
     let (kind, common, rate) = match scenario {
+        Scenario::Soak {
+            common,
+            fault_every,
+            faults,
+            probe_deadline,
+            max_life,
+        } => {
+            soak_args = Some((fault_every, faults, probe_deadline, max_life));
+            (Kind::Soak, common, 0.0)
+        }
         Scenario::Idle(c) => (Kind::Idle, c, 0.0),
         Scenario::PerUser { common, rate } => (Kind::PerUser, common, rate),
         Scenario::Broadcast { common, rate } => (Kind::Broadcast, common, rate),
@@ -350,6 +395,93 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
     };
     let target = target_of(&ws_url).await?;
     wait_ready(target).await?;
+    if let Some((fault_every, faults, probe_deadline, max_life)) = soak_args {
+        let faults = faults
+            .iter()
+            .map(|f| {
+                soak::FAULTS
+                    .iter()
+                    .position(|k| k == f)
+                    .ok_or_else(|| format!("--faults: unknown fault {f:?}"))
+            })
+            .collect::<Result<Vec<usize>, String>>()?;
+        let secs = |v: f64, what: &str| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(format!("{what} must be a non-negative number of seconds"))
+            }
+        };
+        let sources: Vec<Option<IpAddr>> = if target.ip().is_loopback() && common.source_ips > 0 {
+            (0..common.source_ips)
+                .map(|i| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i.min(250)))))
+                .collect()
+        } else {
+            vec![None]
+        };
+        let (ok, report) = soak::run(soak::Soak {
+            connections: n,
+            duration: secs(duration, "--duration")?,
+            fault_every: secs(fault_every, "--fault-every")?.as_secs_f64(),
+            faults,
+            probe_deadline: secs(probe_deadline, "--probe-deadline")?,
+            max_life: secs(max_life, "--max-life")?,
+            redis_url: redis_url
+                .clone()
+                .ok_or("soak needs Redis: give --redis-url or --launch")?,
+            target,
+            url: Arc::from(ws_url.as_str()),
+            sources,
+        })
+        .await?;
+        let alive = launched
+            .as_mut()
+            .is_none_or(procs::LaunchedGateway::running);
+        if let Some(g) = launched {
+            g.stop().await;
+        }
+        drop(private_redis);
+        let ok = ok && alive;
+        println!();
+        println!(
+            "tidings-bench soak: {n} sockets at a time for {duration} s, a fault every ~{fault_every} s"
+        );
+        println!("  {:<14}{ws_url}", "gateway");
+        for key in [
+            "sockets",
+            "delivered",
+            "silent_channels",
+            "gap_notices",
+            "closed_by_gateway",
+            "connect_failures",
+            "probes",
+            "probe_errors",
+            "faults_total",
+            "faults",
+            "first_delivery_latency",
+            "gateway_metrics",
+        ] {
+            println!("  {key:<24}{}", report[key]);
+        }
+        for s in report["samples"].as_array().into_iter().flatten() {
+            println!("    {s}");
+        }
+        if !alive {
+            println!("  THE GATEWAY DIED during the run");
+        }
+        println!(
+            "  result: {}",
+            if ok { "OK" } else { "PROBLEMS (see above)" }
+        );
+        if let Some(path) = &common.json {
+            let mut report = report;
+            report["ok"] = json!(ok);
+            let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+            std::fs::write(path, text + "\n")
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        return Ok(ok);
+    }
     if matches!(kind, Kind::PerUser | Kind::Broadcast) && redis_url.is_none() {
         return Err("--redis-url is needed to publish".to_owned());
     }
@@ -427,7 +559,7 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
     let mut drain_wall = Duration::ZERO;
     let mut publisher_replies = None;
     match kind {
-        Kind::Idle | Kind::ConnectStorm => {
+        Kind::Idle | Kind::ConnectStorm | Kind::Soak => {
             *phase.lock() = "hold";
             tokio::time::sleep(Duration::from_secs_f64(duration)).await;
         }

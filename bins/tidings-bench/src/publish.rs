@@ -48,7 +48,7 @@ pub(crate) struct Publisher {
 }
 
 /// `redis://[user:password@]host:port[/db]` → (`host:port`, AUTH arguments).
-fn parse_url(url: &str) -> Result<(String, Vec<String>), String> {
+pub(crate) fn parse_url(url: &str) -> Result<(String, Vec<String>), String> {
     let rest = url
         .strip_prefix("redis://")
         .ok_or("only redis:// URLs are supported")?;
@@ -73,7 +73,7 @@ fn parse_url(url: &str) -> Result<(String, Vec<String>), String> {
     Ok((hostport, auth))
 }
 
-fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
+pub(crate) fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
     let _ = write!(out, "*{}\r\n", args.len());
     for a in args {
         let _ = write!(out, "${}\r\n", a.len());
@@ -195,10 +195,10 @@ impl Publisher {
 }
 
 /// xorshift64*: random enough to pick users, cheap, no dependency.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         let mut x = self.0.max(1);
         x ^= x >> 12;
         x ^= x << 25;

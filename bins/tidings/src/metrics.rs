@@ -185,6 +185,12 @@ pub(crate) fn render(gateway: &Gateway, cookie_proxy: Option<&CookieProxy>) -> S
         "Times the broker connection was restored after a loss.",
         &one(b.reconnects),
     );
+    metric(
+        "tidings_bridge_selfcheck_repairs_total",
+        "counter",
+        "Subscriptions the self-check found missing on the broker and made again.",
+        &one(b.selfcheck_repairs),
+    );
 
     metric(
         "tidings_identity_lookups_total",

@@ -11,10 +11,13 @@ use std::{
 };
 
 use tidings_core::Message;
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::{Duration, Instant},
+};
 
 use crate::{
-    broker::{Broker, BrokerError, Inbound, Topic},
+    broker::{BoxFuture, Broker, BrokerError, Inbound, Topic},
     hub::Hub,
     local::LocalBroker,
     mailbox::Mailbox,
@@ -88,6 +91,16 @@ impl Bridge {
     /// Like [`Bridge::new`], for a broker whose construction can fail (for
     /// example on an invalid Redis URL).
     pub fn try_new<B: Broker, E>(make: impl FnOnce(Inbound) -> Result<B, E>) -> Result<Self, E> {
+        Self::try_with_self_check(Some(DEFAULT_SELF_CHECK), make)
+    }
+
+    /// Like [`Bridge::try_new`], with the interval of the self-check that
+    /// compares the subscriptions sockets need with what the broker holds
+    /// (see [`Broker::missing`]); `None` checks only after reconnects.
+    pub fn try_with_self_check<B: Broker, E>(
+        self_check: Option<Duration>,
+        make: impl FnOnce(Inbound) -> Result<B, E>,
+    ) -> Result<Self, E> {
         let hub = Arc::new(Hub::new());
         let (control, rx) = mpsc::unbounded_channel();
         let broker: Arc<dyn Broker> = Arc::new(make(Inbound {
@@ -95,13 +108,22 @@ impl Bridge {
             control: control.clone(),
         })?);
         let degraded = Arc::new(AtomicBool::new(false));
-        tokio::spawn(manage(
-            hub.clone(),
-            broker.clone(),
-            rx,
-            control.downgrade(),
-            degraded.clone(),
-        ));
+        let self_check = self_check.filter(|d| !d.is_zero());
+        let manager = Manager {
+            hub: hub.clone(),
+            broker: broker.clone(),
+            degraded: degraded.clone(),
+            active: HashSet::new(),
+            pending: HashSet::new(),
+            refused: HashSet::new(),
+            owed_gap: HashSet::new(),
+            lost: false,
+            backoff: RETRY_MIN,
+            retry_at: None,
+            check_every: self_check,
+            check_at: self_check.map(|every| Instant::now() + every),
+        };
+        tokio::spawn(manage(manager, rx));
         Ok(Self {
             inner: Arc::new(Inner {
                 hub,
@@ -279,25 +301,134 @@ impl Drop for Subscriber {
 /// Most topics sent to the broker in one subscribe call (one command).
 const CHUNK: usize = 1024;
 
-/// The subscription manager: the only place broker subscriptions change.
-async fn manage(
+/// First delay before subscriptions that failed are tried again; it doubles
+/// up to [`RETRY_MAX`] while they keep failing.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest delay between two attempts at failed subscriptions.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The self-check's default interval.
+pub const DEFAULT_SELF_CHECK: Duration = Duration::from_secs(30);
+
+/// Subscribes `topics`, and when the broker refuses the batch, finds the
+/// refused ones by halving it: a refusal hits only the topics refused.
+fn subscribe_each<'a>(
+    broker: &'a dyn Broker,
+    topics: &'a [Topic],
+) -> BoxFuture<'a, Vec<(Topic, Result<(), BrokerError>)>> {
+    Box::pin(async move {
+        match broker.subscribe(topics).await {
+            Ok(()) => topics.iter().map(|t| (t.clone(), Ok(()))).collect(),
+            Err(BrokerError::Refused(_)) if topics.len() > 1 => {
+                let (a, b) = topics.split_at(topics.len() / 2);
+                let mut out = subscribe_each(broker, a).await;
+                out.extend(subscribe_each(broker, b).await);
+                out
+            }
+            Err(e) => topics.iter().map(|t| (t.clone(), Err(e.clone()))).collect(),
+        }
+    })
+}
+
+/// What the subscription manager knows, and its one way of changing it.
+///
+/// Every topic some local socket needs is in exactly one of `active`,
+/// `pending` and `refused`, so that no accepted subscription can be
+/// forgotten: `pending` ones are retried with backoff until the broker takes
+/// them, whatever the order of connection events.
+struct Manager {
     hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
-    mut rx: mpsc::UnboundedReceiver<Control>,
-    retry: mpsc::WeakUnboundedSender<Control>,
     degraded: Arc<AtomicBool>,
-) {
-    // Topics the broker is subscribed to, as far as this task knows.
-    let mut active: HashSet<Topic> = HashSet::new();
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut lost = false;
-    loop {
-        if rx.recv_many(&mut batch, BATCH).await == 0 {
+    /// Topics the broker is subscribed to, as far as this task knows.
+    active: HashSet<Topic>,
+    /// Topics sockets need that the broker could not take yet (not
+    /// connected, a timeout, a lost connection): retried with backoff.
+    pending: HashSet<Topic>,
+    /// Topics sockets need that the broker refused (a Redis ACL): final, not
+    /// retried with backoff (nor counted against readiness), only tried
+    /// again after a reconnect, at each self-check, or when a socket asks.
+    refused: HashSet<Topic>,
+    /// Topics whose sockets may have missed messages and get a `gap` notice
+    /// once the topic is subscribed.
+    owed_gap: HashSet<Topic>,
+    /// The connection dropped and no `Restored` has come yet.
+    lost: bool,
+    /// Delay before the next attempt at `pending`.
+    backoff: Duration,
+    /// When `pending` is tried next.
+    retry_at: Option<Instant>,
+    /// Self-check interval (`None`: only after reconnects).
+    check_every: Option<Duration>,
+    /// When the self-check runs next.
+    check_at: Option<Instant>,
+}
+
+type Waiters = HashMap<Topic, Vec<oneshot::Sender<Result<(), BrokerError>>>>;
+
+impl Manager {
+    fn unavailable(&self) -> BrokerError {
+        BrokerError::Unavailable(format!("{} broker is not connected", self.broker.name()))
+    }
+
+    /// Tries to subscribe `topics` (all needed, none active), answers their
+    /// waiters, and files each topic as active, pending or refused.
+    async fn subscribe(&mut self, topics: Vec<Topic>, waiters: &mut Waiters) {
+        if topics.is_empty() {
             return;
         }
+        let results: Vec<(Topic, Result<(), BrokerError>)> = if self.broker.can_subscribe() {
+            let mut results = Vec::with_capacity(topics.len());
+            for chunk in topics.chunks(CHUNK) {
+                results.extend(subscribe_each(&*self.broker, chunk).await);
+            }
+            results
+        } else {
+            let e = self.unavailable();
+            topics.into_iter().map(|t| (t, Err(e.clone()))).collect()
+        };
+        let mut now_active = Vec::new();
+        for (topic, result) in results {
+            self.pending.remove(&topic);
+            self.refused.remove(&topic);
+            match &result {
+                Ok(()) => {
+                    self.active.insert(topic.clone());
+                    if self.owed_gap.remove(&topic) {
+                        now_active.push(topic.clone());
+                    }
+                }
+                Err(BrokerError::Refused(reason)) => {
+                    tracing::warn!(%topic, %reason, "the broker refused a subscription");
+                    self.refused.insert(topic.clone());
+                }
+                Err(e) => {
+                    tracing::debug!(%topic, error = %e, "subscription pending until the broker takes it");
+                    // Sockets that stay registered (joins on connect) may
+                    // miss messages until it is done: they get a gap notice.
+                    self.pending.insert(topic.clone());
+                    self.owed_gap.insert(topic.clone());
+                }
+            }
+            for reply in waiters.remove(&topic).into_iter().flatten() {
+                let _ = reply.send(result.clone());
+            }
+        }
+        if !now_active.is_empty() {
+            let told = self.hub.notify_gap(&now_active, "broker_reconnected");
+            tracing::info!(
+                broker = self.broker.name(),
+                topics = now_active.len(),
+                sockets = told,
+                "subscriptions made after a delay; sockets told they may have missed messages"
+            );
+        }
+    }
+
+    /// Handles one batch of control requests.
+    async fn handle(&mut self, batch: &mut Vec<Control>) {
         let mut touched: Vec<Topic> = Vec::new();
-        let mut waiters: HashMap<Topic, Vec<oneshot::Sender<Result<(), BrokerError>>>> =
-            HashMap::new();
+        let mut waiters: Waiters = HashMap::new();
         let mut restored = false;
         for control in batch.drain(..) {
             match control {
@@ -307,54 +438,35 @@ async fn manage(
                 }
                 Control::Release(topic) => touched.push(topic),
                 Control::Lost => {
-                    if !lost {
+                    if !self.lost {
                         tracing::warn!(
-                            broker = broker.name(),
+                            broker = self.broker.name(),
                             "broker connection lost; sockets stay connected"
                         );
                     }
-                    lost = true;
+                    self.lost = true;
                 }
                 Control::Restored => restored = true,
             }
         }
         if restored {
-            // Whatever the broker kept, make it hold exactly what sockets
-            // need now, then tell those sockets what they may have missed.
-            let wanted = hub.topics();
-            let mut failed = false;
-            for chunk in wanted.chunks(CHUNK) {
-                if let Err(e) = broker.subscribe(chunk).await {
-                    tracing::warn!(topics = chunk.len(), error = %e, "re-subscribing after reconnect failed");
-                    failed = true;
-                }
+            // A new connection holds nothing: make it hold exactly what
+            // sockets need now, then tell those sockets what they may have
+            // missed (after a loss; joins that waited are owed a notice
+            // anyway).
+            let wanted = self.hub.topics();
+            if self.lost {
+                self.hub.stats().record_reconnect();
+                self.owed_gap.extend(wanted.iter().cloned());
+                self.lost = false;
             }
-            active = wanted.iter().cloned().collect();
-            degraded.store(failed, Ordering::Relaxed);
-            if failed {
-                // Try again shortly rather than wait for the next reconnect;
-                // meanwhile `/readyz` says not ready.
-                let retry = retry.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    if let Some(tx) = retry.upgrade() {
-                        let _ = tx.send(Control::Restored);
-                    }
-                });
-            }
-            // The gap notice goes out once subscriptions are really back
-            // (after a failed attempt, the retry sends it).
-            if lost && !failed {
-                hub.stats().record_reconnect();
-                let told = hub.notify_gap(&wanted, "broker_reconnected");
-                tracing::info!(
-                    broker = broker.name(),
-                    topics = wanted.len(),
-                    sockets = told,
-                    "broker connection restored; subscriptions restored"
-                );
-                lost = false;
-            }
+            self.active.clear();
+            self.refused.clear();
+            self.pending = wanted.into_iter().collect();
+            self.backoff = RETRY_MIN;
+            self.retry().await;
+            // Compare with the broker once all this is done.
+            self.check_at = Some(Instant::now());
         }
         touched.sort();
         touched.dedup();
@@ -363,49 +475,150 @@ async fn manage(
         let mut to_subscribe = Vec::new();
         let mut to_unsubscribe = Vec::new();
         for topic in touched {
-            let want = hub.has_interest(&topic);
-            let have = active.contains(&topic);
-            if want && !have {
-                to_subscribe.push(topic);
-            } else {
-                if !want && have {
-                    active.remove(&topic);
+            let want = self.hub.has_interest(&topic);
+            if want && !self.active.contains(&topic) {
+                // Just tried after the reconnect: answered below.
+                if !(restored && self.pending.contains(&topic)) {
+                    to_subscribe.push(topic);
+                }
+                continue;
+            }
+            if !want {
+                self.owed_gap.remove(&topic);
+                self.refused.remove(&topic);
+                // A pending topic may have been half done (a timeout):
+                // unsubscribing costs nothing and leaves nothing behind.
+                if self.active.remove(&topic) | self.pending.remove(&topic) {
                     to_unsubscribe.push(topic.clone());
                 }
-                for reply in waiters.remove(&topic).into_iter().flatten() {
-                    let _ = reply.send(Ok(()));
-                }
+            }
+            for reply in waiters.remove(&topic).into_iter().flatten() {
+                let _ = reply.send(Ok(()));
             }
         }
         for chunk in to_unsubscribe.chunks(CHUNK) {
-            if let Err(e) = broker.unsubscribe(chunk).await {
+            if let Err(e) = self.broker.unsubscribe(chunk).await {
                 tracing::debug!(topics = chunk.len(), error = %e, "unsubscribe failed; the broker drops it on reconnect");
             }
         }
-        for chunk in to_subscribe.chunks(CHUNK) {
-            let result = if broker.is_ready() {
-                broker.subscribe(chunk).await
+        self.subscribe(to_subscribe, &mut waiters).await;
+        // Topics the restore above could not subscribe.
+        for (topic, replies) in waiters {
+            let result = if self.active.contains(&topic) {
+                Ok(())
             } else {
-                Err(BrokerError::Unavailable(format!(
-                    "{} broker is not connected",
-                    broker.name()
-                )))
+                Err(self.unavailable())
             };
-            if result.is_err() {
-                // These sockets stay registered (joins on connect) and will
-                // be subscribed on the next `Restored`: they must get a gap
-                // notice then, even if the broker was never connected.
-                lost = true;
-            }
-            for topic in chunk {
-                if result.is_ok() {
-                    active.insert(topic.clone());
-                }
-                for reply in waiters.remove(topic).into_iter().flatten() {
-                    let _ = reply.send(result.clone());
-                }
+            for reply in replies {
+                let _ = reply.send(result.clone());
             }
         }
+    }
+
+    /// Tries every pending topic again.
+    async fn retry(&mut self) {
+        self.retry_at = None;
+        let pending: Vec<Topic> = self.pending.iter().cloned().collect();
+        let (wanted, gone): (Vec<Topic>, Vec<Topic>) =
+            pending.into_iter().partition(|t| self.hub.has_interest(t));
+        for t in &gone {
+            self.pending.remove(t);
+            self.owed_gap.remove(t);
+        }
+        if !wanted.is_empty() && self.broker.can_subscribe() {
+            let before = self.pending.len();
+            self.subscribe(wanted, &mut HashMap::new()).await;
+            if self.pending.len() < before {
+                self.backoff = RETRY_MIN;
+            }
+        }
+    }
+
+    /// The self-check: asks the broker which active topics it does not
+    /// hold, and makes them again (counted, and their sockets told). Topics
+    /// the broker refused are tried again too.
+    async fn self_check(&mut self) {
+        self.check_at = self.check_every.map(|every| Instant::now() + every);
+        if !self.broker.can_subscribe() {
+            return;
+        }
+        let held: Vec<Topic> = self.active.iter().cloned().collect();
+        let mut missing = if held.is_empty() {
+            Vec::new()
+        } else {
+            match self.broker.missing(&held).await {
+                Ok(missing) => missing,
+                Err(e) => {
+                    tracing::debug!(error = %e, "self-check could not ask the broker");
+                    return;
+                }
+            }
+        };
+        missing.retain(|t| self.active.contains(t));
+        if !missing.is_empty() {
+            tracing::warn!(
+                broker = self.broker.name(),
+                topics = missing.len(),
+                "self-check: the broker lost subscriptions that sockets need; making them again"
+            );
+            self.hub
+                .stats()
+                .record_selfcheck_repairs(missing.len() as u64);
+            for t in &missing {
+                self.active.remove(t);
+                self.owed_gap.insert(t.clone());
+            }
+        }
+        // Refused topics are final, but an ACL may have changed since.
+        let refused: Vec<Topic> = self
+            .refused
+            .iter()
+            .filter(|t| self.hub.has_interest(t))
+            .cloned()
+            .collect();
+        self.refused.clear();
+        for t in &refused {
+            self.owed_gap.insert(t.clone());
+        }
+        missing.extend(refused);
+        self.subscribe(missing, &mut HashMap::new()).await;
+    }
+
+    fn settle(&mut self) {
+        if !self.pending.is_empty() && self.retry_at.is_none() {
+            self.retry_at = Some(Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(RETRY_MAX);
+        }
+        self.degraded
+            .store(!self.pending.is_empty(), Ordering::Relaxed);
+    }
+}
+
+/// The subscription manager: the only place broker subscriptions change.
+async fn manage(mut m: Manager, mut rx: mpsc::UnboundedReceiver<Control>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let retry_at = m.retry_at;
+        let check_at = m.check_at;
+        tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                m.handle(&mut batch).await;
+            }
+            _ = sleep_until(retry_at), if retry_at.is_some() => m.retry().await,
+            _ = sleep_until(check_at), if check_at.is_some() => m.self_check().await,
+        }
+        m.settle();
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -418,6 +631,7 @@ impl Bridge {
     ///
     /// Must be called within a Tokio runtime.
     pub fn redis(config: crate::RedisConfig) -> Result<Self, crate::RedisSetupError> {
-        Self::try_new(|inbound| crate::RedisBroker::new(config, inbound))
+        let every = Some(config.self_check_interval);
+        Self::try_with_self_check(every, |inbound| crate::RedisBroker::new(config, inbound))
     }
 }

@@ -73,6 +73,27 @@ pub trait Broker: Send + Sync + 'static {
     /// (what `/readyz` reports).
     fn is_ready(&self) -> bool;
 
+    /// Whether subscriptions can be made right now, whatever the state of
+    /// publishing (Redis: the subscription connection is up, even while the
+    /// publish pool is not). The bridge subscribes only when this holds, and
+    /// retries what it could not subscribe until it does. Default:
+    /// [`Broker::is_ready`].
+    fn can_subscribe(&self) -> bool {
+        self.is_ready()
+    }
+
+    /// The self-check: which of `held` (the topics the bridge believes the
+    /// broker is subscribed to, never empty) the broker does *not* hold
+    /// right now, as far as it can tell cheaply (it may name more topics
+    /// than are missing, never fewer it knows of). The bridge subscribes
+    /// them again, counts them as repairs and sends their sockets a `gap`
+    /// notice. Default: nothing missing (a broker that cannot lose a
+    /// subscription behind the bridge's back).
+    fn missing<'a>(&'a self, held: &'a [Topic]) -> BoxFuture<'a, Result<Vec<Topic>, BrokerError>> {
+        let _ = held;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// A short name for logs and metrics (`"in-process"`, `"redis"`).
     fn name(&self) -> &'static str;
 

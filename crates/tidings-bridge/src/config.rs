@@ -2,7 +2,7 @@
 //! is a secret the application passes in).
 
 use serde::{Deserialize, Serialize};
-use tidings_core::config::{positive_secs, ConfigError};
+use tidings_core::config::{non_negative_secs, positive_secs, ConfigError};
 
 use crate::RedisConfig;
 
@@ -27,6 +27,9 @@ pub struct RedisSettings {
     /// Messages buffered between the Redis reader and the router (1,024 to
     /// 16,777,216).
     pub message_buffer: usize,
+    /// Seconds between self-checks of the subscriptions against Redis (0:
+    /// only after reconnects).
+    pub self_check_interval_secs: f64,
 }
 
 impl Default for RedisSettings {
@@ -38,6 +41,7 @@ impl Default for RedisSettings {
             reconnect_max_delay_secs: r.reconnect_max_delay.as_secs_f64(),
             pool_size: r.pool_size,
             message_buffer: r.message_buffer,
+            self_check_interval_secs: r.self_check_interval.as_secs_f64(),
         }
     }
 }
@@ -69,6 +73,8 @@ impl RedisSettings {
             ));
         }
         config.message_buffer = self.message_buffer;
+        config.self_check_interval =
+            non_negative_secs("self_check_interval_secs", self.self_check_interval_secs)?;
         Ok(config)
     }
 

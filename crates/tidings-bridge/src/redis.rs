@@ -56,6 +56,11 @@ pub struct RedisConfig {
     /// before it loses them (counted as `lagged`). Default 8,192 (fred
     /// allocates its event channels at this size up front).
     pub message_buffer: usize,
+    /// How often the self-check compares the subscriptions sockets need
+    /// with what the subscription connection holds on Redis (and repairs
+    /// any difference); it also runs after every reconnect. Zero: only
+    /// after reconnects. Default 30 s.
+    pub self_check_interval: Duration,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -69,6 +74,7 @@ impl fmt::Debug for RedisConfig {
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("pool_size", &self.pool_size)
             .field("message_buffer", &self.message_buffer)
+            .field("self_check_interval", &self.self_check_interval)
             .finish()
     }
 }
@@ -84,6 +90,7 @@ impl RedisConfig {
             reconnect_max_delay: Duration::from_secs(5),
             pool_size: 2,
             message_buffer: 8_192,
+            self_check_interval: crate::bridge::DEFAULT_SELF_CHECK,
         }
     }
 }
@@ -150,6 +157,8 @@ pub struct RedisBroker {
     /// Patterns subscribed on Redis, to route `pmessage`s (fred does not
     /// pass on which pattern matched).
     patterns: Arc<RwLock<BTreeSet<ChannelPattern>>>,
+    /// Tokens of the PINGs that confirm subscriptions.
+    tokens: std::sync::atomic::AtomicU64,
     url: String,
     /// The connection tasks of the subscriber and the pool: each ends once
     /// its connections are closed (awaited by [`Broker::close`]).
@@ -268,6 +277,7 @@ impl RedisBroker {
             pool,
             connected,
             patterns,
+            tokens: std::sync::atomic::AtomicU64::new(0),
             url: redacted,
             connections: parking_lot::Mutex::new(connections),
             command_timeout: config.command_timeout,
@@ -287,20 +297,128 @@ fn split(topics: &[Topic]) -> (Vec<String>, Vec<String>) {
     (channels, patterns)
 }
 
+/// Whether a PING reply carries `token` (`["pong", token]` on a connection
+/// in subscribed mode, `token` otherwise).
+fn carries(reply: &Value, token: &str) -> bool {
+    match reply {
+        Value::Array(parts) => parts.last().is_some_and(|p| carries(p, token)),
+        Value::String(s) => &**s == token,
+        Value::Bytes(b) => &b[..] == token.as_bytes(),
+        _ => false,
+    }
+}
+
 impl RedisBroker {
+    fn token(&self) -> String {
+        format!("tidings-{}", self.tokens.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Runs `command` (a (P)(UN)SUBSCRIBE) and confirms it with PINGs.
+    async fn confirmed(
+        &self,
+        command: impl std::future::Future<Output = Result<(), fred::error::Error>>,
+    ) -> Result<(), BrokerError> {
+        let token = self.token();
+        // Polled in this order (`biased`), both reach fred's router before
+        // it writes the first: they go out together, the PING second.
+        let (sent, reply) = tokio::join!(
+            biased;
+            command,
+            self.subscriber.ping::<Value>(Some(token.clone()))
+        );
+        sent.map_err(to_broker_error)?;
+        self.confirm(token, reply).await
+    }
+
+    /// Whether Redis really holds `channels` after a confirmed SUBSCRIBE.
+    /// fred writes the SUBSCRIBE as soon as it has it: when the confirming
+    /// PING reaches it a moment later, a refusal may already have come back
+    /// and been dropped (fred has no command waiting for it). So the
+    /// publish pool asks `PUBSUB NUMSUB`: a channel nobody holds was not
+    /// taken. (Another gateway instance holding a channel refused to this
+    /// one is possible only with different Redis users; the self-check
+    /// catches that case.) Skipped while the pool is down.
+    async fn verify_held(&self, channels: Vec<String>) -> Result<(), BrokerError> {
+        if !self.pool.is_connected() {
+            return Ok(());
+        }
+        let Ok(counts) = self
+            .pool
+            .next()
+            .pubsub_numsub::<Vec<Value>, _>(channels.clone())
+            .await
+        else {
+            return Ok(()); // cannot tell: the self-check will
+        };
+        let missing: Vec<&String> = channels
+            .iter()
+            .zip(counts.chunks(2))
+            .filter(|(_, n)| n.get(1).and_then(Value::as_i64) == Some(0))
+            .map(|(c, _)| c)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else if !self.connected.load(Ordering::Acquire) {
+            // The connection dropped meanwhile: not a refusal.
+            Err(BrokerError::Unavailable(
+                "the subscription connection dropped".into(),
+            ))
+        } else {
+            tracing::warn!(
+                channels = missing.len(),
+                "Redis did not take a subscription (refused)"
+            );
+            Err(BrokerError::Refused(format!(
+                "Redis did not take the subscription to {} (NOPERM: not allowed for the gateway's Redis user?)",
+                missing[0]
+            )))
+        }
+    }
+
     /// fred resolves (P)SUBSCRIBE once written and drops the server's
     /// replies, so a refusal (an ACL's `NOPERM`) would pass unseen. A PING
     /// on the same connection is answered after those replies: an error
     /// reply in between is handed to the PING, and so seen here.
-    async fn confirm(&self) -> Result<(), BrokerError> {
-        match self.subscriber.ping::<Value>(None).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == &ErrorKind::Timeout => Err(BrokerError::Timeout),
-            Err(e) => {
-                tracing::warn!(error = %e.details(), "Redis refused a subscription");
-                Err(BrokerError::Refused(e.details().to_string()))
+    ///
+    /// That error takes the PING's place, so the PING's own answer comes
+    /// one reply late and could be taken for the answer to a later PING.
+    /// Each PING therefore carries a fresh token, and PINGs are sent until
+    /// the answer carrying the last token arrives: every reply up to it
+    /// belongs to the command being confirmed.
+    ///
+    /// The first PING is handed to fred together with the command (see
+    /// [`RedisBroker::confirmed`]), so both are written in one go: a
+    /// refusal cannot arrive before the PING waits for it.
+    async fn confirm(
+        &self,
+        mut token: String,
+        mut reply: Result<Value, fred::error::Error>,
+    ) -> Result<(), BrokerError> {
+        let mut refused = None;
+        for _ in 0..16 {
+            match reply {
+                Ok(reply) if carries(&reply, &token) => {
+                    return match refused {
+                        None => Ok(()),
+                        Some(e) => Err(e),
+                    };
+                }
+                Ok(_) => {} // the late answer to an earlier PING
+                Err(e) if e.kind() == &ErrorKind::Timeout => return Err(BrokerError::Timeout),
+                Err(e) => {
+                    tracing::warn!(error = %e.details(), "Redis refused a subscription");
+                    refused.get_or_insert(match to_broker_error(e) {
+                        BrokerError::Unavailable(reason) => BrokerError::Refused(reason),
+                        other => other,
+                    });
+                }
             }
+            token = self.token();
+            reply = self.subscriber.ping::<Value>(Some(token.clone())).await;
         }
+        Err(BrokerError::Unavailable(
+            "the subscription connection's replies are out of step".into(),
+        ))
     }
 }
 
@@ -325,26 +443,36 @@ impl Broker for RedisBroker {
     fn subscribe<'a>(&'a self, topics: &'a [Topic]) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let (channels, patterns) = split(topics);
+            // Each command is confirmed on its own, so that at most one
+            // refusal is pending when the PING answers.
             if !channels.is_empty() {
-                self.subscriber
-                    .subscribe(channels)
-                    .await
-                    .map_err(to_broker_error)?;
+                self.confirmed(self.subscriber.subscribe(channels.clone()))
+                    .await?;
+                self.verify_held(channels).await?;
             }
             if !patterns.is_empty() {
                 // Known before the first pmessage can arrive.
-                self.patterns
-                    .write()
-                    .extend(topics.iter().filter_map(|t| match t {
-                        Topic::Pattern(p) => Some(p.clone()),
-                        Topic::Channel(_) => None,
-                    }));
-                self.subscriber
-                    .psubscribe(patterns)
-                    .await
-                    .map_err(to_broker_error)?;
+                let added: Vec<ChannelPattern> = {
+                    let mut known = self.patterns.write();
+                    topics
+                        .iter()
+                        .filter_map(|t| match t {
+                            Topic::Pattern(p) if known.insert(p.clone()) => Some(p.clone()),
+                            _ => None,
+                        })
+                        .collect()
+                };
+                let result = self.confirmed(self.subscriber.psubscribe(patterns)).await;
+                if let Err(BrokerError::Refused(_)) = &result {
+                    // Not subscribed: no pmessage may be routed to it.
+                    let mut known = self.patterns.write();
+                    for p in &added {
+                        known.remove(p);
+                    }
+                }
+                result?;
             }
-            self.confirm().await
+            Ok(())
         })
     }
 
@@ -352,18 +480,14 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let (channels, patterns) = split(topics);
             // Never send an empty UNSUBSCRIBE: it would drop everything.
+            // Done on Redis once confirmed: the self-check then sees Redis
+            // as the bridge does.
             if !channels.is_empty() {
-                self.subscriber
-                    .unsubscribe(channels)
-                    .await
-                    .map_err(to_broker_error)?;
+                self.confirmed(self.subscriber.unsubscribe(channels))
+                    .await?;
             }
             if !patterns.is_empty() {
-                let result = self
-                    .subscriber
-                    .punsubscribe(patterns)
-                    .await
-                    .map_err(to_broker_error);
+                let result = self.confirmed(self.subscriber.punsubscribe(patterns)).await;
                 let mut known = self.patterns.write();
                 for t in topics {
                     if let Topic::Pattern(p) = t {
@@ -378,6 +502,15 @@ impl Broker for RedisBroker {
 
     fn is_ready(&self) -> bool {
         self.connected.load(Ordering::Acquire) && self.pool.is_connected()
+    }
+
+    fn can_subscribe(&self) -> bool {
+        // SUBSCRIBE goes over the subscription connection only.
+        self.connected.load(Ordering::Acquire)
+    }
+
+    fn missing<'a>(&'a self, held: &'a [Topic]) -> BoxFuture<'a, Result<Vec<Topic>, BrokerError>> {
+        Box::pin(self.self_check(held))
     }
 
     fn name(&self) -> &'static str {
@@ -415,6 +548,109 @@ impl Broker for RedisBroker {
             }
             tracing::info!(url = %self.url, "Redis connections closed");
         })
+    }
+}
+
+/// `sub=`, `psub=` and `age=` (seconds) of a `CLIENT LIST` line.
+fn client_counts(line: &str) -> Option<(usize, usize, u64)> {
+    let field = |name: &str| {
+        line.split(' ')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
+    Some((
+        field("sub")?.parse().ok()?,
+        field("psub")?.parse().ok()?,
+        field("age")?.parse().ok()?,
+    ))
+}
+
+impl RedisBroker {
+    /// The self-check against Redis, cheap in the usual case: one
+    /// `CLIENT LIST ID <subscriber>` on the pool gives how many channels and
+    /// patterns the subscription connection holds (a connection under a
+    /// second old is left to its restore). When that matches the
+    /// bridge's view, nothing is missing. When it holds fewer channels,
+    /// `PUBSUB NUMSUB` in batches names the ones nobody holds; when that
+    /// cannot name them all (another gateway holds them), every channel is
+    /// named (subscribing again is harmless). Fewer patterns: every pattern
+    /// is named (Redis cannot list one connection's patterns).
+    async fn self_check(&self, held: &[Topic]) -> Result<Vec<Topic>, BrokerError> {
+        use fred::interfaces::ClientInterface;
+        if !self.pool.is_connected() {
+            // Asking would wait for the pool; the next check will do.
+            return Ok(Vec::new());
+        }
+        let Some(id) = self.subscriber.connection_ids().into_values().next() else {
+            return Ok(Vec::new()); // not connected: the reconnect restores everything
+        };
+        let list: String = self
+            .pool
+            .next()
+            .custom(
+                fred::types::CustomCommand::new_static("CLIENT", None, false),
+                vec!["LIST".to_string(), "ID".to_string(), id.to_string()],
+            )
+            .await
+            .map_err(to_broker_error)?;
+        let Some((subs, psubs, age)) = list.lines().find_map(client_counts) else {
+            // That connection is gone: its reconnect restores everything.
+            return Ok(Vec::new());
+        };
+        if age == 0 {
+            // Under a second old: its restore may still be on the way to
+            // the bridge. The next check looks again.
+            return Ok(Vec::new());
+        }
+        let channels: Vec<&ChannelName> = held
+            .iter()
+            .filter_map(|t| match t {
+                Topic::Channel(c) => Some(c),
+                Topic::Pattern(_) => None,
+            })
+            .collect();
+        let patterns = held.len() - channels.len();
+        let mut missing = Vec::new();
+        if subs < channels.len() {
+            let short = channels.len() - subs;
+            let mut nobody = Vec::new();
+            for batch in channels.chunks(256) {
+                let names: Vec<String> = batch.iter().map(|c| c.as_str().to_string()).collect();
+                let counts: Vec<Value> = self
+                    .pool
+                    .next()
+                    .pubsub_numsub(names)
+                    .await
+                    .map_err(to_broker_error)?;
+                // [name, count, name, count, ...]
+                for (c, n) in batch.iter().zip(counts.chunks(2)) {
+                    if n.get(1).and_then(Value::as_i64) == Some(0) {
+                        nobody.push(Topic::Channel((*c).clone()));
+                    }
+                }
+            }
+            if nobody.len() >= short {
+                missing.extend(nobody);
+            } else {
+                missing.extend(channels.iter().map(|c| Topic::Channel((*c).clone())));
+            }
+        }
+        if psubs < patterns {
+            missing.extend(
+                held.iter()
+                    .filter(|t| matches!(t, Topic::Pattern(_)))
+                    .cloned(),
+            );
+        }
+        if subs > channels.len() || psubs > patterns {
+            tracing::debug!(
+                subs,
+                psubs,
+                channels = channels.len(),
+                patterns,
+                "self-check: Redis holds more than the sockets need (left to the next unsubscribe)"
+            );
+        }
+        Ok(missing)
     }
 }
 

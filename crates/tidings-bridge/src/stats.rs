@@ -13,6 +13,7 @@ pub struct BridgeStats {
     discarded: AtomicU64,
     reconnects: AtomicU64,
     gap_notices: AtomicU64,
+    selfcheck_repairs: AtomicU64,
 }
 
 /// A point-in-time copy of [`BridgeStats`].
@@ -34,6 +35,9 @@ pub struct StatsSnapshot {
     pub reconnects: u64,
     /// `gap` notices queued to sockets.
     pub gap_notices: u64,
+    /// Subscriptions the self-check found missing on the broker although
+    /// local sockets needed them, and made again.
+    pub selfcheck_repairs: u64,
 }
 
 impl BridgeStats {
@@ -62,6 +66,9 @@ impl BridgeStats {
     pub(crate) fn record_gap_notices(&self, n: u64) {
         self.gap_notices.fetch_add(n, Ordering::Relaxed);
     }
+    pub(crate) fn record_selfcheck_repairs(&self, n: u64) {
+        self.selfcheck_repairs.fetch_add(n, Ordering::Relaxed);
+    }
 
     /// Reads every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -75,6 +82,7 @@ impl BridgeStats {
             discarded: r(&self.discarded),
             reconnects: r(&self.reconnects),
             gap_notices: r(&self.gap_notices),
+            selfcheck_repairs: r(&self.selfcheck_repairs),
         }
     }
 }
