@@ -9,12 +9,11 @@ use std::{
 
 use indexmap::IndexMap;
 use parking_lot::RwLock;
-use tidings_core::{protocol, ChannelName, ChannelPattern, Delivery, Message};
+use tidings_core::{protocol, ChannelName, ChannelPattern, Delivery, Message, Topic};
 
 use crate::{
     mailbox::{Mailbox, Offer, Outbound},
     stats::BridgeStats,
-    Topic,
 };
 
 /// The sockets of one topic, keyed by connection id. Dense storage, so the
