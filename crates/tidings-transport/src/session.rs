@@ -20,25 +20,44 @@ use bytes::{Bytes, BytesMut};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
-use tidings_bridge::{mailbox, mailbox::Next, MailboxReceiver, Outbound, Subscriber};
+use tidings_bridge::{mailbox, mailbox::Next, Bridge, MailboxReceiver, Outbound, Subscriber};
 use tidings_core::{
     protocol::{self, close, ClientFrame, ErrorCode, Request, SenderEnvelope},
     Identity, Message, Topic,
 };
-use tidings_routing::Denied;
+use tidings_routing::{Denied, Router};
 use tokio::{
     sync::mpsc,
     time::{sleep_until, timeout, Instant},
 };
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
     codec::{check_close, Conn, Frame, OpCode, ReadError, BATCH_BYTES},
     config::deadline_after,
-    rpc::{RpcCall, RpcError},
-    server::Inner,
-    stats::CloseReason,
+    config::TransportConfig,
+    rpc::{RpcCall, RpcError, RpcHandler},
+    stats::{CloseReason, TransportStats},
 };
+
+/// What a session needs from its gateway, and nothing more: the server
+/// builds one per gateway and every session shares it.
+pub(crate) struct Context {
+    /// The transport tunables (already clamped).
+    pub(crate) config: TransportConfig,
+    /// Who may subscribe and publish where.
+    pub(crate) router: Arc<Router>,
+    /// The bridge to the broker.
+    pub(crate) bridge: Bridge,
+    /// The transport's counters.
+    pub(crate) stats: Arc<TransportStats>,
+    /// The RPC handler, when RPC is on.
+    pub(crate) rpc: Option<Arc<dyn RpcHandler>>,
+    /// Cancelled when sockets must go: each session closes with 1012 at its
+    /// own moment within the drain spread.
+    pub(crate) shutdown: CancellationToken,
+}
 
 type Io = TokioIo<Upgraded>;
 
@@ -67,7 +86,7 @@ const BATCH_FRAMES: usize = 64;
 /// future *is* the per-connection memory.
 pub(crate) async fn run(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
-    gw: Arc<Inner>,
+    gw: Arc<Context>,
     identity: Arc<Identity>,
     credentials: Arc<http::HeaderMap>,
     peer: std::net::SocketAddr,
@@ -100,7 +119,7 @@ pub(crate) async fn run(
 async fn serve_socket(
     io: Io,
     id: u64,
-    gw: Arc<Inner>,
+    gw: Arc<Context>,
     identity: Arc<Identity>,
     credentials: Arc<http::HeaderMap>,
     peer: std::net::SocketAddr,
@@ -153,7 +172,7 @@ async fn serve_socket(
 }
 
 struct Session {
-    gw: Arc<Inner>,
+    gw: Arc<Context>,
     identity: Arc<Identity>,
     /// What RPC calls forward (empty unless RPC is on).
     credentials: Arc<http::HeaderMap>,
