@@ -13,12 +13,18 @@
 //! - [`limits`]: connection limits (total, per address, per user) and the
 //!   client address behind trusted proxies.
 //! - [`rpc`]: RPC from sockets to the backend.
-//! - `session`, `codec`: one socket's task and its framing (private).
+//! - `session`, `codec`: one socket's task (the connection loop) and its
+//!   framing (private); `context`: what a session gets from its gateway;
+//!   `requests`: a socket's subscribe, unsubscribe, publish, ping and RPC
+//!   requests; `rate`: its rate limit on client frames (all private).
 //! - [`stats`]: connection counters.
 
 mod codec;
 pub mod config;
+mod context;
 pub mod limits;
+mod rate;
+mod requests;
 pub mod rpc;
 pub mod server;
 pub mod service;

@@ -18,7 +18,7 @@ use tidings_routing::Router;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{config::TransportConfig, session, stats::TransportStats, BoxFuture};
+use crate::{config::TransportConfig, context::Context, session, stats::TransportStats, BoxFuture};
 
 /// The response type of every endpoint.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -69,7 +69,7 @@ pub(crate) struct Inner {
     pub(crate) counts: Arc<crate::limits::Counts>,
     pub(crate) sessions: TaskTracker,
     /// What sessions get: a narrow view of the above.
-    pub(crate) session: Arc<session::Context>,
+    pub(crate) session: Arc<Context>,
 }
 
 /// The WebSocket side of the gateway: upgrades requests on its path into
@@ -133,7 +133,7 @@ impl GatewayBuilder {
         let shutdown = CancellationToken::new();
         Gateway {
             inner: Arc::new(Inner {
-                session: Arc::new(session::Context {
+                session: Arc::new(Context {
                     config: config.clone(),
                     router,
                     bridge: self.bridge.clone(),
