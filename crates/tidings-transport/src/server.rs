@@ -20,6 +20,12 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{config::TransportConfig, context::Context, session, stats::TransportStats, BoxFuture};
 
+/// The TCP peer of a request, as a request extension: what [`WsService`](crate::WsService)
+/// reads by default to learn who is connecting. Insert it where you accept
+/// the connection (`req.extensions_mut().insert(PeerAddr(peer))`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerAddr(pub SocketAddr);
+
 /// The response type of every endpoint.
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -522,7 +528,7 @@ pub async fn serve(
                 let is_ws = req.uri().path() == ws_path;
                 async move {
                     Ok::<_, Infallible>(if is_ws {
-                        req.extensions_mut().insert(crate::service::PeerAddr(peer));
+                        req.extensions_mut().insert(PeerAddr(peer));
                         match tower_service::Service::call(&mut ws, req).await {
                             Ok(res) => res,
                             Err(never) => match never {},
