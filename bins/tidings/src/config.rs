@@ -21,9 +21,8 @@ use tidings_bridge::{RedisConfig, RedisSettings};
 use tidings_core::config::Secret;
 use tidings_identity::{CookieProxyConfig, IdentitySettings, TokenConfig};
 use tidings_routing::{Router, RoutingSettings};
-use tidings_transport::{
-    LimitsSettings, RpcConfig, RpcSettings, ShutdownSettings, TransportConfig, WebSocketSettings,
-};
+use tidings_rpc::{RpcConfig, RpcSettings};
+use tidings_transport::{LimitsSettings, ShutdownSettings, TransportConfig, WebSocketSettings};
 
 mod kubernetes;
 pub(crate) use kubernetes::kubernetes_service_vars;

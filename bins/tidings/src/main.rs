@@ -8,7 +8,8 @@ use tidings_bridge::Bridge;
 use tidings_identity::{
     Chain, CookieProxy, MemoryTokenStore, RedisTokenStore, ResolverKind, TokenResolver, TokenStore,
 };
-use tidings_transport::{serve, Gateway, HttpRpc};
+use tidings_rpc::HttpRpc;
+use tidings_transport::{serve, Gateway};
 use tracing_subscriber::EnvFilter;
 
 mod config;

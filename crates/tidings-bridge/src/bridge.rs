@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use crate::{
-    broker::{BoxFuture, Broker, BrokerError, Inbound, Topic},
+    broker::{BoxFuture, Broker, BrokerError, ConnectionEvent, Inbound, Topic},
     hub::Hub,
     local::LocalBroker,
     mailbox::Mailbox,
@@ -103,9 +103,15 @@ impl Bridge {
     ) -> Result<Self, E> {
         let hub = Arc::new(Hub::new());
         let (control, rx) = mpsc::unbounded_channel();
+        let events = control.clone();
         let broker: Arc<dyn Broker> = Arc::new(make(Inbound {
             hub: hub.clone(),
-            control: control.clone(),
+            events: Arc::new(move |event| {
+                let _ = events.send(match event {
+                    ConnectionEvent::Lost => Control::Lost,
+                    ConnectionEvent::Restored => Control::Restored,
+                });
+            }),
         })?);
         let degraded = Arc::new(AtomicBool::new(false));
         let self_check = self_check.filter(|d| !d.is_zero());
@@ -307,8 +313,7 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 /// Longest delay between two attempts at failed subscriptions.
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// The self-check's default interval.
-pub const DEFAULT_SELF_CHECK: Duration = Duration::from_secs(30);
+pub use crate::broker::DEFAULT_SELF_CHECK;
 
 /// Subscribes `topics`, and when the broker refuses the batch, finds the
 /// refused ones by halving it: a refusal hits only the topics refused.

@@ -1,14 +1,31 @@
 //! The broker seam: what a pub/sub backend must do for the bridge.
 
-use std::{fmt, future::Future, pin::Pin, sync::Arc};
+use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 pub use tidings_core::Topic;
 
 use bytes::Bytes;
 use tidings_core::{ChannelName, ChannelPattern, Message};
-use tokio::sync::mpsc;
 
-use crate::{bridge::Control, hub::Hub};
+use crate::hub::Hub;
+
+/// How often the bridge runs the self-check by default (see
+/// [`Broker::missing`]).
+pub const DEFAULT_SELF_CHECK: Duration = Duration::from_secs(30);
+
+/// A change in the broker's connection, as a broker reports it through
+/// [`Inbound`]. The bridge's subscription manager acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectionEvent {
+    /// The connection dropped.
+    Lost,
+    /// The connection is back.
+    Restored,
+}
+
+/// Where [`Inbound`] sends [`ConnectionEvent`]s (the bridge hands them to its
+/// subscription manager).
+pub(crate) type ConnectionEvents = Arc<dyn Fn(ConnectionEvent) + Send + Sync>;
 
 /// A boxed, sendable future, as trait objects return them.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -112,7 +129,7 @@ pub trait Broker: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Inbound {
     pub(crate) hub: Arc<Hub>,
-    pub(crate) control: mpsc::UnboundedSender<Control>,
+    pub(crate) events: ConnectionEvents,
 }
 
 impl fmt::Debug for Inbound {
@@ -158,13 +175,13 @@ impl Inbound {
     /// Reports that the connection to the broker dropped: messages published
     /// from now on may be missed.
     pub fn connection_lost(&self) {
-        let _ = self.control.send(Control::Lost);
+        (self.events)(ConnectionEvent::Lost);
     }
 
     /// Reports that the connection is back. The bridge re-subscribes every
     /// topic that has local subscribers and sends the affected sockets a
     /// `gap` notice.
     pub fn connection_restored(&self) {
-        let _ = self.control.send(Control::Restored);
+        (self.events)(ConnectionEvent::Restored);
     }
 }

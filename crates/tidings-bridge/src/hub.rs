@@ -9,12 +9,11 @@ use std::{
 
 use indexmap::IndexMap;
 use parking_lot::RwLock;
-use tidings_core::{protocol, ChannelName, ChannelPattern, Delivery, Message};
+use tidings_core::{protocol, ChannelName, ChannelPattern, Delivery, Message, Topic};
 
 use crate::{
     mailbox::{Mailbox, Offer, Outbound},
     stats::BridgeStats,
-    Topic,
 };
 
 /// The sockets of one topic, keyed by connection id. Dense storage, so the
@@ -127,7 +126,7 @@ impl Hub {
 
     /// Adds connection `conn` to `topic`. Returns `true` when the topic had no
     /// local subscriber before (the broker must now be subscribed).
-    pub fn add(&self, topic: &Topic, conn: u64, mailbox: &Mailbox) -> bool {
+    pub(crate) fn add(&self, topic: &Topic, conn: u64, mailbox: &Mailbox) -> bool {
         let mut topics = self.topics.write();
         match topic {
             Topic::Channel(c) => add_to(&mut topics.channels, c, conn, mailbox),
@@ -137,7 +136,7 @@ impl Hub {
 
     /// Removes connection `conn` from `topic`. Returns `true` when that was
     /// the last local subscriber (the broker may now be unsubscribed).
-    pub fn remove(&self, topic: &Topic, conn: u64) -> bool {
+    pub(crate) fn remove(&self, topic: &Topic, conn: u64) -> bool {
         let mut topics = self.topics.write();
         match topic {
             Topic::Channel(c) => remove_from(&mut topics.channels, c.as_str(), conn),
@@ -182,7 +181,7 @@ impl Hub {
     }
 
     /// Fans out a message received on its exact channel.
-    pub fn dispatch_channel(&self, message: &Message) {
+    pub(crate) fn dispatch_channel(&self, message: &Message) {
         self.stats.record_in();
         let topics = self.topics.read();
         match topics.channels.get(message.channel.as_str()) {
@@ -192,7 +191,7 @@ impl Hub {
     }
 
     /// Fans out a message received through the pattern subscription `pattern`.
-    pub fn dispatch_pattern(&self, pattern: &ChannelPattern, message: &Message) {
+    pub(crate) fn dispatch_pattern(&self, pattern: &ChannelPattern, message: &Message) {
         self.stats.record_in();
         let topics = self.topics.read();
         match topics.patterns.get(pattern.as_str()) {
@@ -204,7 +203,7 @@ impl Hub {
     /// Fans out to the exact channel and to every matching pattern (for
     /// brokers that do no pattern matching of their own). The cost of the
     /// pattern step is one glob match per distinct local pattern.
-    pub fn dispatch_all(&self, message: &Message) {
+    pub(crate) fn dispatch_all(&self, message: &Message) {
         self.stats.record_in();
         let topics = self.topics.read();
         let mut routed = false;
@@ -239,7 +238,7 @@ impl Hub {
     /// Queues a `gap` notice to every socket listening to any of `topics`,
     /// one notice per socket naming its affected channels and patterns.
     /// Returns how many sockets were told.
-    pub fn notify_gap(&self, topics: &[Topic], reason: &str) -> usize {
+    pub(crate) fn notify_gap(&self, topics: &[Topic], reason: &str) -> usize {
         let mut per_conn: HashMap<u64, (Mailbox, Vec<ChannelName>, Vec<ChannelPattern>)> =
             HashMap::new();
         {

@@ -10,8 +10,12 @@
 //! - `redis`: the Redis broker (feature `redis`).
 //! - [`bridge`]: the [`Bridge`] itself and a socket's [`Subscriber`] handle.
 //! - [`stats`]: counters for metrics.
+//! - `bench`: hidden entry points for this crate's benchmarks to the
+//!   hub's crate-private methods (not part of the API).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[doc(hidden)]
+pub mod bench;
 pub mod bridge;
 pub mod broker;
 #[cfg(feature = "redis")]

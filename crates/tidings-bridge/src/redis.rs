@@ -90,7 +90,7 @@ impl RedisConfig {
             reconnect_max_delay: Duration::from_secs(5),
             pool_size: 2,
             message_buffer: 8_192,
-            self_check_interval: crate::bridge::DEFAULT_SELF_CHECK,
+            self_check_interval: crate::broker::DEFAULT_SELF_CHECK,
         }
     }
 }

@@ -12,13 +12,20 @@
 //!   hyper service ([`Gateway::service`]); [`serve`] uses it too.
 //! - [`limits`]: connection limits (total, per address, per user) and the
 //!   client address behind trusted proxies.
-//! - [`rpc`]: RPC from sockets to the backend.
-//! - `session`, `codec`: one socket's task and its framing (private).
+//! - [`rpc`]: the seam for RPC from sockets ([`RpcHandler`]) and the path
+//!   grammar calls must pass; the HTTP client is the `tidings-rpc` crate.
+//! - `session`, `codec`: one socket's task (the connection loop) and its
+//!   framing (private); `context`: what a session gets from its gateway;
+//!   `requests`: a socket's subscribe, unsubscribe, publish, ping and RPC
+//!   requests; `rate`: its rate limit on client frames (all private).
 //! - [`stats`]: connection counters.
 
 mod codec;
 pub mod config;
+mod context;
 pub mod limits;
+mod rate;
+mod requests;
 pub mod rpc;
 pub mod server;
 pub mod service;
@@ -30,9 +37,9 @@ pub use config::TransportConfig;
 /// The `http` crate this API speaks (requests, responses, status codes).
 pub use http::{self, StatusCode};
 pub use limits::{IpNet, LimitHit, Limits};
-pub use rpc::{HttpRpc, RpcConfig, RpcHandler};
+pub use rpc::RpcHandler;
 pub use server::{serve, text_response, Gateway, GatewayBuilder, HttpHandler, HttpResponse};
 pub use service::{PeerAddr, PeerLookup, WsService};
-pub use settings::{LimitsSettings, RpcSettings, ShutdownSettings, WebSocketSettings};
+pub use settings::{LimitsSettings, ShutdownSettings, WebSocketSettings};
 pub use stats::{CloseReason, IdentityOutcome, RejectReason, TransportStats};
 pub use tidings_bridge::BoxFuture;

@@ -18,7 +18,13 @@ use tidings_routing::Router;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{config::TransportConfig, session, stats::TransportStats, BoxFuture};
+use crate::{config::TransportConfig, context::Context, session, stats::TransportStats, BoxFuture};
+
+/// The TCP peer of a request, as a request extension: what [`WsService`](crate::WsService)
+/// reads by default to learn who is connecting. Insert it where you accept
+/// the connection (`req.extensions_mut().insert(PeerAddr(peer))`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// The response type of every endpoint.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -55,7 +61,6 @@ pub fn text_response(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse
 pub(crate) struct Inner {
     pub(crate) config: TransportConfig,
     pub(crate) resolver: Arc<dyn IdentityResolver>,
-    pub(crate) router: Arc<Router>,
     pub(crate) bridge: Bridge,
     pub(crate) stats: Arc<TransportStats>,
     pub(crate) rpc: Option<Arc<dyn RpcHandler>>,
@@ -69,6 +74,8 @@ pub(crate) struct Inner {
     /// Live connection counts for the limits.
     pub(crate) counts: Arc<crate::limits::Counts>,
     pub(crate) sessions: TaskTracker,
+    /// What sessions get: a narrow view of the above.
+    pub(crate) session: Arc<Context>,
 }
 
 /// The WebSocket side of the gateway: upgrades requests on its path into
@@ -124,19 +131,30 @@ impl GatewayBuilder {
 
     /// Builds the gateway.
     pub fn build(self) -> Gateway {
+        // Out-of-range values (a zero interval, a duration no deadline can
+        // hold) are brought into range, never panicked on.
+        let config = self.config.clamped();
+        let router = Arc::new(self.router);
+        let stats = Arc::new(TransportStats::default());
+        let shutdown = CancellationToken::new();
         Gateway {
             inner: Arc::new(Inner {
-                // Out-of-range values (a zero interval, a duration no
-                // deadline can hold) are brought into range, never panicked on.
-                config: self.config.clamped(),
+                session: Arc::new(Context {
+                    config: config.clone(),
+                    router,
+                    bridge: self.bridge.clone(),
+                    stats: stats.clone(),
+                    rpc: self.rpc.clone(),
+                    shutdown: shutdown.clone(),
+                }),
+                config,
                 resolver: self.resolver,
-                router: Arc::new(self.router),
                 bridge: self.bridge,
-                stats: Arc::new(TransportStats::default()),
+                stats,
                 rpc: self.rpc,
                 no_credentials: Arc::default(),
                 draining: CancellationToken::new(),
-                shutdown: CancellationToken::new(),
+                shutdown,
                 counts: Arc::default(),
                 sessions: TaskTracker::new(),
             }),
@@ -395,10 +413,10 @@ impl Gateway {
             Some(rpc) => Arc::new(rpc.credentials(&parts.headers)),
             None => self.inner.no_credentials.clone(),
         };
-        let inner = self.inner.clone();
+        let context = self.inner.session.clone();
         self.inner.sessions.spawn(session::run(
             fut,
-            inner,
+            context,
             Arc::new(identity),
             credentials,
             parts.peer,
@@ -510,7 +528,7 @@ pub async fn serve(
                 let is_ws = req.uri().path() == ws_path;
                 async move {
                     Ok::<_, Infallible>(if is_ws {
-                        req.extensions_mut().insert(crate::service::PeerAddr(peer));
+                        req.extensions_mut().insert(PeerAddr(peer));
                         match tower_service::Service::call(&mut ws, req).await {
                             Ok(res) => res,
                             Err(never) => match never {},

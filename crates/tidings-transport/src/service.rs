@@ -85,11 +85,7 @@ use crate::{
     BoxFuture,
 };
 
-/// The TCP peer of a request, as a request extension: what [`WsService`]
-/// reads by default to learn who is connecting. Insert it where you accept
-/// the connection (`req.extensions_mut().insert(PeerAddr(peer))`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PeerAddr(pub SocketAddr);
+pub use crate::server::PeerAddr;
 
 /// How a [`WsService`] finds the TCP peer in the request extensions.
 pub type PeerLookup = fn(&Extensions) -> Option<SocketAddr>;

@@ -2,41 +2,32 @@
 //!
 //! The task owns the connection and loops over a `select!` of what can
 //! happen to a socket, in priority order: shutdown, RPC answers, deliveries
-//! from its bounded mailbox (written in batches), client frames (handled
-//! inline: subscribe, publish, ...), and the heartbeat timer. Reading is
+//! from its bounded mailbox (written in batches), client frames (control
+//! frames and fragments here; whole messages rate limited by `rate`, then
+//! answered by `requests`: subscribe, publish, ...), and the heartbeat timer. Reading is
 //! cancel-safe (see `codec`), so racing it against the rest loses nothing.
 //! Nothing but the RPC calls themselves runs in other tasks, and an idle
 //! socket holds no buffers.
 
-use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use serde_json::value::RawValue;
-use tidings_bridge::{mailbox, mailbox::Next, MailboxReceiver, Outbound, Subscriber};
+use tidings_bridge::{mailbox, mailbox::Next, MailboxReceiver, Outbound};
 use tidings_core::{
-    protocol::{self, close, ClientFrame, ErrorCode, Request, SenderEnvelope},
-    Identity, Message, Topic,
+    protocol::{self, close, ClientFrame, ErrorCode},
+    Identity,
 };
-use tidings_routing::Denied;
-use tokio::{
-    sync::mpsc,
-    time::{sleep_until, timeout, Instant},
-};
+use tokio::time::{sleep_until, timeout, Instant};
 use tracing::Instrument;
 
 use crate::{
     codec::{check_close, Conn, Frame, OpCode, ReadError, BATCH_BYTES},
     config::deadline_after,
-    rpc::{RpcCall, RpcError},
-    server::Inner,
+    context::Context,
+    rate::{Limited, RateLimiter},
+    requests::Requests,
     stats::CloseReason,
 };
 
@@ -67,7 +58,7 @@ const BATCH_FRAMES: usize = 64;
 /// future *is* the per-connection memory.
 pub(crate) async fn run(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
-    gw: Arc<Inner>,
+    gw: Arc<Context>,
     identity: Arc<Identity>,
     credentials: Arc<http::HeaderMap>,
     peer: std::net::SocketAddr,
@@ -100,7 +91,7 @@ pub(crate) async fn run(
 async fn serve_socket(
     io: Io,
     id: u64,
-    gw: Arc<Inner>,
+    gw: Arc<Context>,
     identity: Arc<Identity>,
     credentials: Arc<http::HeaderMap>,
     peer: std::net::SocketAddr,
@@ -130,18 +121,13 @@ async fn serve_socket(
     let reason = if timed(gw.config.write_timeout, conn.send(OpCode::Text, welcome)).await {
         gw.stats.frames_out(1);
         let mut session = Session {
-            rate: TokenBucket::new(
+            rate: RateLimiter::new(
                 gw.config.client_messages_per_sec,
                 gw.config.client_message_burst,
+                gw.config.rate_limit_close_after,
             ),
-            rpc_in_flight: Arc::new(AtomicUsize::new(0)),
-            rpc_results: None,
+            requests: Requests::new(gw.clone(), identity, credentials, peer, sub),
             gw: gw.clone(),
-            identity,
-            credentials,
-            peer,
-            sub,
-            limited_in_a_row: 0,
             partial: None,
         };
         session.serve(&mut conn, &mut mailbox_rx, id).await
@@ -153,62 +139,12 @@ async fn serve_socket(
 }
 
 struct Session {
-    gw: Arc<Inner>,
-    identity: Arc<Identity>,
-    /// What RPC calls forward (empty unless RPC is on).
-    credentials: Arc<http::HeaderMap>,
-    peer: std::net::SocketAddr,
-    sub: Subscriber,
-    rate: TokenBucket,
-    limited_in_a_row: u32,
-    rpc_in_flight: Arc<AtomicUsize>,
-    /// RPC answers on their way back; made on the first call.
-    rpc_results: Option<(mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)>,
+    gw: Arc<Context>,
+    /// Subscriptions and RPC calls (see `requests`).
+    requests: Requests,
+    rate: RateLimiter,
     /// A fragmented message being assembled.
     partial: Option<(OpCode, BytesMut)>,
-}
-
-/// A token bucket: `rate` tokens per second, at most `burst` saved up.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: f64, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
-        Self {
-            rate,
-            burst,
-            tokens: burst,
-            last: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// The error frame for a broker failure: a refusal (an ACL) is final,
-/// anything else is worth a retry.
-fn broker_error(e: &tidings_bridge::BrokerError, id: Option<&RawValue>) -> Bytes {
-    let code = match e {
-        tidings_bridge::BrokerError::Refused(_) => ErrorCode::Forbidden,
-        _ => ErrorCode::BrokerUnavailable,
-    };
-    protocol::encode_error(code, &e.to_string(), id)
 }
 
 /// Runs one write, giving up if the peer does not take it in time.
@@ -217,17 +153,6 @@ async fn timed<F: std::future::Future<Output = std::io::Result<()>>>(
     f: F,
 ) -> bool {
     matches!(timeout(limit, f).await, Ok(Ok(())))
-}
-
-/// The next RPC answer, or never when no call was made.
-async fn next_rpc(results: &mut Option<(mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)>) -> Bytes {
-    match results {
-        Some((_, rx)) => match rx.recv().await {
-            Some(b) => b,
-            None => std::future::pending().await,
-        },
-        None => std::future::pending().await,
-    }
 }
 
 /// After our close frame: read (and discard) until the peer's close reply,
@@ -281,7 +206,7 @@ impl Session {
                 () = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
                     Step::Close(close::SERVICE_RESTART, "server restarting, reconnect", CloseReason::Shutdown)
                 }
-                reply = next_rpc(&mut self.rpc_results) => Step::Reply(Some(reply)),
+                reply = self.requests.next_rpc() => Step::Reply(Some(reply)),
                 // Client frames before deliveries: however busy its
                 // channels are, a client can always be heard (unsubscribe,
                 // close). Its frames are bounded by the rate limit.
@@ -469,20 +394,15 @@ impl Session {
     /// fragment. `Err(None)`: over
     /// the limit, refuse this one; `Err(Some(close))`: over it too long.
     fn rate_limit(&mut self) -> Result<(), Option<Step>> {
-        if self.rate.take() {
-            self.limited_in_a_row = 0;
-            return Ok(());
-        }
-        self.gw.stats.rate_limited();
-        self.limited_in_a_row += 1;
-        if self.limited_in_a_row >= self.gw.config.rate_limit_close_after {
-            return Err(Some(Step::Close(
+        match self.rate.take(&self.gw.stats) {
+            Ok(()) => Ok(()),
+            Err(Limited::Refuse) => Err(None),
+            Err(Limited::Close) => Err(Some(Step::Close(
                 close::POLICY_VIOLATION,
                 "rate limit exceeded",
                 CloseReason::RateLimited,
-            )));
+            ))),
         }
-        Err(None)
     }
 
     /// Handles one complete client message.
@@ -510,143 +430,9 @@ impl Session {
             )));
         }
         Step::Reply(match ClientFrame::parse(payload) {
-            Ok(frame) => self.request(frame).await,
+            Ok(frame) => self.requests.request(frame).await,
             Err(e) => Some(protocol::encode_error(e.code, &e.message, e.id.as_deref())),
         })
-    }
-
-    /// Starts an RPC call in its own task; its answer comes back to the
-    /// session when it comes, so deliveries never wait for the backend.
-    fn rpc(
-        &mut self,
-        id: Option<Box<RawValue>>,
-        method: String,
-        path: String,
-        data: Option<Box<RawValue>>,
-    ) -> Option<Bytes> {
-        let Some(handler) = self.gw.rpc.clone() else {
-            return Some(protocol::encode_error(
-                ErrorCode::RpcDisabled,
-                "rpc is not enabled on this gateway",
-                id.as_deref(),
-            ));
-        };
-        let limit = handler.max_in_flight();
-        if self.rpc_in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
-            self.rpc_in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Some(protocol::encode_error(
-                ErrorCode::TooManyRequests,
-                &format!("at most {limit} rpc calls in flight per socket"),
-                id.as_deref(),
-            ));
-        }
-        let in_flight = self.rpc_in_flight.clone();
-        let results = self
-            .rpc_results
-            .get_or_insert_with(|| mpsc::channel(limit))
-            .0
-            .clone();
-        let identity = self.identity.clone();
-        let credentials = self.credentials.clone();
-        let peer = self.peer;
-        let stats = self.gw.stats.clone();
-        tokio::spawn(
-            async move {
-                let call = RpcCall {
-                    method: &method,
-                    path: &path,
-                    body: data.map(|d| Bytes::from(String::from(Box::<str>::from(d)))),
-                    identity: &identity,
-                    credentials: &credentials,
-                    peer,
-                };
-                let result = handler.call(call).await;
-                stats.rpc(result.is_ok());
-                let reply = match result {
-                    Ok(r) => protocol::encode_rpc_result(id.as_deref(), r.status, &r.body),
-                    Err(e) => {
-                        let code = match e {
-                            RpcError::Forbidden(_) => ErrorCode::Forbidden,
-                            RpcError::Timeout(_) => ErrorCode::RpcTimeout,
-                            RpcError::Unavailable => ErrorCode::RpcUnavailable,
-                        };
-                        protocol::encode_error(code, &e.to_string(), id.as_deref())
-                    }
-                };
-                in_flight.fetch_sub(1, Ordering::AcqRel);
-                let _ = results.send(reply).await;
-            }
-            .in_current_span(),
-        );
-        None
-    }
-
-    async fn request(&mut self, frame: ClientFrame) -> Option<Bytes> {
-        if let Request::Rpc { method, path, data } = frame.request {
-            return self.rpc(frame.id, method, path, data);
-        }
-        Some(self.reply(frame).await)
-    }
-
-    async fn reply(&mut self, frame: ClientFrame) -> Bytes {
-        let id = frame.id.as_deref();
-        let gw = &self.gw;
-        let denied = |d: Denied, what: &str| match d {
-            Denied::InvalidChannel(e) => {
-                protocol::encode_error(ErrorCode::InvalidChannel, &e.to_string(), id)
-            }
-            Denied::NotAllowed => protocol::encode_error(
-                ErrorCode::Forbidden,
-                &format!("not allowed to {what} this channel"),
-                id,
-            ),
-        };
-        match frame.request {
-            Request::Subscribe { channel } => {
-                let name = match gw.router.may_subscribe(&self.identity, &channel) {
-                    Ok(name) => name,
-                    Err(d) => return denied(d, "subscribe to"),
-                };
-                let topic = Topic::Channel(name);
-                if !self.sub.contains(&topic) && self.sub.len() >= gw.config.max_subscriptions {
-                    return protocol::encode_error(
-                        ErrorCode::TooManySubscriptions,
-                        &format!(
-                            "at most {} subscriptions per socket",
-                            gw.config.max_subscriptions
-                        ),
-                        id,
-                    );
-                }
-                match self.sub.subscribe(topic).await {
-                    Ok(()) => protocol::encode_ack("subscribed", &channel, id),
-                    Err(e) => broker_error(&e, id),
-                }
-            }
-            Request::Unsubscribe { channel } => match tidings_core::ChannelName::new(&channel) {
-                Ok(name) => {
-                    self.sub.unsubscribe(&Topic::Channel(name));
-                    protocol::encode_ack("unsubscribed", &channel, id)
-                }
-                Err(e) => protocol::encode_error(ErrorCode::InvalidChannel, &e.to_string(), id),
-            },
-            Request::Publish { channel, data } => {
-                let name = match gw.router.may_publish(&self.identity, &channel) {
-                    Ok(name) => name,
-                    Err(d) => return denied(d, "publish on"),
-                };
-                // Stamped with the sender; the client cannot forge it.
-                let payload = SenderEnvelope::wrap(self.identity.user.as_deref(), &data);
-                match gw.bridge.publish(Message::new(name, payload)).await {
-                    Ok(()) => protocol::encode_ack("published", &channel, id),
-                    Err(e) => broker_error(&e, id),
-                }
-            }
-            Request::Ping => protocol::encode_pong(id),
-            Request::Rpc { .. } => {
-                protocol::encode_error(ErrorCode::Internal, "rpc is answered apart", id)
-            }
-        }
     }
 }
 

@@ -1,0 +1,220 @@
+//! A socket's requests: subscribe, unsubscribe, publish, ping and RPC
+//! frames, once parsed and past the rate limit. RPC calls run in their own
+//! tasks; their answers come back through [`Requests::next_rpc`].
+
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
+};
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tidings_bridge::Subscriber;
+use tidings_core::{
+    protocol::{self, ClientFrame, ErrorCode, Request, SenderEnvelope},
+    Identity, Message, Topic,
+};
+use tidings_routing::Denied;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::{
+    context::Context,
+    rpc::{RpcCall, RpcError},
+};
+
+/// A socket's request state: who it is, what it is subscribed to, its RPC
+/// calls in flight.
+pub(crate) struct Requests {
+    gw: Arc<Context>,
+    identity: Arc<Identity>,
+    /// What RPC calls forward (empty unless RPC is on).
+    credentials: Arc<http::HeaderMap>,
+    peer: std::net::SocketAddr,
+    sub: Subscriber,
+    rpc_in_flight: Arc<AtomicUsize>,
+    /// RPC answers on their way back; made on the first call.
+    rpc_results: Option<(mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)>,
+}
+
+impl Requests {
+    /// The request state of a socket subscribed through `sub`.
+    pub(crate) fn new(
+        gw: Arc<Context>,
+        identity: Arc<Identity>,
+        credentials: Arc<http::HeaderMap>,
+        peer: std::net::SocketAddr,
+        sub: Subscriber,
+    ) -> Self {
+        Self {
+            rpc_in_flight: Arc::new(AtomicUsize::new(0)),
+            rpc_results: None,
+            gw,
+            identity,
+            credentials,
+            peer,
+            sub,
+        }
+    }
+
+    /// The next RPC answer, or never when no call was made.
+    pub(crate) async fn next_rpc(&mut self) -> Bytes {
+        next_rpc(&mut self.rpc_results).await
+    }
+
+    /// Starts an RPC call in its own task; its answer comes back to the
+    /// session when it comes, so deliveries never wait for the backend.
+    fn rpc(
+        &mut self,
+        id: Option<Box<RawValue>>,
+        method: String,
+        path: String,
+        data: Option<Box<RawValue>>,
+    ) -> Option<Bytes> {
+        let Some(handler) = self.gw.rpc.clone() else {
+            return Some(protocol::encode_error(
+                ErrorCode::RpcDisabled,
+                "rpc is not enabled on this gateway",
+                id.as_deref(),
+            ));
+        };
+        let limit = handler.max_in_flight();
+        if self.rpc_in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.rpc_in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Some(protocol::encode_error(
+                ErrorCode::TooManyRequests,
+                &format!("at most {limit} rpc calls in flight per socket"),
+                id.as_deref(),
+            ));
+        }
+        let in_flight = self.rpc_in_flight.clone();
+        let results = self
+            .rpc_results
+            .get_or_insert_with(|| mpsc::channel(limit))
+            .0
+            .clone();
+        let identity = self.identity.clone();
+        let credentials = self.credentials.clone();
+        let peer = self.peer;
+        let stats = self.gw.stats.clone();
+        tokio::spawn(
+            async move {
+                let call = RpcCall {
+                    method: &method,
+                    path: &path,
+                    body: data.map(|d| Bytes::from(String::from(Box::<str>::from(d)))),
+                    identity: &identity,
+                    credentials: &credentials,
+                    peer,
+                };
+                let result = handler.call(call).await;
+                stats.rpc(result.is_ok());
+                let reply = match result {
+                    Ok(r) => protocol::encode_rpc_result(id.as_deref(), r.status, &r.body),
+                    Err(e) => {
+                        let code = match e {
+                            RpcError::Forbidden(_) => ErrorCode::Forbidden,
+                            RpcError::Timeout(_) => ErrorCode::RpcTimeout,
+                            RpcError::Unavailable => ErrorCode::RpcUnavailable,
+                        };
+                        protocol::encode_error(code, &e.to_string(), id.as_deref())
+                    }
+                };
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+                let _ = results.send(reply).await;
+            }
+            .in_current_span(),
+        );
+        None
+    }
+
+    /// Answers one parsed client frame (`None`: an RPC call, answered later).
+    pub(crate) async fn request(&mut self, frame: ClientFrame) -> Option<Bytes> {
+        if let Request::Rpc { method, path, data } = frame.request {
+            return self.rpc(frame.id, method, path, data);
+        }
+        Some(self.reply(frame).await)
+    }
+
+    async fn reply(&mut self, frame: ClientFrame) -> Bytes {
+        let id = frame.id.as_deref();
+        let gw = &self.gw;
+        let denied = |d: Denied, what: &str| match d {
+            Denied::InvalidChannel(e) => {
+                protocol::encode_error(ErrorCode::InvalidChannel, &e.to_string(), id)
+            }
+            Denied::NotAllowed => protocol::encode_error(
+                ErrorCode::Forbidden,
+                &format!("not allowed to {what} this channel"),
+                id,
+            ),
+        };
+        match frame.request {
+            Request::Subscribe { channel } => {
+                let name = match gw.router.may_subscribe(&self.identity, &channel) {
+                    Ok(name) => name,
+                    Err(d) => return denied(d, "subscribe to"),
+                };
+                let topic = Topic::Channel(name);
+                if !self.sub.contains(&topic) && self.sub.len() >= gw.config.max_subscriptions {
+                    return protocol::encode_error(
+                        ErrorCode::TooManySubscriptions,
+                        &format!(
+                            "at most {} subscriptions per socket",
+                            gw.config.max_subscriptions
+                        ),
+                        id,
+                    );
+                }
+                match self.sub.subscribe(topic).await {
+                    Ok(()) => protocol::encode_ack("subscribed", &channel, id),
+                    Err(e) => broker_error(&e, id),
+                }
+            }
+            Request::Unsubscribe { channel } => match tidings_core::ChannelName::new(&channel) {
+                Ok(name) => {
+                    self.sub.unsubscribe(&Topic::Channel(name));
+                    protocol::encode_ack("unsubscribed", &channel, id)
+                }
+                Err(e) => protocol::encode_error(ErrorCode::InvalidChannel, &e.to_string(), id),
+            },
+            Request::Publish { channel, data } => {
+                let name = match gw.router.may_publish(&self.identity, &channel) {
+                    Ok(name) => name,
+                    Err(d) => return denied(d, "publish on"),
+                };
+                // Stamped with the sender; the client cannot forge it.
+                let payload = SenderEnvelope::wrap(self.identity.user.as_deref(), &data);
+                match gw.bridge.publish(Message::new(name, payload)).await {
+                    Ok(()) => protocol::encode_ack("published", &channel, id),
+                    Err(e) => broker_error(&e, id),
+                }
+            }
+            Request::Ping => protocol::encode_pong(id),
+            Request::Rpc { .. } => {
+                protocol::encode_error(ErrorCode::Internal, "rpc is answered apart", id)
+            }
+        }
+    }
+}
+
+/// The error frame for a broker failure: a refusal (an ACL) is final,
+/// anything else is worth a retry.
+fn broker_error(e: &tidings_bridge::BrokerError, id: Option<&RawValue>) -> Bytes {
+    let code = match e {
+        tidings_bridge::BrokerError::Refused(_) => ErrorCode::Forbidden,
+        _ => ErrorCode::BrokerUnavailable,
+    };
+    protocol::encode_error(code, &e.to_string(), id)
+}
+
+/// The next RPC answer, or never when no call was made.
+async fn next_rpc(results: &mut Option<(mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)>) -> Bytes {
+    match results {
+        Some((_, rx)) => match rx.recv().await {
+            Some(b) => b,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
