@@ -8,6 +8,7 @@
 //!   handle a broker delivers through.
 //! - [`local`]: the in-process broker.
 //! - `redis`: the Redis broker (feature `redis`).
+//! - [`history`](mod@history): publishing with history (offsets).
 //! - [`bridge`]: the [`Bridge`] itself and a socket's [`Subscriber`] handle.
 //! - [`stats`]: counters for metrics.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -17,6 +18,7 @@ pub mod broker;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod config;
+pub mod history;
 pub mod hub;
 pub mod local;
 pub mod mailbox;
@@ -30,7 +32,9 @@ pub use broker::{BoxFuture, Broker, BrokerError, Inbound, Topic};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use config::RedisSettings;
+pub use history::HistoryLookup;
 pub use hub::{Hub, QueueDepths};
+pub use tidings_history;
 pub use local::LocalBroker;
 pub use mailbox::{mailbox, Mailbox, MailboxReceiver, Outbound, SlowConsumerPolicy};
 #[cfg(feature = "redis")]
