@@ -67,7 +67,10 @@ async fn three_with_offsets(gw: &Gateway, c: &mut Client) -> String {
         );
     }
     let r = gw.publish("/app/broadcast", json!("all")).await;
-    assert_eq!((r.status, r.body.as_str()), (202, r#"{"status":"accepted"}"#));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (202, r#"{"status":"accepted"}"#)
+    );
     assert_eq!(
         c.next_json().await,
         json!({"type":"message","channel":"/app/broadcast","data":"all"})
@@ -87,11 +90,22 @@ async fn redis_history_channels_get_offsets_from_the_api_and_from_fcall() {
     // the socket gets it with it (never the live envelope).
     let mut r = redis.client().await;
     let reply = r
-        .cmd(&["FCALL", "tidings_publish", "1", NOTES, r#"{"n":4}"#, "100", "600"])
+        .cmd(&[
+            "FCALL",
+            "tidings_publish",
+            "1",
+            NOTES,
+            r#"{"n":4}"#,
+            "100",
+            "600",
+        ])
         .await;
     assert_eq!(
         reply,
-        Reply::Array(vec![Reply::Int(4), Reply::Bulk(Some(epoch.clone().into_bytes()))])
+        Reply::Array(vec![
+            Reply::Int(4),
+            Reply::Bulk(Some(epoch.clone().into_bytes()))
+        ])
     );
     assert_eq!(
         c.next_json().await,
@@ -111,7 +125,10 @@ async fn redis_history_channels_get_offsets_from_the_api_and_from_fcall() {
     assert_eq!(r.cmd(&["XLEN", &key]).await, Reply::Int(4));
     let r5 = gw.publish(NOTES, json!({"n": 5})).await;
     let answer: Value = serde_json::from_str(&r5.body).unwrap();
-    assert_eq!((answer["offset"].clone(), answer["epoch"].clone()), (json!(5), json!(epoch)));
+    assert_eq!(
+        (answer["offset"].clone(), answer["epoch"].clone()),
+        (json!(5), json!(epoch))
+    );
     assert_eq!(
         c.next_json().await,
         json!({"type":"message","channel":NOTES,"offset":5,"epoch":epoch,"data":{"n":5}})
@@ -155,10 +172,7 @@ async fn not_ready_until_the_history_function_is_loaded_even_when_redis_comes_la
     // Ready means loaded: nothing has been published yet.
     let mut r = redis.client().await;
     let libs = r.cmd(&["FUNCTION", "LIST", "LIBRARYNAME", "tidings"]).await;
-    assert!(
-        matches!(&libs, Reply::Array(l) if l.len() == 1),
-        "{libs:?}"
-    );
+    assert!(matches!(&libs, Reply::Array(l) if l.len() == 1), "{libs:?}");
     let mut c = user_42(&gw).await;
     let e = three_with_offsets(&gw, &mut c).await;
     assert!(!e.is_empty());

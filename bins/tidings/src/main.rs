@@ -122,8 +122,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             let history = Arc::new(RedisHistory::new(tidings_bridge::redis::command_pool(
                 redis,
             )?));
-            let bridge =
-                Bridge::redis(redis.clone())?.with_history(history.clone(), history_lookup(&router));
+            let bridge = Bridge::redis(redis.clone())?
+                .with_history(history.clone(), history_lookup(&router));
             bridge.set_history_ready(false);
             tokio::spawn(install_history(history, bridge.clone()));
             bridge

@@ -11,7 +11,9 @@ use std::{
 };
 
 use tidings_core::{ChannelName, Message};
-use tidings_history::{History, HistoryError, HistoryOptions, LiveSink, MemoryHistory, StreamPosition};
+use tidings_history::{
+    History, HistoryError, HistoryOptions, LiveSink, MemoryHistory, StreamPosition,
+};
 
 use crate::{Bridge, BrokerError};
 

@@ -34,10 +34,10 @@ pub use broker::{BoxFuture, Broker, BrokerError, Inbound, Topic};
 pub use config::RedisSettings;
 pub use history::HistoryLookup;
 pub use hub::{Hub, QueueDepths};
-pub use tidings_history;
 pub use local::LocalBroker;
 pub use mailbox::{mailbox, Mailbox, MailboxReceiver, Outbound, SlowConsumerPolicy};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisBroker, RedisConfig, RedisSetupError};
 pub use stats::BridgeStats;
+pub use tidings_history;

@@ -60,12 +60,8 @@ impl Delivery {
         pattern: Option<&ChannelPattern>,
         position: Option<(u64, &str)>,
     ) -> Arc<Self> {
-        let frame = protocol::encode_message_at(
-            &message.channel,
-            pattern,
-            &message.payload,
-            position,
-        );
+        let frame =
+            protocol::encode_message_at(&message.channel, pattern, &message.payload, position);
         Arc::new(Self {
             channel: message.channel.clone(),
             pattern: pattern.cloned(),

@@ -480,7 +480,10 @@ mod tests {
                 ttl_secs: 60
             })
         );
-        assert_eq!(r.history_for(&ch("/app/team/red/feed")).unwrap().size, 10000);
+        assert_eq!(
+            r.history_for(&ch("/app/team/red/feed")).unwrap().size,
+            10000
+        );
     }
 
     #[test]
@@ -498,7 +501,10 @@ mod tests {
         assert!(with(1, 1).is_ok());
         assert!(with(MAX_HISTORY_SIZE, MAX_HISTORY_TTL_SECS).is_ok());
         assert!(with(0, 60).unwrap_err().reason.contains("size"));
-        assert!(with(MAX_HISTORY_SIZE + 1, 60).unwrap_err().reason.contains("size"));
+        assert!(with(MAX_HISTORY_SIZE + 1, 60)
+            .unwrap_err()
+            .reason
+            .contains("size"));
         assert!(with(10, 0).unwrap_err().reason.contains("ttl_secs"));
         assert!(with(10, MAX_HISTORY_TTL_SECS + 1)
             .unwrap_err()
@@ -513,7 +519,10 @@ mod tests {
             "[[rules]]\nchannel = \"/a\"\njoin = true\nhistory = { size = 1, ttl = 1 }\n",
         )
         .unwrap_err();
-        assert!(unknown.to_string().contains("unknown field `ttl`"), "{unknown}");
+        assert!(
+            unknown.to_string().contains("unknown field `ttl`"),
+            "{unknown}"
+        );
     }
 
     #[test]
