@@ -177,3 +177,40 @@ async fn not_ready_until_the_history_function_is_loaded_even_when_redis_comes_la
     let e = three_with_offsets(&gw, &mut c).await;
     assert!(!e.is_empty());
 }
+
+/// A client's WebSocket `publish` on a channel whose rule keeps a history
+/// goes through it too: the message carries its sender and its offset.
+#[tokio::test]
+async fn client_publishes_on_a_history_channel_get_offsets() {
+    let gw = Gateway::start_with(GatewayOptions::default().toml(
+        r#"
+[[routing.rules]]
+channel = "/app/room/lobby"
+join = true
+publish = true
+anonymous = true
+history = { size = 10, ttl_secs = 60 }
+"#,
+    ))
+    .await;
+    let mut c = Client::connect(&gw.ws_url()).await;
+    let pong = c.request(json!({"type":"ping","id":"settle"})).await;
+    assert_eq!(pong, json!({"type":"pong","id":"settle"}));
+    for n in 1..=2u64 {
+        c.send_json(json!({"type":"publish","channel":"/app/room/lobby","data":{"n":n},"id":n}))
+            .await;
+        // The reply and the message may come in either order.
+        let (a, b) = (c.next_json().await, c.next_json().await);
+        let (reply, message) = if a["type"] == "published" {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        assert_eq!(reply["type"], "published", "{reply}");
+        assert_eq!(message["type"], "message", "{message}");
+        assert_eq!(message["from"], Value::Null);
+        assert_eq!(message["data"], json!({"n": n}));
+        assert_eq!(message["offset"], json!(n), "{message}");
+        assert!(message["epoch"].is_string(), "{message}");
+    }
+}

@@ -116,12 +116,14 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let transport = config.transport()?;
     let router = config.router()?;
     let redis = config.redis()?;
+    // The history's own command pool (closed with QUIT at shutdown).
+    let mut history_pool = None;
     let bridge = match &redis {
         None => Bridge::in_process().with_memory_history(history_lookup(&router)),
         Some(redis) => {
-            let history = Arc::new(RedisHistory::new(tidings_bridge::redis::command_pool(
-                redis,
-            )?));
+            let pool = tidings_bridge::redis::command_pool(redis)?;
+            history_pool = Some((pool.clone(), redis.command_timeout));
+            let history = Arc::new(RedisHistory::new(pool));
             let bridge = Bridge::redis(redis.clone())?
                 .with_history(history.clone(), history_lookup(&router));
             bridge.set_history_ready(false);
@@ -157,6 +159,12 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // Last: the sockets are gone; close the broker's connections cleanly
     // (Redis: QUIT on each) rather than let the exit cut them.
     gateway.bridge().close().await;
+    if let Some((pool, timeout)) = history_pool {
+        use fred::interfaces::ClientLike;
+        if tokio::time::timeout(timeout, pool.quit()).await.is_err() {
+            tracing::debug!("Redis QUIT on the history pool timed out");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
