@@ -119,6 +119,11 @@ async fn redis_history_channels_get_offsets_from_the_api_and_from_fcall() {
         json!({"type":"message","channel":NOTES,"data":{"n":"plain"}})
     );
 
+    // Something that starts like a live envelope but is malformed never
+    // reaches the socket, raw or otherwise: it is counted as discarded.
+    assert_eq!(r.publish(NOTES, b"\0th1 1 not an epoch\nraw").await, 1);
+    assert_eq!(r.publish(NOTES, b"\0th1 0 e\nraw").await, 1);
+
     // The history holds what was published with it (1-4), not the plain
     // PUBLISH.
     let key = format!("tidings:history:{{{NOTES}}}:stream");
@@ -132,6 +137,15 @@ async fn redis_history_channels_get_offsets_from_the_api_and_from_fcall() {
     assert_eq!(
         c.next_json().await,
         json!({"type":"message","channel":NOTES,"offset":5,"epoch":epoch,"data":{"n":5}})
+    );
+    let metrics = http::get(gw.addr, "/metrics").await;
+    assert!(
+        metrics
+            .body
+            .lines()
+            .any(|l| l == r#"tidings_messages_dropped_total{reason="discarded"} 2"#),
+        "{}",
+        metrics.body
     );
 }
 

@@ -118,3 +118,46 @@ async fn envelopes_are_opened_never_forwarded_and_malformed_ones_are_discarded()
     );
     assert_eq!(bridge.hub().stats().snapshot().discarded, before + 5);
 }
+
+/// The paths a broker with server-side pattern matching (Redis) delivers
+/// through, exact and pattern: both open the envelope.
+#[tokio::test]
+async fn exact_and_pattern_deliveries_from_a_broker_open_the_envelope() {
+    let captured = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let keep = captured.clone();
+    let bridge = Bridge::new(move |inbound| {
+        *keep.lock().unwrap() = Some(inbound.clone());
+        tidings_bridge::LocalBroker::new(inbound)
+    });
+    let inbound = captured.lock().unwrap().clone().unwrap();
+    let (mb, mut rx) = mailbox(16, SlowConsumerPolicy::Close);
+    let mut sub = bridge.subscriber(mb);
+    let pattern = ChannelPattern::new("/p/*").unwrap();
+    sub.join(Topic::Channel(channel("/p/1"))).await.unwrap();
+    sub.join(Topic::Pattern(pattern.clone())).await.unwrap();
+
+    let wrapped = Message::new(
+        channel("/p/1"),
+        LivePublication::wrap(&StreamPosition::new(3, "E"), b"[1]"),
+    );
+    inbound.message(&wrapped);
+    assert_eq!(
+        next_frame(&mut rx).await,
+        r#"{"type":"message","channel":"/p/1","offset":3,"epoch":"E","data":[1]}"#
+    );
+    inbound.pattern_message(&pattern, &wrapped);
+    assert_eq!(
+        next_frame(&mut rx).await,
+        r#"{"type":"message","channel":"/p/1","pattern":"/p/*","offset":3,"epoch":"E","data":[1]}"#
+    );
+    let before = bridge.hub().stats().snapshot().discarded;
+    let bad = Message::new(channel("/p/1"), Bytes::from_static(b"\0th1 1 e"));
+    inbound.message(&bad);
+    inbound.pattern_message(&pattern, &bad);
+    inbound.message(&Message::new(channel("/p/1"), "2"));
+    assert_eq!(
+        next_frame(&mut rx).await,
+        r#"{"type":"message","channel":"/p/1","data":2}"#
+    );
+    assert_eq!(bridge.hub().stats().snapshot().discarded, before + 2);
+}
