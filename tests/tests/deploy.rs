@@ -288,9 +288,11 @@ async fn nginx_proxies_websockets_django_and_static_files() {
             nginx.logs()
         )
     });
+    // The default notification rule keeps a history: offset 1 of its epoch.
+    let epoch = first["epoch"].as_str().expect("an epoch").to_owned();
     assert_eq!(
         first,
-        json!({"type": "message", "channel": "/app/user/42/notifications", "data": {"n": 0}})
+        json!({"type": "message", "channel": "/app/user/42/notifications", "offset": 1, "epoch": epoch, "data": {"n": 0}})
     );
 
     // Idle for 2 s: only the gateway's pings flow, and our pongs must get

@@ -94,7 +94,9 @@ async fn sigterm_closes_the_redis_connections_with_quit() {
     )
     .await;
     gw.wait_ready().await;
-    wait_clients(&mut admin, 1 + 1 + 2).await;
+    // Ours, the subscription connection, the publish pool and the
+    // history's pool.
+    wait_clients(&mut admin, 1 + 1 + 2 + 2).await;
     assert_eq!(quits(&mut admin).await, 0);
 
     gw.sigterm();
@@ -103,7 +105,7 @@ async fn sigterm_closes_the_redis_connections_with_quit() {
     // Each connection said QUIT before the process exited (an exit alone
     // would only cut them).
     wait_clients(&mut admin, 1).await;
-    assert_eq!(quits(&mut admin).await, 1 + 2, "{}", gw.logs());
+    assert_eq!(quits(&mut admin).await, 1 + 2 + 2, "{}", gw.logs());
 }
 
 #[tokio::test]

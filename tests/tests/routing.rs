@@ -200,6 +200,21 @@ async fn expect(c: &mut Client, who: &str, expected: &Value) {
     }
 }
 
+/// Asserts that `c`'s next frame is `expected` at `offset` of the channel's
+/// history (the default user notification rule keeps one).
+async fn expect_at(c: &mut Client, expected: &Value, offset: u64) {
+    let mut f = c
+        .next_json_within(PATIENCE)
+        .await
+        .unwrap_or_else(|| panic!("received nothing; expected {expected}"));
+    assert_eq!(f["offset"], json!(offset), "{f}");
+    assert!(f["epoch"].is_string(), "{f}");
+    let o = f.as_object_mut().expect("an object");
+    o.remove("offset");
+    o.remove("epoch");
+    assert_eq!(&f, expected);
+}
+
 /// Asserts that `c` receives nothing for a while.
 async fn expect_silence(c: &mut Client, who: &str) {
     if let Some(f) = c.next_json_within(SHORT).await {
@@ -1163,7 +1178,7 @@ async fn rpc_timeouts_limits_and_outages() {
     c.send_json(rpc(json!(10), "GET", "/api/slow?ms=3000", None))
         .await;
     publish_http(&gw, MINE, json!({"while":"slow"})).await;
-    expect(&mut c, "socket", &message(MINE, json!({"while":"slow"}))).await;
+    expect_at(&mut c, &message(MINE, json!({"while":"slow"})), 1).await;
     let delivered = t0.elapsed();
     assert!(
         delivered < Duration::from_millis(450),
@@ -1193,7 +1208,7 @@ async fn rpc_timeouts_limits_and_outages() {
     assert!(t1.elapsed() < Duration::from_millis(400));
     // Meanwhile deliveries still flow.
     publish_http(&gw, MINE, json!({"while":"busy"})).await;
-    expect(&mut c, "socket", &message(MINE, json!({"while":"busy"}))).await;
+    expect_at(&mut c, &message(MINE, json!({"while":"busy"})), 2).await;
     let mut ids = Vec::new();
     for _ in 0..2 {
         let f = c.next_json().await;
@@ -1220,7 +1235,7 @@ async fn rpc_timeouts_limits_and_outages() {
     assert_eq!(f["id"], 30);
     // The socket itself is fine.
     publish_http(&gw, MINE, json!("after")).await;
-    expect(&mut c, "socket", &message(MINE, json!("after"))).await;
+    expect_at(&mut c, &message(MINE, json!("after")), 3).await;
 }
 
 /// Without `rpc.url`, an `rpc` request gets `rpc_disabled`.

@@ -133,6 +133,11 @@ impl Endpoints {
     fn readyz(&self) -> HttpResponse {
         if self.gateway.is_shutting_down() {
             text_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+        } else if !self.gateway.bridge().history_ready() {
+            text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "history unavailable (its Redis function library is not loaded yet)\n",
+            )
         } else if !self.gateway.bridge().is_ready() {
             text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -217,10 +222,20 @@ impl Endpoints {
         match self
             .gateway
             .bridge()
-            .publish(Message::new(channel, payload))
+            .publish_with_position(Message::new(channel, payload))
             .await
         {
-            Ok(()) => json_response(StatusCode::ACCEPTED, r#"{"status":"accepted"}"#.into()),
+            Ok(None) => json_response(StatusCode::ACCEPTED, r#"{"status":"accepted"}"#.into()),
+            // A channel with history: where the publication is in it.
+            Ok(Some(position)) => json_response(
+                StatusCode::ACCEPTED,
+                serde_json::json!({
+                    "status": "accepted",
+                    "offset": position.offset,
+                    "epoch": position.epoch,
+                })
+                .to_string(),
+            ),
             Err(e @ tidings_bridge::BrokerError::Refused(_)) => {
                 json_error(StatusCode::FORBIDDEN, "forbidden", &e.to_string())
             }

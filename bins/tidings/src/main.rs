@@ -1,10 +1,13 @@
 //! The Tidings gateway binary: read config, start logging, build the
 //! bridge and the gateway, serve until SIGTERM/SIGINT, drain.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Parser, Subcommand};
-use tidings_bridge::Bridge;
+use tidings_bridge::{
+    tidings_history::{HistoryOptions, RedisHistory},
+    Bridge,
+};
 use tidings_identity::{
     Chain, CookieProxy, MemoryTokenStore, RedisTokenStore, ResolverKind, TokenResolver, TokenStore,
 };
@@ -114,9 +117,20 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let transport = config.transport()?;
     let router = config.router()?;
     let redis = config.redis()?;
+    // The history's own command pool (closed with QUIT at shutdown).
+    let mut history_pool = None;
     let bridge = match &redis {
-        None => Bridge::in_process(),
-        Some(redis) => Bridge::redis(redis.clone())?,
+        None => Bridge::in_process().with_memory_history(history_lookup(&router)),
+        Some(redis) => {
+            let pool = tidings_bridge::redis::command_pool(redis)?;
+            history_pool = Some((pool.clone(), redis.command_timeout));
+            let history = Arc::new(RedisHistory::new(pool));
+            let bridge = Bridge::redis(redis.clone())?
+                .with_history(history.clone(), history_lookup(&router));
+            bridge.set_history_ready(false);
+            tokio::spawn(install_history(history, bridge.clone()));
+            bridge
+        }
     };
     let identity = identity(&config, redis.as_ref())?;
     let mut builder = Gateway::builder(bridge)
@@ -146,8 +160,48 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // Last: the sockets are gone; close the broker's connections cleanly
     // (Redis: QUIT on each) rather than let the exit cut them.
     gateway.bridge().close().await;
+    if let Some((pool, timeout)) = history_pool {
+        use fred::interfaces::ClientLike;
+        if tokio::time::timeout(timeout, pool.quit()).await.is_err() {
+            tracing::debug!("Redis QUIT on the history pool timed out");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Which channels keep a history: the first routing rule covering the
+/// channel decides (see `Router::history_for`).
+fn history_lookup(
+    router: &tidings_routing::Router,
+) -> impl Fn(&tidings_core::ChannelName) -> Option<HistoryOptions> + Send + Sync + 'static {
+    let router = router.clone();
+    move |channel| {
+        let h = router.history_for(channel)?;
+        // The rule was validated (size 1..=10000, ttl_secs 1..=7 days).
+        HistoryOptions::new(h.size, Duration::from_secs(h.ttl_secs)).ok()
+    }
+}
+
+/// Loads the history's Redis function library (`FUNCTION LOAD REPLACE`),
+/// retrying with backoff while Redis is unreachable (or refuses), like the
+/// broker's connection; `/readyz` answers 503 until it is loaded.
+async fn install_history(history: Arc<RedisHistory>, bridge: Bridge) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match history.install().await {
+            Ok(()) => {
+                tracing::info!("history: Redis function library loaded");
+                bridge.set_history_ready(true);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "history: cannot load the Redis function library yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// A listener with a deep accept backlog: during a reconnect storm

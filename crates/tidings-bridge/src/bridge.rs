@@ -44,6 +44,7 @@ struct Inner {
     control: mpsc::UnboundedSender<Control>,
     next_id: AtomicU64,
     degraded: Arc<AtomicBool>,
+    history: parking_lot::RwLock<Option<Arc<crate::history::HistoryHook>>>,
 }
 
 /// The bridge between local sockets and a [`Broker`]. Cheap to clone.
@@ -137,6 +138,7 @@ impl Bridge {
                 control,
                 next_id: AtomicU64::new(1),
                 degraded,
+                history: parking_lot::RwLock::new(None),
             }),
         })
     }
@@ -153,12 +155,33 @@ impl Bridge {
 
     /// Whether the broker can take publishes and subscriptions now.
     pub fn is_ready(&self) -> bool {
-        self.inner.broker.is_ready() && !self.inner.degraded.load(Ordering::Relaxed)
+        self.inner.broker.is_ready()
+            && !self.inner.degraded.load(Ordering::Relaxed)
+            && self.history_ready()
     }
 
-    /// Publishes `message` through the broker, so every gateway instance
-    /// delivers it.
+    /// Publishes `message` so every gateway instance delivers it: through
+    /// the history when its channel has one (see [`Bridge::with_history`]),
+    /// else through the broker. [`Bridge::publish_with_position`] also
+    /// answers the position.
     pub async fn publish(&self, message: Message) -> Result<(), BrokerError> {
+        self.publish_with_position(message).await.map(drop)
+    }
+
+    /// The shared hub (for the in-process history's live sink).
+    pub(crate) fn hub_arc(&self) -> Arc<Hub> {
+        self.inner.hub.clone()
+    }
+
+    /// Where [`Bridge::with_history`] keeps the history.
+    pub(crate) fn history_slot(
+        &self,
+    ) -> &parking_lot::RwLock<Option<Arc<crate::history::HistoryHook>>> {
+        &self.inner.history
+    }
+
+    /// Publishes `message` through the broker, without history.
+    pub(crate) async fn publish_plain(&self, message: Message) -> Result<(), BrokerError> {
         if !self.inner.broker.is_ready() {
             return Err(BrokerError::Unavailable(format!(
                 "{} broker is not connected",

@@ -1,7 +1,7 @@
 //! The local subscriber registry and the fan-out loop.
 
 use std::{
-    borrow::Borrow,
+    borrow::{Borrow, Cow},
     collections::{hash_map::Entry, HashMap},
     hash::Hash,
     sync::Arc,
@@ -10,6 +10,12 @@ use std::{
 use indexmap::IndexMap;
 use parking_lot::RwLock;
 use tidings_core::{protocol, ChannelName, ChannelPattern, Delivery, Message, Topic};
+use tidings_history::{LivePublication, StreamPosition, LIVE_PREFIX};
+
+/// A position as [`Delivery::at_position`] takes it.
+fn at(position: &Option<StreamPosition>) -> Option<(u64, &str)> {
+    position.as_ref().map(|p| (p.offset, p.epoch.as_str()))
+}
 
 use crate::{
     mailbox::{Mailbox, Offer, Outbound},
@@ -181,22 +187,62 @@ impl Hub {
     }
 
     /// Fans out a message received on its exact channel.
+    ///
+    /// A payload in the history's live envelope
+    /// ([`tidings_history::LivePublication`]) is opened here, once: the
+    /// sockets get the publication with its `offset` and `epoch`, never the
+    /// envelope. One that starts like an envelope but is malformed is
+    /// counted as discarded and delivered to nobody.
     pub(crate) fn dispatch_channel(&self, message: &Message) {
         self.stats.record_in();
+        let Some((message, position)) = self.open_live(message) else {
+            return;
+        };
         let topics = self.topics.read();
         match topics.channels.get(message.channel.as_str()) {
-            Some(subs) => self.fan_out(subs, Delivery::new(message)),
+            Some(subs) => self.fan_out(subs, Delivery::at_position(&message, None, at(&position))),
             None => self.stats.record_unrouted(),
         }
     }
 
-    /// Fans out a message received through the pattern subscription `pattern`.
+    /// Fans out a message received through the pattern subscription
+    /// `pattern` (live envelopes opened as in [`Hub::dispatch_channel`]).
     pub(crate) fn dispatch_pattern(&self, pattern: &ChannelPattern, message: &Message) {
         self.stats.record_in();
+        let Some((message, position)) = self.open_live(message) else {
+            return;
+        };
         let topics = self.topics.read();
         match topics.patterns.get(pattern.as_str()) {
-            Some(subs) => self.fan_out(subs, Delivery::for_pattern(message, pattern)),
+            Some(subs) => self.fan_out(
+                subs,
+                Delivery::at_position(&message, Some(pattern), at(&position)),
+            ),
             None => self.stats.record_unrouted(),
+        }
+    }
+
+    /// Opens a history live envelope: the publication and its position, or
+    /// the message as it is when it is no envelope; `None` (counted as
+    /// discarded, reason `malformed_history_envelope`) when it starts like
+    /// one but is malformed.
+    fn open_live<'m>(
+        &self,
+        message: &'m Message,
+    ) -> Option<(Cow<'m, Message>, Option<StreamPosition>)> {
+        if !message.payload.starts_with(LIVE_PREFIX) {
+            return Some((Cow::Borrowed(message), None));
+        }
+        match LivePublication::open(&message.payload) {
+            Some((position, data)) => {
+                let start = message.payload.len() - data.len();
+                let opened = Message::new(message.channel.clone(), message.payload.slice(start..));
+                Some((Cow::Owned(opened), Some(position)))
+            }
+            None => {
+                self.stats.record_discard("malformed_history_envelope", 1);
+                None
+            }
         }
     }
 
@@ -205,15 +251,21 @@ impl Hub {
     /// pattern step is one glob match per distinct local pattern.
     pub(crate) fn dispatch_all(&self, message: &Message) {
         self.stats.record_in();
+        let Some((message, position)) = self.open_live(message) else {
+            return;
+        };
         let topics = self.topics.read();
         let mut routed = false;
         if let Some(subs) = topics.channels.get(message.channel.as_str()) {
-            self.fan_out(subs, Delivery::new(message));
+            self.fan_out(subs, Delivery::at_position(&message, None, at(&position)));
             routed = true;
         }
         for (pattern, subs) in &topics.patterns {
             if pattern.matches(message.channel.as_str()) {
-                self.fan_out(subs, Delivery::for_pattern(message, pattern));
+                self.fan_out(
+                    subs,
+                    Delivery::at_position(&message, Some(pattern), at(&position)),
+                );
                 routed = true;
             }
         }

@@ -8,6 +8,7 @@
 //!   handle a broker delivers through.
 //! - [`local`]: the in-process broker.
 //! - `redis`: the Redis broker (feature `redis`).
+//! - [`history`](mod@history): publishing with history (offsets).
 //! - [`bridge`]: the [`Bridge`] itself and a socket's [`Subscriber`] handle.
 //! - [`stats`]: counters for metrics.
 //! - `bench`: hidden entry points for this crate's benchmarks to the
@@ -21,6 +22,7 @@ pub mod broker;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod config;
+pub mod history;
 pub mod hub;
 pub mod local;
 pub mod mailbox;
@@ -34,6 +36,7 @@ pub use broker::{BoxFuture, Broker, BrokerError, Inbound, Topic};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use config::RedisSettings;
+pub use history::HistoryLookup;
 pub use hub::{Hub, QueueDepths};
 pub use local::LocalBroker;
 pub use mailbox::{mailbox, Mailbox, MailboxReceiver, Outbound, SlowConsumerPolicy};
@@ -41,3 +44,4 @@ pub use mailbox::{mailbox, Mailbox, MailboxReceiver, Outbound, SlowConsumerPolic
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisBroker, RedisConfig, RedisSetupError};
 pub use stats::BridgeStats;
+pub use tidings_history;

@@ -50,6 +50,25 @@ impl Delivery {
         Self::build(message, Some(pattern.clone()))
     }
 
+    /// Encodes `message` once with its position in the channel's history,
+    /// `(offset, epoch)` (the frame's `"offset"` and `"epoch"`), as received
+    /// through `pattern` or, when `None`, the exact subscription.
+    /// `message.payload` must be the publication itself, never the live
+    /// envelope it arrived in.
+    pub fn at_position(
+        message: &Message,
+        pattern: Option<&ChannelPattern>,
+        position: Option<(u64, &str)>,
+    ) -> Arc<Self> {
+        let frame =
+            protocol::encode_message_at(&message.channel, pattern, &message.payload, position);
+        Arc::new(Self {
+            channel: message.channel.clone(),
+            pattern: pattern.cloned(),
+            frame,
+        })
+    }
+
     fn build(message: &Message, pattern: Option<ChannelPattern>) -> Arc<Self> {
         let frame = protocol::encode_message(&message.channel, pattern.as_ref(), &message.payload);
         Arc::new(Self {

@@ -294,12 +294,31 @@ pub fn encode_message(
     pattern: Option<&ChannelPattern>,
     payload: &[u8],
 ) -> Bytes {
+    encode_message_at(channel, pattern, payload, None)
+}
+
+/// Like [`encode_message`], for a message with a position in its channel's
+/// history: `position` is its `(offset, epoch)`, written as the frame's
+/// `"offset"` (a number) and `"epoch"` (a string) right after `"channel"`
+/// (and `"pattern"`). `None` gives exactly [`encode_message`]'s frame.
+pub fn encode_message_at(
+    channel: &ChannelName,
+    pattern: Option<&ChannelPattern>,
+    payload: &[u8],
+    position: Option<(u64, &str)>,
+) -> Bytes {
     let mut out = String::with_capacity(payload.len() + channel.as_str().len() + 48);
     out.push_str("{\"type\":\"message\",\"channel\":");
     push_json_str(&mut out, channel.as_str());
     if let Some(p) = pattern {
         out.push_str(",\"pattern\":");
         push_json_str(&mut out, p.as_str());
+    }
+    if let Some((offset, epoch)) = position {
+        out.push_str(",\"offset\":");
+        out.push_str(&offset.to_string());
+        out.push_str(",\"epoch\":");
+        push_json_str(&mut out, epoch);
     }
     if let Some(sent) = SenderEnvelope::open(payload) {
         out.push_str(",\"from\":");
@@ -520,6 +539,24 @@ mod tests {
 
     fn v(b: &Bytes) -> Value {
         serde_json::from_slice(b).expect("server frames are JSON")
+    }
+
+    #[test]
+    fn message_positions() {
+        let c = ChannelName::new("/u/1").unwrap();
+        let p = ChannelPattern::new("/u/*").unwrap();
+        assert_eq!(
+            &encode_message_at(&c, None, b"{\"a\":1}", Some((7, "e-1")))[..],
+            br#"{"type":"message","channel":"/u/1","offset":7,"epoch":"e-1","data":{"a":1}}"#
+        );
+        assert_eq!(
+            v(&encode_message_at(&c, Some(&p), b"x", Some((1, "E")))),
+            json!({"type":"message","channel":"/u/1","pattern":"/u/*","offset":1,"epoch":"E","data":"x"})
+        );
+        assert_eq!(
+            encode_message_at(&c, None, b"x", None),
+            encode_message(&c, None, b"x")
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod follower;
 mod live;
 mod memory;
+#[cfg(feature = "redis")]
 mod redis;
 mod types;
 
@@ -14,6 +15,8 @@ use tidings_core::ChannelName;
 pub use follower::{Follower, Step};
 pub use live::{LivePublication, LIVE_PREFIX};
 pub use memory::{Clock, LiveSink, MemoryHistory};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisHistory, DEFAULT_PREFIX, FUNCTION_LIBRARY, LIBRARY_NAME};
 pub use types::{
     HistoryOptions, Publication, Recovery, StreamPosition, DEFAULT_META_TTL, MAX_EPOCH_LEN,

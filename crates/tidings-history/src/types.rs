@@ -151,10 +151,12 @@ impl HistoryOptions {
         Duration::from_secs(self.meta_ttl_secs)
     }
 
+    #[cfg(feature = "redis")]
     pub(crate) fn ttl_secs(&self) -> u64 {
         self.ttl_secs
     }
 
+    #[cfg(feature = "redis")]
     pub(crate) fn meta_ttl_secs(&self) -> u64 {
         self.meta_ttl_secs
     }

@@ -16,6 +16,7 @@ fn rule(channel: &str, join: bool, subscribe: bool, publish: bool, anonymous: bo
         subscribe,
         publish,
         anonymous,
+        history: None,
     }
 }
 

@@ -11,6 +11,7 @@
 //! subscribe = true   # may be subscribed to on request
 //! publish = false    # clients may not publish here
 //! anonymous = false  # needs a logged-in user
+//! history = { size = 100, ttl_secs = 600 }  # optional: offsets + replay
 //! ```
 //!
 //! Placeholders are filled from the identity: `{user}`, `{session}`,
@@ -33,5 +34,8 @@ mod rule;
 mod template;
 
 pub use config::RoutingSettings;
-pub use rule::{Access, Denied, Plan, Router, Rule, RuleError};
+pub use rule::{
+    Access, Denied, Plan, Router, Rule, RuleError, RuleHistory, MAX_HISTORY_SIZE,
+    MAX_HISTORY_TTL_SECS,
+};
 pub use template::MAX_VALUE_LEN;

@@ -23,6 +23,55 @@ pub struct Rule {
     /// Applies to anonymous visitors too (otherwise only to logged-in users).
     #[serde(default)]
     pub anonymous: bool,
+    /// Keep a history of the channels this rule covers: every publication
+    /// through the gateway gets an offset and is kept for replay (see
+    /// [`Router::history_for`]). Left out: no history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<RuleHistory>,
+}
+
+/// The most publications one channel's history may keep.
+pub const MAX_HISTORY_SIZE: u64 = 10_000;
+
+/// The longest a history may be kept after its last publication (7 days).
+pub const MAX_HISTORY_TTL_SECS: u64 = 7 * 86_400;
+
+/// A rule's `history = { size = N, ttl_secs = S }`: keep the last `size`
+/// publications of each channel for `ttl_secs` seconds after the channel's
+/// last publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleHistory {
+    /// How many publications to keep per channel (1 to [`MAX_HISTORY_SIZE`]).
+    pub size: u64,
+    /// How long to keep them after the channel's last publication, in whole
+    /// seconds (1 to [`MAX_HISTORY_TTL_SECS`]).
+    pub ttl_secs: u64,
+}
+
+impl RuleHistory {
+    /// The history the default user notification rule keeps: 100
+    /// publications for 10 minutes.
+    pub const DEFAULT_NOTIFICATIONS: RuleHistory = RuleHistory {
+        size: 100,
+        ttl_secs: 600,
+    };
+
+    fn check(&self) -> Result<(), String> {
+        if !(1..=MAX_HISTORY_SIZE).contains(&self.size) {
+            return Err(format!(
+                "history size must be between 1 and {MAX_HISTORY_SIZE}, not {}",
+                self.size
+            ));
+        }
+        if !(1..=MAX_HISTORY_TTL_SECS).contains(&self.ttl_secs) {
+            return Err(format!(
+                "history ttl_secs must be between 1 and {MAX_HISTORY_TTL_SECS}, not {}",
+                self.ttl_secs
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Rule {
@@ -37,6 +86,7 @@ impl Rule {
                 subscribe: true,
                 publish: false,
                 anonymous: true,
+                history: None,
             },
             Rule {
                 channel: "/app/user/{user}/notifications".into(),
@@ -44,6 +94,7 @@ impl Rule {
                 subscribe: true,
                 publish: false,
                 anonymous: false,
+                history: Some(RuleHistory::DEFAULT_NOTIFICATIONS),
             },
         ]
     }
@@ -135,6 +186,9 @@ impl Router {
                 if !(rule.join || rule.subscribe || rule.publish) {
                     return Err(err("grants nothing: set at least one of join, subscribe, publish".into()));
                 }
+                if let Some(history) = &rule.history {
+                    history.check().map_err(err)?;
+                }
                 if template.is_pattern && rule.publish {
                     return Err(err(
                         "publish on a pattern rule would let clients publish on any matching channel; list channels instead".into(),
@@ -154,6 +208,25 @@ impl Router {
     }
 
     /// The rules, as given.
+    /// The history of `channel`: the `history` option of the **first** rule
+    /// (in configuration order) whose template covers the channel for some
+    /// identity (each placeholder standing for one value without `/`; a
+    /// pattern rule covers what its glob matches), whatever that rule
+    /// grants and whether or not it has the option. `None`: no history.
+    ///
+    /// It depends on the channel name only, never on who publishes, so
+    /// every publisher (a client, the HTTP API, a backend through Redis
+    /// using the same size and TTL) agrees on it. Identity grants (channels
+    /// named by the identity service) have no rule and so no history,
+    /// unless a rule covers them too.
+    pub fn history_for(&self, channel: &ChannelName) -> Option<RuleHistory> {
+        self.rules
+            .iter()
+            .find(|c| c.template.covers(channel.as_str()))
+            .and_then(|c| c.rule.history)
+    }
+
+    /// Every rule, in order.
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.rules.iter().map(|c| &c.rule)
     }
@@ -348,6 +421,7 @@ mod tests {
                 subscribe: false,
                 publish,
                 anonymous: false,
+                history: None,
             }])
             .unwrap_err()
         };
@@ -362,8 +436,93 @@ mod tests {
             subscribe: false,
             publish: false,
             anonymous: true,
+            history: None,
         }]);
         assert!(none.unwrap_err().reason.contains("grants nothing"));
+    }
+
+    #[test]
+    fn history_is_the_first_covering_rules_option() {
+        let r = Router::new(Rule::defaults()).unwrap();
+        let ch = |s: &str| ChannelName::new(s).unwrap();
+        assert_eq!(
+            r.history_for(&ch("/app/user/42/notifications")),
+            Some(RuleHistory {
+                size: 100,
+                ttl_secs: 600
+            })
+        );
+        assert_eq!(r.history_for(&ch("/app/broadcast")), None);
+        assert_eq!(r.history_for(&ch("/app/user/4/2/notifications")), None);
+        assert_eq!(r.history_for(&ch("/elsewhere")), None);
+
+        let r = rules(
+            r#"
+            [[rules]]
+            channel = "/app/room/lobby"
+            publish = true
+            [[rules]]
+            channel = "/app/room/*"
+            subscribe = true
+            history = { size = 5, ttl_secs = 60 }
+            [[rules]]
+            channel = "/app/team/{attr.team}/feed"
+            join = true
+            history = { size = 10000, ttl_secs = 1 }
+            "#,
+        );
+        // The first covering rule decides, even without the option.
+        assert_eq!(r.history_for(&ch("/app/room/lobby")), None);
+        assert_eq!(
+            r.history_for(&ch("/app/room/7")),
+            Some(RuleHistory {
+                size: 5,
+                ttl_secs: 60
+            })
+        );
+        assert_eq!(
+            r.history_for(&ch("/app/team/red/feed")).unwrap().size,
+            10000
+        );
+    }
+
+    #[test]
+    fn bad_history_options_are_refused() {
+        let with = |size, ttl_secs| {
+            Router::new(vec![Rule {
+                channel: "/a/{user}".into(),
+                join: true,
+                subscribe: false,
+                publish: false,
+                anonymous: false,
+                history: Some(RuleHistory { size, ttl_secs }),
+            }])
+        };
+        assert!(with(1, 1).is_ok());
+        assert!(with(MAX_HISTORY_SIZE, MAX_HISTORY_TTL_SECS).is_ok());
+        assert!(with(0, 60).unwrap_err().reason.contains("size"));
+        assert!(with(MAX_HISTORY_SIZE + 1, 60)
+            .unwrap_err()
+            .reason
+            .contains("size"));
+        assert!(with(10, 0).unwrap_err().reason.contains("ttl_secs"));
+        assert!(with(10, MAX_HISTORY_TTL_SECS + 1)
+            .unwrap_err()
+            .reason
+            .contains("ttl_secs"));
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct File {
+            rules: Vec<Rule>,
+        }
+        let unknown = toml::from_str::<File>(
+            "[[rules]]\nchannel = \"/a\"\njoin = true\nhistory = { size = 1, ttl = 1 }\n",
+        )
+        .unwrap_err();
+        assert!(
+            unknown.to_string().contains("unknown field `ttl`"),
+            "{unknown}"
+        );
     }
 
     #[test]

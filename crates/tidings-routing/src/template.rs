@@ -75,6 +75,25 @@ pub(crate) fn safe_value(value: &str) -> bool {
 }
 
 impl Template {
+    /// Whether the concrete channel `channel` is one this template can
+    /// expand to for *some* identity (every placeholder standing for one
+    /// safe value, see [`safe_value`]). A pattern template matches the
+    /// channels its glob matches with each placeholder read as `*`.
+    pub(crate) fn covers(&self, channel: &str) -> bool {
+        if self.is_pattern {
+            let glob: String = self
+                .parts
+                .iter()
+                .map(|p| match p {
+                    Part::Literal(l) => l.as_str(),
+                    _ => "*",
+                })
+                .collect();
+            return tidings_core::ChannelPattern::new(&glob).is_ok_and(|p| p.matches(channel));
+        }
+        covers_parts(&self.parts, channel)
+    }
+
     /// Every string this template stands for, for `identity`. Empty when a
     /// value is missing or unsafe.
     pub(crate) fn expand(&self, identity: &Identity) -> Vec<String> {
@@ -110,6 +129,23 @@ impl Template {
     }
 }
 
+fn covers_parts(parts: &[Part], rest: &str) -> bool {
+    match parts.split_first() {
+        None => rest.is_empty(),
+        Some((Part::Literal(l), tail)) => rest
+            .strip_prefix(l.as_str())
+            .is_some_and(|r| covers_parts(tail, r)),
+        Some((_, tail)) => {
+            // A placeholder: one safe value (never containing '/'), then the rest.
+            let limit = rest.find('/').unwrap_or(rest.len());
+            (1..=limit.min(MAX_VALUE_LEN))
+                .rev()
+                .filter(|&n| rest.is_char_boundary(n))
+                .any(|n| safe_value(&rest[..n]) && covers_parts(tail, &rest[n..]))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +167,15 @@ mod tests {
         assert!(parse("/a/}").is_err());
         assert!(parse("").is_err());
         assert!(parse("/app/room/*").unwrap().is_pattern);
+        let t = parse("/app/user/{user}/notifications").unwrap();
+        assert!(t.covers("/app/user/42/notifications"));
+        assert!(!t.covers("/app/user/4/2/notifications"));
+        assert!(!t.covers("/app/user//notifications"));
+        assert!(!t.covers("/app/user/42/notifications/x"));
+        assert!(parse("/a/{user}-{session}").unwrap().covers("/a/x-y-z"));
+        assert!(parse("/app/room/*").unwrap().covers("/app/room/7"));
+        assert!(parse("/app/{user}/*").unwrap().covers("/app/1/7"));
+        assert!(!parse("/app/room/*").unwrap().covers("/app/hall/7"));
         assert_eq!(
             parse("/x/{attr.team}").unwrap().parts[1],
             Part::Attr("team".into())

@@ -38,6 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         subscribe: true,
         publish: false,
         anonymous: false,
+        history: None,
     });
 
     // In-process broker here; `Bridge::redis(RedisConfig::new(url))?` for Redis
