@@ -10,7 +10,8 @@ use std::{
     },
 };
 
-use tidings_core::Message;
+use tidings_core::{ChannelName, Message};
+use tidings_history::{History, HistoryOptions, StreamPosition};
 use tokio::{
     sync::{mpsc, oneshot},
     time::{Duration, Instant},
@@ -18,6 +19,7 @@ use tokio::{
 
 use crate::{
     broker::{BoxFuture, Broker, BrokerError, ConnectionEvent, Inbound, Topic},
+    history::HistoryHook,
     hub::Hub,
     local::LocalBroker,
     mailbox::Mailbox,
@@ -44,7 +46,7 @@ struct Inner {
     control: mpsc::UnboundedSender<Control>,
     next_id: AtomicU64,
     degraded: Arc<AtomicBool>,
-    history: parking_lot::RwLock<Option<Arc<crate::history::HistoryHook>>>,
+    history: parking_lot::RwLock<Option<Arc<HistoryHook>>>,
 }
 
 /// The bridge between local sockets and a [`Broker`]. Cheap to clone.
@@ -166,18 +168,6 @@ impl Bridge {
     /// answers the position.
     pub async fn publish(&self, message: Message) -> Result<(), BrokerError> {
         self.publish_with_position(message).await.map(drop)
-    }
-
-    /// The shared hub (for the in-process history's live sink).
-    pub(crate) fn hub_arc(&self) -> Arc<Hub> {
-        self.inner.hub.clone()
-    }
-
-    /// Where [`Bridge::with_history`] keeps the history.
-    pub(crate) fn history_slot(
-        &self,
-    ) -> &parking_lot::RwLock<Option<Arc<crate::history::HistoryHook>>> {
-        &self.inner.history
     }
 
     /// Publishes `message` through the broker, without history.
@@ -661,5 +651,81 @@ impl Bridge {
     pub fn redis(config: crate::RedisConfig) -> Result<Self, crate::RedisSetupError> {
         let every = Some(config.self_check_interval);
         Self::try_with_self_check(every, |inbound| crate::RedisBroker::new(config, inbound))
+    }
+}
+
+impl Bridge {
+    /// Publishes through `history` on every channel `lookup` gives options
+    /// for: [`Bridge::publish_with_position`] then assigns each publication
+    /// its offset and delivers it live in one atomic step (for Redis, the
+    /// `tidings_publish` function, which publishes the live envelope on the
+    /// channel itself; the envelope is opened once per message by the
+    /// [`Hub`], so sockets get the `offset` and `epoch` and never the
+    /// envelope). Other channels publish as before. The history counts as
+    /// ready; see [`Bridge::set_history_ready`].
+    pub fn with_history(
+        self,
+        history: Arc<dyn History>,
+        lookup: impl Fn(&ChannelName) -> Option<HistoryOptions> + Send + Sync + 'static,
+    ) -> Self {
+        *self.inner.history.write() = Some(Arc::new(HistoryHook::new(history, Arc::new(lookup))));
+        self
+    }
+
+    /// [`Bridge::with_history`] with a [`MemoryHistory`](tidings_history::MemoryHistory)
+    /// whose live publications go straight to this process's sockets: for
+    /// the in-process broker (with another broker they would not reach
+    /// other gateway instances).
+    pub fn with_memory_history(
+        self,
+        lookup: impl Fn(&ChannelName) -> Option<HistoryOptions> + Send + Sync + 'static,
+    ) -> Self {
+        let hook = HistoryHook::memory(self.inner.hub.clone(), Arc::new(lookup));
+        *self.inner.history.write() = Some(Arc::new(hook));
+        self
+    }
+
+    /// The history store, if any.
+    pub fn history(&self) -> Option<Arc<dyn History>> {
+        self.history_hook().map(|h| h.history())
+    }
+
+    /// The history options of `channel`: `None` when the bridge has no
+    /// history or the channel keeps none.
+    pub fn history_options(&self, channel: &ChannelName) -> Option<HistoryOptions> {
+        self.history_hook().and_then(|h| h.options(channel))
+    }
+
+    /// Marks the history ready or not (for Redis: not until its function
+    /// library is installed). While it is not, [`Bridge::is_ready`] is
+    /// false (publishes are still attempted). No effect without a history.
+    pub fn set_history_ready(&self, ready: bool) {
+        if let Some(h) = self.history_hook() {
+            h.set_ready(ready);
+        }
+    }
+
+    /// Whether the history is ready (true without a history).
+    pub fn history_ready(&self) -> bool {
+        self.history_hook().is_none_or(|h| h.is_ready())
+    }
+
+    fn history_hook(&self) -> Option<Arc<HistoryHook>> {
+        self.inner.history.read().clone()
+    }
+
+    /// Publishes `message` so every gateway instance delivers it, and
+    /// answers its position when its channel has a history (`None`: it was
+    /// published plainly, without an offset).
+    pub async fn publish_with_position(
+        &self,
+        message: Message,
+    ) -> Result<Option<StreamPosition>, BrokerError> {
+        if let Some(hook) = self.history_hook() {
+            if let Some(opts) = hook.options(&message.channel) {
+                return hook.publish(message, &opts).await.map(Some);
+            }
+        }
+        self.publish_plain(message).await.map(|()| None)
     }
 }
