@@ -228,3 +228,33 @@ history = { size = 10, ttl_secs = 60 }
         assert!(message["epoch"].is_string(), "{message}");
     }
 }
+
+/// A Redis that will never load the function library (here an ACL without
+/// FUNCTION; Redis before 7.0 answers "unknown command" the same way): the
+/// gateway still becomes ready, says plainly in its log that history is
+/// off, and publishes on history channels as plain messages, without
+/// offsets, instead of staying not ready for ever.
+#[tokio::test]
+async fn a_redis_that_refuses_functions_serves_without_history_rather_than_never_ready() {
+    let redis = RedisServer::start().await;
+    let mut r = redis.client().await;
+    assert_eq!(
+        r.cmd(&["ACL", "SETUSER", "default", "-function"])
+            .await
+            .as_str(),
+        Some("OK")
+    );
+    let backend = backend().await;
+    let gw = gateway(&backend, Some(&redis)).await;
+    let mut c = user_42(&gw).await;
+    let p = gw.publish(NOTES, json!({"n": 1})).await;
+    assert_eq!(
+        (p.status, p.body.as_str()),
+        (202, r#"{"status":"accepted"}"#)
+    );
+    assert_eq!(
+        c.next_json().await,
+        json!({"type":"message","channel":NOTES,"data":{"n":1}})
+    );
+    assert!(gw.logs().contains("history is off"), "{}", gw.logs());
+}

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Parser, Subcommand};
 use tidings_bridge::{
-    tidings_history::{HistoryOptions, RedisHistory},
+    tidings_history::{HistoryError, HistoryOptions, RedisHistory},
     Bridge,
 };
 use tidings_identity::{
@@ -193,6 +193,19 @@ async fn install_history(history: Arc<RedisHistory>, bridge: Bridge) {
             Ok(()) => {
                 tracing::info!("history: Redis function library loaded");
                 bridge.set_history_ready(true);
+                return;
+            }
+            Err(e @ (HistoryError::Unsupported(_) | HistoryError::Refused(_))) => {
+                // It will never load (Redis before 7.0, or an ACL without
+                // FUNCTION LOAD): serve without history rather than never
+                // becoming ready.
+                tracing::error!(
+                    error = %e,
+                    "history is off: Redis refused to load the tidings function library \
+                     (it needs Redis 7.0 or later and, with ACLs, +function|load); \
+                     publications on history channels go out as plain PUBLISH, without offsets"
+                );
+                bridge.disable_history();
                 return;
             }
             Err(e) => {

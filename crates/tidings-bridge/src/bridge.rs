@@ -685,6 +685,13 @@ impl Bridge {
         self
     }
 
+    /// Turns the history off: from now on every channel publishes plainly,
+    /// without offsets, and readiness no longer waits for the history (for
+    /// a store that can never work, such as a Redis without Functions).
+    pub fn disable_history(&self) {
+        *self.inner.history.write() = None;
+    }
+
     /// The history store, if any.
     pub fn history(&self) -> Option<Arc<dyn History>> {
         self.history_hook().map(|h| h.history())
