@@ -2,10 +2,12 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 
+use bytes::Bytes;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
     process::{Child, Command},
+    sync::mpsc,
 };
 
 /// A `redis-server` the test owns. Killed on drop.
@@ -14,6 +16,8 @@ pub struct RedisServer {
     /// Its port on 127.0.0.1.
     pub port: u16,
     dir: PathBuf,
+    /// An append-only file fsynced on every write (`appendfsync always`).
+    persistent: bool,
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released).
@@ -28,14 +32,27 @@ impl RedisServer {
         Self::start_on(free_port()).await
     }
 
+    /// Starts `redis-server` on a free port with an append-only file
+    /// fsynced on every write (`appendfsync always`), so a SIGKILL loses
+    /// nothing that was acknowledged and [`RedisServer::restart`] keeps
+    /// the data.
+    pub async fn start_persistent() -> RedisServer {
+        Self::start_as(free_port(), true).await
+    }
+
     /// Starts `redis-server` on `port` and waits until it answers PING.
     pub async fn start_on(port: u16) -> RedisServer {
+        Self::start_as(port, false).await
+    }
+
+    async fn start_as(port: u16, persistent: bool) -> RedisServer {
         let dir = crate::gateway::temp_path(&format!("redis-{port}"));
         std::fs::create_dir_all(&dir).expect("redis dir");
         let mut s = RedisServer {
             child: None,
             port,
             dir,
+            persistent,
         };
         s.spawn().await;
         s
@@ -43,17 +60,21 @@ impl RedisServer {
 
     async fn spawn(&mut self) {
         crate::raise_open_file_limit();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ]);
+        if self.persistent {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        let child = cmd
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -96,7 +117,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port.
+    /// Starts it again on the same port (and directory: a persistent
+    /// server keeps its data).
     pub async fn restart(&mut self) {
         self.kill().await;
         self.spawn().await;
@@ -195,6 +217,37 @@ impl Resp {
         }
         self.r.get_mut().write_all(&out).await.expect("write");
         self.read().await
+    }
+
+    /// A command's integer reply (byte arguments).
+    pub async fn int(&mut self, args: &[&[u8]]) -> i64 {
+        match self.cmd_bytes(args).await {
+            Reply::Int(i) => i,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Subscribes to `channel` and hands every message's payload to the
+    /// returned receiver, in the order Redis sent them.
+    pub async fn subscribe(mut self, channel: &str) -> mpsc::UnboundedReceiver<Bytes> {
+        let confirm = self.cmd_bytes(&[b"SUBSCRIBE", channel.as_bytes()]).await;
+        assert!(matches!(confirm, Reply::Array(_)), "{confirm:?}");
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match self.read().await {
+                    Reply::Array(mut v) if v.len() == 3 => {
+                        if let Some(Reply::Bulk(Some(p))) = v.pop() {
+                            if tx.send(Bytes::from(p)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    other => panic!("unexpected on a subscription: {other:?}"),
+                }
+            }
+        });
+        rx
     }
 
     /// Sends a command.

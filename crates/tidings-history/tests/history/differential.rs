@@ -9,7 +9,7 @@ use tidings_history::{
     History, HistoryError, HistoryOptions, MemoryHistory, RedisHistory, StreamPosition,
 };
 
-use crate::support::RedisServer;
+use crate::support::{pool, RedisServer};
 
 /// xorshift64: deterministic, no dependency.
 struct Rng(u64);
@@ -84,7 +84,7 @@ fn normalize_recovery(
 #[tokio::test]
 async fn redis_and_memory_answer_the_same() {
     let server = RedisServer::start().await;
-    let redis = RedisHistory::new(server.pool().await);
+    let redis = RedisHistory::new(pool(&server).await);
     redis.install().await.unwrap();
     for seed in 1..=4u64 {
         let memory = MemoryHistory::new();

@@ -10,7 +10,7 @@ use tidings_history::{
 };
 use tokio::io::AsyncWriteExt;
 
-use crate::support::{RedisServer, Reply};
+use crate::support::{pool, RedisServer, Reply};
 
 fn opts(size: u64) -> HistoryOptions {
     HistoryOptions::new(size, Duration::from_secs(600)).unwrap()
@@ -40,8 +40,8 @@ async fn reconnected(h: &RedisHistory, c: &ChannelName, o: &HistoryOptions) -> S
 
 #[tokio::test]
 async fn restart_without_persistence_starts_a_new_epoch() {
-    let mut server = RedisServer::start_with(false).await;
-    let h = RedisHistory::new(server.pool().await);
+    let mut server = RedisServer::start().await;
+    let h = RedisHistory::new(pool(&server).await);
     // not installed on purpose: the first call loads the library itself
     let c = ch("/app/broadcast");
     let o = opts(100);
@@ -53,7 +53,7 @@ async fn restart_without_persistence_starts_a_new_epoch() {
     let before = h.position(&c, &o).await.unwrap();
     assert_eq!(before.offset, 3);
 
-    server.kill_and_restart().await;
+    server.restart().await;
     // the functions were lost with everything else: they are loaded again
     let now = reconnected(&h, &c, &o).await;
     assert_eq!(now.offset, 0);
@@ -70,8 +70,8 @@ async fn restart_without_persistence_starts_a_new_epoch() {
 
 #[tokio::test]
 async fn restart_with_appendonly_keeps_epoch_and_history() {
-    let mut server = RedisServer::start_with(true).await;
-    let h = RedisHistory::new(server.pool().await);
+    let mut server = RedisServer::start_persistent().await;
+    let h = RedisHistory::new(pool(&server).await);
     h.install().await.unwrap();
     let c = ch("/app/user/7/notifications");
     let o = opts(100);
@@ -85,7 +85,7 @@ async fn restart_with_appendonly_keeps_epoch_and_history() {
     }
     let before = last.unwrap();
 
-    server.kill_and_restart().await;
+    server.restart().await;
     let now = reconnected(&h, &c, &o).await;
     assert_eq!(now, before);
     let r = h
@@ -120,7 +120,7 @@ async fn concurrent_publishers_produce_one_order() {
     const CLI: usize = 200;
     const TOTAL: usize = TASKS * PER_TASK + CLI;
     let server = RedisServer::start().await;
-    let h = std::sync::Arc::new(RedisHistory::new(server.pool().await));
+    let h = std::sync::Arc::new(RedisHistory::new(pool(&server).await));
     h.install().await.unwrap();
     let c = ch("/app/room/1");
     let o = opts(TOTAL as u64);
@@ -219,7 +219,7 @@ async fn concurrent_publishers_produce_one_order() {
 #[tokio::test]
 async fn plain_publish_stays_plain_and_live_only() {
     let server = RedisServer::start().await;
-    let h = RedisHistory::new(server.pool().await);
+    let h = RedisHistory::new(pool(&server).await);
     let c = ch("/app/broadcast");
     let o = opts(10);
     let p1 = h.publish(&c, Bytes::from_static(b"one"), &o).await.unwrap();
@@ -247,7 +247,7 @@ async fn plain_publish_stays_plain_and_live_only() {
 #[tokio::test]
 async fn keys_ttls_and_usage_errors() {
     let server = RedisServer::start().await;
-    let h = RedisHistory::new(server.pool().await);
+    let h = RedisHistory::new(pool(&server).await);
     let c = ch("/app/user/42/notifications");
     let o = HistoryOptions::new(2, Duration::from_secs(600))
         .unwrap()
@@ -273,7 +273,7 @@ async fn keys_ttls_and_usage_errors() {
     let ttl = r.int(&[b"TTL", meta.as_bytes()]).await;
     assert!((601..=3600).contains(&ttl), "{ttl}");
     assert_eq!(
-        r.cmd(&[b"HGET", meta.as_bytes(), b"offset"]).await,
+        r.cmd_bytes(&[b"HGET", meta.as_bytes(), b"offset"]).await,
         Reply::Bulk(Some(b"3".to_vec()))
     );
     // same Cluster slot for both keys and the channel itself
@@ -329,7 +329,7 @@ async fn keys_ttls_and_usage_errors() {
             "meta_ttl must be at least ttl",
         ),
     ] {
-        match r.cmd(&args).await {
+        match r.cmd_bytes(&args).await {
             Reply::Error(e) => assert!(e.contains(want), "{e}"),
             other => panic!("{other:?}"),
         }
@@ -339,7 +339,7 @@ async fn keys_ttls_and_usage_errors() {
 #[tokio::test]
 async fn prefix_is_configurable_and_checked() {
     let server = RedisServer::start().await;
-    let h = RedisHistory::with_prefix(server.pool().await, "app1:h:").unwrap();
+    let h = RedisHistory::with_prefix(pool(&server).await, "app1:h:").unwrap();
     let c = ch("/x");
     h.publish(&c, Bytes::from_static(b"x"), &opts(5))
         .await
@@ -352,7 +352,7 @@ async fn prefix_is_configurable_and_checked() {
     );
     for bad in ["a'b", "a\\b", "{x}", "a\nb"] {
         assert!(matches!(
-            RedisHistory::with_prefix(server.pool().await, bad),
+            RedisHistory::with_prefix(pool(&server).await, bad),
             Err(HistoryError::InvalidOptions(_))
         ));
     }
@@ -364,7 +364,7 @@ async fn prefix_is_configurable_and_checked() {
 #[tokio::test]
 async fn lost_keys() {
     let server = RedisServer::start().await;
-    let h = RedisHistory::new(server.pool().await);
+    let h = RedisHistory::new(pool(&server).await);
     let c = ch("/lost");
     let o = opts(10);
     for i in 0..3 {

@@ -12,7 +12,7 @@ use tidings_history::{
 };
 use tokio::sync::mpsc;
 
-use crate::support::RedisServer;
+use crate::support::{pool, RedisServer};
 
 /// What the suite needs from a backend besides the [`History`] itself.
 pub(crate) trait Backend {
@@ -93,7 +93,7 @@ pub(crate) struct Redis {
 impl Redis {
     pub(crate) async fn new() -> Self {
         let server = RedisServer::start().await;
-        let history = RedisHistory::new(server.pool().await);
+        let history = RedisHistory::new(pool(&server).await);
         history.install().await.unwrap();
         Self { server, history }
     }
