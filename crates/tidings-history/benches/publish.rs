@@ -11,7 +11,6 @@
 //! ("Performance").
 
 use std::{
-    process::Stdio,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -123,27 +122,9 @@ async fn main() {
             (url, port, None)
         }
         Err(_) => {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let server = tokio::process::Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("redis-server");
-            (format!("redis://127.0.0.1:{port}"), port, Some(server))
+            // Its own redis-server on a free port, without persistence.
+            let server = tidings_e2e::redis::RedisServer::start().await;
+            (server.url(), server.port, Some(server))
         }
     };
     let pool = Builder::from_config(Config::from_url(&url).unwrap())
