@@ -485,11 +485,8 @@ async fn nothing_is_lost_across_a_gateway_kill_and_restart() {
         seen.take(&f);
     }
     drop(gw);
-    loop {
-        match c.next_or_end(Duration::from_secs(10)).await {
-            Ok(f) => seen.take(&f),
-            Err(_) => break,
-        }
+    while let Ok(f) = c.next_or_end(Duration::from_secs(10)).await {
+        seen.take(&f);
     }
     let gw = gateway(&b, Some(&redis)).await;
     let since = json!({ NOTES: seen.since(NOTES).unwrap() });
@@ -674,4 +671,135 @@ async fn concurrent_publishers_produce_one_order_every_client_sees() {
             .collect();
         assert_eq!(mine, (0..EACH).map(|n| k * 1000 + n).collect::<Vec<_>>());
     }
+}
+
+/// Two gateways on one Redis behind the real nginx site from deploy/ (its
+/// upstream listing both). One is drained with SIGTERM mid-stream: its
+/// clients are closed with 1012, reconnect through nginx to the other with
+/// their positions, and every client ends with every publication once, in
+/// order.
+#[tokio::test]
+async fn clients_of_a_drained_gateway_recover_on_the_other_behind_nginx() {
+    use tidings_e2e::nginx::{self, Nginx, SitePorts};
+    nginx::binary();
+    let b = backend().await;
+    let redis = RedisServer::start().await;
+    let opts = options(&b, Some(&redis))
+        .env("TIDINGS_SHUTDOWN__DRAIN_SPREAD_SECS", "0.5")
+        .env("TIDINGS_SHUTDOWN__GRACE_SECS", "3");
+    let gw1 = Gateway::start_with(opts.clone()).await;
+    let gw2 = Gateway::start_with(opts).await;
+    gw1.wait_ready().await;
+    gw2.wait_ready().await;
+    let port = tidings_e2e::redis::free_port();
+    let static_root = std::env::temp_dir().join(format!("tidings-static-{port}/"));
+    std::fs::create_dir_all(&static_root).unwrap();
+    let site = nginx::adapt_site(
+        &nginx::shipped_site(),
+        &SitePorts {
+            listen: port,
+            django: b.addr.port(),
+            gateway: gw1.addr.port(),
+            static_root: static_root.clone(),
+        },
+    );
+    // The upstream lists both instances, as the site file says it may.
+    let one = format!("server 127.0.0.1:{};", gw1.addr.port());
+    let site = site.replace(
+        &one,
+        &format!("{one}\n    server 127.0.0.1:{};", gw2.addr.port()),
+    );
+    let front = Nginx::start(&site, port).await;
+    let url = format!("ws://{}/ws", front.addr);
+
+    struct Peer {
+        c: Client,
+        seen: Seen,
+    }
+    let mut peers = Vec::new();
+    for _ in 0..8 {
+        let mut c = Client::connect_with(&url, &[])
+            .await
+            .expect("through nginx");
+        c.send_json(json!({"type":"subscribe","channel":"/room/drain"}))
+            .await;
+        let ack = c.next_json().await;
+        let mut seen = Seen::default();
+        seen.at.insert(
+            "/room/drain".into(),
+            (
+                ack["offset"].as_u64().unwrap(),
+                ack["epoch"].as_str().unwrap().into(),
+            ),
+        );
+        peers.push(Peer { c, seen });
+    }
+    const N: i64 = 100;
+    let rport: u16 = redis.url().rsplit(':').next().unwrap().parse().unwrap();
+    let publisher = tokio::spawn(async move {
+        let mut r = tidings_e2e::redis::Resp::connect(rport).await.unwrap();
+        for n in 1..=N {
+            let v = n.to_string();
+            let reply = r
+                .cmd(&[
+                    "FCALL",
+                    "tidings_publish",
+                    "1",
+                    "/room/drain",
+                    &v,
+                    "50",
+                    "600",
+                ])
+                .await;
+            assert!(matches!(reply, Reply::Array(_)), "{reply:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    // Each client on its own task: read; when drained, reconnect through
+    // nginx (which may first pick the draining one: 503, retried) and
+    // recover from the last position; read to the end.
+    let mut tasks = Vec::new();
+    for mut p in peers {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut moved = false;
+            while p.seen.data.get("/room/drain").map_or(0, Vec::len) < N as usize {
+                match p.c.next_or_end(Duration::from_secs(10)).await {
+                    Ok(f) => p.seen.take(&f),
+                    Err(code) => {
+                        assert_eq!(code, Some(1012), "closed by the drain");
+                        assert!(!moved, "closed twice");
+                        moved = true;
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                        p.c = loop {
+                            match Client::connect_with(&url, &[]).await {
+                                Ok(c) => break c,
+                                Err(r) => {
+                                    assert!(tokio::time::Instant::now() < deadline, "no gateway: {r:?}");
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                }
+                            }
+                        };
+                        let at = p.seen.since("/room/drain").unwrap();
+                        p.c.send_json(json!({"type":"subscribe","channel":"/room/drain","offset":at["offset"],"epoch":at["epoch"]}))
+                            .await;
+                    }
+                }
+            }
+            (moved, p.seen.data.remove("/room/drain").unwrap())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw1.sigterm();
+    publisher.await.unwrap();
+    let all: Vec<i64> = (1..=N).collect();
+    let mut moved = 0;
+    for t in tasks {
+        let (m, data) = t.await.unwrap();
+        moved += usize::from(m);
+        assert_eq!(data, all, "every publication once, in order");
+    }
+    assert!(moved > 0, "the drained gateway had clients");
+    let _ = std::fs::remove_dir_all(&static_root);
+    drop(gw2);
 }
