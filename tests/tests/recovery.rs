@@ -602,8 +602,9 @@ async fn a_redis_restart_without_persistence_says_not_recovered_and_starts_a_new
     redis_restart(false).await;
 }
 
-/// Publishers through two gateways' HTTP APIs and the one-command publish
-/// at once: every client, on either gateway, sees the same single order.
+/// Publishers through two gateways' HTTP APIs and `redis-cli` with the
+/// one-command publish, at once: every client, on either gateway, sees the
+/// same single order.
 #[tokio::test]
 async fn concurrent_publishers_produce_one_order_every_client_sees() {
     let b = backend().await;
@@ -634,21 +635,30 @@ async fn concurrent_publishers_produce_one_order_every_client_sees() {
             }
         }));
     }
+    // The third publisher is `redis-cli` itself, with the documented
+    // one-command publish.
     let port: u16 = redis.url().rsplit(':').next().unwrap().parse().unwrap();
     tasks.push(tokio::spawn(async move {
-        let mut r = tidings_e2e::redis::Resp::connect(port).await.unwrap();
         for n in 0..EACH {
             let v = (2000 + n).to_string();
-            r.cmd(&[
-                "FCALL",
-                "tidings_publish",
-                "1",
-                "/room/order",
-                &v,
-                "50",
-                "600",
-            ])
-            .await;
+            let out = tokio::process::Command::new("redis-cli")
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "FCALL",
+                    "tidings_publish",
+                    "1",
+                    "/room/order",
+                    &v,
+                    "50",
+                    "600",
+                ])
+                .output()
+                .await
+                .expect("redis-cli must be installed");
+            assert!(out.status.success(), "{out:?}");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(!text.contains("ERR"), "{text}");
         }
     }));
     for t in tasks {
