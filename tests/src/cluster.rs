@@ -501,7 +501,8 @@ impl RedisSentinel {
             .expect("master")
     }
 
-    async fn wait_replica_known(&self) {
+    /// Waits until the Sentinel knows a replica in sync with the master.
+    pub async fn wait_replica_known(&self) {
         let deadline = Instant::now() + CLUSTER_PATIENCE;
         loop {
             if let Ok(mut s) = Resp::connect(self.sentinel_port).await {
@@ -524,6 +525,16 @@ impl RedisSentinel {
             );
             sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Kills the data node on `port` (SIGKILL).
+    pub async fn kill(&mut self, port: u16) {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this setup")
+            .kill()
+            .await;
     }
 
     /// `SENTINEL FAILOVER`: waits until the Sentinel names another master,

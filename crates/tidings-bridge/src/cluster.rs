@@ -12,7 +12,7 @@
 //! - Publishing goes through a cluster-aware pool: `PUBLISH` to any node,
 //!   `SPUBLISH` to the slot's owner (fred follows `MOVED`).
 //!
-//! A watcher reads `CLUSTER SLOTS` every `cluster_check_interval`. When a
+//! A watcher reads `CLUSTER SLOTS` every `topology_check_interval`. When a
 //! slot of a subscribed sharded channel has a new owner (a reshard, a
 //! replica promoted), the channel is reported by [`Broker::missing`] and the
 //! bridge subscribes it again (now on the new owner) and sends its sockets a
@@ -358,10 +358,10 @@ fn parse_slots(reply: Value) -> Option<Vec<NodeKey>> {
     Some(slots)
 }
 
-/// Reads the slot map every `cluster_check_interval` (sooner while none
+/// Reads the slot map every `topology_check_interval` (sooner while none
 /// is known).
 async fn watch_topology(shared: Arc<Shared>) {
-    let every = shared.config.cluster_check_interval;
+    let every = shared.config.topology_check_interval;
     let mut failures = 0u32;
     loop {
         if shared.closed.load(Ordering::Acquire) {

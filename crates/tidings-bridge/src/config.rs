@@ -55,7 +55,7 @@ pub struct RedisSettings {
     pub sentinel_service: Option<String>,
     /// Cluster: seconds between reads of the slot map (a moved slot or a
     /// promoted replica is followed within about this time).
-    pub cluster_check_interval_secs: f64,
+    pub topology_check_interval_secs: f64,
 }
 
 impl Default for RedisSettings {
@@ -71,7 +71,7 @@ impl Default for RedisSettings {
             mode: ModeName::Standalone,
             nodes: Vec::new(),
             sentinel_service: None,
-            cluster_check_interval_secs: r.cluster_check_interval.as_secs_f64(),
+            topology_check_interval_secs: r.topology_check_interval.as_secs_f64(),
         }
     }
 }
@@ -105,9 +105,9 @@ impl RedisSettings {
         config.message_buffer = self.message_buffer;
         config.self_check_interval =
             non_negative_secs("self_check_interval_secs", self.self_check_interval_secs)?;
-        config.cluster_check_interval = positive_secs(
-            "cluster_check_interval_secs",
-            self.cluster_check_interval_secs,
+        config.topology_check_interval = positive_secs(
+            "topology_check_interval_secs",
+            self.topology_check_interval_secs,
         )?;
         check_nodes(&self.nodes).map_err(|e| ConfigError::new("nodes", e))?;
         config.mode = match (self.mode, &self.sentinel_service) {

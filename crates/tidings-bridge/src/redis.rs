@@ -65,11 +65,13 @@ pub struct RedisConfig {
     /// The topology: one server, a master found through Sentinel, or a
     /// Redis Cluster. Default [`RedisMode::Standalone`].
     pub mode: RedisMode,
-    /// Cluster only: how often the slot map is read and compared with
-    /// where each sharded channel is subscribed (a slot that moved, a
-    /// master replaced by its replica); what moved is subscribed again on
-    /// its new owner. Default 1 s.
-    pub cluster_check_interval: Duration,
+    /// Cluster: how often the slot map is read and compared with where
+    /// each sharded channel is subscribed (a slot that moved, a master
+    /// replaced by its replica); what moved is subscribed again on its new
+    /// owner. Sentinel: how often the Sentinels are asked for the master;
+    /// connections still on an old master are redone on the new one.
+    /// Default 1 s.
+    pub topology_check_interval: Duration,
     /// Which channels use sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`); `None`:
     /// none (for the gateway: the routing rules' `sharded` option).
     pub sharded: Option<ShardedLookup>,
@@ -127,7 +129,7 @@ impl fmt::Debug for RedisConfig {
             .field("message_buffer", &self.message_buffer)
             .field("self_check_interval", &self.self_check_interval)
             .field("mode", &self.mode)
-            .field("cluster_check_interval", &self.cluster_check_interval)
+            .field("topology_check_interval", &self.topology_check_interval)
             .field("sharded", &self.sharded.is_some())
             .finish()
     }
@@ -146,7 +148,7 @@ impl RedisConfig {
             message_buffer: 8_192,
             self_check_interval: crate::broker::DEFAULT_SELF_CHECK,
             mode: RedisMode::Standalone,
-            cluster_check_interval: Duration::from_secs(1),
+            topology_check_interval: Duration::from_secs(1),
             sharded: None,
         }
     }
@@ -304,6 +306,10 @@ pub struct RedisBroker {
     command_timeout: Duration,
     /// Which channels use sharded pub/sub.
     sharded: Option<ShardedLookup>,
+    /// Sentinel mode: a connection to each Sentinel, asked for the master.
+    sentinels: Vec<Client>,
+    /// Background tasks ended by [`Broker::close`].
+    watchers: Vec<tokio::task::AbortHandle>,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -417,6 +423,7 @@ impl RedisBroker {
         let subscriber = builder_for(config, fred.clone(), true)?
             .build()
             .map_err(|e| RedisSetupError::Client(e.details().to_string()))?;
+        let via_sentinels = matches!(fred.server, ServerConfig::Sentinel { .. });
         let pool = builder_for(config, fred, false)?
             .build_pool(pool_size.max(1))
             .map_err(|e| RedisSetupError::Client(e.details().to_string()))?;
@@ -433,11 +440,28 @@ impl RedisBroker {
         // Connection events: readiness, loss and recovery.
         tokio::spawn(watch_connection(
             subscriber.clone(),
-            inbound,
+            inbound.clone(),
             connected.clone(),
             redacted.clone(),
         ));
         let connections = vec![subscriber.connect(), pool.connect()];
+        let mut sentinels = Vec::new();
+        let mut watchers = Vec::new();
+        if let RedisMode::Sentinel { service, nodes } = &config.mode {
+            if via_sentinels {
+                sentinels = sentinel_clients(config, nodes)?;
+                let watcher = tokio::spawn(watch_sentinels(
+                    sentinels.clone(),
+                    service.clone(),
+                    subscriber.clone(),
+                    pool.clone(),
+                    inbound.clone(),
+                    connected.clone(),
+                    config.topology_check_interval,
+                ));
+                watchers.push(watcher.abort_handle());
+            }
+        }
         Ok(Self {
             subscriber,
             pool,
@@ -448,6 +472,8 @@ impl RedisBroker {
             connections: parking_lot::Mutex::new(connections),
             command_timeout: config.command_timeout,
             sharded: config.sharded.clone(),
+            sentinels,
+            watchers,
         })
     }
 
@@ -755,7 +781,13 @@ impl Broker for RedisBroker {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.connected.store(false, Ordering::Release);
+            self.watchers
+                .iter()
+                .for_each(tokio::task::AbortHandle::abort);
             let timeout = self.command_timeout;
+            for s in &self.sentinels {
+                let _ = tokio::time::timeout(timeout, s.quit()).await;
+            }
             let quits = async {
                 let (sub, pool) = tokio::join!(self.subscriber.quit(), self.pool.quit());
                 if let Err(e) = sub.and(pool) {
@@ -1048,6 +1080,100 @@ async fn watch_connection(
                     connected.store(true, Ordering::Release);
                     inbound.connection_restored();
                 }
+            }
+        }
+    }
+}
+
+/// One client per Sentinel (the URL's host first, then `nodes`), with the
+/// URL's credentials and TLS, already connecting.
+fn sentinel_clients(
+    config: &RedisConfig,
+    nodes: &[String],
+) -> Result<Vec<Client>, RedisSetupError> {
+    let first = match parse_url(&config.url)?.server {
+        ServerConfig::Centralized { server } => server,
+        _ => return Ok(Vec::new()),
+    };
+    let mut clients = Vec::new();
+    for server in std::iter::once(first).chain(nodes.iter().filter_map(|n| server_of(n))) {
+        let mut fred = node_config(config, &server)?;
+        fred.fail_fast = false;
+        let client = builder_for(config, fred, false)?
+            .build()
+            .map_err(|e| RedisSetupError::Client(e.details().to_string()))?;
+        drop(client.connect());
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
+/// The master's address as the first Sentinel that answers says.
+async fn master_by_sentinels(sentinels: &[Client], service: &str) -> Option<(String, u16)> {
+    for s in sentinels.iter().filter(|s| s.is_connected()) {
+        let cmd = fred::types::CustomCommand::new_static("SENTINEL", None, false);
+        let reply: Result<Value, _> = s
+            .custom(
+                cmd,
+                vec!["GET-MASTER-ADDR-BY-NAME".to_string(), service.to_string()],
+            )
+            .await;
+        if let Ok(Value::Array(parts)) = reply {
+            let host = parts.first().and_then(Value::as_string);
+            let port = parts
+                .get(1)
+                .and_then(Value::as_string)
+                .and_then(|p| p.parse::<u16>().ok());
+            if let (Some(host), Some(port)) = (host, port) {
+                return Some((host, port));
+            }
+        }
+    }
+    None
+}
+
+/// Sentinel mode: asks the Sentinels for the master every `every`, and
+/// redoes any connection still on another server (an old master that a
+/// `SENTINEL FAILOVER` demoted keeps its clients until the Sentinels
+/// reconfigure it, seconds later): the subscription connection's sockets
+/// get a `gap` notice when it is back.
+async fn watch_sentinels(
+    sentinels: Vec<Client>,
+    service: String,
+    subscriber: Client,
+    pool: Pool,
+    inbound: Inbound,
+    connected: Arc<AtomicBool>,
+    every: Duration,
+) {
+    let on = |client: &Client, master: &(String, u16)| {
+        client
+            .active_connections()
+            .iter()
+            .all(|s| &*s.host == master.0.as_str() && s.port == master.1)
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(master) = master_by_sentinels(&sentinels, &service).await else {
+            continue;
+        };
+        if subscriber.is_connected() && !on(&subscriber, &master) {
+            tracing::warn!(
+                master = %format!("{}:{}", master.0, master.1),
+                "Redis Sentinel names another master; reconnecting the subscription connection"
+            );
+            connected.store(false, Ordering::Release);
+            inbound.connection_lost();
+            if let Err(e) = subscriber.force_reconnection().await {
+                tracing::debug!(error = %e.details(), "Redis reconnect failed; retried with backoff");
+            }
+        }
+        for client in pool.clients() {
+            if client.is_connected() && !on(client, &master) {
+                tracing::info!(
+                    "Redis Sentinel names another master; reconnecting a command connection"
+                );
+                let _ = client.force_reconnection().await;
             }
         }
     }
