@@ -21,6 +21,9 @@ const SHARDED: [&str; 6] = [
     "/app/s/a", "/app/s/b", "/app/s/c", "/app/s/d", "/app/s/e", "/app/s/f",
 ];
 
+/// The sharded channel that keeps a history.
+const HISTORY: &str = SHARDED[5];
+
 fn rules() -> String {
     let mut rules = String::from(
         "[[routing.rules]]\nchannel = \"/app/room/*\"\nsubscribe = true\nanonymous = true\n[[routing.rules]]\nchannel = \"/app/room/x\"\nsubscribe = true\npublish = true\nanonymous = true\n",
@@ -29,6 +32,9 @@ fn rules() -> String {
         rules.push_str(&format!(
             "\n[[routing.rules]]\nchannel = \"{c}\"\nsubscribe = true\npublish = true\nanonymous = true\nsharded = true\n"
         ));
+        if c == HISTORY {
+            rules.push_str("history = { size = 10, ttl_secs = 60 }\n");
+        }
     }
     rules
 }
@@ -40,7 +46,7 @@ async fn gateway(cluster: &RedisCluster) -> Gateway {
         GatewayOptions::default()
             .env("TIDINGS_REDIS_URL", cluster.url())
             .env("TIDINGS_REDIS__MODE", "cluster")
-            .env("TIDINGS_REDIS__CLUSTER_CHECK_INTERVAL_SECS", "0.25")
+            .env("TIDINGS_REDIS__TOPOLOGY_CHECK_INTERVAL_SECS", "0.25")
             .env("TIDINGS_REDIS__RECONNECT_MAX_DELAY_SECS", "0.5")
             .env("TIDINGS_REDIS__COMMAND_TIMEOUT_SECS", "1")
             .env("RUST_LOG", "info,tidings_bridge=debug")
@@ -234,6 +240,21 @@ async fn cluster_delivers_classic_and_sharded_messages() {
         a.next_json().await,
         message("/app/room/a", json!("classic from the api"))
     );
+
+    // A sharded channel with a history: the publish step (FCALL, routed to
+    // the channel's slot, its keys hash-tagged into it) assigns offsets and
+    // delivers live with SPUBLISH.
+    a.subscribe(HISTORY).await;
+    for n in 1..=2u64 {
+        let res = gw.publish(HISTORY, json!({ "h": n })).await;
+        assert_eq!(res.status, 202, "{}\n{}", res.body, gw.logs());
+        let f = a.next_json().await;
+        assert_eq!(
+            (&f["channel"], &f["data"], f["offset"].as_u64()),
+            (&json!(HISTORY), &json!({ "h": n }), Some(n)),
+            "{f}"
+        );
+    }
 
     // Leaving a sharded channel drops its SSUBSCRIBE.
     a.send_json(json!({"type":"unsubscribe","channel":SHARDED[2],"id":"u"}))

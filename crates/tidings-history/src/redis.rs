@@ -159,7 +159,10 @@ impl RedisHistory {
             all.push(Value::Integer(1));
             all.push(Value::String(channel.as_str().into()));
             all.extend_from_slice(args);
-            let cmd = CustomCommand::new_static("FCALL", ClusterHash::Offset(2), false);
+            // Routed by the channel's slot (fred reads only a `Custom`
+            // slot from a custom command; an `Offset` would be ignored).
+            let slot = fred::util::redis_keyslot(channel.as_str().as_bytes());
+            let cmd = CustomCommand::new_static("FCALL", ClusterHash::Custom(slot), false);
             self.pool.custom::<Value, Value>(cmd, all)
         };
         match call().await {
