@@ -293,6 +293,23 @@ impl RedisCluster {
         n.kill().await;
     }
 
+    /// Kills every node (the whole cluster unreachable).
+    pub async fn kill_all(&mut self) {
+        for n in &mut self.nodes {
+            n.kill().await;
+        }
+    }
+
+    /// Starts every node again on its port and directory (each keeps its
+    /// identity and slots from its `nodes.conf`), and waits until the
+    /// cluster is ok.
+    pub async fn restart_all(&mut self) {
+        for n in &mut self.nodes {
+            n.restart().await;
+        }
+        self.wait_ok().await;
+    }
+
     /// Waits until the node on `port` is a master owning slots, as every
     /// running node sees it.
     pub async fn wait_master(&self, port: u16) {

@@ -444,3 +444,83 @@ async fn a_master_failed_over_or_killed_is_followed_and_no_socket_is_lost() {
     still_open(&mut a, &mut seen).await;
     eprintln!("master killed: ready again after {back:?}");
 }
+
+// ---------------------------------------------------------------------------
+// The whole cluster unreachable, then restarted.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_whole_cluster_down_then_restarted_brings_every_subscription_back() {
+    let mut cluster = RedisCluster::start(0).await;
+    let gw = gateway(&cluster).await;
+    // Two sharded channels on different masters, and a classic one.
+    let mut sharded = Vec::new();
+    let mut owners = Vec::new();
+    for ch in SHARDED {
+        let owner = cluster.owner_of(ch).await;
+        if !owners.contains(&owner) {
+            owners.push(owner);
+            sharded.push(ch);
+        }
+        if sharded.len() == 2 {
+            break;
+        }
+    }
+    let mut topics = vec!["/app/room/x"];
+    topics.extend(&sharded);
+    let mut a = socket(&gw, &topics).await;
+    let mut seen = Vec::new();
+
+    cluster.kill_all().await;
+    wait_readyz(&gw, 503).await;
+    let started = Instant::now();
+    let res = gw.publish("/app/room/x", json!("while down")).await;
+    assert_eq!(res.status, 503, "{}", res.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "503 took {:?}",
+        started.elapsed()
+    );
+    still_open(&mut a, &mut seen).await;
+    sleep(Duration::from_millis(500)).await;
+
+    cluster.restart_all().await;
+    let restarted = Instant::now();
+    wait_readyz(&gw, 200).await;
+    for (i, ch) in topics.iter().enumerate() {
+        let sharded = i > 0;
+        let tag = format!("back {i}");
+        let want = message(ch, json!(tag));
+        let deadline = Instant::now() + PATIENCE;
+        'delivered: loop {
+            let payload = json!(tag).to_string();
+            let _ = publish_raw(&cluster.ports(), ch, payload.as_bytes(), sharded).await;
+            while let Some(f) = a.next_json_within(Duration::from_millis(100)).await {
+                if f == want {
+                    break 'delivered;
+                }
+                seen.push(f);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{ch} never delivered again; read meanwhile: {seen:?}"
+            );
+        }
+    }
+    let gapped: Vec<&Value> = seen
+        .iter()
+        .filter(|f| f["type"] == "gap")
+        .flat_map(|f| f["channels"].as_array().into_iter().flatten())
+        .collect();
+    for ch in &topics {
+        assert!(
+            gapped.iter().any(|g| g.as_str() == Some(ch)),
+            "a gap notice for {ch}: {seen:?}"
+        );
+    }
+    still_open(&mut a, &mut seen).await;
+    eprintln!(
+        "whole cluster restarted: every channel delivering {:?} after the restart",
+        restarted.elapsed()
+    );
+}
