@@ -150,7 +150,8 @@ async fn sentinel_failover_and_a_killed_master_keep_sockets_and_subscriptions() 
     .await;
     assert!(
         seen.iter().any(|f| f["type"] == "gap"),
-        "a gap notice after the failover: {seen:?}"
+        "a gap notice after the failover: {seen:?}\n{}",
+        gw.logs()
     );
     wait_readyz(&gw, 200).await;
     let res = gw.publish("/app/room/x", json!("on the new master")).await;
@@ -206,7 +207,8 @@ async fn sentinel_failover_and_a_killed_master_keep_sockets_and_subscriptions() 
     .await;
     assert!(
         seen.iter().any(|f| f["type"] == "gap"),
-        "a gap notice after the kill: {seen:?}"
+        "a gap notice after the kill: {seen:?}\n{}",
+        gw.logs()
     );
     wait_readyz(&gw, 200).await;
     eprintln!("master killed: deliveries back {took:?} after the first try");

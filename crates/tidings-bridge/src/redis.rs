@@ -1053,11 +1053,20 @@ async fn watch_connection(
     let mut errors = client.error_rx();
     let mut check = tokio::time::interval(Duration::from_secs(1));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ever_connected = false;
     loop {
         tokio::select! {
             r = reconnects.recv() => match r {
                 Ok(_) | Err(RecvError::Lagged(_)) => {
                     tracing::info!(url = %url, "connected to Redis");
+                    if ever_connected {
+                        // A new connection means the old one is gone, even
+                        // when it went without an error (a server that
+                        // closed it, as a Sentinel failover does): messages
+                        // may have been missed.
+                        inbound.connection_lost();
+                    }
+                    ever_connected = true;
                     connected.store(true, Ordering::Release);
                     inbound.connection_restored();
                 }
@@ -1077,6 +1086,7 @@ async fn watch_connection(
             },
             _ = check.tick() => {
                 if !connected.load(Ordering::Acquire) && client.is_connected() {
+                    ever_connected = true;
                     connected.store(true, Ordering::Release);
                     inbound.connection_restored();
                 }
@@ -1157,6 +1167,17 @@ async fn watch_sentinels(
         let Some(master) = master_by_sentinels(&sentinels, &service).await else {
             continue;
         };
+        // The publish pool first: once the subscriptions are back on the
+        // new master (and sockets told of the gap), this gateway's
+        // publishes go there too.
+        for client in pool.clients() {
+            if client.is_connected() && !on(client, &master) {
+                tracing::info!(
+                    "Redis Sentinel names another master; reconnecting a command connection"
+                );
+                let _ = client.force_reconnection().await;
+            }
+        }
         if subscriber.is_connected() && !on(&subscriber, &master) {
             tracing::warn!(
                 master = %format!("{}:{}", master.0, master.1),
@@ -1166,14 +1187,6 @@ async fn watch_sentinels(
             inbound.connection_lost();
             if let Err(e) = subscriber.force_reconnection().await {
                 tracing::debug!(error = %e.details(), "Redis reconnect failed; retried with backoff");
-            }
-        }
-        for client in pool.clients() {
-            if client.is_connected() && !on(client, &master) {
-                tracing::info!(
-                    "Redis Sentinel names another master; reconnecting a command connection"
-                );
-                let _ = client.force_reconnection().await;
             }
         }
     }
