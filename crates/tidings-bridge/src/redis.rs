@@ -389,6 +389,17 @@ pub fn command_pool(config: &RedisConfig) -> Result<Pool, RedisSetupError> {
         .build_pool(config.pool_size.max(1))
         .map_err(|e| RedisSetupError::Client(e.details().to_string()))?;
     drop(pool.connect()); // the task runs on; its handle is not needed
+    if let RedisMode::Sentinel { service, nodes } = &config.mode {
+        // Follows failovers like the broker's own pool (for the process's
+        // lifetime, as the pool's).
+        tokio::spawn(watch_sentinels(
+            sentinel_clients(config, nodes)?,
+            service.clone(),
+            None,
+            pool.clone(),
+            config.topology_check_interval,
+        ));
+    }
     Ok(pool)
 }
 
@@ -453,10 +464,12 @@ impl RedisBroker {
                 let watcher = tokio::spawn(watch_sentinels(
                     sentinels.clone(),
                     service.clone(),
-                    subscriber.clone(),
+                    Some(Subscription {
+                        client: subscriber.clone(),
+                        inbound: inbound.clone(),
+                        connected: connected.clone(),
+                    }),
                     pool.clone(),
-                    inbound.clone(),
-                    connected.clone(),
                     config.topology_check_interval,
                 ));
                 watchers.push(watcher.abort_handle());
@@ -1147,13 +1160,18 @@ async fn master_by_sentinels(sentinels: &[Client], service: &str) -> Option<(Str
 /// `SENTINEL FAILOVER` demoted keeps its clients until the Sentinels
 /// reconfigure it, seconds later): the subscription connection's sockets
 /// get a `gap` notice when it is back.
+/// The subscription connection a Sentinel watcher moves too.
+struct Subscription {
+    client: Client,
+    inbound: Inbound,
+    connected: Arc<AtomicBool>,
+}
+
 async fn watch_sentinels(
     sentinels: Vec<Client>,
     service: String,
-    subscriber: Client,
+    subscription: Option<Subscription>,
     pool: Pool,
-    inbound: Inbound,
-    connected: Arc<AtomicBool>,
     every: Duration,
 ) {
     let on = |client: &Client, master: &(String, u16)| {
@@ -1178,7 +1196,15 @@ async fn watch_sentinels(
                 let _ = client.force_reconnection().await;
             }
         }
-        if subscriber.is_connected() && !on(&subscriber, &master) {
+        let Some(Subscription {
+            client: subscriber,
+            inbound,
+            connected,
+        }) = &subscription
+        else {
+            continue;
+        };
+        if subscriber.is_connected() && !on(subscriber, &master) {
             tracing::warn!(
                 master = %format!("{}:{}", master.0, master.1),
                 "Redis Sentinel names another master; reconnecting the subscription connection"
