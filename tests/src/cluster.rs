@@ -555,7 +555,8 @@ impl RedisSentinel {
     }
 
     /// `SENTINEL FAILOVER`: waits until the Sentinel names another master,
-    /// and returns its port.
+    /// makes the old master its replica (the Sentinel would, seconds later),
+    /// and returns the new master's port.
     pub async fn failover(&self) -> u16 {
         let before = self.master_port().await;
         let mut s = self.sentinel().await;
@@ -570,6 +571,12 @@ impl RedisSentinel {
                 let role = m.cmd(&["ROLE"]).await;
                 if let Reply::Array(v) = role {
                     if v.first().and_then(Reply::as_str) == Some("master") {
+                        // Make the old master a replica of the new one now,
+                        // as the Sentinel would some seconds later.
+                        if let Ok(mut o) = Resp::connect(before).await {
+                            let port = now.to_string();
+                            o.cmd(&["REPLICAOF", "127.0.0.1", &port]).await;
+                        }
                         return now;
                     }
                 }
