@@ -50,6 +50,7 @@ async fn gateway(cluster: &RedisCluster) -> Gateway {
             .env("TIDINGS_REDIS__RECONNECT_MAX_DELAY_SECS", "0.5")
             .env("TIDINGS_REDIS__COMMAND_TIMEOUT_SECS", "1")
             .env("RUST_LOG", "info,tidings_bridge=debug")
+            .env("TIDINGS_IDENTITY__RESOLVERS", r#"["token"]"#)
             .toml(&rules()),
     )
     .await;
@@ -254,6 +255,26 @@ async fn cluster_delivers_classic_and_sharded_messages() {
             (&json!(HISTORY), &json!({ "h": n }), Some(n)),
             "{f}"
         );
+    }
+
+    // One-time tokens live in the cluster too (their keys on many slots):
+    // minted once, redeemed once.
+    for user in ["u1", "u2", "u3", "u4"] {
+        let res = http::request(
+            gw.addr,
+            "POST",
+            "/api/tokens",
+            &[("Content-Type".to_owned(), "application/json".to_owned())],
+            json!({"identity":{"user":user}}).to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(res.status, 201, "{}", res.body);
+        let body: Value = serde_json::from_str(&res.body).unwrap();
+        let url = format!("{}?token={}", gw.ws_url(), body["token"].as_str().unwrap());
+        let c = Client::connect(&url).await;
+        assert_eq!(c.welcome["user"], user, "{}", c.welcome);
+        let again = Client::connect_with(&url, &[]).await;
+        assert_eq!(again.err().map(|r| r.status), Some(401), "redeemed once");
     }
 
     // Leaving a sharded channel drops its SSUBSCRIBE.
