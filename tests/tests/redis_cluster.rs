@@ -545,3 +545,32 @@ async fn the_whole_cluster_down_then_restarted_brings_every_subscription_back() 
         restarted.elapsed()
     );
 }
+
+// ---------------------------------------------------------------------------
+// Several gateways on one cluster.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn two_gateways_on_one_cluster_reach_each_others_sockets() {
+    let cluster = RedisCluster::start(0).await;
+    let (g1, g2) = tokio::join!(gateway(&cluster), gateway(&cluster));
+    let channels = ["/app/room/x", SHARDED[0], SHARDED[1], SHARDED[2]];
+    let mut a = socket(&g1, &channels).await;
+    let mut b = socket(&g2, &channels).await;
+    // Each gateway holds one SSUBSCRIBE per sharded channel.
+    for ch in &channels[1..] {
+        eventually(&format!("{ch} held by both gateways"), || async {
+            cluster.shardnumsub(ch).await == 2
+        })
+        .await;
+    }
+    for (i, ch) in channels.iter().enumerate() {
+        // Published through one gateway, delivered by both.
+        let from = if i % 2 == 0 { &g1 } else { &g2 };
+        let res = from.publish(ch, json!({ "n": i })).await;
+        assert_eq!(res.status, 202, "{}", res.body);
+        for c in [&mut a, &mut b] {
+            assert_eq!(c.next_json().await, message(ch, json!({ "n": i })));
+        }
+    }
+}
