@@ -184,7 +184,6 @@ impl Shared {
                 ConnectionEvent::Restored => self.inbound.connection_restored(),
                 ConnectionEvent::Recheck => self.inbound.recheck(),
             }
-            // Its sharded channels, too.
         }
         if event == ConnectionEvent::Restored {
             // A new connection holds nothing: its sharded channels are gone.
