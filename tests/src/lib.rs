@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod browser;
+pub mod cluster;
 pub mod django;
 pub mod gateway;
 pub mod http;

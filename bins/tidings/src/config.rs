@@ -298,6 +298,12 @@ impl Config {
     /// The Redis broker's configuration, if `redis_url` is set.
     pub(crate) fn redis(&self) -> Result<Option<RedisConfig>, ConfigError> {
         let Some(url) = &self.redis_url else {
+            if self.redis.mode != tidings_bridge::ModeName::Standalone {
+                return Err(ConfigError::invalid(
+                    "redis_url",
+                    "required with redis.mode = \"sentinel\" or \"cluster\": the URL of one Sentinel or one cluster node (TIDINGS_REDIS_URL)",
+                ));
+            }
             return Ok(None);
         };
         let config = self

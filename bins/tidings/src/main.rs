@@ -116,7 +116,13 @@ fn init_tracing(config: &Config) {
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let transport = config.transport()?;
     let router = config.router()?;
-    let redis = config.redis()?;
+    let redis = config.redis()?.map(|mut redis| {
+        let router = router.clone();
+        redis.sharded = Some(Arc::new(move |c: &tidings_core::ChannelName| {
+            router.sharded_for(c)
+        }));
+        redis
+    });
     // The history's own command pool (closed with QUIT at shutdown).
     let mut history_pool = None;
     let bridge = match &redis {
@@ -179,7 +185,9 @@ fn history_lookup(
     move |channel| {
         let h = router.history_for(channel)?;
         // The rule was validated (size 1..=10000, ttl_secs 1..=7 days).
-        HistoryOptions::new(h.size, Duration::from_secs(h.ttl_secs)).ok()
+        HistoryOptions::new(h.size, Duration::from_secs(h.ttl_secs))
+            .ok()
+            .map(|o| o.with_sharded(router.sharded_for(channel)))
     }
 }
 

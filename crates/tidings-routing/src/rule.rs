@@ -28,6 +28,17 @@ pub struct Rule {
     /// [`Router::history_for`]). Left out: no history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<RuleHistory>,
+    /// The channels this rule covers use Redis **sharded** pub/sub
+    /// (`SSUBSCRIBE`; publishers must use `SPUBLISH`), which on a Redis
+    /// Cluster scales with the number of nodes (see [`Router::sharded_for`]).
+    /// Exact templates only: a pattern rule cannot be sharded. Left out:
+    /// classic pub/sub.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sharded: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The most publications one channel's history may keep.
@@ -87,6 +98,7 @@ impl Rule {
                 publish: false,
                 anonymous: true,
                 history: None,
+                sharded: false,
             },
             Rule {
                 channel: "/app/user/{user}/notifications".into(),
@@ -95,6 +107,7 @@ impl Rule {
                 publish: false,
                 anonymous: false,
                 history: Some(RuleHistory::DEFAULT_NOTIFICATIONS),
+                sharded: false,
             },
         ]
     }
@@ -189,6 +202,11 @@ impl Router {
                 if let Some(history) = &rule.history {
                     history.check().map_err(err)?;
                 }
+                if template.is_pattern && rule.sharded {
+                    return Err(err(
+                        "sharded = true on a pattern rule: Redis sharded pub/sub has no pattern subscriptions (SSUBSCRIBE takes exact channels); list exact channels or drop `sharded`".into(),
+                    ));
+                }
                 if template.is_pattern && rule.publish {
                     return Err(err(
                         "publish on a pattern rule would let clients publish on any matching channel; list channels instead".into(),
@@ -224,6 +242,17 @@ impl Router {
             .iter()
             .find(|c| c.template.covers(channel.as_str()))
             .and_then(|c| c.rule.history)
+    }
+
+    /// Whether `channel` uses sharded pub/sub: the `sharded` option of the
+    /// **first** rule whose template covers it (as for
+    /// [`Router::history_for`]), so every gateway and publisher agrees on
+    /// it. Channels no rule covers are classic.
+    pub fn sharded_for(&self, channel: &ChannelName) -> bool {
+        self.rules
+            .iter()
+            .find(|c| c.template.covers(channel.as_str()))
+            .is_some_and(|c| c.rule.sharded)
     }
 
     /// Every rule, in order.
@@ -422,6 +451,7 @@ mod tests {
                 publish,
                 anonymous: false,
                 history: None,
+                sharded: false,
             }])
             .unwrap_err()
         };
@@ -437,6 +467,7 @@ mod tests {
             publish: false,
             anonymous: true,
             history: None,
+            sharded: false,
         }]);
         assert!(none.unwrap_err().reason.contains("grants nothing"));
     }
@@ -487,6 +518,38 @@ mod tests {
     }
 
     #[test]
+    fn sharded_is_the_first_covering_rules_option_and_never_on_a_pattern() {
+        #[derive(Deserialize, Debug)]
+        struct File {
+            rules: Vec<Rule>,
+        }
+        let file: File = toml::from_str(
+            r#"
+            [[rules]]
+            channel = "/app/room/{attr.room}"
+            subscribe = true
+            sharded = true
+            [[rules]]
+            channel = "/app/broadcast"
+            join = true
+            "#,
+        )
+        .unwrap();
+        let r = Router::new(file.rules).unwrap();
+        let ch = |s: &str| ChannelName::new(s).unwrap();
+        assert!(r.sharded_for(&ch("/app/room/7")));
+        assert!(!r.sharded_for(&ch("/app/broadcast")));
+        assert!(!r.sharded_for(&ch("/elsewhere")));
+        let pattern: File = toml::from_str(
+            "[[rules]]\nchannel = \"/app/feed/*\"\nsubscribe = true\nsharded = true\n",
+        )
+        .unwrap();
+        let e = Router::new(pattern.rules).unwrap_err();
+        assert!(e.reason.contains("pattern rule"), "{e}");
+        assert!(e.reason.contains("sharded"), "{e}");
+    }
+
+    #[test]
     fn bad_history_options_are_refused() {
         let with = |size, ttl_secs| {
             Router::new(vec![Rule {
@@ -496,6 +559,7 @@ mod tests {
                 publish: false,
                 anonymous: false,
                 history: Some(RuleHistory { size, ttl_secs }),
+                sharded: false,
             }])
         };
         assert!(with(1, 1).is_ok());
