@@ -129,7 +129,7 @@ impl Presence for MemoryPresence {
                         }
                     }
                 }
-                set.expires = expires;
+                set.expires = set.expires.max(expires);
             });
             Ok(change)
         })

@@ -60,10 +60,13 @@ if op == 'add' then
     end
     redis.call('ZADD', exp, now + ttl, conn)
   end
-  if #ARGV >= 3 then
-    redis.call('PEXPIRE', conns, ttl)
-    redis.call('PEXPIRE', exp, ttl)
-    if redis.call('EXISTS', users) == 1 then redis.call('PEXPIRE', users, ttl) end
+  -- The keys live as long as their longest-lived entry.
+  local last = redis.call('ZRANGE', exp, -1, -1, 'WITHSCORES')
+  if last[2] then
+    local at = tonumber(last[2])
+    redis.call('PEXPIREAT', conns, at)
+    redis.call('PEXPIREAT', exp, at)
+    if redis.call('EXISTS', users) == 1 then redis.call('PEXPIREAT', users, at) end
   end
   return {joined, left}
 elseif op == 'remove' then
