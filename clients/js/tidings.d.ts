@@ -62,8 +62,8 @@ export interface Message extends ServerFrame {
   pattern?: string;
   from?: string | null;
   encoding?: "base64";
-  /** Recovery position, on channels with history (forthcoming). */
-  offset?: number | string;
+  /** The message's position, on channels with history. */
+  offset?: number;
   epoch?: string;
 }
 
@@ -77,7 +77,7 @@ export interface GapEvent {
 export interface SubscribedEvent {
   /** True when this confirmation follows a reconnect. */
   reconnect: boolean;
-  /** The gateway's `recovered` flag, when it recovers from positions (forthcoming). */
+  /** On reconnect, on a channel with history: whether what was missed was replayed (`false`: reload). */
   recovered?: boolean;
 }
 
@@ -115,8 +115,8 @@ export declare class Subscription {
   readonly channel: string;
   /** `pending`, `subscribed`, `failed` or `unsubscribed`. */
   readonly state: "pending" | "subscribed" | "failed" | "unsubscribed";
-  /** Last recovery position seen (channels with history, forthcoming). */
-  readonly position: { offset: number | string; epoch?: string } | null;
+  /** The last position this client has on the channel (channels with history), sent back on reconnect. */
+  readonly position: { offset: number; epoch: string } | null;
   on(event: "message", fn: (message: Message) => void): () => void;
   on(event: "gap", fn: (gap: GapEvent) => void): () => void;
   on(event: "subscribed", fn: (ev: SubscribedEvent) => void): () => void;

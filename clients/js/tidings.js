@@ -92,8 +92,9 @@ export class Subscription extends Emitter {
     /** `pending`, `subscribed`, `failed` or `unsubscribed`. */
     this.state = "pending";
     /**
-     * The last recovery position seen on this channel (`{offset, epoch}`),
-     * from messages that carry them (channels with history, forthcoming).
+     * The last position this client has on the channel (`{offset, epoch}`),
+     * on channels with history: sent back on reconnect so the gateway
+     * replays what was missed.
      */
     this.position = null;
   }
@@ -119,6 +120,8 @@ export class Client extends Emitter {
     /** The last `welcome` frame, or null. */
     this.welcome = null;
     this._subs = new Set();
+    /** channel -> {offset, epoch}: the last position on each history channel. */
+    this._positions = new Map();
     this._attempt = 0;
     this._connections = 0;
     this._ws = null;
@@ -229,6 +232,8 @@ export class Client extends Emitter {
         url += (url.includes("?") ? "&" : "?") + encodeURIComponent(this._opts.tokenParam) + "=" + encodeURIComponent(token);
       }
     }
+    const since = this._since();
+    if (since) url += (url.includes("?") ? "&" : "?") + "since=" + encodeURIComponent(since);
     let ws;
     try {
       ws = new this._WebSocket(url);
@@ -310,11 +315,47 @@ export class Client extends Emitter {
     this._queue = [];
   }
 
+  // The positions of the channels the last welcome joined, as the `since`
+  // query parameter (JSON), or null: the gateway replays what was missed
+  // on them before anything else.
+  _since() {
+    const w = this.welcome;
+    if (!w || !this._recovers()) return null;
+    const since = {};
+    let n = 0;
+    for (const ch of w.channels || []) {
+      const p = this._positions.get(ch);
+      if (p && n < 64) {
+        since[ch] = { offset: p.offset, epoch: p.epoch };
+        n++;
+      }
+    }
+    return n ? JSON.stringify(since) : null;
+  }
+
+  _setPosition(channel, offset, epoch) {
+    if (offset === undefined || typeof epoch !== "string") return;
+    const p = { offset, epoch };
+    this._positions.set(channel, p);
+    for (const sub of this._subs) if (sub.channel === channel) sub.position = p;
+  }
+
   _connected(welcome) {
     this._clear("connect");
     const reconnect = this._connections > 0;
     this._connections++;
     this.welcome = welcome;
+    // Joined channels: where the gateway put us (after any replay, which
+    // follows the welcome), and whether it recovered what we missed.
+    for (const [ch, at] of Object.entries(welcome.positions || {})) {
+      const had = this._positions.has(ch);
+      if (!had || at.recovered === false || at.recovered === undefined) this._setPosition(ch, at.offset, at.epoch);
+      // Subscriptions of this channel hear it from their `subscribed`.
+      if (at.recovered === false) this._emit("gap", { type: "gap", channels: [ch], patterns: [], reason: "not_recovered", why: at.reason });
+    }
+    for (const ch of this._positions.keys()) {
+      if (!(welcome.channels || []).includes(ch) && !this._hasSub(ch)) this._positions.delete(ch);
+    }
     this._setState("connected");
     this._set("stable", this._opts.stableAfter, () => {
       // A stable connection: the next loss starts backing off from scratch.
@@ -390,25 +431,39 @@ export class Client extends Emitter {
   _message(f) {
     this._emit("message", f);
     if (f.pattern !== undefined) return; // exact subscriptions get the exact copy
+    if (f.offset !== undefined) this._setPosition(f.channel, f.offset, f.epoch);
     for (const sub of this._subs) {
       if (sub.channel !== f.channel || sub.state === "unsubscribed") continue;
-      if (f.offset !== undefined) sub.position = { offset: f.offset, epoch: f.epoch };
       sub._emit("message", f);
     }
   }
 
-  // Whether the gateway can replay from a position (issue 12: forthcoming).
+  _hasSub(channel) {
+    for (const sub of this._subs) if (sub.channel === channel) return true;
+    return false;
+  }
+
+  // Whether the gateway replays from a position (it keeps history).
   _recovers() {
     const w = this.welcome;
-    return !!(w && (w.recovery === true || w.history === true));
+    return !!(w && w.recovery === true);
+  }
+
+  _joined(channel) {
+    const w = this.welcome;
+    return !!(w && (w.channels || []).includes(channel));
   }
 
   _sendSubscribe(sub, reconnect = false) {
     const frame = { type: "subscribe", channel: sub.channel };
-    const recovering = reconnect && sub.position && this._recovers();
+    // A joined channel was recovered on connect (`since`); others recover
+    // here, from the last position.
+    const joined = this._joined(sub.channel);
+    const at = this._positions.get(sub.channel);
+    const recovering = !joined && reconnect && !!at && this._recovers();
     if (recovering) {
-      frame.offset = sub.position.offset;
-      if (sub.position.epoch !== undefined) frame.epoch = sub.position.epoch;
+      frame.offset = at.offset;
+      frame.epoch = at.epoch;
     }
     const req = this._makeRequest(
       frame,
@@ -416,10 +471,18 @@ export class Client extends Emitter {
       (reply) => {
         if (sub.state === "unsubscribed") return;
         sub.state = "subscribed";
-        sub._emit("subscribed", { reconnect, recovered: reply.recovered });
-        if (reconnect && !(recovering && reply.recovered === true)) {
+        if (!joined && reply.offset !== undefined && (!recovering || reply.recovered !== true)) {
+          this._setPosition(sub.channel, reply.offset, reply.epoch);
+        }
+        let recovered = reply.recovered;
+        if (joined) {
+          const w = (this.welcome.positions || {})[sub.channel];
+          recovered = w ? w.recovered : undefined;
+        }
+        sub._emit("subscribed", { reconnect, recovered });
+        if (reconnect && recovered !== true) {
           // Messages published while disconnected were not replayed.
-          sub._emit("gap", { reason: recovering ? "not_recovered" : "reconnected", frame: reply });
+          sub._emit("gap", { reason: recovered === false ? "not_recovered" : "reconnected", frame: reply });
         }
       },
       (e) => {

@@ -156,6 +156,26 @@ impl Client {
         }
     }
 
+    /// The next JSON frame, or how the socket ended: `Ok(frame)`,
+    /// `Err(Some(code))` on a close frame, `Err(None)` when the connection
+    /// dropped without one. Panics after `limit` with nothing.
+    pub async fn next_or_end(&mut self, limit: Duration) -> Result<Value, Option<u16>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("nothing within {limit:?}"),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return Ok(serde_json::from_str(&t).expect("server frames are JSON"))
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return Err(frame.map(|f: CloseFrame| u16::from(f.code)))
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_)) | None) => return Err(None),
+            }
+        }
+    }
+
     /// Closes politely.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;

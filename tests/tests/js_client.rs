@@ -383,6 +383,116 @@ async fn js_client_survives_a_gateway_sigkill_and_restart_on_the_same_port() {
     assert_no_exceptions(&page);
 }
 
+/// Issue 13's promise: a page on `/tidings.js` loses nothing across gateway
+/// restarts (a SIGKILL, then a SIGTERM drain) while a backend keeps
+/// publishing with the one-command publish: its joined notification channel
+/// (recovered on connect) and its subscribed room (recovered on subscribe)
+/// each get every publication once, in order, and no gap is reported.
+#[tokio::test]
+async fn js_client_loses_nothing_across_gateway_restarts_with_redis() {
+    let redis = tidings_e2e::redis::RedisServer::start().await;
+    let rules = r#"
+[[routing.rules]]
+channel = "/app/user/{user}/notifications"
+join = true
+subscribe = true
+history = { size = 500, ttl_secs = 600 }
+
+[[routing.rules]]
+channel = "/app/room/*"
+subscribe = true
+anonymous = true
+history = { size = 500, ttl_secs = 600 }
+"#;
+    let opts = GatewayOptions::default()
+        .toml(rules)
+        .env("TIDINGS_REDIS_URL", redis.url())
+        .env("TIDINGS_IDENTITY__RESOLVERS", r#"["token"]"#)
+        .env("TIDINGS_SHUTDOWN__DRAIN_SPREAD_SECS", "0.2")
+        .env("TIDINGS_SHUTDOWN__GRACE_SECS", "2");
+    let mut gw = Gateway::start_with(opts.clone()).await;
+    gw.wait_ready().await;
+    let addr = gw.addr;
+    let browser = Browser::launch().await;
+    let page = open_client(
+        &browser,
+        addr,
+        json!({ "tokenUser": "42", "subscribe": ["/app/room/9"] }),
+    )
+    .await;
+    wait_connected(&page, 1).await;
+    page.wait_for(
+        "the subscription",
+        "T.subs.some(e => e.ev === 'subscribed')",
+    )
+    .await;
+    const NOTES: &str = "/app/user/42/notifications";
+    const N: usize = 150;
+    let port: u16 = redis.url().rsplit(':').next().unwrap().parse().unwrap();
+    let publisher = tokio::spawn(async move {
+        let mut r = tidings_e2e::redis::Resp::connect(port).await.unwrap();
+        for n in 1..=N {
+            for ch in [NOTES, "/app/room/9"] {
+                let reply = r
+                    .cmd(&[
+                        "FCALL",
+                        "tidings_publish",
+                        "1",
+                        ch,
+                        &n.to_string(),
+                        "500",
+                        "600",
+                    ])
+                    .await;
+                assert!(
+                    matches!(reply, tidings_e2e::redis::Reply::Array(_)),
+                    "{reply:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(8)).await;
+        }
+    });
+    let notes = |n: usize| {
+        format!(
+            "T.messages.filter(m => m.channel === {}).length >= {n}",
+            json!(NOTES)
+        )
+    };
+    page.wait_for("some notifications", &notes(20)).await;
+    sigkill(&mut gw).await;
+    let gw = restart_on(addr, opts.clone()).await;
+    wait_connected(&page, 2).await;
+    page.wait_for("more notifications", &notes(60)).await;
+    gw.sigterm();
+    let mut gw = gw;
+    assert!(
+        gw.wait_exit(Duration::from_secs(10)).await.is_some(),
+        "drained"
+    );
+    let gw = restart_on(addr, opts).await;
+    wait_connected(&page, 3).await;
+    publisher.await.unwrap();
+    page.wait_for("every notification", &notes(N)).await;
+    wait_sub_messages(&page, "/app/room/9", N).await;
+    let all: Vec<usize> = (1..=N).collect();
+    let got = page
+        .eval(&format!(
+            "T.messages.filter(m => m.channel === {}).map(m => m.data)",
+            json!(NOTES)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(got, json!(all), "notifications: every one once, in order");
+    assert_eq!(sub_messages(&page, "/app/room/9").await, json!(all));
+    let gaps = page
+        .eval("T.subs.filter(e => e.ev === 'gap')")
+        .await
+        .unwrap();
+    assert_eq!(gaps, json!([]), "nothing to reload");
+    drop(gw);
+    assert_no_exceptions(&page);
+}
+
 #[tokio::test]
 async fn js_client_fetches_a_fresh_token_for_every_connection() {
     let opts = GatewayOptions::default()
@@ -425,7 +535,9 @@ async fn js_client_fetches_a_fresh_token_for_every_connection() {
     assert!(tokens.len() >= 2, "{t:#}");
     assert_eq!(urls.len(), tokens.len(), "one token per socket: {t:#}");
     for (url, token) in urls.iter().zip(&tokens) {
-        assert_eq!(*url, format!("ws://{addr}/ws?token={token}"));
+        // Then, on a reconnect, the positions of the joined channels.
+        let url = url.split("&since=").next().unwrap();
+        assert_eq!(url, format!("ws://{addr}/ws?token={token}"));
     }
     let mut distinct = tokens.clone();
     distinct.sort();

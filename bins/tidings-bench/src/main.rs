@@ -12,6 +12,7 @@
 //! tidings-bench broadcast     -n 10000 --rate 1 -d 20 --launch target/release/tidings
 //! tidings-bench connect-storm -n 10000 -c 1000 --same-cookie-every 10 --cache on --launch target/release/tidings
 //! tidings-bench soak          -n 100 -d 600 --fault-every 3 --launch target/release/tidings
+//! tidings-bench recovery      -n 10000 --rate 5000 -d 20 --restart-at 8 --fault kill --launch target/release/tidings
 //! ```
 //!
 //! See docs/benchmarks.md, "End-to-end load (tidings-bench)".
@@ -39,6 +40,7 @@ use tokio::{
 mod client;
 mod procs;
 mod publish;
+mod recovery;
 mod soak;
 mod stats;
 mod whoami;
@@ -108,6 +110,32 @@ enum Scenario {
         #[arg(long, default_value_t = 3.0)]
         max_life: f64,
     },
+    /// N clients (each its own user) hold sockets while R msg/s are
+    /// published with history (`FCALL tidings_publish`) to random users;
+    /// the gateway is SIGKILLed (or drained) mid-run and started again on
+    /// the same address; clients reconnect with their positions. Counts
+    /// lost and duplicated messages (target: 0 and 0). Needs --launch.
+    Recovery {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: RecoveryArgs,
+    },
+}
+
+/// The `recovery` scenario's own options.
+#[derive(Args, Clone)]
+struct RecoveryArgs {
+    /// Messages per second, with history, each to a random user.
+    #[arg(long, default_value_t = 5_000.0)]
+    rate: f64,
+    /// Seconds after publishing starts when the gateway goes away.
+    #[arg(long, default_value_t = 5.0)]
+    restart_at: f64,
+    /// How it goes away: `kill` (SIGKILL) or `drain` (SIGTERM); a new
+    /// process then starts on the same address.
+    #[arg(long, value_enum, default_value_t = recovery::Fault::Kill)]
+    fault: recovery::Fault,
 }
 
 #[derive(Args, Clone)]
@@ -225,8 +253,122 @@ impl Kind {
     }
 }
 
+/// The `recovery` scenario: its own gateway, Redis and whoami backend.
+async fn run_recovery(common: Common, args: RecoveryArgs) -> Result<bool, String> {
+    let bin = common
+        .launch
+        .clone()
+        .ok_or("recovery restarts the gateway itself: give --launch <tidings binary>")?;
+    if !(args.rate > 0.0 && args.rate.is_finite()) {
+        return Err("--rate must be a positive number".to_owned());
+    }
+    let duration = common.duration.unwrap_or(10.0);
+    let secs = |v: f64, what: &str| {
+        if v.is_finite() && v >= 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(format!("{what} must be a non-negative number of seconds"))
+        }
+    };
+    let restart_at = secs(args.restart_at, "--restart-at")?;
+    if args.restart_at >= duration {
+        return Err("--restart-at must come before the end of --duration".to_owned());
+    }
+    rlimit::increase_nofile_limit(u64::MAX)
+        .map_err(|e| format!("cannot raise the open-file limit: {e}"))?;
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned));
+    let whoami = whoami::Whoami::start(common.whoami_listen)
+        .await
+        .map_err(|e| format!("whoami backend: {e}"))?;
+    let private_redis;
+    let redis_url = match &common.redis_url {
+        Some(u) => u.clone(),
+        None => {
+            let r = procs::PrivateRedis::start().await?;
+            let url = r.url();
+            private_redis = Some(r);
+            let _ = &private_redis;
+            url
+        }
+    };
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "TIDINGS_IDENTITY__RESOLVERS".into(),
+            "[\"cookie_proxy\"]".into(),
+        ),
+        ("TIDINGS_IDENTITY__COOKIE_PROXY__URL".into(), whoami.url()),
+        ("TIDINGS_IDENTITY__ANONYMOUS".into(), "refuse".into()),
+        ("TIDINGS_LIMITS__MAX_CONNECTIONS".into(), "1000000".into()),
+        (
+            "TIDINGS_LIMITS__MAX_CONNECTIONS_PER_IP".into(),
+            "1000000".into(),
+        ),
+        (
+            "TIDINGS_LIMITS__MAX_CONNECTIONS_PER_USER".into(),
+            "1000000".into(),
+        ),
+        ("TIDINGS_REDIS_URL".into(), redis_url.clone()),
+    ];
+    for kv in &common.gateway_env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("--gateway-env {kv}: expected KEY=VALUE"))?;
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    let sources: Vec<Option<IpAddr>> = if common.source_ips > 0 {
+        (0..common.source_ips)
+            .map(|i| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i.min(250)))))
+            .collect()
+    } else {
+        vec![None]
+    };
+    let (ok, report) = recovery::run(recovery::Recovery {
+        connections: common.connections,
+        rate: args.rate,
+        duration: secs(duration, "--duration")?,
+        restart_at,
+        fault: args.fault,
+        concurrency: common.concurrency,
+        drain_secs: common.drain_secs.max(30.0),
+        binary: bin,
+        env,
+        redis_url,
+        sources,
+    })
+    .await?;
+    println!();
+    println!(
+        "tidings-bench recovery: {} clients, {} msg/s with history for {duration} s, gateway {:?} at {} s (load before: {})",
+        common.connections,
+        args.rate,
+        args.fault,
+        args.restart_at,
+        loadavg.as_deref().unwrap_or("?")
+    );
+    if let Some(obj) = report.as_object() {
+        for (k, v) in obj {
+            println!("  {k:<30}{v}");
+        }
+    }
+    println!(
+        "  {}",
+        if ok {
+            "PASS: nothing lost, nothing twice"
+        } else {
+            "FAIL"
+        }
+    );
+    if let Some(path) = &common.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report).unwrap_or_default())
+            .map_err(|e| format!("--json {}: {e}", path.display()))?;
+    }
+    Ok(ok)
+}
+
 /// Polls `GET /readyz` until it answers 200.
-async fn wait_ready(addr: SocketAddr) -> Result<(), String> {
+pub(crate) async fn wait_ready(addr: SocketAddr) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(mut s) = TcpStream::connect(addr).await {
@@ -282,6 +424,9 @@ fn cpu_percent(
 
 /// Returns Ok(true) when everything was delivered exactly right.
 async fn run(scenario: Scenario) -> Result<bool, String> {
+    if let Scenario::Recovery { common, args } = scenario {
+        return run_recovery(common, args).await;
+    }
     let mut soak_args = None;
     let (kind, common, rate) = match scenario {
         Scenario::Soak {
@@ -298,6 +443,7 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
         Scenario::PerUser { common, rate } => (Kind::PerUser, common, rate),
         Scenario::Broadcast { common, rate } => (Kind::Broadcast, common, rate),
         Scenario::ConnectStorm(c) => (Kind::ConnectStorm, c, 0.0),
+        Scenario::Recovery { .. } => unreachable!("handled above"),
     };
     let n = common.connections;
     let k = common.same_cookie_every.max(1);

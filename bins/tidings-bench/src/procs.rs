@@ -106,6 +106,23 @@ impl LaunchedGateway {
     pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// Sends SIGTERM (a drain) and waits up to `limit` for it to exit.
+    pub(crate) async fn drain(mut self, limit: Duration) -> Result<(), String> {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .map_err(|e| format!("kill: {e}"))?;
+        if !status.success() {
+            return Err("kill -TERM failed".to_owned());
+        }
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!(
+                "the gateway did not exit within {limit:?} of SIGTERM"
+            )),
+        }
+    }
 }
 
 /// A private `redis-server` on a free port. Killed on drop.

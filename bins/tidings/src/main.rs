@@ -193,6 +193,10 @@ async fn install_history(history: Arc<RedisHistory>, bridge: Bridge) {
             Ok(()) => {
                 tracing::info!("history: Redis function library loaded");
                 bridge.set_history_ready(true);
+                // And again after every reconnect: a Redis restarted
+                // without persistence has forgotten it, and backends
+                // publishing with FCALL need it at once.
+                let _watch = history.reinstall_on_reconnect();
                 return;
             }
             Err(e @ (HistoryError::Unsupported(_) | HistoryError::Refused(_))) => {

@@ -88,6 +88,25 @@ pub(crate) fn render(gateway: &Gateway, cookie_proxy: Option<&CookieProxy>) -> S
         "Frames written to sockets.",
         &one(t.frames_out_total()),
     );
+    let (recoveries, unrecovered) = t.recovery_totals();
+    metric(
+        "tidings_recoveries_total",
+        "counter",
+        "Recoveries asked for with a position (on connect, subscribe, or to fill a hole).",
+        &one(recoveries),
+    );
+    metric(
+        "tidings_recoveries_failed_total",
+        "counter",
+        "Recoveries that could not replay everything (answered recovered: false).",
+        &one(unrecovered),
+    );
+    metric(
+        "tidings_replayed_total",
+        "counter",
+        "Publications replayed from history to sockets.",
+        &one(t.replayed_total()),
+    );
     let (rpc_calls, rpc_failures) = t.rpc_totals();
     metric(
         "tidings_rpc_calls_total",

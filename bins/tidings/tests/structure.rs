@@ -241,8 +241,8 @@ fn layer(name: &str) -> Option<u32> {
     Some(match name {
         "tidings-core" => 0,
         "tidings-identity" | "tidings-routing" | "tidings-bridge" | "tidings-history" => 1,
-        "tidings-transport" | "tidings-control" => 2,
-        "tidings-rpc" => 3,
+        "tidings-session" => 2,
+        "tidings-transport" | "tidings-rpc" | "tidings-control" => 3,
         "tidings" | "tidings-bench" => 4,
         _ => return None,
     })

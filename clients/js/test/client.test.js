@@ -255,6 +255,37 @@ test("positions are kept and sent on resubscribe only when the welcome advertise
   assert.equal(FakeSocket.last.sentOfType("subscribe")[0].offset, undefined);
 });
 
+test("joined channels send their positions on reconnect (since) and hear whether they were recovered", async () => {
+  const c = await client({ random: () => 0 });
+  const gaps = [];
+  c.on("gap", (g) => gaps.push([g.channels, g.reason, g.why]));
+  FakeSocket.last.welcome({ recovery: true, channels: ["/j", "/b"], positions: { "/j": { offset: 3, epoch: "e" } } });
+  assert.ok(!FakeSocket.last.url.includes("since="), "nothing to send on the first connect");
+  FakeSocket.last.receive({ type: "message", channel: "/j", data: 1, offset: 4, epoch: "e" });
+  FakeSocket.last.receive({ type: "message", channel: "/b", data: 1 });
+  FakeSocket.last.serverClose(1012);
+  mock.timers.tick(0);
+  const url = new URL(FakeSocket.last.url);
+  assert.deepEqual(JSON.parse(url.searchParams.get("since")), { "/j": { offset: 4, epoch: "e" } });
+  FakeSocket.last.welcome({ recovery: true, channels: ["/j", "/b"], positions: { "/j": { offset: 6, epoch: "e", recovered: true } } });
+  assert.deepEqual(gaps, [], "recovered: no gap");
+  FakeSocket.last.receive({ type: "message", channel: "/j", data: 5, offset: 5, epoch: "e" });
+  FakeSocket.last.receive({ type: "message", channel: "/j", data: 6, offset: 6, epoch: "e" });
+  FakeSocket.last.serverClose(1006);
+  mock.timers.tick(0);
+  assert.deepEqual(JSON.parse(new URL(FakeSocket.last.url).searchParams.get("since")), { "/j": { offset: 6, epoch: "e" } });
+  FakeSocket.last.welcome({ recovery: true, channels: ["/j"], positions: { "/j": { offset: 1, epoch: "f", recovered: false, reason: "epoch_changed" } } });
+  assert.deepEqual(gaps, [[["/j"], "not_recovered", "epoch_changed"]]);
+  FakeSocket.last.serverClose(1006);
+  mock.timers.tick(0);
+  assert.deepEqual(JSON.parse(new URL(FakeSocket.last.url).searchParams.get("since")), { "/j": { offset: 1, epoch: "f" } });
+  // A gateway without recovery gets no positions.
+  FakeSocket.last.welcome({ channels: ["/j"] });
+  FakeSocket.last.serverClose(1006);
+  mock.timers.tick(0);
+  assert.ok(!FakeSocket.last.url.includes("since="));
+});
+
 test("gap and dropped notices reach the subscriptions they name", async () => {
   const c = await client();
   const a = c.subscribe("/a");

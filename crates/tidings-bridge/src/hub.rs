@@ -9,7 +9,7 @@ use std::{
 
 use indexmap::IndexMap;
 use parking_lot::RwLock;
-use tidings_core::{protocol, ChannelName, ChannelPattern, Delivery, Message, Topic};
+use tidings_core::{ChannelName, ChannelPattern, Delivery, Message, Topic};
 use tidings_history::{LivePublication, StreamPosition, LIVE_PREFIX};
 
 /// A position as [`Delivery::at_position`] takes it.
@@ -18,7 +18,7 @@ fn at(position: &Option<StreamPosition>) -> Option<(u64, &str)> {
 }
 
 use crate::{
-    mailbox::{Mailbox, Offer, Outbound},
+    mailbox::{GapNotice, Mailbox, Offer, Outbound},
     stats::BridgeStats,
 };
 
@@ -315,9 +315,11 @@ impl Hub {
         for (_, (mb, mut channels, mut patterns)) in per_conn {
             channels.sort();
             patterns.sort();
-            mb.offer(Outbound::Notice(protocol::encode_gap(
-                &channels, &patterns, reason,
-            )));
+            mb.offer(Outbound::Gap(Box::new(GapNotice {
+                channels,
+                patterns,
+                reason: reason.to_owned(),
+            })));
         }
         self.stats.record_gap_notices(n as u64);
         n

@@ -13,7 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use tidings_core::Delivery;
+use tidings_core::{ChannelName, ChannelPattern, Delivery};
 use tokio::sync::Notify;
 
 /// What happens to a socket whose outbound queue is full when a message
@@ -47,8 +47,24 @@ impl FromStr for SlowConsumerPolicy {
 pub enum Outbound {
     /// A delivered message; the frame is shared with every other recipient.
     Deliver(Arc<Delivery>),
-    /// A frame for this socket alone (a notice such as `gap`).
+    /// A frame for this socket alone.
     Notice(Bytes),
+    /// Messages on these channels and patterns may have been missed (the
+    /// broker reconnected, a subscription was repaired): the session fills
+    /// the hole from the history where the channel keeps one, and tells the
+    /// client with a `gap` notice otherwise.
+    Gap(Box<GapNotice>),
+}
+
+/// What an [`Outbound::Gap`] names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GapNotice {
+    /// The channels, sorted.
+    pub channels: Vec<ChannelName>,
+    /// The patterns, sorted.
+    pub patterns: Vec<ChannelPattern>,
+    /// Why (`broker_reconnected`, ...), as the `gap` notice's `reason`.
+    pub reason: String,
 }
 
 /// The queue itself: allocated only while it holds something, so an idle

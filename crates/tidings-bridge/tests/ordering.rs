@@ -96,7 +96,10 @@ fn channel(n: &str) -> Topic {
 
 async fn next_notice(rx: &mut MailboxReceiver) -> String {
     match tokio::time::timeout(Duration::from_secs(60), rx.next()).await {
-        Ok(Next::Item(Outbound::Notice(b))) => String::from_utf8(b.to_vec()).unwrap(),
+        Ok(Next::Item(Outbound::Gap(g))) => String::from_utf8(
+            tidings_core::protocol::encode_gap(&g.channels, &g.patterns, &g.reason).to_vec(),
+        )
+        .unwrap(),
         other => panic!("expected a notice, got {other:?}"),
     }
 }

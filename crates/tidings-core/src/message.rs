@@ -36,6 +36,8 @@ pub struct Delivery {
     channel: ChannelName,
     pattern: Option<ChannelPattern>,
     frame: Bytes,
+    /// The publication's position in its channel's history (offset, epoch).
+    position: Option<(u64, Box<str>)>,
 }
 
 impl Delivery {
@@ -66,6 +68,7 @@ impl Delivery {
             channel: message.channel.clone(),
             pattern: pattern.cloned(),
             frame,
+            position: position.map(|(offset, epoch)| (offset, Box::from(epoch))),
         })
     }
 
@@ -75,6 +78,7 @@ impl Delivery {
             channel: message.channel.clone(),
             pattern,
             frame,
+            position: None,
         })
     }
 
@@ -86,6 +90,12 @@ impl Delivery {
     /// The pattern subscription it came through, if any.
     pub fn pattern(&self) -> Option<&ChannelPattern> {
         self.pattern.as_ref()
+    }
+
+    /// The publication's position in its channel's history, `(offset,
+    /// epoch)`, when it was published with history.
+    pub fn position(&self) -> Option<(u64, &str)> {
+        self.position.as_ref().map(|(o, e)| (*o, &**e))
     }
 
     /// The protocol v1 text frame payload (`{"type":"message",...}`), shared.

@@ -105,6 +105,14 @@ pub enum Request {
     Subscribe {
         /// The channel asked for (not yet validated).
         channel: String,
+        /// The client's last position on the channel, `(offset, epoch)`
+        /// (`"offset"` and `"epoch"`, always together): what was published
+        /// after it is replayed before the live stream. Not yet validated
+        /// beyond its types.
+        since: Option<(u64, String)>,
+        /// `"last": true`: replay the channel's last publication (the
+        /// "last value") before the live stream. Ignored with `since`.
+        last: bool,
     },
     /// `{"type":"unsubscribe","channel":C}`.
     Unsubscribe {
@@ -166,6 +174,37 @@ struct Envelope {
     method: Option<serde_json::Value>,
     #[serde(default)]
     path: Option<serde_json::Value>,
+    #[serde(default)]
+    offset: Option<serde_json::Value>,
+    #[serde(default)]
+    epoch: Option<serde_json::Value>,
+    #[serde(default)]
+    last: Option<serde_json::Value>,
+}
+
+/// The largest offset a position may carry: 2^53 - 1, exact in JavaScript
+/// numbers (and in the Redis function's Lua numbers).
+pub const MAX_OFFSET: u64 = (1 << 53) - 1;
+
+/// The `offset` and `epoch` of a subscribe request: both or neither.
+fn since_of(
+    offset: Option<serde_json::Value>,
+    epoch: Option<serde_json::Value>,
+) -> Result<Option<(u64, String)>, &'static str> {
+    match (offset, epoch) {
+        (None, None) => Ok(None),
+        (Some(serde_json::Value::Number(n)), Some(serde_json::Value::String(e))) => {
+            match n.as_u64() {
+                Some(o) if o <= MAX_OFFSET => Ok(Some((o, e))),
+                _ => Err("\"offset\" must be an integer from 0 to 2^53 - 1"),
+            }
+        }
+        (Some(_), Some(serde_json::Value::String(_))) => {
+            Err("\"offset\" must be an integer from 0 to 2^53 - 1")
+        }
+        (Some(_), Some(_)) => Err("\"epoch\" must be a string"),
+        _ => Err("\"offset\" and \"epoch\" go together"),
+    }
 }
 
 /// A field that is present, even as `null` (serde maps `null` to `None`
@@ -180,7 +219,7 @@ impl ClientFrame {
     /// ```
     /// use tidings_core::protocol::{ClientFrame, Request};
     /// let f = ClientFrame::parse(br#"{"type":"subscribe","channel":"/a","id":7}"#).unwrap();
-    /// assert!(matches!(f.request, Request::Subscribe { ref channel } if channel == "/a"));
+    /// assert!(matches!(f.request, Request::Subscribe { ref channel, .. } if channel == "/a"));
     /// assert_eq!(f.id.unwrap().get(), "7");
     /// ```
     pub fn parse(text: &[u8]) -> Result<Self, ParseError> {
@@ -217,10 +256,32 @@ impl ClientFrame {
             None => None,
         };
         let request = match kind {
-            Some("subscribe") => match channel(env.channel) {
-                Ok(channel) => Request::Subscribe { channel },
-                Err(m) => return Err(fail(ErrorCode::BadRequest, m, id)),
-            },
+            Some("subscribe") => {
+                let channel = match channel(env.channel) {
+                    Ok(channel) => channel,
+                    Err(m) => return Err(fail(ErrorCode::BadRequest, m, id)),
+                };
+                let since = match since_of(env.offset, env.epoch) {
+                    Ok(since) => since,
+                    Err(m) => return Err(fail(ErrorCode::BadRequest, m, id)),
+                };
+                let last = match env.last {
+                    None | Some(serde_json::Value::Bool(false)) => false,
+                    Some(serde_json::Value::Bool(true)) => true,
+                    Some(_) => {
+                        return Err(fail(
+                            ErrorCode::BadRequest,
+                            "\"last\" must be a boolean",
+                            id,
+                        ))
+                    }
+                };
+                Request::Subscribe {
+                    channel,
+                    since,
+                    last,
+                }
+            }
             Some("unsubscribe") => match channel(env.channel) {
                 Ok(channel) => Request::Unsubscribe { channel },
                 Err(m) => return Err(fail(ErrorCode::BadRequest, m, id)),
@@ -444,15 +505,50 @@ fn base64_into(out: &mut String, data: &[u8]) {
     }
 }
 
-/// Encodes the `welcome` frame sent once on connect.
+/// Where a channel that keeps a history stands for one connection, as
+/// `welcome` (per joined channel) and `subscribed` report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PositionReport<'a> {
+    /// The offset of the last publication the connection has (or, with no
+    /// replay asked for, the channel's current offset).
+    pub offset: u64,
+    /// The epoch the offset belongs to.
+    pub epoch: &'a str,
+    /// Whether the replay asked for (a position in the request) delivered
+    /// everything missed; absent when no position was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// Why not, when `recovered` is `false`: `epoch_changed`, `expired`,
+    /// `too_many`, `position_ahead` or `unavailable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+}
+
+/// Encodes the `welcome` frame sent once on connect. `recovery`: whether
+/// this gateway keeps history (so positions are worth sending back);
+/// `positions`: each joined channel that keeps a history, with its
+/// position (and, when the client sent one, whether it was recovered).
 pub fn encode_welcome(
     connection: &str,
     user: Option<&str>,
     channels: &[ChannelName],
     patterns: &[ChannelPattern],
+    recovery: bool,
+    positions: &[(&ChannelName, PositionReport<'_>)],
 ) -> Bytes {
+    struct Positions<'a, 'b>(&'a [(&'a ChannelName, PositionReport<'b>)]);
+    impl Serialize for Positions<'_, '_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut m = s.serialize_map(Some(self.0.len()))?;
+            for (c, p) in self.0 {
+                m.serialize_entry(c.as_str(), p)?;
+            }
+            m.end()
+        }
+    }
     #[derive(Serialize)]
-    struct Welcome<'a> {
+    struct Welcome<'a, 'b> {
         #[serde(rename = "type")]
         kind: &'static str,
         protocol: u32,
@@ -460,6 +556,8 @@ pub fn encode_welcome(
         user: Option<&'a str>,
         channels: &'a [ChannelName],
         patterns: &'a [ChannelPattern],
+        recovery: bool,
+        positions: Positions<'a, 'b>,
     }
     let w = Welcome {
         kind: "welcome",
@@ -468,8 +566,36 @@ pub fn encode_welcome(
         user,
         channels,
         patterns,
+        recovery,
+        positions: Positions(positions),
     };
     Bytes::from(serde_json::to_vec(&w).unwrap_or_default())
+}
+
+/// Encodes the `subscribed` reply, with the channel's position when it
+/// keeps a history.
+pub fn encode_subscribed(
+    channel: &str,
+    position: Option<&PositionReport<'_>>,
+    id: Option<&RawValue>,
+) -> Bytes {
+    let mut out = String::with_capacity(96 + channel.len());
+    out.push_str("{\"type\":\"subscribed\",\"channel\":");
+    push_json_str(&mut out, channel);
+    if let Some(p) = position {
+        let _ = write!(out, ",\"offset\":{},\"epoch\":", p.offset);
+        push_json_str(&mut out, p.epoch);
+        if let Some(r) = p.recovered {
+            let _ = write!(out, ",\"recovered\":{r}");
+        }
+        if let Some(reason) = p.reason {
+            out.push_str(",\"reason\":");
+            push_json_str(&mut out, reason);
+        }
+    }
+    push_id(&mut out, id);
+    out.push('}');
+    Bytes::from(out)
 }
 
 /// Encodes a reply naming a channel: `subscribed`, `unsubscribed` or `published`.
@@ -696,15 +822,82 @@ mod tests {
         );
         assert_eq!(v(&encode_pong(None)), json!({"type":"pong"}));
         assert_eq!(v(&encode_dropped(3)), json!({"type":"dropped","count":3}));
+        let b = ChannelName::new("/b").unwrap();
         let w = v(&encode_welcome(
             "c1",
             Some("42"),
-            &[ChannelName::new("/b").unwrap()],
+            std::slice::from_ref(&b),
+            &[],
+            false,
             &[],
         ));
         assert_eq!(
             w,
-            json!({"type":"welcome","protocol":1,"connection":"c1","user":"42","channels":["/b"],"patterns":[]})
+            json!({"type":"welcome","protocol":1,"connection":"c1","user":"42","channels":["/b"],"patterns":[],"recovery":false,"positions":{}})
         );
+        let at = |recovered, reason| PositionReport {
+            offset: 7,
+            epoch: "e1",
+            recovered,
+            reason,
+        };
+        let w = v(&encode_welcome(
+            "c1",
+            None,
+            std::slice::from_ref(&b),
+            &[],
+            true,
+            &[(&b, at(Some(true), None))],
+        ));
+        assert_eq!(
+            w["positions"],
+            json!({"/b":{"offset":7,"epoch":"e1","recovered":true}})
+        );
+        assert_eq!(
+            v(&encode_subscribed(
+                "/b",
+                Some(&at(Some(false), Some("expired"))),
+                Some(&id)
+            )),
+            json!({"type":"subscribed","channel":"/b","offset":7,"epoch":"e1","recovered":false,"reason":"expired","id":{"k":1}})
+        );
+        assert_eq!(
+            v(&encode_subscribed("/b", Some(&at(None, None)), None)),
+            json!({"type":"subscribed","channel":"/b","offset":7,"epoch":"e1"})
+        );
+        assert_eq!(
+            v(&encode_subscribed("/b", None, None)),
+            json!({"type":"subscribed","channel":"/b"})
+        );
+    }
+
+    #[test]
+    fn subscribe_positions_parse_or_are_refused_clearly() {
+        let sub = |s: &str| ClientFrame::parse(s.as_bytes()).map(|f| f.request);
+        assert!(matches!(
+            sub(r#"{"type":"subscribe","channel":"a","offset":3,"epoch":"e"}"#),
+            Ok(Request::Subscribe { since: Some((3, ref e)), last: false, .. }) if e == "e"
+        ));
+        assert!(matches!(
+            sub(r#"{"type":"subscribe","channel":"a","last":true}"#),
+            Ok(Request::Subscribe {
+                since: None,
+                last: true,
+                ..
+            })
+        ));
+        for bad in [
+            r#"{"type":"subscribe","channel":"a","offset":3}"#,
+            r#"{"type":"subscribe","channel":"a","epoch":"e"}"#,
+            r#"{"type":"subscribe","channel":"a","offset":-1,"epoch":"e"}"#,
+            r#"{"type":"subscribe","channel":"a","offset":1.5,"epoch":"e"}"#,
+            r#"{"type":"subscribe","channel":"a","offset":"3","epoch":"e"}"#,
+            r#"{"type":"subscribe","channel":"a","offset":9007199254740992,"epoch":"e"}"#,
+            r#"{"type":"subscribe","channel":"a","offset":3,"epoch":4}"#,
+            r#"{"type":"subscribe","channel":"a","last":1}"#,
+        ] {
+            let e = sub(bad).expect_err(bad);
+            assert_eq!(e.code, ErrorCode::BadRequest, "{bad}");
+        }
     }
 }

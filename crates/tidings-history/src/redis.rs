@@ -129,6 +129,30 @@ impl RedisHistory {
             .map_err(map_error)
     }
 
+    /// Loads the function library again whenever the pool reconnects (a
+    /// Redis restarted without persistence has lost it, and backends that
+    /// publish with `FCALL tidings_publish` need it before the gateway's
+    /// own next call would reload it). The task ends with the pool.
+    pub fn reinstall_on_reconnect(self: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
+        use fred::interfaces::EventInterface;
+        let this = std::sync::Arc::downgrade(self);
+        let task = self.pool.next().on_reconnect(move |_server| {
+            let this = this.clone();
+            async move {
+                if let Some(history) = this.upgrade() {
+                    match history.install().await {
+                        Ok(()) => tracing::info!("history: function library loaded again after a reconnect"),
+                        Err(e) => tracing::warn!(error = %e, "history: cannot load the function library after a reconnect (the next call retries)"),
+                    }
+                }
+                Ok(())
+            }
+        });
+        tokio::spawn(async move {
+            let _ = task.await;
+        })
+    }
+
     /// `FCALL <function> 1 <channel> <args...>`, loading the library and
     /// trying once more if Redis does not know the function.
     async fn fcall(

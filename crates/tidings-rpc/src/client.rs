@@ -18,7 +18,7 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
-use tidings_transport::{
+use tidings_session::{
     rpc::{check_path, RpcCall, RpcError, RpcReply},
     BoxFuture, RpcHandler,
 };

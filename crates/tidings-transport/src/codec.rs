@@ -108,8 +108,6 @@ pub(crate) struct Conn<S> {
     /// Each frame of the batch: where its header ends in `heads`, and its
     /// payload.
     parts: Vec<(usize, Bytes)>,
-    /// Bytes in the batch.
-    pending: usize,
 }
 
 impl<S> Conn<S> {
@@ -125,7 +123,6 @@ impl<S> Conn<S> {
             frame_deadline: None,
             heads: Vec::new(),
             parts: Vec::new(),
-            pending: 0,
         }
     }
 }
@@ -269,14 +266,7 @@ impl<S: AsyncWrite + Unpin> Conn<S> {
     /// headers and payloads in one vectored write.
     pub(crate) fn push(&mut self, opcode: OpCode, payload: Bytes) {
         Self::header(opcode, payload.len(), &mut self.heads);
-        self.pending += self.heads.len() - self.parts.last().map_or(0, |(end, _)| *end);
-        self.pending += payload.len();
         self.parts.push((self.heads.len(), payload));
-    }
-
-    /// Bytes waiting in the batch.
-    pub(crate) fn pending(&self) -> usize {
-        self.pending
     }
 
     /// Writes the batch.
@@ -303,7 +293,6 @@ impl<S: AsyncWrite + Unpin> Conn<S> {
             // write buffers.
             self.parts = Vec::new();
             self.heads = Vec::new();
-            self.pending = 0;
         }
         self.io.flush().await
     }

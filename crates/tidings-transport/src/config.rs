@@ -68,6 +68,9 @@ pub struct TransportConfig {
     /// Consecutive rate-limited messages after which the socket is closed
     /// with 1008. Default 100.
     pub rate_limit_close_after: u32,
+    /// Most publications one recovery of one channel replays; a client
+    /// that missed more is told `recovered: false`. Default 1,000.
+    pub max_replay: u64,
 }
 
 impl Default for TransportConfig {
@@ -91,6 +94,7 @@ impl Default for TransportConfig {
             client_messages_per_sec: 20.0,
             client_message_burst: 40,
             rate_limit_close_after: 100,
+            max_replay: 1_000,
         }
     }
 }
@@ -208,7 +212,21 @@ impl TransportConfig {
         self.outbound_queue = self.outbound_queue.max(1);
         self.client_message_burst = self.client_message_burst.max(1);
         self.rate_limit_close_after = self.rate_limit_close_after.max(1);
+        self.max_replay = self.max_replay.max(1);
         self
+    }
+
+    /// The session tunables among these.
+    pub fn session_config(&self) -> tidings_session::SessionConfig {
+        tidings_session::SessionConfig {
+            outbound_queue: self.outbound_queue,
+            slow_consumer: self.slow_consumer,
+            max_subscriptions: self.max_subscriptions,
+            client_messages_per_sec: self.client_messages_per_sec,
+            client_message_burst: self.client_message_burst,
+            rate_limit_close_after: self.rate_limit_close_after,
+            max_replay: self.max_replay,
+        }
     }
 }
 

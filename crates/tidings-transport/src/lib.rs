@@ -13,25 +13,25 @@
 //! - [`limits`]: connection limits (total, per address, per user) and the
 //!   client address behind trusted proxies.
 //! - [`rpc`]: the seam for RPC from sockets ([`RpcHandler`]) and the path
-//!   grammar calls must pass; the HTTP client is the `tidings-rpc` crate.
-//! - `session`, `codec`: one socket's task (the connection loop) and its
-//!   framing (private); `context`: what a session gets from its gateway;
-//!   `requests`: a socket's subscribe, unsubscribe, publish, ping and RPC
-//!   requests; `rate`: its rate limit on client frames (all private).
-//! - [`stats`]: connection counters.
+//!   grammar calls must pass (from `tidings-session`); the HTTP client is
+//!   the `tidings-rpc` crate.
+//! - `ws`, `codec`: the WebSocket adapter, one socket's task driving a
+//!   `tidings_session::Session` (subscriptions, requests, rate limit and
+//!   recovery are the session's), and its framing (private).
+//! - [`stats`]: connection counters (from `tidings-session`).
 
 mod codec;
 pub mod config;
-mod context;
 pub mod limits;
-mod rate;
-mod requests;
-pub mod rpc;
 pub mod server;
 pub mod service;
-mod session;
 pub mod settings;
-pub mod stats;
+mod ws;
+
+/// The RPC seam, from `tidings-session`.
+pub use tidings_session::rpc;
+/// The connection counters, from `tidings-session`.
+pub use tidings_session::stats;
 
 pub use config::TransportConfig;
 /// The `http` crate this API speaks (requests, responses, status codes).

@@ -18,7 +18,8 @@ use tidings_routing::Router;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{config::TransportConfig, context::Context, session, stats::TransportStats, BoxFuture};
+use crate::{config::TransportConfig, stats::TransportStats, ws, BoxFuture};
+use tidings_session::Context;
 
 /// The TCP peer of a request, as a request extension: what [`WsService`](crate::WsService)
 /// reads by default to learn who is connecting. Insert it where you accept
@@ -59,7 +60,7 @@ pub fn text_response(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse
 }
 
 pub(crate) struct Inner {
-    pub(crate) config: TransportConfig,
+    pub(crate) config: Arc<TransportConfig>,
     pub(crate) resolver: Arc<dyn IdentityResolver>,
     pub(crate) bridge: Bridge,
     pub(crate) stats: Arc<TransportStats>,
@@ -140,14 +141,14 @@ impl GatewayBuilder {
         Gateway {
             inner: Arc::new(Inner {
                 session: Arc::new(Context {
-                    config: config.clone(),
+                    config: config.session_config(),
                     router,
                     bridge: self.bridge.clone(),
                     stats: stats.clone(),
                     rpc: self.rpc.clone(),
                     shutdown: shutdown.clone(),
                 }),
-                config,
+                config: Arc::new(config),
                 resolver: self.resolver,
                 bridge: self.bridge,
                 stats,
@@ -324,6 +325,18 @@ impl Gateway {
                 )
             }
         };
+        // Positions a reconnecting client sends (`since`): malformed ones
+        // are refused here, before any credential is spent.
+        let since = match since_param(req.uri(), self.inner.config.max_subscriptions) {
+            Ok(since) => since,
+            Err(why) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid since parameter: {why}"),
+                    RejectReason::BadHandshake,
+                )
+            }
+        };
         // A broken handshake is refused before any credential is looked
         // at (a one-time token must not be spent on it).
         let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
@@ -413,18 +426,39 @@ impl Gateway {
             Some(rpc) => Arc::new(rpc.credentials(&parts.headers)),
             None => self.inner.no_credentials.clone(),
         };
-        let context = self.inner.session.clone();
-        self.inner.sessions.spawn(session::run(
+        self.inner.sessions.spawn(ws::run(
             fut,
-            context,
+            self.inner.session.clone(),
+            self.inner.config.clone(),
             Arc::new(identity),
             credentials,
+            since,
             parts.peer,
             parts.client_ip,
             slot,
         ));
         let (parts, _) = response.into_parts();
         Response::from_parts(parts, Full::new(Bytes::new()))
+    }
+}
+
+/// The positions in the `since` query parameter (empty without one).
+fn since_param(uri: &http::Uri, max: usize) -> Result<Box<tidings_session::Positions>, String> {
+    let Some(query) = uri.query() else {
+        return Ok(Box::default());
+    };
+    let mut found = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if k == "since" {
+            if found.is_some() {
+                return Err("given more than once".into());
+            }
+            found = Some(v);
+        }
+    }
+    match found {
+        None => Ok(Box::default()),
+        Some(v) => tidings_session::parse_positions(&v, max).map(Box::new),
     }
 }
 

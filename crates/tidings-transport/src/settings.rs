@@ -183,6 +183,9 @@ pub struct LimitsSettings {
     /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR
     /// ranges).
     pub trusted_proxies: Vec<String>,
+    /// Most publications one recovery of one channel replays (beyond it:
+    /// `recovered: false`).
+    pub max_replay: u64,
 }
 
 impl Default for LimitsSettings {
@@ -193,6 +196,7 @@ impl Default for LimitsSettings {
             max_connections_per_ip: l.max_connections_per_ip,
             max_connections_per_user: l.max_connections_per_user,
             trusted_proxies: Vec::new(),
+            max_replay: TransportConfig::default().max_replay,
         }
     }
 }
@@ -241,6 +245,10 @@ impl TransportConfig {
         websocket.apply(&mut t).map_err(|e| e.within("websocket"))?;
         shutdown.apply(&mut t).map_err(|e| e.within("shutdown"))?;
         t.limits = limits.to_limits().map_err(|e| e.within("limits"))?;
+        if limits.max_replay == 0 {
+            return Err(ConfigError::new("max_replay", "must be at least 1").within("limits"));
+        }
+        t.max_replay = limits.max_replay;
         Ok(t)
     }
 }

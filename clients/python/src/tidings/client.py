@@ -18,10 +18,12 @@ With both, Redis is used for publishing and tokens; ``url`` serves
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import ssl
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +72,11 @@ class Position:
 def _position(reply: Any) -> Position:
     offset, epoch = reply
     return Position(int(offset), epoch.decode() if isinstance(epoch, bytes) else str(epoch))
+
+
+def _function_missing(e: Exception) -> bool:
+    text = str(e)
+    return "Function not found" in text or "No matching library" in text
 
 
 def _redis_error(what: str, e: Exception) -> TidingsError:
@@ -216,11 +223,20 @@ class Tidings(_Base):
             # On Redis the payload is the data's JSON text itself.
             try:
                 if history is not None:
-                    return _position(
-                        self._redis_client().fcall(
-                            "tidings_publish", 1, channel, _encode(data), *history.args()
-                        )
-                    )
+                    deadline = time.monotonic() + self.timeout
+                    while True:
+                        try:
+                            return _position(
+                                self._redis_client().fcall(
+                                    "tidings_publish", 1, channel, _encode(data), *history.args()
+                                )
+                            )
+                        except Exception as e:
+                            # A Redis restarted without persistence has lost the
+                            # library until the gateway reconnects and loads it.
+                            if not _function_missing(e) or time.monotonic() >= deadline:
+                                raise
+                            time.sleep(0.05)
                 self._redis_client().publish(channel, _encode(data))
             except ValueError:
                 raise
@@ -302,11 +318,18 @@ class AsyncTidings(_Base):
         if self.redis_url:
             try:
                 if history is not None:
-                    return _position(
-                        await self._redis_client().fcall(
-                            "tidings_publish", 1, channel, _encode(data), *history.args()
-                        )
-                    )
+                    deadline = time.monotonic() + self.timeout
+                    while True:
+                        try:
+                            return _position(
+                                await self._redis_client().fcall(
+                                    "tidings_publish", 1, channel, _encode(data), *history.args()
+                                )
+                            )
+                        except Exception as e:
+                            if not _function_missing(e) or time.monotonic() >= deadline:
+                                raise
+                            await asyncio.sleep(0.05)
                 await self._redis_client().publish(channel, _encode(data))
             except ValueError:
                 raise

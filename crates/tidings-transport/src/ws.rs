@@ -1,50 +1,55 @@
-//! One WebSocket session: one task per connection.
+//! The WebSocket adapter: one task per connection, driving a
+//! [`tidings_session::Session`].
 //!
 //! The task owns the connection and loops over a `select!` of what can
-//! happen to a socket, in priority order: shutdown, RPC answers, deliveries
-//! from its bounded mailbox (written in batches), client frames (control
-//! frames and fragments here; whole messages rate limited by `rate`, then
-//! answered by `requests`: subscribe, publish, ...), and the heartbeat timer. Reading is
-//! cancel-safe (see `codec`), so racing it against the rest loses nothing.
-//! Nothing but the RPC calls themselves runs in other tasks, and an idle
-//! socket holds no buffers.
+//! happen to a socket, in priority order: shutdown, client frames (control
+//! frames and fragments here; whole messages go to the session), the
+//! session's next event (RPC answers, deliveries from its bounded mailbox,
+//! written in batches), and the heartbeat timer. Reading is cancel-safe (see
+//! `codec`) and so is the session's `next_event`, so racing them loses
+//! nothing. Subscriptions, the rate limit, routing checks, RPC and recovery
+//! are the session's; this file is framing, heartbeats and closing.
 
 use std::{sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tidings_bridge::{mailbox, mailbox::Next, MailboxReceiver, Outbound};
-use tidings_core::{
-    protocol::{self, close, ClientFrame, ErrorCode},
-    Identity,
-};
+use tidings_core::{protocol::close, Identity};
+use tidings_session::{Batch, CloseReason, End, Output, Positions, Session};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::Instrument;
 
+use tidings_session::Context;
+
 use crate::{
     codec::{check_close, Conn, Frame, OpCode, ReadError, BATCH_BYTES},
-    config::deadline_after,
-    context::Context,
-    rate::{Limited, RateLimiter},
-    requests::Requests,
-    stats::CloseReason,
+    config::{deadline_after, TransportConfig},
 };
 
 type Io = TokioIo<Upgraded>;
 
-/// What handling a client frame asks of the session.
+/// What handling a client frame asks of the connection.
 enum Step {
-    /// Go on; write this reply first, if any.
-    Reply(Option<Bytes>),
+    /// Go on; write these first, if any.
+    Write,
     /// Answer the client's WebSocket ping.
     Pong(Bytes),
-    /// Echo the client's close frame; the session ends.
+    /// Echo the client's close frame; the connection ends.
     CloseEcho(Bytes),
-    /// Close with this code; the session ends.
+    /// Close with this code; the connection ends.
     Close(u16, &'static str, CloseReason),
     /// The client answered our ping.
     PongSeen,
+}
+
+impl From<End> for Step {
+    fn from(end: End) -> Self {
+        match end {
+            End::Close { code, text, reason } => Step::Close(code, text, reason),
+            End::Gone => Step::Close(close::GOING_AWAY, "going away", CloseReason::Client),
+        }
+    }
 }
 
 /// How long a closing socket gets to send its close reply before it is dropped.
@@ -52,15 +57,18 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Most queued deliveries written in one batch (one system call).
 const BATCH_FRAMES: usize = 64;
 
-/// Runs one session to its end: completes the upgrade, then serves the
+/// Runs one connection to its end: completes the upgrade, then serves the
 /// socket inside its tracing span. Arguments are small (shared pointers)
 /// because an async function keeps its arguments for its whole life: this
 /// future *is* the per-connection memory.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     gw: Arc<Context>,
+    config: Arc<TransportConfig>,
     identity: Arc<Identity>,
     credentials: Arc<http::HeaderMap>,
+    since: Box<Positions>,
     peer: std::net::SocketAddr,
     client_ip: std::net::IpAddr,
     slot: crate::limits::Slot,
@@ -82,55 +90,50 @@ pub(crate) async fn run(
     }
     // RPC calls forward the client's address (X-Forwarded-For).
     let client = std::net::SocketAddr::new(client_ip, peer.port());
-    serve_socket(io, id, gw, identity, credentials, client)
+    serve_socket(io, id, gw, config, identity, credentials, since, client)
         .instrument(span)
         .await;
     drop(slot);
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_socket(
     io: Io,
     id: u64,
     gw: Arc<Context>,
+    config: Arc<TransportConfig>,
     identity: Arc<Identity>,
     credentials: Arc<http::HeaderMap>,
+    since: Box<Positions>,
     peer: std::net::SocketAddr,
 ) {
     gw.stats.opened();
     tracing::debug!("socket open");
-    let (mailbox, mut mailbox_rx) = mailbox(gw.config.outbound_queue, gw.config.slow_consumer);
-    let mut sub = gw.bridge.subscriber_with_id(id, mailbox);
     // fastwebsockets did the handshake; framing is ours (see codec).
-    let mut conn = Conn::new(io, gw.config.max_message_size, gw.config.frame_timeout);
-    let welcome = {
-        let plan = gw.router.on_connect(&identity);
-        // Join before the welcome: once a client sees `welcome`, whatever is
-        // published on its channels reaches it.
-        for topic in plan.topics() {
-            if let Err(e) = sub.join(topic.clone()).await {
-                tracing::warn!(%topic, error = %e, "join on connect is pending until the broker is back");
-            }
-        }
-        protocol::encode_welcome(
-            &id.to_string(),
-            identity.user.as_deref(),
-            &plan.channels,
-            &plan.patterns,
-        )
-    };
-    let reason = if timed(gw.config.write_timeout, conn.send(OpCode::Text, welcome)).await {
-        gw.stats.frames_out(1);
-        let mut session = Session {
-            rate: RateLimiter::new(
-                gw.config.client_messages_per_sec,
-                gw.config.client_message_burst,
-                gw.config.rate_limit_close_after,
-            ),
-            requests: Requests::new(gw.clone(), identity, credentials, peer, sub),
+    let mut conn = Conn::new(io, config.max_message_size, config.frame_timeout);
+    let mut out = Vec::new();
+    let session = Session::open_with_id(
+        gw.clone(),
+        id,
+        identity,
+        credentials,
+        peer,
+        &since,
+        &mut out,
+    )
+    .await;
+    drop(since);
+    let welcome = out.len() as u64;
+    let reason = if write_all(&mut conn, &mut out, config.write_timeout).await {
+        gw.stats.frames_out(welcome);
+        let mut ws = WsSession {
             gw: gw.clone(),
+            config,
+            session,
             partial: None,
+            out,
         };
-        session.serve(&mut conn, &mut mailbox_rx, id).await
+        ws.serve(&mut conn).await
     } else {
         CloseReason::SlowConsumer
     };
@@ -138,13 +141,32 @@ async fn serve_socket(
     tracing::debug!(reason = reason.as_str(), "socket closed");
 }
 
-struct Session {
+/// Writes and empties `out` (one flush); false when the peer did not take
+/// it in time.
+async fn write_all(conn: &mut Conn<Io>, out: &mut Vec<Output>, limit: Duration) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    for o in out.drain(..) {
+        conn.push(
+            OpCode::Text,
+            match o {
+                Output::Frame(b) => b,
+                Output::Delivery(d) => d.frame().clone(),
+            },
+        );
+    }
+    timed(limit, conn.flush()).await
+}
+
+struct WsSession {
     gw: Arc<Context>,
-    /// Subscriptions and RPC calls (see `requests`).
-    requests: Requests,
-    rate: RateLimiter,
+    config: Arc<TransportConfig>,
+    session: Session,
     /// A fragmented message being assembled.
     partial: Option<(OpCode, BytesMut)>,
+    /// Frames to write (reused).
+    out: Vec<Output>,
 }
 
 /// Runs one write, giving up if the peer does not take it in time.
@@ -178,17 +200,17 @@ fn spread_offset(id: u64, window: Duration) -> Duration {
         .min(window)
 }
 
-impl Session {
-    /// The session's loop; returns why it ended.
-    async fn serve(
-        &mut self,
-        conn: &mut Conn<Io>,
-        mailbox: &mut MailboxReceiver,
-        conn_id: u64,
-    ) -> CloseReason {
+impl WsSession {
+    /// The connection's loop; returns why it ended.
+    async fn serve(&mut self, conn: &mut Conn<Io>) -> CloseReason {
         let gw = self.gw.clone();
-        let cfg = &gw.config;
+        let cfg = self.config.clone();
         let limit = cfg.write_timeout;
+        let conn_id = self.session.id();
+        let batch = Batch {
+            frames: BATCH_FRAMES,
+            bytes: BATCH_BYTES,
+        };
         // Deadlines saturate: no configured duration can overflow them.
         let after = |d: Duration| deadline_after(Instant::now(), d);
         let mut next_ping = after(cfg.ping_interval);
@@ -206,7 +228,6 @@ impl Session {
                 () = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
                     Step::Close(close::SERVICE_RESTART, "server restarting, reconnect", CloseReason::Shutdown)
                 }
-                reply = self.requests.next_rpc() => Step::Reply(Some(reply)),
                 // Client frames before deliveries: however busy its
                 // channels are, a client can always be heard (unsubscribe,
                 // close). Its frames are bounded by the rate limit.
@@ -231,34 +252,14 @@ impl Session {
                         return CloseReason::Client;
                     }
                 },
-                next = mailbox.next() => match next {
-                    Next::Item(item) => {
-                        // Write this delivery and whatever else is already
-                        // queued, in one batch (the shared frames are not
-                        // copied).
-                        let mut n = 0u64;
-                        let mut item = Some(item);
-                        while let Some(it) = item.take() {
-                            conn.push(OpCode::Text, match it {
-                                Outbound::Deliver(d) => d.frame().clone(),
-                                Outbound::Notice(b) => b,
-                            });
-                            n += 1;
-                            if n < BATCH_FRAMES as u64 && conn.pending() < BATCH_BYTES {
-                                item = mailbox.try_next();
-                            }
-                        }
-                        if !timed(limit, conn.flush()).await {
-                            // The peer stopped reading: a slow consumer.
-                            return CloseReason::SlowConsumer;
-                        }
-                        gw.stats.frames_out(n);
-                        continue;
+                event = self.session.next_event() => {
+                    // Boxed like requests: a replay may await the history.
+                    match Box::pin(self.session.on_event(event, &mut self.out, batch)).await {
+                        Ok(()) => Step::Write,
+                        Err(End::Gone) => return CloseReason::Client,
+                        Err(end) => end.into(),
                     }
-                    Next::Dropped(n) => Step::Reply(Some(protocol::encode_dropped(n))),
-                    Next::Overflowed => Step::Close(close::SLOW_CONSUMER, "slow consumer", CloseReason::SlowConsumer),
-                    Next::Closed => return CloseReason::Client,
-                },
+                }
                 () = sleep_until(tick) => {
                     let now = Instant::now();
                     if pong_deadline.is_some_and(|d| now >= d) {
@@ -278,14 +279,17 @@ impl Session {
                     }
                 }
             };
-            match step {
-                Step::Reply(None) => {}
-                Step::Reply(Some(reply)) => {
-                    if !timed(limit, conn.send(OpCode::Text, reply)).await {
-                        return CloseReason::SlowConsumer;
-                    }
-                    gw.stats.frames_out(1);
+            // Whatever the session produced goes out first, in one flush.
+            if !self.out.is_empty() {
+                let n = self.out.len() as u64;
+                if !write_all(conn, &mut self.out, limit).await {
+                    // The peer stopped reading: a slow consumer.
+                    return CloseReason::SlowConsumer;
                 }
+                gw.stats.frames_out(n);
+            }
+            match step {
+                Step::Write => {}
                 Step::Pong(payload) => {
                     if !timed(limit, conn.send(OpCode::Pong, payload)).await {
                         return CloseReason::SlowConsumer;
@@ -308,7 +312,7 @@ impl Session {
 
     /// One client frame: control frames, fragments, whole messages.
     async fn on_frame(&mut self, frame: Frame) -> Step {
-        let max = self.gw.config.max_message_size;
+        let max = self.config.max_message_size;
         let invalid_utf8 = Step::Close(
             close::INVALID_PAYLOAD,
             "invalid UTF-8",
@@ -326,16 +330,16 @@ impl Session {
                 if !frame.fin {
                     // Each fragment costs a token (the whole message costs
                     // one more when complete): fragments are frames to read.
-                    if let Err(Some(close)) = self.rate_limit() {
-                        return close;
+                    if let Err(Some(end)) = self.session.take_token() {
+                        return end.into();
                     }
                     self.partial = Some((frame.opcode, BytesMut::from(&frame.payload[..])));
-                    return Step::Reply(None);
+                    return Step::Write;
                 }
                 if frame.opcode == OpCode::Text && std::str::from_utf8(&frame.payload).is_err() {
                     return invalid_utf8;
                 }
-                self.handle(frame.opcode, &frame.payload).await
+                self.message(frame.opcode, &frame.payload).await
             }
             OpCode::Continuation => {
                 let Some((_, buf)) = self.partial.as_mut() else {
@@ -356,18 +360,18 @@ impl Session {
                 if !frame.fin {
                     // Empty ones included: a stream of them grows nothing
                     // but still has to be read, so it is rate limited.
-                    if let Err(Some(close)) = self.rate_limit() {
-                        return close;
+                    if let Err(Some(end)) = self.session.take_token() {
+                        return end.into();
                     }
-                    return Step::Reply(None);
+                    return Step::Write;
                 }
                 let Some((opcode, buf)) = self.partial.take() else {
-                    return Step::Reply(None);
+                    return Step::Write;
                 };
                 if opcode == OpCode::Text && std::str::from_utf8(&buf).is_err() {
                     return invalid_utf8;
                 }
-                self.handle(opcode, &buf).await
+                self.message(opcode, &buf).await
             }
             OpCode::Close => match check_close(&frame.payload) {
                 Ok(()) => Step::CloseEcho(frame.payload),
@@ -376,63 +380,30 @@ impl Session {
             OpCode::Ping => {
                 // Pings cost a write each: they count against the rate
                 // limit like messages (over it, they go unanswered).
-                match self.rate_limit() {
+                match self.session.take_token() {
                     Ok(()) => Step::Pong(frame.payload),
-                    Err(step) => step.unwrap_or(Step::Reply(None)),
+                    Err(end) => end.map_or(Step::Write, Step::from),
                 }
             }
             // Pongs count too (unsolicited ones are frames to read like any
             // other); over the limit one is still taken as an answer.
-            OpCode::Pong => match self.rate_limit() {
-                Err(Some(close)) => close,
+            OpCode::Pong => match self.session.take_token() {
+                Err(Some(end)) => end.into(),
                 _ => Step::PongSeen,
             },
         }
     }
 
-    /// Takes a token for one client message, ping, pong or non-final
-    /// fragment. `Err(None)`: over
-    /// the limit, refuse this one; `Err(Some(close))`: over it too long.
-    fn rate_limit(&mut self) -> Result<(), Option<Step>> {
-        match self.rate.take(&self.gw.stats) {
-            Ok(()) => Ok(()),
-            Err(Limited::Refuse) => Err(None),
-            Err(Limited::Close) => Err(Some(Step::Close(
-                close::POLICY_VIOLATION,
-                "rate limit exceeded",
-                CloseReason::RateLimited,
-            ))),
+    /// One whole client message, to the session.
+    async fn message(&mut self, opcode: OpCode, payload: &[u8]) -> Step {
+        match self
+            .session
+            .on_message(payload, opcode == OpCode::Binary, &mut self.out)
+            .await
+        {
+            Ok(()) => Step::Write,
+            Err(end) => end.into(),
         }
-    }
-
-    /// Handles one complete client message.
-    async fn handle(&mut self, opcode: OpCode, payload: &[u8]) -> Step {
-        self.gw.stats.frame_in();
-        if let Err(close) = self.rate_limit() {
-            if let Some(close) = close {
-                return close;
-            }
-            let id = ClientFrame::parse(payload).ok().and_then(|f| f.id);
-            return Step::Reply(Some(protocol::encode_error(
-                ErrorCode::RateLimited,
-                &format!(
-                    "at most {} messages per second",
-                    self.gw.config.client_messages_per_sec
-                ),
-                id.as_deref(),
-            )));
-        }
-        if opcode == OpCode::Binary {
-            return Step::Reply(Some(protocol::encode_error(
-                ErrorCode::BinaryUnsupported,
-                "protocol v1 uses JSON text frames only",
-                None,
-            )));
-        }
-        Step::Reply(match ClientFrame::parse(payload) {
-            Ok(frame) => self.requests.request(frame).await,
-            Err(e) => Some(protocol::encode_error(e.code, &e.message, e.id.as_deref())),
-        })
     }
 }
 

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::{
     context::Context,
+    recovery::{Followers, From},
     rpc::{RpcCall, RpcError},
 };
 
@@ -35,6 +36,8 @@ pub(crate) struct Requests {
     rpc_in_flight: Arc<AtomicUsize>,
     /// RPC answers on their way back; made on the first call.
     rpc_results: Option<(mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)>,
+    /// Where the socket is on each channel with history it follows.
+    pub(crate) followers: Followers,
 }
 
 impl Requests {
@@ -49,6 +52,7 @@ impl Requests {
         Self {
             rpc_in_flight: Arc::new(AtomicUsize::new(0)),
             rpc_results: None,
+            followers: Followers::default(),
             gw,
             identity,
             credentials,
@@ -128,51 +132,105 @@ impl Requests {
         None
     }
 
-    /// Answers one parsed client frame (`None`: an RPC call, answered later).
-    pub(crate) async fn request(&mut self, frame: ClientFrame) -> Option<Bytes> {
-        if let Request::Rpc { method, path, data } = frame.request {
-            return self.rpc(frame.id, method, path, data);
+    /// The subscriptions (for joins on connect).
+    pub(crate) fn subscriber(&mut self) -> &mut Subscriber {
+        &mut self.sub
+    }
+
+    /// Answers one parsed client frame: appends the reply (none for an RPC
+    /// call, answered later; a subscription's replay after its reply).
+    pub(crate) async fn request(&mut self, frame: ClientFrame, out: &mut Vec<Bytes>) {
+        match frame.request {
+            Request::Rpc { method, path, data } => {
+                if let Some(refusal) = self.rpc(frame.id, method, path, data) {
+                    out.push(refusal);
+                }
+            }
+            Request::Subscribe {
+                channel,
+                since,
+                last,
+            } => {
+                self.subscribe(frame.id.as_deref(), &channel, since, last, out)
+                    .await;
+            }
+            _ => {
+                let reply = self.reply(frame).await;
+                out.push(reply);
+            }
         }
-        Some(self.reply(frame).await)
+    }
+
+    /// `subscribe`: the routing check, the live subscription, then (for a
+    /// channel with history) the replay from the client's position, so
+    /// that the reply is followed by what was missed and then the live
+    /// stream, with no duplicate and no hole at the seam.
+    async fn subscribe(
+        &mut self,
+        id: Option<&RawValue>,
+        channel: &str,
+        since: Option<(u64, String)>,
+        last: bool,
+        out: &mut Vec<Bytes>,
+    ) {
+        let gw = self.gw.clone();
+        let name = match gw.router.may_subscribe(&self.identity, channel) {
+            Ok(name) => name,
+            Err(d) => return out.push(denied(d, "subscribe to", id)),
+        };
+        let from = match since {
+            Some((offset, epoch)) => {
+                let position = tidings_history::StreamPosition::new(offset, epoch);
+                if let Err(e) = position.validate() {
+                    return out.push(protocol::encode_error(
+                        ErrorCode::BadRequest,
+                        &e.to_string(),
+                        id,
+                    ));
+                }
+                From::Position(position)
+            }
+            None if last => From::Last,
+            None => From::Now,
+        };
+        let topic = Topic::Channel(name.clone());
+        if !self.sub.contains(&topic) && self.sub.len() >= gw.config.max_subscriptions {
+            return out.push(protocol::encode_error(
+                ErrorCode::TooManySubscriptions,
+                &format!(
+                    "at most {} subscriptions per socket",
+                    gw.config.max_subscriptions
+                ),
+                id,
+            ));
+        }
+        if let Err(e) = self.sub.subscribe(topic).await {
+            return out.push(broker_error(&e, id));
+        }
+        // Live first (above), then the history: whatever is published in
+        // between is in both, and the follower drops the second copy.
+        let at = out.len();
+        let mut replay = Vec::new();
+        let report = self.followers.start(&gw, &name, from, &mut replay).await;
+        out.insert(
+            at,
+            protocol::encode_subscribed(
+                channel,
+                report.as_ref().map(|r| r.as_protocol()).as_ref(),
+                id,
+            ),
+        );
+        out.extend(replay);
     }
 
     async fn reply(&mut self, frame: ClientFrame) -> Bytes {
         let id = frame.id.as_deref();
         let gw = &self.gw;
-        let denied = |d: Denied, what: &str| match d {
-            Denied::InvalidChannel(e) => {
-                protocol::encode_error(ErrorCode::InvalidChannel, &e.to_string(), id)
-            }
-            Denied::NotAllowed => protocol::encode_error(
-                ErrorCode::Forbidden,
-                &format!("not allowed to {what} this channel"),
-                id,
-            ),
-        };
+        let denied = |d: Denied, what: &str| denied(d, what, id);
         match frame.request {
-            Request::Subscribe { channel } => {
-                let name = match gw.router.may_subscribe(&self.identity, &channel) {
-                    Ok(name) => name,
-                    Err(d) => return denied(d, "subscribe to"),
-                };
-                let topic = Topic::Channel(name);
-                if !self.sub.contains(&topic) && self.sub.len() >= gw.config.max_subscriptions {
-                    return protocol::encode_error(
-                        ErrorCode::TooManySubscriptions,
-                        &format!(
-                            "at most {} subscriptions per socket",
-                            gw.config.max_subscriptions
-                        ),
-                        id,
-                    );
-                }
-                match self.sub.subscribe(topic).await {
-                    Ok(()) => protocol::encode_ack("subscribed", &channel, id),
-                    Err(e) => broker_error(&e, id),
-                }
-            }
             Request::Unsubscribe { channel } => match tidings_core::ChannelName::new(&channel) {
                 Ok(name) => {
+                    self.followers.forget(&name);
                     self.sub.unsubscribe(&Topic::Channel(name));
                     protocol::encode_ack("unsubscribed", &channel, id)
                 }
@@ -191,10 +249,24 @@ impl Requests {
                 }
             }
             Request::Ping => protocol::encode_pong(id),
-            Request::Rpc { .. } => {
-                protocol::encode_error(ErrorCode::Internal, "rpc is answered apart", id)
+            Request::Rpc { .. } | Request::Subscribe { .. } => {
+                protocol::encode_error(ErrorCode::Internal, "answered apart", id)
             }
         }
+    }
+}
+
+/// The error frame for a routing refusal.
+fn denied(d: Denied, what: &str, id: Option<&RawValue>) -> Bytes {
+    match d {
+        Denied::InvalidChannel(e) => {
+            protocol::encode_error(ErrorCode::InvalidChannel, &e.to_string(), id)
+        }
+        Denied::NotAllowed => protocol::encode_error(
+            ErrorCode::Forbidden,
+            &format!("not allowed to {what} this channel"),
+            id,
+        ),
     }
 }
 

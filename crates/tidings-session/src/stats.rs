@@ -191,17 +191,22 @@ pub struct TransportStats {
     rate_limited: AtomicU64,
     rpc_calls: AtomicU64,
     rpc_failures: AtomicU64,
+    recoveries: AtomicU64,
+    recoveries_failed: AtomicU64,
+    replayed: AtomicU64,
     identity: [AtomicU64; 4],
     /// How long identity resolution took, per upgrade.
     pub identity_latency: Histogram,
 }
 
 impl TransportStats {
-    pub(crate) fn opened(&self) {
+    /// Counts a connection opened (and now open).
+    pub fn opened(&self) {
         self.opened.fetch_add(1, Ordering::Relaxed);
         self.current.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn closed(&self, reason: CloseReason) {
+    /// Counts a connection closed for `reason`.
+    pub fn closed(&self, reason: CloseReason) {
         self.current.fetch_sub(1, Ordering::Relaxed);
         let i = CloseReason::ALL
             .iter()
@@ -209,7 +214,8 @@ impl TransportStats {
             .unwrap_or(0);
         self.closed[i].fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn rejected(&self, reason: RejectReason) {
+    /// Counts a connection refused for `reason`.
+    pub fn rejected(&self, reason: RejectReason) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         let i = RejectReason::ALL
             .iter()
@@ -217,7 +223,8 @@ impl TransportStats {
             .unwrap_or(0);
         self.rejected_by[i].fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn identity(&self, outcome: IdentityOutcome, took: std::time::Duration) {
+    /// Counts an identity lookup's `outcome` and how long it `took`.
+    pub fn identity(&self, outcome: IdentityOutcome, took: std::time::Duration) {
         let i = IdentityOutcome::ALL
             .iter()
             .position(|r| *r == outcome)
@@ -225,14 +232,43 @@ impl TransportStats {
         self.identity[i].fetch_add(1, Ordering::Relaxed);
         self.identity_latency.observe(took);
     }
-    pub(crate) fn rate_limited(&self) {
+    /// Counts a client message refused by the rate limit.
+    pub fn rate_limited(&self) {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn rpc(&self, ok: bool) {
+    /// Counts an RPC call, failed unless `ok`.
+    pub fn rpc(&self, ok: bool) {
         self.rpc_calls.fetch_add(1, Ordering::Relaxed);
         if !ok {
             self.rpc_failures.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts one recovery: `asked` (the client gave a position), whether
+    /// it `recovered` everything, and how many publications it replayed.
+    pub fn recovery(&self, asked: bool, recovered: bool, replayed: usize) {
+        if asked {
+            self.recoveries.fetch_add(1, Ordering::Relaxed);
+            if !recovered {
+                self.recoveries_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
+    }
+
+    /// Recoveries asked for (a position sent on connect, subscribe or a
+    /// repair after a hole), and how many of them could not replay
+    /// everything (`recovered: false`).
+    pub fn recovery_totals(&self) -> (u64, u64) {
+        (
+            self.recoveries.load(Ordering::Relaxed),
+            self.recoveries_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Publications replayed from history to connections.
+    pub fn replayed_total(&self) -> u64 {
+        self.replayed.load(Ordering::Relaxed)
     }
 
     /// Upgrades refused for `reason` since start.
@@ -262,10 +298,12 @@ impl TransportStats {
             self.rpc_failures.load(Ordering::Relaxed),
         )
     }
-    pub(crate) fn frame_in(&self) {
+    /// Counts a client message received.
+    pub fn frame_in(&self) {
         self.frames_in.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn frames_out(&self, n: u64) {
+    /// Counts `n` frames written to a connection.
+    pub fn frames_out(&self, n: u64) {
         self.frames_out.fetch_add(n, Ordering::Relaxed);
     }
 
