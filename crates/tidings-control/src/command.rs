@@ -20,9 +20,9 @@ use tidings_core::ChannelName;
 pub const DEFAULT_CONTROL_CHANNEL: &str = "tidings:control";
 
 /// Close code of a disconnect when none is given: the client may reconnect.
-pub const CLOSE_DISCONNECTED: u16 = 4002;
+pub const CLOSE_DISCONNECTED: u16 = tidings_core::protocol::close::DISCONNECTED;
 /// Close code of a disconnect meaning "do not reconnect" (a revoked session).
-pub const CLOSE_REVOKED: u16 = 4003;
+pub const CLOSE_REVOKED: u16 = tidings_core::protocol::close::REVOKED;
 
 /// The longest close reason (a close frame's payload is at most 125 bytes,
 /// two of them the code).

@@ -8,6 +8,8 @@
 //! - [`command`]: control commands (wire format, validation).
 //! - [`registry`]: this gateway's connections by user, and the
 //!   [`Connection`] seam the session side implements.
+//! - [`hooks`]: [`ControlHooks`], the session hooks that register each
+//!   session, list it in its user's presence set and send webhooks.
 //! - [`listener`]: the control channel over the bridge.
 //! - [`webhook`]: signed lifecycle webhooks from a bounded queue.
 //! - `hmac`: HMAC-SHA256 for the signatures.
@@ -15,6 +17,7 @@
 
 pub mod command;
 mod hmac;
+pub mod hooks;
 pub mod listener;
 pub mod presence;
 pub mod registry;
@@ -24,6 +27,7 @@ use std::{future::Future, pin::Pin};
 
 pub use command::{Command, CommandError, Target, DEFAULT_CONTROL_CHANNEL};
 pub use hmac::{hex, hmac_sha256};
+pub use hooks::{random_gateway_id, ControlHooks};
 pub use listener::ControlChannel;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -48,12 +48,14 @@ impl std::fmt::Debug for ControlChannel {
 impl ControlChannel {
     /// Subscribes to `channel` and starts applying commands to `registry`.
     /// Resolves once the subscription is live (commands published from now
-    /// on are received); the task ends when the bridge shuts down.
+    /// on are received), or, when the broker is unreachable now, once that
+    /// is logged: the bridge subscribes when it is back. The task ends when
+    /// the bridge shuts down.
     pub async fn start(
         bridge: &Bridge,
         channel: ChannelName,
         registry: Arc<Registry>,
-    ) -> Result<(Self, JoinHandle<()>), BrokerError> {
+    ) -> (Self, JoinHandle<()>) {
         let (tx, mut rx) = mailbox(QUEUE, SlowConsumerPolicy::Drop);
         let mut sub = bridge.subscriber(tx);
         // Joined (not subscribed): if Redis is down now, the bridge
@@ -82,7 +84,7 @@ impl ControlChannel {
                             }
                         }
                     }
-                    Next::Item(Outbound::Notice(_)) => {}
+                    Next::Item(Outbound::Notice(_) | Outbound::Gap(_)) => {}
                     Next::Dropped(n) => {
                         tracing::warn!(target: "tidings::control", dropped = n, "control commands dropped (queue full)");
                     }
@@ -90,15 +92,17 @@ impl ControlChannel {
                 }
             }
         });
-        joined?;
-        Ok((
+        if let Err(e) = joined {
+            tracing::warn!(target: "tidings::control", channel = %channel, error = %e, "the control channel is subscribed once the broker is back");
+        }
+        (
             Self {
                 channel,
                 bridge: bridge.clone(),
                 stats,
             },
             task,
-        ))
+        )
     }
 
     /// Publishes `command` to every gateway (this one included).

@@ -42,8 +42,6 @@ pub struct ConnectionInfo {
     pub gateway: String,
     /// When it connected, in ms since the Unix epoch.
     pub since_ms: u64,
-    /// The channels it is subscribed to.
-    pub channels: Vec<String>,
 }
 
 const SHARDS: usize = 16;
@@ -61,7 +59,11 @@ pub struct Registry {
     shards: Box<[Mutex<Shard>; SHARDS]>,
     by_conn: Mutex<HashMap<String, String>>,
     hasher: RandomState,
+    forget: Mutex<Option<Forget>>,
 }
+
+/// Called with a user id whose cached identity must be forgotten.
+pub type Forget = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl Default for Registry {
     fn default() -> Self {
@@ -69,6 +71,7 @@ impl Default for Registry {
             shards: Box::new(std::array::from_fn(|_| Mutex::new(Shard::default()))),
             by_conn: Mutex::new(HashMap::new()),
             hasher: RandomState::new(),
+            forget: Mutex::new(None),
         }
     }
 }
@@ -178,9 +181,31 @@ impl Registry {
         }
     }
 
+    /// Sets what forgets a user's cached identity (the cookie proxy's
+    /// cache), called before a `refresh` or a revoking `disconnect` of a
+    /// user is applied, so that the user's next connection is resolved
+    /// afresh and a revoked session cannot come back from the cache.
+    pub fn set_forget(&self, forget: Forget) {
+        *self.forget.lock() = Some(forget);
+    }
+
     /// Applies `command` to the local connections it names; returns how
     /// many.
     pub fn apply(&self, command: &Command) -> usize {
+        if let Target::User(user) = command.target() {
+            let revokes = matches!(
+                command,
+                Command::Refresh { .. }
+                    | Command::Disconnect {
+                        code: crate::command::CLOSE_REVOKED,
+                        ..
+                    }
+            );
+            let forget = self.forget.lock().clone();
+            if let (true, Some(forget)) = (revokes, forget) {
+                forget(user);
+            }
+        }
         let targets = self.find(command.target());
         for c in &targets {
             match command {
@@ -259,7 +284,6 @@ mod tests {
                 user: None,
                 gateway: "g".into(),
                 since_ms: 0,
-                channels: vec![],
             }
         }
     }

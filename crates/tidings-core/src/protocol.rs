@@ -40,6 +40,15 @@ pub mod close {
     /// The client did not read its messages fast enough and its outbound
     /// queue overflowed (slow-consumer policy `close`).
     pub const SLOW_CONSUMER: u16 = 4001;
+    /// The backend disconnected the socket (control API); the client may
+    /// reconnect.
+    pub const DISCONNECTED: u16 = 4002;
+    /// The backend revoked the session (control API): do not reconnect
+    /// with the same credentials.
+    pub const REVOKED: u16 = 4003;
+    /// The backend changed the socket's identity (control API `refresh`):
+    /// reconnect, and the identity is resolved afresh.
+    pub const IDENTITY_CHANGED: u16 = 4004;
 }
 
 /// The `code` of an error frame.

@@ -223,6 +223,36 @@ impl Requests {
         out.extend(replay);
     }
 
+    /// A subscription the backend asked for (the control API): no routing
+    /// check, no subscription limit. The `subscribed` frame (without `id`)
+    /// for the client, or `None` when it already was (or the broker failed:
+    /// logged, nothing to tell the client).
+    pub(crate) async fn server_subscribe(
+        &mut self,
+        channel: tidings_core::ChannelName,
+    ) -> Option<Bytes> {
+        let topic = Topic::Channel(channel.clone());
+        if self.sub.contains(&topic) {
+            return None;
+        }
+        if let Err(e) = self.sub.join(topic).await {
+            tracing::warn!(channel = %channel, error = %e, "server-side subscription is pending until the broker is back");
+        }
+        Some(protocol::encode_subscribed(channel.as_str(), None, None))
+    }
+
+    /// An unsubscription the backend asked for: the `unsubscribed` frame
+    /// for the client, or `None` when it was not subscribed.
+    pub(crate) fn server_unsubscribe(
+        &mut self,
+        channel: &tidings_core::ChannelName,
+    ) -> Option<Bytes> {
+        self.followers.forget(channel);
+        self.sub
+            .unsubscribe(&Topic::Channel(channel.clone()))
+            .then(|| protocol::encode_ack("unsubscribed", channel.as_str(), None))
+    }
+
     async fn reply(&mut self, frame: ClientFrame) -> Bytes {
         let id = frame.id.as_deref();
         let gw = &self.gw;

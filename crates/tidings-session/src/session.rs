@@ -13,7 +13,7 @@
 //! once per message for every recipient); the adapter writes them in its
 //! own framing.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{any::Any, borrow::Cow, collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
 use tidings_bridge::{mailbox, mailbox::Next, GapNotice, MailboxReceiver, Outbound, Subscriber};
@@ -25,6 +25,7 @@ use tidings_history::StreamPosition;
 
 use crate::{
     context::Context,
+    control::{ControlHandle, ControlRequest, SessionInfo},
     rate::{Limited, RateLimiter},
     recovery::{From, Verdict},
     requests::Requests,
@@ -54,15 +55,15 @@ impl Output {
 }
 
 /// How a session ends, when it is the session that ends it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
     /// Close the connection with this close code and text (WebSocket close
     /// codes; other wire formats map them).
     Close {
         /// The close code (see `protocol::close`).
         code: u16,
-        /// The close text.
-        text: &'static str,
+        /// The close text (the backend's own when it disconnects).
+        text: Cow<'static, str>,
         /// What the counters record.
         reason: CloseReason,
     },
@@ -79,6 +80,7 @@ pub struct Event(EventKind);
 enum EventKind {
     Rpc(Bytes),
     Mailbox(Next),
+    Control(ControlRequest),
 }
 
 /// Client positions sent on connect: channel -> last position. See
@@ -111,6 +113,18 @@ pub struct Session {
     requests: Requests,
     mailbox: MailboxReceiver,
     rate: RateLimiter,
+    /// The backend's requests, when the gateway has hooks.
+    control: Option<Control>,
+}
+
+/// A session's side of the gateway's hooks.
+struct Control {
+    info: SessionInfo,
+    requests: tokio::sync::mpsc::Receiver<ControlRequest>,
+    /// What the hooks keep for the session's life (dropped at its end).
+    _guard: Box<dyn Any + Send + Sync>,
+    /// Set when the backend disconnected it.
+    ended_by_backend: Option<(u16, String)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -151,6 +165,20 @@ impl Session {
     ) -> Self {
         let (mailbox_tx, mailbox) = mailbox(ctx.config.outbound_queue, ctx.config.slow_consumer);
         let sub = ctx.bridge.subscriber_with_id(id, mailbox_tx);
+        let control = ctx.hooks.as_ref().map(|hooks| {
+            let info = SessionInfo {
+                id,
+                identity: identity.clone(),
+            };
+            let (handle, rx): (ControlHandle, _) = ControlHandle::pair();
+            let guard = hooks.opened(&info, handle);
+            Control {
+                info,
+                requests: rx,
+                _guard: guard,
+                ended_by_backend: None,
+            }
+        });
         let mut requests = Requests::new(ctx.clone(), identity.clone(), credentials, peer, sub);
         let plan = ctx.router.on_connect(&identity);
         // Join before the welcome (and before any replay): once a client
@@ -192,6 +220,20 @@ impl Session {
             requests,
             mailbox,
             rate,
+            control,
+        }
+    }
+
+    /// Tells the gateway's hooks the session ended (for the webhooks);
+    /// `code` and `reason` are what the adapter closed with, unless the
+    /// backend disconnected it. Call it once, at the end.
+    pub fn finish(&mut self, code: u16, reason: &str) {
+        let (Some(hooks), Some(control)) = (self.ctx.hooks.as_ref(), self.control.as_ref()) else {
+            return;
+        };
+        match &control.ended_by_backend {
+            Some((code, reason)) => hooks.closed(&control.info, *code, reason),
+            None => hooks.closed(&control.info, code, reason),
         }
     }
 
@@ -212,6 +254,7 @@ impl Session {
         tokio::select! {
             biased;
             reply = self.requests.next_rpc() => Event(EventKind::Rpc(reply)),
+            Some(request) = next_control(&mut self.control) => Event(EventKind::Control(request)),
             next = self.mailbox.next() => Event(EventKind::Mailbox(next)),
         }
     }
@@ -228,6 +271,7 @@ impl Session {
     ) -> Result<(), End> {
         match event.0 {
             EventKind::Rpc(reply) => out.push(Output::Frame(reply)),
+            EventKind::Control(request) => return self.control(request, out).await,
             EventKind::Mailbox(Next::Item(item)) => {
                 let mut bytes = 0usize;
                 let mut taken = 0usize;
@@ -248,13 +292,41 @@ impl Session {
             EventKind::Mailbox(Next::Overflowed) => {
                 return Err(End::Close {
                     code: close::SLOW_CONSUMER,
-                    text: "slow consumer",
+                    text: Cow::Borrowed("slow consumer"),
                     reason: CloseReason::SlowConsumer,
                 })
             }
             EventKind::Mailbox(Next::Closed) => return Err(End::Gone),
         }
         Ok(())
+    }
+
+    /// A request of the backend.
+    async fn control(&mut self, request: ControlRequest, out: &mut Vec<Output>) -> Result<(), End> {
+        match request {
+            ControlRequest::Disconnect { code, reason } => {
+                if let Some(c) = self.control.as_mut() {
+                    c.ended_by_backend = Some((code, reason.clone()));
+                }
+                Err(End::Close {
+                    code,
+                    text: Cow::Owned(reason),
+                    reason: CloseReason::Backend,
+                })
+            }
+            ControlRequest::Subscribe(channel) => {
+                if let Some(frame) = self.requests.server_subscribe(channel).await {
+                    out.push(Output::Frame(frame));
+                }
+                Ok(())
+            }
+            ControlRequest::Unsubscribe(channel) => {
+                if let Some(frame) = self.requests.server_unsubscribe(&channel) {
+                    out.push(Output::Frame(frame));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// One mailbox item into frames.
@@ -344,7 +416,7 @@ impl Session {
             Err(Limited::Refuse) => Err(None),
             Err(Limited::Close) => Err(Some(End::Close {
                 code: close::POLICY_VIOLATION,
-                text: "rate limit exceeded",
+                text: Cow::Borrowed("rate limit exceeded"),
                 reason: CloseReason::RateLimited,
             })),
         }
@@ -397,6 +469,15 @@ impl Session {
             ))),
         }
         Ok(())
+    }
+}
+
+/// The backend's next request, or never when the gateway has no hooks or
+/// the queue is closed.
+async fn next_control(control: &mut Option<Control>) -> Option<ControlRequest> {
+    match control {
+        Some(c) => c.requests.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -102,6 +102,7 @@ pub struct GatewayBuilder {
     router: Router,
     bridge: Bridge,
     rpc: Option<Arc<dyn RpcHandler>>,
+    hooks: Option<Arc<dyn tidings_session::SessionHooks>>,
 }
 
 impl GatewayBuilder {
@@ -130,6 +131,14 @@ impl GatewayBuilder {
         self
     }
 
+    /// Plugs the backend's control into every session (the control
+    /// registry, presence, webhooks: `tidings-control`'s hooks). Default:
+    /// none.
+    pub fn hooks(mut self, hooks: Arc<dyn tidings_session::SessionHooks>) -> Self {
+        self.hooks = Some(hooks);
+        self
+    }
+
     /// Builds the gateway.
     pub fn build(self) -> Gateway {
         // Out-of-range values (a zero interval, a duration no deadline can
@@ -146,6 +155,7 @@ impl GatewayBuilder {
                     bridge: self.bridge.clone(),
                     stats: stats.clone(),
                     rpc: self.rpc.clone(),
+                    hooks: self.hooks,
                     shutdown: shutdown.clone(),
                 }),
                 config: Arc::new(config),
@@ -175,6 +185,7 @@ impl Gateway {
                 .expect("default rules are valid"),
             bridge,
             rpc: None,
+            hooks: None,
         }
     }
 

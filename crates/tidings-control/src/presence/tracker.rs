@@ -112,6 +112,53 @@ impl PresenceTracker {
         Ok(())
     }
 
+    /// [`PresenceTracker::join`] from a path that must not wait: the entry
+    /// is this gateway's at once (a later [`PresenceTracker::leave_now`]
+    /// undoes it whatever the order the store sees them in), the store is
+    /// told in a task.
+    pub fn join_now(self: &Arc<Self>, key: PresenceKey, entry: PresenceEntry) {
+        if entry.validate().is_err() {
+            return;
+        }
+        self.local
+            .lock()
+            .entry(key.clone())
+            .or_default()
+            .insert(entry.conn.clone(), entry.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            match this
+                .store
+                .add(&key, std::slice::from_ref(&entry), this.config.ttl)
+                .await
+            {
+                Ok(change) => this.report(&key, change),
+                Err(e) => {
+                    tracing::debug!(target: "tidings::presence", set = %key, error = %e, "presence join failed; the next refresh retries")
+                }
+            }
+        });
+    }
+
+    /// [`PresenceTracker::leave`] from a path that must not wait.
+    pub fn leave_now(self: &Arc<Self>, key: PresenceKey, conn: String) {
+        {
+            let mut local = self.local.lock();
+            if let Some(set) = local.get_mut(&key) {
+                set.remove(&conn);
+                if set.is_empty() {
+                    local.remove(&key);
+                }
+            }
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Ok(change) = this.store.remove(&key, &[conn]).await {
+                this.report(&key, change);
+            }
+        });
+    }
+
     /// Every entry of `key`'s set, all gateways.
     pub async fn list(&self, key: &PresenceKey) -> Result<Vec<PresenceEntry>, PresenceError> {
         let (entries, change) = self.store.list(key).await?;
