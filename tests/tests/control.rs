@@ -27,12 +27,22 @@ const RULES: &str = r#"
 [[routing.rules]]
 channel = "/app/room/*"
 subscribe = true
+presence = true
+
+[[routing.rules]]
+channel = "/app/lobby/*"
+subscribe = true
+presence = "counts"
 "#;
 
 fn users() -> Mode {
     Mode::users([
         ("anna-cookie", json!({"user": "anna", "groups": ["g7"]})),
         ("bob-cookie", json!({"user": "bob"})),
+        (
+            "carol-cookie",
+            json!({"user": "carol", "attributes": {"name": "Carol"}}),
+        ),
     ])
 }
 
@@ -429,4 +439,148 @@ async fn a_dead_webhook_backend_slows_no_socket() {
         "51 connects took {:?}",
         started.elapsed()
     );
+}
+
+async fn presence(gw: &Gateway, channel: &str) -> Value {
+    let r = api(
+        gw,
+        "GET",
+        &format!("/api/presence?channel={channel}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// The next frame that is not a `subscribed` reply.
+async fn next_event(c: &mut Client) -> Value {
+    loop {
+        let f = c.next_json().await;
+        if f["type"] != "subscribed" {
+            return f;
+        }
+    }
+}
+
+#[tokio::test]
+async fn presence_across_gateways_with_join_and_leave_and_a_killed_gateways_users_leave() {
+    let redis = RedisServer::start().await;
+    let backend = Backend::start(users()).await;
+    let [g0, g1, g2] = three_gateways(&redis, &backend).await;
+    let room = "/app/room/1";
+    let mut anna = connect(&g0, "anna-cookie").await;
+    anna.subscribe(room).await;
+    let own = next_event(&mut anna).await;
+    assert_eq!(own["type"], "join", "{own}");
+    assert_eq!(own["user"], "anna");
+
+    let mut bob = connect(&g1, "bob-cookie").await;
+    bob.subscribe(room).await;
+    let j = next_event(&mut anna).await;
+    assert_eq!(
+        (j["type"].as_str(), j["user"].as_str()),
+        (Some("join"), Some("bob"))
+    );
+    assert_eq!(next_event(&mut bob).await["user"], "bob");
+
+    let mut carol = connect(&g2, "carol-cookie").await;
+    carol.subscribe(room).await;
+    let j = next_event(&mut anna).await;
+    assert_eq!(
+        j,
+        json!({"type":"join","channel":room,"user":"carol","info":{"name":"Carol"}})
+    );
+    assert_eq!(next_event(&mut bob).await["user"], "carol");
+    assert_eq!(
+        next_event(&mut carol).await["user"],
+        "carol",
+        "her own join"
+    );
+
+    // A second tab of anna's: no second join.
+    let mut anna2 = connect(&g2, "anna-cookie").await;
+    anna2.subscribe(room).await;
+    assert!(anna.next_json_within(SHORT).await.is_none());
+
+    let p = presence(&g1, room).await;
+    assert_eq!(
+        (p["connections"].as_u64(), p["users"].as_u64()),
+        (Some(4), Some(3)),
+        "{p}"
+    );
+    let members = p["members"].as_array().unwrap();
+    assert_eq!(members.len(), 4);
+    assert!(members
+        .iter()
+        .any(|m| m["user"] == "carol" && m["info"]["name"] == "Carol"));
+
+    // Bob leaves the room: a leave for everyone.
+    let r = bob
+        .request(json!({"type":"unsubscribe","channel":room,"id":"u"}))
+        .await;
+    assert_eq!(r["type"], "unsubscribed");
+    assert_eq!(
+        next_event(&mut anna).await,
+        json!({"type":"leave","channel":room,"user":"bob"})
+    );
+    assert_eq!(next_event(&mut carol).await["type"], "leave");
+
+    // Closing anna's second tab: she is still there.
+    anna2.close().await;
+    assert!(anna.next_json_within(SHORT).await.is_none());
+
+    // g2 dies without a goodbye: carol leaves once her entry expires.
+    drop(carol);
+    drop(g2);
+    let killed = Instant::now();
+    let leave = anna
+        .next_json_within(Duration::from_secs(8))
+        .await
+        .expect("a leave");
+    assert_eq!(leave, json!({"type":"leave","channel":room,"user":"carol"}));
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "after {:?}",
+        killed.elapsed()
+    );
+    let p = presence(&g0, room).await;
+    assert_eq!(
+        (p["connections"].as_u64(), p["users"].as_u64()),
+        (Some(1), Some(1)),
+        "{p}"
+    );
+}
+
+#[tokio::test]
+async fn a_counts_only_channel_counts_without_events_or_lists() {
+    let redis = RedisServer::start().await;
+    let backend = Backend::start(users()).await;
+    let gw = start(options(&redis, &backend)).await;
+    let lobby = "/app/lobby/1";
+    let mut anna = connect(&gw, "anna-cookie").await;
+    anna.subscribe(lobby).await;
+    let mut bob = connect(&gw, "bob-cookie").await;
+    bob.subscribe(lobby).await;
+    let deadline = Instant::now() + PATIENCE;
+    let p = loop {
+        let p = presence(&gw, lobby).await;
+        if p["connections"] == 2 || Instant::now() > deadline {
+            break p;
+        }
+        sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(p, json!({"channel": lobby, "connections": 2, "users": 2}));
+    assert!(
+        anna.next_json_within(SHORT).await.is_none(),
+        "no join events"
+    );
+    let r = api(
+        &gw,
+        "GET",
+        "/api/presence?channel=/app/elsewhere",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 404);
 }

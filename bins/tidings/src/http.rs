@@ -47,6 +47,10 @@ pub(crate) struct Control {
     pub(crate) channel: tidings_control::ControlChannel,
     /// Presence sets (a user's connections on every gateway).
     pub(crate) tracker: Arc<tidings_control::PresenceTracker>,
+    /// Presence on channels whose rule asks for it.
+    pub(crate) channels: Arc<tidings_control::PresenceTracker>,
+    /// Which channels have presence, and what kind.
+    pub(crate) presence_lookup: tidings_control::PresenceLookup,
     /// This gateway's connections.
     pub(crate) registry: Arc<tidings_control::Registry>,
     /// This gateway's id.
@@ -110,6 +114,7 @@ impl Endpoints {
                 self.command(req, peer, &op).await
             }
             (&Method::GET, "/api/connections") => self.connections(req, peer).await,
+            (&Method::GET, "/api/presence") => self.presence(req, peer).await,
             (&Method::GET, "/admin/state") => self.admin_state(&req, peer),
             (&Method::GET, "/metrics") => {
                 if let Err(why) = self.authorize(&req, peer) {
@@ -135,14 +140,14 @@ impl Endpoints {
                 _,
                 "/" | "/tidings.js" | "/healthz" | "/readyz" | "/api/publish" | "/api/tokens"
                 | "/api/disconnect" | "/api/subscribe" | "/api/unsubscribe" | "/api/refresh"
-                | "/api/connections" | "/metrics",
+                | "/api/connections" | "/api/presence" | "/metrics",
             ) => {
                 let mut res = json_error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method_not_allowed",
                     "method not allowed",
                 );
-                let allow = if req.uri().path() == "/api/connections" {
+                let allow = if matches!(req.uri().path(), "/api/connections" | "/api/presence") {
                     "GET"
                 } else if req.uri().path().starts_with("/api/") {
                     "POST"
@@ -384,13 +389,7 @@ impl Endpoints {
                 "the control API is off",
             );
         };
-        let user = req.uri().query().and_then(|q| {
-            q.split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .find(|(k, _)| *k == "user")
-                .map(|(_, v)| percent_decode(v))
-        });
-        let Some(Some(user)) = user else {
+        let Some(user) = query_value(&req, "user") else {
             return json_error(
                 StatusCode::BAD_REQUEST,
                 "bad_query",
@@ -432,6 +431,79 @@ impl Endpoints {
                 &e.to_string(),
             ),
         }
+    }
+
+    /// `GET /api/presence?channel=<name>`: who is on a channel with
+    /// presence, on every gateway (counts only for `presence = "counts"`).
+    async fn presence(&self, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+        if let Err(why) = self.authorize(&req, peer) {
+            return unauthorized(why);
+        }
+        let Some(control) = &self.control else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "control_disabled",
+                "the control API is off",
+            );
+        };
+        let channel = query_value(&req, "channel").and_then(|c| ChannelName::new(&c).ok());
+        let Some(channel) = channel else {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                "name a valid channel: /api/presence?channel=<name>",
+            );
+        };
+        let Some(mode) = (control.presence_lookup)(&channel) else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "no_presence",
+                "no routing rule keeps presence on this channel",
+            );
+        };
+        let key = tidings_control::PresenceKey::channel(&channel);
+        let stats = match control.channels.stats(&key).await {
+            Ok(s) => s,
+            Err(e) => {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "presence_unavailable",
+                    &e.to_string(),
+                )
+            }
+        };
+        let mut body = serde_json::json!({
+            "channel": channel.as_str(),
+            "connections": stats.connections,
+            "users": stats.users,
+        });
+        if mode == tidings_routing::PresenceMode::Full {
+            match control.channels.list(&key).await {
+                Ok(entries) => {
+                    let mut members: Vec<serde_json::Value> = entries
+                        .iter()
+                        .map(|e| {
+                            serde_json::json!({
+                                "conn": e.conn,
+                                "user": e.user,
+                                "info": e.info,
+                                "gateway": e.gateway,
+                            })
+                        })
+                        .collect();
+                    members.sort_by(|a, b| a["conn"].as_str().cmp(&b["conn"].as_str()));
+                    body["members"] = serde_json::Value::Array(members);
+                }
+                Err(e) => {
+                    return json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "presence_unavailable",
+                        &e.to_string(),
+                    )
+                }
+            }
+        }
+        json_response(StatusCode::OK, body.to_string())
     }
 
     /// `GET /admin/state`: this gateway at a glance, for the admin page:
@@ -680,4 +752,14 @@ fn percent_decode(v: &str) -> Option<String> {
         i += 1;
     }
     String::from_utf8(out).ok()
+}
+
+/// The first value of `name` in the request's query, decoded.
+fn query_value(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| percent_decode(v))
+    })
 }

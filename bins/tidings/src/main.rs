@@ -145,22 +145,48 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         Some((pool, _)) => Arc::new(tidings_control::RedisPresence::new(pool.clone())),
         None => Arc::new(tidings_control::MemoryPresence::new()),
     };
+    let presence_config = config.presence()?;
     let tracker = tidings_control::PresenceTracker::new(
-        presence_store,
-        config.presence()?,
+        presence_store.clone(),
+        presence_config,
         Arc::new(|_: &tidings_control::PresenceKey, _: tidings_control::PresenceChange| {}),
     )?;
     let _refresher = tracker.spawn_refresher();
+    // Presence on the channels whose rule asks for it: join and leave
+    // events go out on the channels themselves.
+    let presence_lookup: tidings_control::PresenceLookup = {
+        let router = router.clone();
+        Arc::new(move |c| router.presence_for(c))
+    };
+    let channel_tracker = tidings_control::PresenceTracker::new(
+        presence_store.clone(),
+        presence_config,
+        tidings_control::presence_publisher(bridge.clone(), presence_lookup.clone()),
+    )?;
+    let _channel_refresher = channel_tracker.spawn_refresher();
     let webhooks = match config.webhooks()? {
         Some(c) => Some(tidings_control::Webhooks::start(c)?),
         None => None,
     };
-    let hooks = tidings_control::ControlHooks::new(
+    let mut hooks = tidings_control::ControlHooks::new(
         gateway_id.clone(),
         registry.clone(),
         Some(tracker.clone()),
         webhooks.clone(),
-    );
+    )
+    .with_channel_presence(channel_tracker.clone(), presence_lookup.clone());
+    // Channel occupied and vacated webhooks: which gateways have
+    // subscribers on each channel.
+    let mut occupancy = None;
+    if let Some(w) = &webhooks {
+        let t = tidings_control::PresenceTracker::new(
+            presence_store,
+            presence_config,
+            tidings_control::occupancy_webhooks(w.clone()),
+        )?;
+        hooks = hooks.with_occupancy(t.clone());
+        occupancy = Some((t.clone(), t.spawn_refresher()));
+    }
     if let Some(proxy) = identity.cookie_proxy.clone() {
         registry.set_forget(Arc::new(move |user| {
             proxy.forget_user(user);
@@ -195,6 +221,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         Some(http::Control {
             channel: control,
             tracker: tracker.clone(),
+            channels: channel_tracker.clone(),
+            presence_lookup,
             registry,
             gateway_id,
             webhooks,
@@ -205,6 +233,10 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // The sockets are gone: so are this gateway's presence entries (rather
     // than after their time to live).
     tracker.leave_all().await;
+    channel_tracker.leave_all().await;
+    if let Some((t, _)) = &occupancy {
+        t.leave_all().await;
+    }
     // Last: the sockets are gone; close the broker's connections cleanly
     // (Redis: QUIT on each) rather than let the exit cut them.
     gateway.bridge().close().await;

@@ -27,7 +27,9 @@ use std::{future::Future, pin::Pin};
 
 pub use command::{Command, CommandError, Target, DEFAULT_CONTROL_CHANNEL};
 pub use hmac::{hex, hmac_sha256};
-pub use hooks::{random_gateway_id, ControlHooks};
+pub use hooks::{
+    occupancy_webhooks, presence_publisher, random_gateway_id, ControlHooks, PresenceLookup,
+};
 pub use listener::ControlChannel;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -377,6 +377,11 @@ pub fn encode_message_at(
     payload: &[u8],
     position: Option<(u64, &str)>,
 ) -> Bytes {
+    if payload.starts_with(PRESENCE_ENVELOPE_PREFIX) {
+        if let Some(frame) = presence_frame(channel, payload) {
+            return frame;
+        }
+    }
     let mut out = String::with_capacity(payload.len() + channel.as_str().len() + 48);
     out.push_str("{\"type\":\"message\",\"channel\":");
     push_json_str(&mut out, channel.as_str());
@@ -471,6 +476,57 @@ impl<'a> SenderEnvelope<'a> {
             .ok()
             .filter(|e| e.version == 1)
     }
+}
+
+/// The first bytes of a presence event a gateway publishes on a channel
+/// with presence: `{"__tidings_presence":"join","user":"42","info":{...}}`
+/// or `{"__tidings_presence":"leave","user":"42"}`. Subscribers receive it
+/// as a `join` or `leave` frame (see [`encode_presence_envelope`]).
+pub const PRESENCE_ENVELOPE_PREFIX: &[u8] = b"{\"__tidings_presence\":";
+
+/// The payload a gateway publishes for a presence event (`"join"` or
+/// `"leave"`) of `user`, with the user's public `info` (JSON) on a join.
+pub fn encode_presence_envelope(event: &str, user: &str, info: Option<&RawValue>) -> Bytes {
+    let mut out = String::with_capacity(64 + user.len());
+    out.push_str("{\"__tidings_presence\":");
+    push_json_str(&mut out, event);
+    out.push_str(",\"user\":");
+    push_json_str(&mut out, user);
+    if let Some(info) = info {
+        out.push_str(",\"info\":");
+        out.push_str(info.get());
+    }
+    out.push('}');
+    Bytes::from(out)
+}
+
+/// The `join` or `leave` frame of a presence envelope on `channel`, if
+/// `payload` is one.
+fn presence_frame(channel: &ChannelName, payload: &[u8]) -> Option<Bytes> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Envelope<'a> {
+        #[serde(rename = "__tidings_presence")]
+        event: &'a str,
+        user: String,
+        #[serde(borrow, default)]
+        info: Option<&'a RawValue>,
+    }
+    let e: Envelope<'_> = serde_json::from_slice(payload).ok()?;
+    if e.event != "join" && e.event != "leave" {
+        return None;
+    }
+    let mut out = String::with_capacity(payload.len() + channel.as_str().len() + 32);
+    let _ = write!(out, "{{\"type\":\"{}\",\"channel\":", e.event);
+    push_json_str(&mut out, channel.as_str());
+    out.push_str(",\"user\":");
+    push_json_str(&mut out, &e.user);
+    if let Some(info) = e.info {
+        out.push_str(",\"info\":");
+        out.push_str(info.get());
+    }
+    out.push('}');
+    Some(Bytes::from(out))
 }
 
 /// `{"type":"rpc_result","id":I,"status":S,"data":D}`: the backend's answer
@@ -908,5 +964,29 @@ mod tests {
             let e = sub(bad).expect_err(bad);
             assert_eq!(e.code, ErrorCode::BadRequest, "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod presence_envelope_tests {
+    use super::*;
+
+    #[test]
+    fn presence_envelopes_become_join_and_leave_frames() {
+        let ch = ChannelName::new("/app/room/1").unwrap();
+        let info = RawValue::from_string(r#"{"name":"Anna"}"#.into()).unwrap();
+        let join = encode_presence_envelope("join", "42", Some(&info));
+        assert_eq!(
+            &encode_message(&ch, None, &join)[..],
+            br#"{"type":"join","channel":"/app/room/1","user":"42","info":{"name":"Anna"}}"#
+        );
+        let leave = encode_presence_envelope("leave", "42", None);
+        assert_eq!(
+            &encode_message(&ch, None, &leave)[..],
+            br#"{"type":"leave","channel":"/app/room/1","user":"42"}"#
+        );
+        // Anything else starting the same way is an ordinary message.
+        let odd = br#"{"__tidings_presence":"explode","user":"1"}"#;
+        assert!(encode_message(&ch, None, odd).starts_with(br#"{"type":"message""#));
     }
 }

@@ -28,6 +28,42 @@ pub struct Rule {
     /// [`Router::history_for`]). Left out: no history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<RuleHistory>,
+    /// Presence on the channels this rule covers (see
+    /// [`Router::presence_for`]): `true` or `"full"` (who is there, with
+    /// `join` and `leave` events), `"counts"` (how many, nothing else).
+    /// Left out or `false`: none.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "presence_mode"
+    )]
+    pub presence: Option<PresenceMode>,
+}
+
+/// What presence a rule keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceMode {
+    /// Who is on the channel (users, with their public info), and `join`
+    /// and `leave` events to its subscribers.
+    Full,
+    /// How many connections and users are on the channel; no list, no
+    /// events (flat cost, for large channels).
+    Counts,
+}
+
+fn presence_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PresenceMode>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Flag(bool),
+        Mode(PresenceMode),
+    }
+    Ok(match Written::deserialize(d)? {
+        Written::Flag(true) => Some(PresenceMode::Full),
+        Written::Flag(false) => None,
+        Written::Mode(m) => Some(m),
+    })
 }
 
 /// The most publications one channel's history may keep.
@@ -87,6 +123,7 @@ impl Rule {
                 publish: false,
                 anonymous: true,
                 history: None,
+                presence: None,
             },
             Rule {
                 channel: "/app/user/{user}/notifications".into(),
@@ -95,6 +132,7 @@ impl Rule {
                 publish: false,
                 anonymous: false,
                 history: Some(RuleHistory::DEFAULT_NOTIFICATIONS),
+                presence: None,
             },
         ]
     }
@@ -188,6 +226,9 @@ impl Router {
                 }
                 if let Some(history) = &rule.history {
                     history.check().map_err(err)?;
+                    if rule.presence.is_some() {
+                        return Err(err("presence and history on one rule are not supported yet: split the channels".into()));
+                    }
                 }
                 if template.is_pattern && rule.publish {
                     return Err(err(
@@ -224,6 +265,15 @@ impl Router {
             .iter()
             .find(|c| c.template.covers(channel.as_str()))
             .and_then(|c| c.rule.history)
+    }
+
+    /// The presence of `channel`: the `presence` option of the **first**
+    /// rule covering it (as for [`Router::history_for`]). `None`: none.
+    pub fn presence_for(&self, channel: &ChannelName) -> Option<PresenceMode> {
+        self.rules
+            .iter()
+            .find(|c| c.template.covers(channel.as_str()))
+            .and_then(|c| c.rule.presence)
     }
 
     /// Every rule, in order.
@@ -422,6 +472,7 @@ mod tests {
                 publish,
                 anonymous: false,
                 history: None,
+                presence: None,
             }])
             .unwrap_err()
         };
@@ -437,6 +488,7 @@ mod tests {
             publish: false,
             anonymous: true,
             history: None,
+            presence: None,
         }]);
         assert!(none.unwrap_err().reason.contains("grants nothing"));
     }

@@ -68,4 +68,17 @@ pub trait SessionHooks: Send + Sync + 'static {
 
     /// The session ended, with this close code and reason.
     fn closed(&self, session: &SessionInfo, code: u16, reason: &str);
+
+    /// The session subscribed to `channel` (joined on connect, on request,
+    /// or by the backend). Default: nothing.
+    fn subscribed(&self, session: &SessionInfo, channel: &ChannelName) {
+        let _ = (session, channel);
+    }
+
+    /// The session unsubscribed from `channel` (not called for the
+    /// channels it still has when it ends: [`SessionHooks::opened`]'s
+    /// guard is dropped then). Default: nothing.
+    fn unsubscribed(&self, session: &SessionInfo, channel: &ChannelName) {
+        let _ = (session, channel);
+    }
 }

@@ -132,6 +132,22 @@ impl Requests {
         None
     }
 
+    /// Tells the gateway's hooks the session subscribed to (`true`) or
+    /// unsubscribed from (`false`) `channel`.
+    pub(crate) fn notify(&self, channel: &tidings_core::ChannelName, subscribed: bool) {
+        if let Some(hooks) = &self.gw.hooks {
+            let info = crate::control::SessionInfo {
+                id: self.sub.id(),
+                identity: self.identity.clone(),
+            };
+            if subscribed {
+                hooks.subscribed(&info, channel);
+            } else {
+                hooks.unsubscribed(&info, channel);
+            }
+        }
+    }
+
     /// The subscriptions (for joins on connect).
     pub(crate) fn subscriber(&mut self) -> &mut Subscriber {
         &mut self.sub
@@ -204,8 +220,12 @@ impl Requests {
                 id,
             ));
         }
+        let fresh = !self.sub.contains(&topic);
         if let Err(e) = self.sub.subscribe(topic).await {
             return out.push(broker_error(&e, id));
+        }
+        if fresh {
+            self.notify(&name, true);
         }
         // Live first (above), then the history: whatever is published in
         // between is in both, and the follower drops the second copy.
@@ -238,6 +258,7 @@ impl Requests {
         if let Err(e) = self.sub.join(topic).await {
             tracing::warn!(channel = %channel, error = %e, "server-side subscription is pending until the broker is back");
         }
+        self.notify(&channel, true);
         Some(protocol::encode_subscribed(channel.as_str(), None, None))
     }
 
@@ -248,9 +269,11 @@ impl Requests {
         channel: &tidings_core::ChannelName,
     ) -> Option<Bytes> {
         self.followers.forget(channel);
-        self.sub
-            .unsubscribe(&Topic::Channel(channel.clone()))
-            .then(|| protocol::encode_ack("unsubscribed", channel.as_str(), None))
+        let was = self.sub.unsubscribe(&Topic::Channel(channel.clone()));
+        if was {
+            self.notify(channel, false);
+        }
+        was.then(|| protocol::encode_ack("unsubscribed", channel.as_str(), None))
     }
 
     async fn reply(&mut self, frame: ClientFrame) -> Bytes {
@@ -261,7 +284,9 @@ impl Requests {
             Request::Unsubscribe { channel } => match tidings_core::ChannelName::new(&channel) {
                 Ok(name) => {
                     self.followers.forget(&name);
-                    self.sub.unsubscribe(&Topic::Channel(name));
+                    if self.sub.unsubscribe(&Topic::Channel(name.clone())) {
+                        self.notify(&name, false);
+                    }
                     protocol::encode_ack("unsubscribed", &channel, id)
                 }
                 Err(e) => protocol::encode_error(ErrorCode::InvalidChannel, &e.to_string(), id),

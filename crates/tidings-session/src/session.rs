@@ -184,6 +184,9 @@ impl Session {
         // Join before the welcome (and before any replay): once a client
         // sees `welcome`, whatever is published on its channels reaches it.
         join_all(requests.subscriber(), plan.topics()).await;
+        for channel in &plan.channels {
+            requests.notify(channel, true);
+        }
         let mut replay = Vec::new();
         let mut reports = Vec::new();
         for channel in &plan.channels {

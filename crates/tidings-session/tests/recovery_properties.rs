@@ -56,6 +56,7 @@ fn rules() -> Vec<Rule> {
             size: SIZE,
             ttl_secs: 600,
         }),
+        presence: None,
     };
     vec![rule("/joined", true), rule("/subscribed", false)]
 }

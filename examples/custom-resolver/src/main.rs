@@ -39,6 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         publish: false,
         anonymous: false,
         history: None,
+        presence: None,
     });
 
     // In-process broker here; `Bridge::redis(RedisConfig::new(url))?` for Redis

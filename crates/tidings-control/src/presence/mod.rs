@@ -80,6 +80,12 @@ impl PresenceKey {
         Self(format!("ch:{}", channel.as_str()))
     }
 
+    /// The gateways with subscribers on `channel` (for the channel
+    /// occupied and vacated webhooks): `occ:<channel>`.
+    pub fn occupancy(channel: &ChannelName) -> Self {
+        Self(format!("occ:{}", channel.as_str()))
+    }
+
     /// The connections of `user`: `user:<user>`.
     pub fn user(user: &str) -> Self {
         Self(format!("user:{user}"))
@@ -93,6 +99,11 @@ impl PresenceKey {
     /// The channel, if this is a channel's set.
     pub fn as_channel(&self) -> Option<&str> {
         self.0.strip_prefix("ch:")
+    }
+
+    /// The channel, if this is a channel's occupancy set.
+    pub fn as_occupancy(&self) -> Option<&str> {
+        self.0.strip_prefix("occ:")
     }
 }
 
@@ -273,24 +284,23 @@ pub enum PresenceEvent {
 }
 
 impl PresenceEvent {
-    /// The protocol frame subscribers of `channel` receive:
+    /// The payload a gateway publishes on the channel: a presence envelope
+    /// (`tidings_core::protocol::encode_presence_envelope`) that every
+    /// gateway turns into the frame subscribers receive,
     /// `{"type":"join","channel":"/app/room/1","user":"42","info":{...}}` or
     /// `{"type":"leave","channel":"/app/room/1","user":"42"}`.
-    pub fn frame(&self, channel: &ChannelName) -> String {
+    pub fn payload(&self) -> bytes::Bytes {
+        use tidings_core::protocol::encode_presence_envelope;
         match self {
-            Self::Join(entry) => serde_json::json!({
-                "type": "join",
-                "channel": channel.as_str(),
-                "user": entry.user,
-                "info": entry.info,
-            })
-            .to_string(),
-            Self::Leave { user } => serde_json::json!({
-                "type": "leave",
-                "channel": channel.as_str(),
-                "user": user,
-            })
-            .to_string(),
+            Self::Join(entry) => {
+                let info = serde_json::value::to_raw_value(&entry.info).ok();
+                encode_presence_envelope(
+                    "join",
+                    entry.user.as_deref().unwrap_or(""),
+                    info.as_deref(),
+                )
+            }
+            Self::Leave { user } => encode_presence_envelope("leave", user, None),
         }
     }
 
@@ -367,12 +377,13 @@ mod tests {
     }
 
     #[test]
-    fn events_encode_as_frames() {
+    fn events_reach_subscribers_as_frames() {
         let ch = ChannelName::new("/app/room/1").unwrap();
         let leave = PresenceEvent::Leave { user: "42".into() };
+        let frame = tidings_core::protocol::encode_message(&ch, None, &leave.payload());
         assert_eq!(
-            leave.frame(&ch),
-            r#"{"channel":"/app/room/1","type":"leave","user":"42"}"#
+            &frame[..],
+            br#"{"type":"leave","channel":"/app/room/1","user":"42"}"#
         );
     }
 }
