@@ -430,8 +430,8 @@ async fn a_dead_webhook_backend_slows_no_socket() {
         c.close().await;
     }
     let mut c = connect(&gw, "bob-cookie").await;
-    c.subscribe("/app/room/1").await;
-    gw.publish_with_key("/app/room/1", json!({"ok": true}), Some(KEY))
+    c.subscribe("/app/lobby/3").await;
+    gw.publish_with_key("/app/lobby/3", json!({"ok": true}), Some(KEY))
         .await;
     assert_eq!(c.next_json().await["data"], json!({"ok": true}));
     assert!(
@@ -583,4 +583,43 @@ async fn a_counts_only_channel_counts_without_events_or_lists() {
     )
     .await;
     assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn a_publish_can_leave_out_the_senders_own_socket_on_any_gateway() {
+    let redis = RedisServer::start().await;
+    let backend = Backend::start(users()).await;
+    let [g0, g1, _g2] = three_gateways(&redis, &backend).await;
+    let room = "/app/lobby/2";
+    let mut sender = connect(&g0, "anna-cookie").await;
+    sender.subscribe(room).await;
+    let mut other = connect(&g1, "bob-cookie").await;
+    other.subscribe(room).await;
+    let me = sender.welcome["connection"].as_str().unwrap().to_owned();
+    assert!(me.contains('-'), "a connection id names its gateway: {me}");
+    assert_ne!(me, other.welcome["connection"].as_str().unwrap());
+
+    // Over HTTP, to another gateway than the sender's.
+    let body = json!({"channel": room, "data": {"n": 1}, "exclude": me});
+    let r = api(&g1, "POST", "/api/publish", body).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let m = other.next_json().await;
+    assert_eq!(m["data"], json!({"n": 1}));
+    assert!(sender.next_json_within(SHORT).await.is_none(), "no echo");
+
+    // Straight to Redis, in the sender envelope.
+    let payload = format!(r#"{{"__tidings":1,"from":null,"exclude":"{me}","data":{{"n":2}}}}"#);
+    redis.client().await.publish(room, payload.as_bytes()).await;
+    assert_eq!(other.next_json().await["data"], json!({"n": 2}));
+    assert!(sender.next_json_within(SHORT).await.is_none(), "no echo");
+
+    // Without exclude, both get it.
+    gws_publish(&g0, room, json!({"n": 3})).await;
+    assert_eq!(other.next_json().await["data"], json!({"n": 3}));
+    assert_eq!(sender.next_json().await["data"], json!({"n": 3}));
+}
+
+async fn gws_publish(gw: &Gateway, channel: &str, data: Value) {
+    let r = gw.publish_with_key(channel, data, Some(KEY)).await;
+    assert_eq!(r.status, 202, "{}", r.body);
 }

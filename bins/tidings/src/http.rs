@@ -235,6 +235,9 @@ impl Endpoints {
         struct PublishBody {
             channel: String,
             data: Box<RawValue>,
+            /// A connection id that must not receive it (the sender's).
+            #[serde(default)]
+            exclude: Option<String>,
         }
         let parsed: PublishBody = match serde_json::from_slice(&body) {
             Ok(p) => p,
@@ -252,7 +255,19 @@ impl Endpoints {
                 return json_error(StatusCode::BAD_REQUEST, "invalid_channel", &e.to_string())
             }
         };
-        let payload = Bytes::from(String::from(Box::<str>::from(parsed.data)));
+        let payload = match &parsed.exclude {
+            Some(conn) if conn.is_empty() || conn.len() > 128 => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_json",
+                    "\"exclude\" must be a connection id of 1 to 128 bytes",
+                )
+            }
+            Some(conn) => {
+                tidings_core::protocol::SenderEnvelope::wrap_excluding(None, conn, &parsed.data)
+            }
+            None => Bytes::from(String::from(Box::<str>::from(parsed.data))),
+        };
         match self
             .gateway
             .bridge()

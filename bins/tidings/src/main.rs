@@ -194,6 +194,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut builder = Gateway::builder(bridge)
         .hooks(Arc::new(hooks))
+        .connection_prefix(format!("{gateway_id}-"))
         .config(transport)
         .router(router)
         .resolver(Arc::new(identity.chain));

@@ -443,6 +443,10 @@ pub struct SenderEnvelope<'a> {
     version: u8,
     /// The sender's user id; `None` for an anonymous sender.
     pub from: Option<String>,
+    /// A connection id (as in its `welcome`) that must not receive this
+    /// message: the sender's own socket, so it gets no echo of its change.
+    #[serde(default)]
+    pub exclude: Option<String>,
     /// The published data.
     #[serde(borrow)]
     pub data: &'a RawValue,
@@ -461,6 +465,23 @@ impl<'a> SenderEnvelope<'a> {
             Some(user) => push_json_str(&mut out, user),
             None => out.push_str("null"),
         }
+        out.push_str(",\"data\":");
+        out.push_str(data.get());
+        out.push('}');
+        Bytes::from(out)
+    }
+
+    /// Wraps `data` (valid JSON) as published by `from`, for every
+    /// connection except `exclude`.
+    pub fn wrap_excluding(from: Option<&str>, exclude: &str, data: &RawValue) -> Bytes {
+        let mut out = String::with_capacity(data.get().len() + exclude.len() + 64);
+        out.push_str("{\"__tidings\":1,\"from\":");
+        match from {
+            Some(user) => push_json_str(&mut out, user),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"exclude\":");
+        push_json_str(&mut out, exclude);
         out.push_str(",\"data\":");
         out.push_str(data.get());
         out.push('}');

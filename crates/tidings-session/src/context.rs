@@ -65,6 +65,10 @@ pub struct Context {
     /// The control registry, presence and webhooks, when the gateway has
     /// them.
     pub hooks: Option<Arc<dyn SessionHooks>>,
+    /// What a connection's id starts with (`<gateway id>-`, so that ids are
+    /// unique across gateways; empty: the bare number). A connection's id
+    /// is in its `welcome`, and is what a publish's `exclude` names.
+    pub connection_prefix: Arc<str>,
     /// Cancelled when connections must go: each closes at its own moment
     /// within the drain spread (the wire adapter decides how).
     pub shutdown: CancellationToken,
@@ -92,6 +96,7 @@ impl Context {
             stats: Arc::default(),
             rpc: None,
             hooks: None,
+            connection_prefix: Arc::from(""),
             shutdown: CancellationToken::new(),
         }
     }

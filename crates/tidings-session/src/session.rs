@@ -110,6 +110,8 @@ impl Default for Batch {
 pub struct Session {
     ctx: Arc<Context>,
     id: u64,
+    /// The id clients and the backend know it by (`welcome`'s `id`).
+    conn: Box<str>,
     requests: Requests,
     mailbox: MailboxReceiver,
     rate: RateLimiter,
@@ -203,8 +205,9 @@ impl Session {
         }
         let positions: Vec<(&ChannelName, PositionReport<'_>)> =
             reports.iter().map(|(c, r)| (*c, r.as_protocol())).collect();
+        let conn: Box<str> = format!("{}{id}", ctx.connection_prefix).into();
         out.push(Output::Frame(protocol::encode_welcome(
-            &id.to_string(),
+            &conn,
             identity.user.as_deref(),
             &plan.channels,
             &plan.patterns,
@@ -220,6 +223,7 @@ impl Session {
         Self {
             ctx,
             id,
+            conn,
             requests,
             mailbox,
             rate,
@@ -343,6 +347,9 @@ impl Session {
 
     /// A live delivery, through the channel's follower.
     async fn deliver(&mut self, d: Arc<Delivery>, out: &mut Vec<Output>) {
+        // A publish that names this connection in `exclude` is not
+        // written; its position still counts (no hole is seen).
+        let excluded = d.excludes(&self.conn);
         let followers = &mut self.requests.followers;
         match followers.judge(&d) {
             Verdict::Deliver => {
@@ -352,7 +359,9 @@ impl Session {
                 {
                     followers.adopt(&d, &self.ctx);
                 }
-                out.push(Output::Delivery(d));
+                if !excluded {
+                    out.push(Output::Delivery(d));
+                }
             }
             Verdict::Skip => {}
             Verdict::Repair(channel) => {
@@ -368,7 +377,7 @@ impl Session {
                 }
                 // The replay normally covers this delivery; if the history
                 // is behind it, it is the next one.
-                if self.requests.followers.judge(&d) == Verdict::Deliver {
+                if self.requests.followers.judge(&d) == Verdict::Deliver && !excluded {
                     out.push(Output::Delivery(d));
                 }
             }

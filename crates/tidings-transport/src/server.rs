@@ -103,6 +103,7 @@ pub struct GatewayBuilder {
     bridge: Bridge,
     rpc: Option<Arc<dyn RpcHandler>>,
     hooks: Option<Arc<dyn tidings_session::SessionHooks>>,
+    connection_prefix: String,
 }
 
 impl GatewayBuilder {
@@ -139,6 +140,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// What connection ids start with (default: nothing): `<gateway id>-`
+    /// makes them unique across gateways (see `SessionHooks`).
+    pub fn connection_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.connection_prefix = prefix.into();
+        self
+    }
+
     /// Builds the gateway.
     pub fn build(self) -> Gateway {
         // Out-of-range values (a zero interval, a duration no deadline can
@@ -156,6 +164,7 @@ impl GatewayBuilder {
                     stats: stats.clone(),
                     rpc: self.rpc.clone(),
                     hooks: self.hooks,
+                    connection_prefix: Arc::from(self.connection_prefix),
                     shutdown: shutdown.clone(),
                 }),
                 config: Arc::new(config),
@@ -186,6 +195,7 @@ impl Gateway {
             bridge,
             rpc: None,
             hooks: None,
+            connection_prefix: String::new(),
         }
     }
 
