@@ -12,9 +12,8 @@ use tidings_routing::PresenceMode;
 use tidings_session::{ControlHandle, ControlRequest, SessionHooks, SessionInfo};
 
 use crate::{
-    presence::{
-        PresenceChange, PresenceEntry, PresenceEvent, PresenceKey, PresenceSink, PresenceTracker,
-    },
+    presence::{PresenceChange, PresenceEntry, PresenceEvent, PresenceKey},
+    presence_tracker::{PresenceSink, PresenceTracker},
     registry::{Connection, ConnectionInfo, Registration, Registry},
     webhook::{now_ms, WebhookEvent, Webhooks},
 };

@@ -2,9 +2,10 @@
 //!
 //! # Layout
 //!
-//! - [`presence`](mod@presence): the [`Presence`] store trait, [`RedisPresence`]
-//!   (feature `redis`) and [`MemoryPresence`], the gateway's
-//!   [`PresenceTracker`], and `join`/`leave` frames.
+//! - [`presence`](mod@presence): the [`Presence`] store trait, its types and
+//!   `join`/`leave` events; `presence_redis`: [`RedisPresence`] (feature
+//!   `redis`); `presence_memory`: [`MemoryPresence`]; `presence_tracker`:
+//!   the gateway's [`PresenceTracker`].
 //! - [`command`]: control commands (wire format, validation).
 //! - [`registry`]: this gateway's connections by user, and the
 //!   [`Connection`] seam the session side implements.
@@ -20,6 +21,10 @@ mod hmac;
 pub mod hooks;
 pub mod listener;
 pub mod presence;
+mod presence_memory;
+#[cfg(feature = "redis")]
+mod presence_redis;
+mod presence_tracker;
 pub mod registry;
 pub mod webhook;
 
@@ -31,13 +36,15 @@ pub use hooks::{
     occupancy_webhooks, presence_publisher, random_gateway_id, ControlHooks, PresenceLookup,
 };
 pub use listener::ControlChannel;
+pub use presence::{
+    Presence, PresenceChange, PresenceConfig, PresenceEntry, PresenceError, PresenceEvent,
+    PresenceKey, PresenceStats,
+};
+pub use presence_memory::MemoryPresence;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use presence::redis::{RedisPresence, DEFAULT_PRESENCE_PREFIX, PRESENCE_SCRIPT};
-pub use presence::{
-    MemoryPresence, Presence, PresenceChange, PresenceConfig, PresenceEntry, PresenceError,
-    PresenceEvent, PresenceKey, PresenceSink, PresenceStats, PresenceTracker,
-};
+pub use presence_redis::{RedisPresence, DEFAULT_PRESENCE_PREFIX, PRESENCE_SCRIPT};
+pub use presence_tracker::{PresenceSink, PresenceTracker};
 pub use registry::{Connection, ConnectionInfo, Registration, Registry};
 pub use webhook::{WebhookConfig, WebhookEvent, WebhookStats, Webhooks};
 

@@ -11,12 +11,7 @@
 //!
 //! Two stores with the same answers: [`RedisPresence`](crate::RedisPresence)
 //! (one Lua script per change, shared by every gateway on one Redis) and
-//! [`MemoryPresence`] (one gateway, no Redis).
-
-mod memory;
-#[cfg(feature = "redis")]
-pub(crate) mod redis;
-mod tracker;
+//! [`MemoryPresence`](crate::MemoryPresence) (one gateway, no Redis).
 
 use std::{fmt, time::Duration};
 
@@ -24,9 +19,6 @@ use serde::{Deserialize, Serialize};
 use tidings_core::ChannelName;
 
 use crate::BoxFuture;
-
-pub use memory::MemoryPresence;
-pub use tracker::{PresenceSink, PresenceTracker};
 
 /// The longest user id presence accepts, in bytes.
 pub const MAX_USER_LEN: usize = 256;

@@ -10,7 +10,9 @@ use fred::{
 };
 use parking_lot::Mutex;
 
-use super::{Presence, PresenceChange, PresenceEntry, PresenceError, PresenceKey, PresenceStats};
+use crate::presence::{
+    Presence, PresenceChange, PresenceEntry, PresenceError, PresenceKey, PresenceStats,
+};
 use crate::BoxFuture;
 
 /// The key prefix unless told otherwise.

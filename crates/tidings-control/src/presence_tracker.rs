@@ -8,7 +8,7 @@ use std::{
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
-use super::{
+use crate::presence::{
     Presence, PresenceChange, PresenceConfig, PresenceEntry, PresenceError, PresenceKey,
     PresenceStats,
 };

@@ -5,7 +5,9 @@ use std::{collections::HashMap, time::Duration};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{Presence, PresenceChange, PresenceEntry, PresenceError, PresenceKey, PresenceStats};
+use crate::presence::{
+    Presence, PresenceChange, PresenceEntry, PresenceError, PresenceKey, PresenceStats,
+};
 use crate::BoxFuture;
 
 #[derive(Debug)]
