@@ -74,6 +74,8 @@ pub(crate) struct ControlSettings {
     pub(crate) presence_ttl_secs: u64,
     /// How often a gateway refreshes its presence entries.
     pub(crate) presence_refresh_secs: u64,
+    /// Serve the admin page at `/admin`.
+    pub(crate) admin_page: bool,
 }
 
 impl Default for ControlSettings {
@@ -83,6 +85,7 @@ impl Default for ControlSettings {
             gateway_id: None,
             presence_ttl_secs: 30,
             presence_refresh_secs: 10,
+            admin_page: true,
         }
     }
 }

@@ -16,6 +16,9 @@ use crate::config::Config;
 
 const DEMO_PAGE: &str = include_str!("demo.html");
 
+/// The admin page (`GET /admin`): plain HTML on the API.
+const ADMIN_PAGE: &str = include_str!("admin.html");
+
 /// The browser client, `clients/js/tidings.js` (`src/tidings.js` is a symlink
 /// to it, so that `cargo package` takes the file into the crate).
 const CLIENT_JS: &str = include_str!("tidings.js");
@@ -62,6 +65,8 @@ pub(crate) struct Control {
 /// What the endpoints need.
 pub(crate) struct Endpoints {
     pub(crate) control: Option<Control>,
+    /// Serve the admin page.
+    pub(crate) admin_page: bool,
     pub(crate) gateway: Gateway,
     pub(crate) tokens: Option<Tokens>,
     pub(crate) cookie_proxy: Option<Arc<tidings_identity::CookieProxy>>,
@@ -83,6 +88,7 @@ impl Endpoints {
     ) -> Arc<Self> {
         Arc::new(Self {
             control,
+            admin_page: config.control.admin_page,
             tokens,
             cookie_proxy,
             api_key: config.api_key.as_ref().map(|k| k.0.trim().to_owned()),
@@ -101,6 +107,7 @@ impl Endpoints {
     ) -> HttpResponse {
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/") => demo_page(),
+            (&Method::GET | &Method::HEAD, "/admin") if self.admin_page => admin_page(),
             (&Method::GET | &Method::HEAD, "/tidings.js") => client_js(&req),
             (&Method::GET | &Method::HEAD, "/healthz") => text_response(StatusCode::OK, "ok\n"),
             (&Method::GET | &Method::HEAD, "/readyz") => self.readyz(),
@@ -679,7 +686,22 @@ fn unauthorized(message: &str) -> HttpResponse {
 }
 
 fn demo_page() -> HttpResponse {
-    let mut res = http::Response::new(Full::new(Bytes::from_static(DEMO_PAGE.as_bytes())));
+    html_page(DEMO_PAGE)
+}
+
+/// `GET /admin`: the page holds no data; what it shows comes from the API,
+/// with the key the visitor types.
+fn admin_page() -> HttpResponse {
+    let mut res = html_page(ADMIN_PAGE);
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut()
+        .insert("x-frame-options", HeaderValue::from_static("DENY"));
+    res
+}
+
+fn html_page(page: &'static str) -> HttpResponse {
+    let mut res = http::Response::new(Full::new(Bytes::from_static(page.as_bytes())));
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -539,6 +539,53 @@ mod tests {
     }
 
     #[test]
+    fn presence_is_the_first_covering_rules_option() {
+        use crate::RoutingSettings;
+        let ch = |s: &str| ChannelName::new(s).unwrap();
+        let rules: RoutingSettings = toml::from_str(
+            r#"
+            [[rules]]
+            channel = "/app/room/lobby"
+            subscribe = true
+            presence = "counts"
+            [[rules]]
+            channel = "/app/room/*"
+            subscribe = true
+            presence = true
+            [[rules]]
+            channel = "/app/quiet/*"
+            subscribe = true
+            presence = false
+            "#,
+        )
+        .unwrap();
+        let r = Router::new(rules.rules).unwrap();
+        assert_eq!(
+            r.presence_for(&ch("/app/room/lobby")),
+            Some(PresenceMode::Counts)
+        );
+        assert_eq!(r.presence_for(&ch("/app/room/7")), Some(PresenceMode::Full));
+        assert_eq!(r.presence_for(&ch("/app/quiet/7")), None);
+        assert_eq!(r.presence_for(&ch("/elsewhere")), None);
+        let both: Result<RoutingSettings, _> = toml::from_str(
+            r#"
+            [[rules]]
+            channel = "/a"
+            subscribe = true
+            presence = true
+            history = { size = 5, ttl_secs = 60 }
+            "#,
+        );
+        assert!(Router::new(both.unwrap().rules)
+            .unwrap_err()
+            .reason
+            .contains("presence and history"));
+        let odd: Result<RoutingSettings, _> =
+            toml::from_str("[[rules]]\nchannel = \"/a\"\nsubscribe = true\npresence = \"some\"\n");
+        assert!(odd.is_err());
+    }
+
+    #[test]
     fn bad_history_options_are_refused() {
         let with = |size, ttl_secs| {
             Router::new(vec![Rule {
@@ -548,6 +595,7 @@ mod tests {
                 publish: false,
                 anonymous: false,
                 history: Some(RuleHistory { size, ttl_secs }),
+                presence: None,
             }])
         };
         assert!(with(1, 1).is_ok());
