@@ -548,7 +548,17 @@ impl Endpoints {
             .iter()
             .filter(|t| **t != tidings_core::Topic::Channel(control.channel.channel().clone()))
             .take(500)
-            .map(|t| serde_json::json!({"topic": t.to_string(), "subscribers": hub.subscriber_count(t)}))
+            .map(|t| {
+                let presence = match t {
+                    tidings_core::Topic::Channel(c) => (control.presence_lookup)(c),
+                    tidings_core::Topic::Pattern(_) => None,
+                };
+                serde_json::json!({
+                    "topic": t.to_string(),
+                    "subscribers": hub.subscriber_count(t),
+                    "presence": presence,
+                })
+            })
             .collect();
         channels.sort_by(|a, b| a["topic"].as_str().cmp(&b["topic"].as_str()));
         let webhooks = control.webhooks.as_ref().map(|w| {
