@@ -70,9 +70,10 @@ pub enum Command {
         channel: ChannelName,
     },
     /// Resolve the target's identity again (the backend changed their
-    /// groups or revoked their session): channels they may no longer see
-    /// are left, channels granted now are joined; a session that no longer
-    /// resolves is closed with [`CLOSE_REVOKED`].
+    /// groups or revoked their session): the user's cached identity is
+    /// forgotten and the sockets are closed with
+    /// `tidings_core::protocol::close::IDENTITY_CHANGED` (4004), so that
+    /// they reconnect and are resolved afresh (their channels follow).
     Refresh {
         /// Whose sockets.
         target: Target,
