@@ -122,7 +122,7 @@ pub struct Session {
 /// A session's side of the gateway's hooks.
 struct Control {
     info: SessionInfo,
-    requests: tokio::sync::mpsc::Receiver<ControlRequest>,
+    requests: crate::control::Receiver,
     /// What the hooks keep for the session's life (dropped at its end).
     _guard: Box<dyn Any + Send + Sync>,
     /// Set when the backend disconnected it.
@@ -484,11 +484,10 @@ impl Session {
     }
 }
 
-/// The backend's next request, or never when the gateway has no hooks or
-/// the queue is closed.
+/// The backend's next request, or never when the gateway has no hooks.
 async fn next_control(control: &mut Option<Control>) -> Option<ControlRequest> {
     match control {
-        Some(c) => c.requests.recv().await,
+        Some(c) => Some(c.requests.recv().await),
         None => std::future::pending().await,
     }
 }
