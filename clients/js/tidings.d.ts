@@ -3,7 +3,7 @@
 /** The client's version, in step with the gateway's. */
 export declare const VERSION: string;
 
-/** Close codes after which the client does not reconnect (1002, 1003, 1007, 1008). */
+/** Close codes after which the client does not reconnect (1002, 1003, 1007, 1008, 4003 revoked). */
 export declare const TERMINAL_CODES: readonly number[];
 
 /** Protocol error codes (docs/protocol.md) plus the client's own. */

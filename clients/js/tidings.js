@@ -8,11 +8,12 @@ export const VERSION = "0.1.0";
  * Close codes after which the client does not reconnect: the gateway sends
  * them when the client itself is at fault (protocol error, invalid payload,
  * policy violation such as flooding past the rate limit), so reconnecting
- * would only repeat the fault. Every other code (1006, 1012 restart, 4000
+ * would only repeat the fault, and 4003 when the backend revoked the session
+ * (signing in again is needed). Every other code (1006, 1012 restart, 4000
  * heartbeat timeout, 4001 slow consumer, ...) reconnects with backoff, and so
  * does a 1008 with the reason "frame not completed in time" (a slow network).
  */
-export const TERMINAL_CODES = Object.freeze([1002, 1003, 1007, 1008]);
+export const TERMINAL_CODES = Object.freeze([1002, 1003, 1007, 1008, 4003]);
 
 // The one 1008 that is the network's fault, not the client's (a frame that
 // did not arrive in time): it reconnects.

@@ -55,6 +55,76 @@ pub(crate) struct Config {
     pub(crate) limits: LimitsSettings,
     /// Channel routing rules: tidings-routing.
     pub(crate) routing: RoutingSettings,
+    /// The backend's control (control channel, presence timings): tidings-control.
+    pub(crate) control: ControlSettings,
+    /// Lifecycle webhooks: tidings-control.
+    pub(crate) webhooks: WebhookSettings,
+}
+
+/// `[control]`: the control API's channel, this gateway's id, and how
+/// presence entries are kept alive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ControlSettings {
+    /// The pub/sub channel every gateway listens to for commands.
+    pub(crate) channel: String,
+    /// This gateway's id in connection ids and presence (unset: random).
+    pub(crate) gateway_id: Option<String>,
+    /// How long a presence entry lives after its last refresh.
+    pub(crate) presence_ttl_secs: u64,
+    /// How often a gateway refreshes its presence entries.
+    pub(crate) presence_refresh_secs: u64,
+    /// Serve the admin page at `/admin`.
+    pub(crate) admin_page: bool,
+}
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        Self {
+            channel: tidings_control::DEFAULT_CONTROL_CHANNEL.into(),
+            gateway_id: None,
+            presence_ttl_secs: 30,
+            presence_refresh_secs: 10,
+            admin_page: true,
+        }
+    }
+}
+
+/// `[webhooks]`: lifecycle webhooks to the backend (off unless `url` is set).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct WebhookSettings {
+    /// Where to POST (`http://`). Unset: no webhooks.
+    pub(crate) url: Option<String>,
+    /// The HMAC-SHA256 key (at least 16 bytes); required with `url`.
+    pub(crate) secret: Option<Secret>,
+    /// Most events waiting; more are dropped and counted.
+    pub(crate) queue: usize,
+    /// Most events per POST.
+    pub(crate) batch: usize,
+    /// Most POSTs in flight.
+    pub(crate) concurrency: usize,
+    /// Longest wait for one answer.
+    pub(crate) timeout_ms: u64,
+    /// Attempts per POST, the first included.
+    pub(crate) max_attempts: u32,
+    /// Wait before the first retry (doubled each time, at most 30 s).
+    pub(crate) backoff_ms: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            secret: None,
+            queue: 10_000,
+            batch: 100,
+            concurrency: 4,
+            timeout_ms: 5_000,
+            max_attempts: 4,
+            backoff_ms: 500,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +174,8 @@ impl Default for Config {
             shutdown: ShutdownSettings::default(),
             limits: LimitsSettings::default(),
             routing: RoutingSettings::default(),
+            control: ControlSettings::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -193,7 +265,7 @@ fn describe_load_error(error: &figment::Error) -> String {
 }
 
 fn is_secret(key: &str) -> bool {
-    matches!(key, "api_key" | "redis_url")
+    matches!(key, "api_key" | "redis_url" | "webhooks.secret")
 }
 
 impl Config {
@@ -292,7 +364,74 @@ impl Config {
             .validate()
             .map_err(ConfigError::section("identity"))?;
         self.rpc()?;
+        self.presence()?;
+        self.webhooks()?;
+        let c = &self.control;
+        if tidings_core::ChannelName::new(&c.channel).is_err() {
+            return Err(ConfigError::invalid(
+                "control.channel",
+                "must be a valid channel name (no glob characters, no control characters)",
+            ));
+        }
+        if let Some(id) = &c.gateway_id {
+            let ok = !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "control.gateway_id",
+                    "must be 1 to 64 letters, digits, `_` or `.`",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The presence timings (`control.presence_*`).
+    pub(crate) fn presence(&self) -> Result<tidings_control::PresenceConfig, ConfigError> {
+        let c = tidings_control::PresenceConfig {
+            ttl: std::time::Duration::from_secs(self.control.presence_ttl_secs),
+            refresh: std::time::Duration::from_secs(self.control.presence_refresh_secs),
+        };
+        c.validate().map_err(|_| {
+            ConfigError::invalid(
+                "control.presence_refresh_secs",
+                "must be at least 1 and less than control.presence_ttl_secs",
+            )
+        })?;
+        Ok(c)
+    }
+
+    /// The webhook sender's configuration, if `webhooks.url` is set.
+    pub(crate) fn webhooks(&self) -> Result<Option<tidings_control::WebhookConfig>, ConfigError> {
+        let w = &self.webhooks;
+        let Some(url) = &w.url else {
+            return Ok(None);
+        };
+        let uri = url
+            .parse::<http::Uri>()
+            .map_err(|e| ConfigError::invalid("webhooks.url", e.to_string()))?;
+        let Some(secret) = &w.secret else {
+            return Err(ConfigError::invalid(
+                "webhooks.secret",
+                "is required when webhooks.url is set",
+            ));
+        };
+        let mut c = tidings_control::WebhookConfig::new(uri, secret.expose());
+        c.queue = w.queue;
+        c.batch = w.batch;
+        c.concurrency = w.concurrency;
+        c.timeout = std::time::Duration::from_millis(w.timeout_ms.max(1));
+        c.max_attempts = w.max_attempts;
+        c.backoff = std::time::Duration::from_millis(w.backoff_ms);
+        c.validate().map_err(|why| {
+            let key = why.split_whitespace().next().unwrap_or("webhooks.url");
+            let key = key.split(',').next().unwrap_or(key).to_owned();
+            ConfigError::invalid(&key, why)
+        })?;
+        Ok(Some(c))
     }
 
     /// The Redis broker's configuration, if `redis_url` is set.

@@ -16,6 +16,9 @@ use crate::config::Config;
 
 const DEMO_PAGE: &str = include_str!("demo.html");
 
+/// The admin page (`GET /admin`): plain HTML on the API.
+const ADMIN_PAGE: &str = include_str!("admin.html");
+
 /// The browser client, `clients/js/tidings.js` (`src/tidings.js` is a symlink
 /// to it, so that `cargo package` takes the file into the crate).
 const CLIENT_JS: &str = include_str!("tidings.js");
@@ -41,8 +44,29 @@ pub(crate) struct Tokens {
     pub(crate) max_ttl: Duration,
 }
 
+/// The backend's control API (`/api/disconnect`, ...).
+pub(crate) struct Control {
+    /// Commands go out on the control channel to every gateway.
+    pub(crate) channel: tidings_control::ControlChannel,
+    /// Presence sets (a user's connections on every gateway).
+    pub(crate) tracker: Arc<tidings_control::PresenceTracker>,
+    /// Presence on channels whose rule asks for it.
+    pub(crate) channels: Arc<tidings_control::PresenceTracker>,
+    /// Which channels have presence, and what kind.
+    pub(crate) presence_lookup: tidings_control::PresenceLookup,
+    /// This gateway's connections.
+    pub(crate) registry: Arc<tidings_control::Registry>,
+    /// This gateway's id.
+    pub(crate) gateway_id: String,
+    /// The webhook sender, when on.
+    pub(crate) webhooks: Option<Arc<tidings_control::Webhooks>>,
+}
+
 /// What the endpoints need.
 pub(crate) struct Endpoints {
+    pub(crate) control: Option<Control>,
+    /// Serve the admin page.
+    pub(crate) admin_page: bool,
     pub(crate) gateway: Gateway,
     pub(crate) tokens: Option<Tokens>,
     pub(crate) cookie_proxy: Option<Arc<tidings_identity::CookieProxy>>,
@@ -60,8 +84,11 @@ impl Endpoints {
         gateway: Gateway,
         tokens: Option<Tokens>,
         cookie_proxy: Option<Arc<tidings_identity::CookieProxy>>,
+        control: Option<Control>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            control,
+            admin_page: config.control.admin_page,
             tokens,
             cookie_proxy,
             api_key: config.api_key.as_ref().map(|k| k.0.trim().to_owned()),
@@ -80,11 +107,22 @@ impl Endpoints {
     ) -> HttpResponse {
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/") => demo_page(),
+            (&Method::GET | &Method::HEAD, "/admin") if self.admin_page => admin_page(),
             (&Method::GET | &Method::HEAD, "/tidings.js") => client_js(&req),
             (&Method::GET | &Method::HEAD, "/healthz") => text_response(StatusCode::OK, "ok\n"),
             (&Method::GET | &Method::HEAD, "/readyz") => self.readyz(),
             (&Method::POST, "/api/publish") => self.publish(req, peer).await,
             (&Method::POST, "/api/tokens") => self.mint_token(req, peer).await,
+            (
+                &Method::POST,
+                path @ ("/api/disconnect" | "/api/subscribe" | "/api/unsubscribe" | "/api/refresh"),
+            ) => {
+                let op = path.trim_start_matches("/api/").to_owned();
+                self.command(req, peer, &op).await
+            }
+            (&Method::GET, "/api/connections") => self.connections(req, peer).await,
+            (&Method::GET, "/api/presence") => self.presence(req, peer).await,
+            (&Method::GET, "/admin/state") => self.admin_state(&req, peer),
             (&Method::GET, "/metrics") => {
                 if let Err(why) = self.authorize(&req, peer) {
                     return unauthorized(why);
@@ -108,14 +146,17 @@ impl Endpoints {
             (
                 _,
                 "/" | "/tidings.js" | "/healthz" | "/readyz" | "/api/publish" | "/api/tokens"
-                | "/metrics",
+                | "/api/disconnect" | "/api/subscribe" | "/api/unsubscribe" | "/api/refresh"
+                | "/api/connections" | "/api/presence" | "/metrics",
             ) => {
                 let mut res = json_error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method_not_allowed",
                     "method not allowed",
                 );
-                let allow = if req.uri().path().starts_with("/api/") {
+                let allow = if matches!(req.uri().path(), "/api/connections" | "/api/presence") {
+                    "GET"
+                } else if req.uri().path().starts_with("/api/") {
                     "POST"
                 } else if req.uri().path() == "/metrics" {
                     "GET"
@@ -201,6 +242,9 @@ impl Endpoints {
         struct PublishBody {
             channel: String,
             data: Box<RawValue>,
+            /// A connection id that must not receive it (the sender's).
+            #[serde(default)]
+            exclude: Option<String>,
         }
         let parsed: PublishBody = match serde_json::from_slice(&body) {
             Ok(p) => p,
@@ -218,7 +262,19 @@ impl Endpoints {
                 return json_error(StatusCode::BAD_REQUEST, "invalid_channel", &e.to_string())
             }
         };
-        let payload = Bytes::from(String::from(Box::<str>::from(parsed.data)));
+        let payload = match &parsed.exclude {
+            Some(conn) if conn.is_empty() || conn.len() > 128 => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_json",
+                    "\"exclude\" must be a connection id of 1 to 128 bytes",
+                )
+            }
+            Some(conn) => {
+                tidings_core::protocol::SenderEnvelope::wrap_excluding(None, conn, &parsed.data)
+            }
+            None => Bytes::from(String::from(Box::<str>::from(parsed.data))),
+        };
         match self
             .gateway
             .bridge()
@@ -301,6 +357,233 @@ impl Endpoints {
                 "could not read the request body",
             )),
         }
+    }
+
+    /// `POST /api/<op>`: a control command, published on the control
+    /// channel so that every gateway (this one too) applies it.
+    async fn command(&self, req: Request<Incoming>, peer: SocketAddr, op: &str) -> HttpResponse {
+        if let Err(why) = self.authorize(&req, peer) {
+            return unauthorized(why);
+        }
+        let Some(control) = &self.control else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "control_disabled",
+                "the control API is off",
+            );
+        };
+        let body = match self.json_body(req).await {
+            Ok(body) => body,
+            Err(res) => return res,
+        };
+        let command = match tidings_control::Command::parse_as(Some(op), &body) {
+            Ok(c) => c,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_command", &e.0),
+        };
+        match control.channel.publish(&command).await {
+            Ok(()) => json_response(
+                StatusCode::ACCEPTED,
+                serde_json::json!({"status": "accepted", "op": command.op()}).to_string(),
+            ),
+            Err(e) => {
+                let mut res = json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "broker_unavailable",
+                    &e.to_string(),
+                );
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                res
+            }
+        }
+    }
+
+    /// `GET /api/connections?user=<id>`: the user's connections on every
+    /// gateway (from the user's presence set).
+    async fn connections(&self, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+        if let Err(why) = self.authorize(&req, peer) {
+            return unauthorized(why);
+        }
+        let Some(control) = &self.control else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "control_disabled",
+                "the control API is off",
+            );
+        };
+        let Some(user) = query_value(&req, "user") else {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                "name the user: /api/connections?user=<id>",
+            );
+        };
+        if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                "a user id is 1 to 256 bytes without control characters",
+            );
+        }
+        match control
+            .tracker
+            .list(&tidings_control::PresenceKey::user(&user))
+            .await
+        {
+            Ok(mut entries) => {
+                entries.sort_by(|a, b| a.conn.cmp(&b.conn));
+                let connections: Vec<serde_json::Value> = entries
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "conn": e.conn,
+                            "gateway": e.gateway,
+                            "since_ms": e.since_ms,
+                        })
+                    })
+                    .collect();
+                json_response(
+                    StatusCode::OK,
+                    serde_json::json!({"user": user, "connections": connections}).to_string(),
+                )
+            }
+            Err(e) => json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "presence_unavailable",
+                &e.to_string(),
+            ),
+        }
+    }
+
+    /// `GET /api/presence?channel=<name>`: who is on a channel with
+    /// presence, on every gateway (counts only for `presence = "counts"`).
+    async fn presence(&self, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+        if let Err(why) = self.authorize(&req, peer) {
+            return unauthorized(why);
+        }
+        let Some(control) = &self.control else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "control_disabled",
+                "the control API is off",
+            );
+        };
+        let channel = query_value(&req, "channel").and_then(|c| ChannelName::new(&c).ok());
+        let Some(channel) = channel else {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                "name a valid channel: /api/presence?channel=<name>",
+            );
+        };
+        let Some(mode) = (control.presence_lookup)(&channel) else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "no_presence",
+                "no routing rule keeps presence on this channel",
+            );
+        };
+        let key = tidings_control::PresenceKey::channel(&channel);
+        let stats = match control.channels.stats(&key).await {
+            Ok(s) => s,
+            Err(e) => {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "presence_unavailable",
+                    &e.to_string(),
+                )
+            }
+        };
+        let mut body = serde_json::json!({
+            "channel": channel.as_str(),
+            "connections": stats.connections,
+            "users": stats.users,
+        });
+        if mode == tidings_routing::PresenceMode::Full {
+            match control.channels.list(&key).await {
+                Ok(entries) => {
+                    let mut members: Vec<serde_json::Value> = entries
+                        .iter()
+                        .map(|e| {
+                            serde_json::json!({
+                                "conn": e.conn,
+                                "user": e.user,
+                                "info": e.info,
+                                "gateway": e.gateway,
+                            })
+                        })
+                        .collect();
+                    members.sort_by(|a, b| a["conn"].as_str().cmp(&b["conn"].as_str()));
+                    body["members"] = serde_json::Value::Array(members);
+                }
+                Err(e) => {
+                    return json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "presence_unavailable",
+                        &e.to_string(),
+                    )
+                }
+            }
+        }
+        json_response(StatusCode::OK, body.to_string())
+    }
+
+    /// `GET /admin/state`: this gateway at a glance, for the admin page:
+    /// its id, its connections (at most 500), its channels with their
+    /// local subscriber counts, the webhook counters.
+    fn admin_state(&self, req: &Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+        if let Err(why) = self.authorize(req, peer) {
+            return unauthorized(why);
+        }
+        let Some(control) = &self.control else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "control_disabled",
+                "the control API is off",
+            );
+        };
+        let hub = self.gateway.bridge().hub();
+        let mut channels: Vec<serde_json::Value> = hub
+            .topics()
+            .iter()
+            .filter(|t| **t != tidings_core::Topic::Channel(control.channel.channel().clone()))
+            .take(500)
+            .map(|t| {
+                let presence = match t {
+                    tidings_core::Topic::Channel(c) => (control.presence_lookup)(c),
+                    tidings_core::Topic::Pattern(_) => None,
+                };
+                serde_json::json!({
+                    "topic": t.to_string(),
+                    "subscribers": hub.subscriber_count(t),
+                    "presence": presence,
+                })
+            })
+            .collect();
+        channels.sort_by(|a, b| a["topic"].as_str().cmp(&b["topic"].as_str()));
+        let webhooks = control.webhooks.as_ref().map(|w| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let s = w.stats();
+            serde_json::json!({
+                "queued": s.queued.load(Relaxed),
+                "delivered": s.delivered.load(Relaxed),
+                "failed": s.failed.load(Relaxed),
+                "dropped": s.dropped.load(Relaxed),
+                "retries": s.retries.load(Relaxed),
+            })
+        });
+        json_response(
+            StatusCode::OK,
+            serde_json::json!({
+                "gateway": control.gateway_id,
+                "connections": control.registry.len(),
+                "users": control.registry.users(),
+                "sockets": control.registry.describe(500),
+                "channels": channels,
+                "webhooks": webhooks,
+            })
+            .to_string(),
+        )
     }
 
     /// `POST /api/tokens`: stores a one-time token for an identity, for
@@ -413,7 +696,22 @@ fn unauthorized(message: &str) -> HttpResponse {
 }
 
 fn demo_page() -> HttpResponse {
-    let mut res = http::Response::new(Full::new(Bytes::from_static(DEMO_PAGE.as_bytes())));
+    html_page(DEMO_PAGE)
+}
+
+/// `GET /admin`: the page holds no data; what it shows comes from the API,
+/// with the key the visitor types.
+fn admin_page() -> HttpResponse {
+    let mut res = html_page(ADMIN_PAGE);
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut()
+        .insert("x-frame-options", HeaderValue::from_static("DENY"));
+    res
+}
+
+fn html_page(page: &'static str) -> HttpResponse {
+    let mut res = http::Response::new(Full::new(Bytes::from_static(page.as_bytes())));
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -481,4 +779,34 @@ fn client_js(req: &Request<Incoming>) -> HttpResponse {
         HeaderValue::from_static("public, no-cache"),
     );
     res
+}
+
+/// `%XX` and `+` decoding of a query value; `None` when it is not UTF-8.
+fn percent_decode(v: &str) -> Option<String> {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The first value of `name` in the request's query, decoded.
+fn query_value(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| percent_decode(v))
+    })
 }

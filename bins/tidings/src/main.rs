@@ -139,7 +139,68 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let identity = identity(&config, redis.as_ref())?;
+    // The backend's control: every session in the registry (commands reach
+    // it) and in its user's presence set (every gateway can list it).
+    let gateway_id = config
+        .control
+        .gateway_id
+        .clone()
+        .unwrap_or_else(tidings_control::random_gateway_id);
+    let registry = tidings_control::Registry::new();
+    let presence_store: Arc<dyn tidings_control::Presence> = match &history_pool {
+        Some((pool, _)) => Arc::new(tidings_control::RedisPresence::new(pool.clone())),
+        None => Arc::new(tidings_control::MemoryPresence::new()),
+    };
+    let presence_config = config.presence()?;
+    let tracker = tidings_control::PresenceTracker::new(
+        presence_store.clone(),
+        presence_config,
+        Arc::new(|_: &tidings_control::PresenceKey, _: tidings_control::PresenceChange| {}),
+    )?;
+    let _refresher = tracker.spawn_refresher();
+    // Presence on the channels whose rule asks for it: join and leave
+    // events go out on the channels themselves.
+    let presence_lookup: tidings_control::PresenceLookup = {
+        let router = router.clone();
+        Arc::new(move |c| router.presence_for(c))
+    };
+    let channel_tracker = tidings_control::PresenceTracker::new(
+        presence_store.clone(),
+        presence_config,
+        tidings_control::presence_publisher(bridge.clone(), presence_lookup.clone()),
+    )?;
+    let _channel_refresher = channel_tracker.spawn_refresher();
+    let webhooks = match config.webhooks()? {
+        Some(c) => Some(tidings_control::Webhooks::start(c)?),
+        None => None,
+    };
+    let mut hooks = tidings_control::ControlHooks::new(
+        gateway_id.clone(),
+        registry.clone(),
+        Some(tracker.clone()),
+        webhooks.clone(),
+    )
+    .with_channel_presence(channel_tracker.clone(), presence_lookup.clone());
+    // Channel occupied and vacated webhooks: which gateways have
+    // subscribers on each channel.
+    let mut occupancy = None;
+    if let Some(w) = &webhooks {
+        let t = tidings_control::PresenceTracker::new(
+            presence_store,
+            presence_config,
+            tidings_control::occupancy_webhooks(w.clone()),
+        )?;
+        hooks = hooks.with_occupancy(t.clone());
+        occupancy = Some((t.clone(), t.spawn_refresher()));
+    }
+    if let Some(proxy) = identity.cookie_proxy.clone() {
+        registry.set_forget(Arc::new(move |user| {
+            proxy.forget_user(user);
+        }));
+    }
     let mut builder = Gateway::builder(bridge)
+        .hooks(Arc::new(hooks))
+        .connection_prefix(format!("{gateway_id}-"))
         .config(transport)
         .router(router)
         .resolver(Arc::new(identity.chain));
@@ -155,14 +216,34 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let addr = listener.local_addr()?;
     banner(&config, addr, gateway.bridge().broker_name());
+    let control_channel = tidings_core::ChannelName::new(&config.control.channel)?;
+    let (control, _control_task) =
+        tidings_control::ControlChannel::start(gateway.bridge(), control_channel, registry.clone())
+            .await;
     let endpoints = http::Endpoints::new(
         &config,
         gateway.clone(),
         identity.tokens,
         identity.cookie_proxy,
+        Some(http::Control {
+            channel: control,
+            tracker: tracker.clone(),
+            channels: channel_tracker.clone(),
+            presence_lookup,
+            registry,
+            gateway_id,
+            webhooks,
+        }),
     );
     let handler = move |req, peer| Arc::clone(&endpoints).handle(req, peer);
     serve(listener, gateway.clone(), handler, shutdown_signal()).await?;
+    // The sockets are gone: so are this gateway's presence entries (rather
+    // than after their time to live).
+    tracker.leave_all().await;
+    channel_tracker.leave_all().await;
+    if let Some((t, _)) = &occupancy {
+        t.leave_all().await;
+    }
     // Last: the sockets are gone; close the broker's connections cleanly
     // (Redis: QUIT on each) rather than let the exit cut them.
     gateway.bridge().close().await;

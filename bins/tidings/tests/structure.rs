@@ -7,7 +7,7 @@
 //!   the module's file, and the graph must have no cycle;
 //! - no library crate depends (in its `Cargo.toml`, dev-dependencies aside)
 //!   on a crate above it in the layering
-//!   `core < identity, routing, bridge, history < transport < rpc < binaries`.
+//!   `core < identity, routing, bridge, history < session < transport, rpc, control < binaries`.
 //!
 //! Unit-test modules (everything from a file's first `#[cfg(test)]` on) are
 //! left out: tests may use the crate's public API from anywhere.
@@ -242,7 +242,7 @@ fn layer(name: &str) -> Option<u32> {
         "tidings-core" => 0,
         "tidings-identity" | "tidings-routing" | "tidings-bridge" | "tidings-history" => 1,
         "tidings-session" => 2,
-        "tidings-transport" | "tidings-rpc" => 3,
+        "tidings-transport" | "tidings-rpc" | "tidings-control" => 3,
         "tidings" | "tidings-bench" => 4,
         _ => return None,
     })

@@ -169,7 +169,7 @@ test("a stable connection resets the backoff; an unstable one does not", async (
 });
 
 test("terminal close codes stop reconnecting; 1012, 4000, 4001 and 1006 do not", async () => {
-  for (const code of [1006, 1012, 4000, 4001, 1009, 1011]) {
+  for (const code of [1006, 1012, 4000, 4001, 1009, 1011, 4002, 4004]) {
     const c = await client({ random: () => 0 });
     let last;
     c.on("disconnected", (e) => (last = e));

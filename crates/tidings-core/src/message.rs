@@ -36,6 +36,9 @@ pub struct Delivery {
     channel: ChannelName,
     pattern: Option<ChannelPattern>,
     frame: Bytes,
+    /// The connection that must not receive it (a sender envelope's
+    /// `exclude`).
+    exclude: Option<Box<str>>,
     /// The publication's position in its channel's history (offset, epoch).
     position: Option<(u64, Box<str>)>,
 }
@@ -68,6 +71,7 @@ impl Delivery {
             channel: message.channel.clone(),
             pattern: pattern.cloned(),
             frame,
+            exclude: exclude_of(&message.payload),
             position: position.map(|(offset, epoch)| (offset, Box::from(epoch))),
         })
     }
@@ -78,8 +82,15 @@ impl Delivery {
             channel: message.channel.clone(),
             pattern,
             frame,
+            exclude: exclude_of(&message.payload),
             position: None,
         })
+    }
+
+    /// Whether the connection `conn` (its id as in `welcome`) must not
+    /// receive this message.
+    pub fn excludes(&self, conn: &str) -> bool {
+        self.exclude.as_deref() == Some(conn)
     }
 
     /// The channel the message was published on.
@@ -102,4 +113,11 @@ impl Delivery {
     pub fn frame(&self) -> &Bytes {
         &self.frame
     }
+}
+
+/// The `exclude` of a sender envelope, if `payload` is one with it.
+fn exclude_of(payload: &[u8]) -> Option<Box<str>> {
+    protocol::SenderEnvelope::open(payload)?
+        .exclude
+        .map(String::into_boxed_str)
 }

@@ -40,6 +40,15 @@ pub mod close {
     /// The client did not read its messages fast enough and its outbound
     /// queue overflowed (slow-consumer policy `close`).
     pub const SLOW_CONSUMER: u16 = 4001;
+    /// The backend disconnected the socket (control API); the client may
+    /// reconnect.
+    pub const DISCONNECTED: u16 = 4002;
+    /// The backend revoked the session (control API): do not reconnect
+    /// with the same credentials.
+    pub const REVOKED: u16 = 4003;
+    /// The backend changed the socket's identity (control API `refresh`):
+    /// reconnect, and the identity is resolved afresh.
+    pub const IDENTITY_CHANGED: u16 = 4004;
 }
 
 /// The `code` of an error frame.
@@ -368,6 +377,11 @@ pub fn encode_message_at(
     payload: &[u8],
     position: Option<(u64, &str)>,
 ) -> Bytes {
+    if payload.starts_with(PRESENCE_ENVELOPE_PREFIX) {
+        if let Some(frame) = presence_frame(channel, payload) {
+            return frame;
+        }
+    }
     let mut out = String::with_capacity(payload.len() + channel.as_str().len() + 48);
     out.push_str("{\"type\":\"message\",\"channel\":");
     push_json_str(&mut out, channel.as_str());
@@ -429,6 +443,10 @@ pub struct SenderEnvelope<'a> {
     version: u8,
     /// The sender's user id; `None` for an anonymous sender.
     pub from: Option<String>,
+    /// A connection id (as in its `welcome`) that must not receive this
+    /// message: the sender's own socket, so it gets no echo of its change.
+    #[serde(default)]
+    pub exclude: Option<String>,
     /// The published data.
     #[serde(borrow)]
     pub data: &'a RawValue,
@@ -453,6 +471,23 @@ impl<'a> SenderEnvelope<'a> {
         Bytes::from(out)
     }
 
+    /// Wraps `data` (valid JSON) as published by `from`, for every
+    /// connection except `exclude`.
+    pub fn wrap_excluding(from: Option<&str>, exclude: &str, data: &RawValue) -> Bytes {
+        let mut out = String::with_capacity(data.get().len() + exclude.len() + 64);
+        out.push_str("{\"__tidings\":1,\"from\":");
+        match from {
+            Some(user) => push_json_str(&mut out, user),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"exclude\":");
+        push_json_str(&mut out, exclude);
+        out.push_str(",\"data\":");
+        out.push_str(data.get());
+        out.push('}');
+        Bytes::from(out)
+    }
+
     /// The envelope in `payload`, if it is one.
     pub fn open(payload: &'a [u8]) -> Option<Self> {
         if !payload.starts_with(SENDER_ENVELOPE_PREFIX) {
@@ -462,6 +497,57 @@ impl<'a> SenderEnvelope<'a> {
             .ok()
             .filter(|e| e.version == 1)
     }
+}
+
+/// The first bytes of a presence event a gateway publishes on a channel
+/// with presence: `{"__tidings_presence":"join","user":"42","info":{...}}`
+/// or `{"__tidings_presence":"leave","user":"42"}`. Subscribers receive it
+/// as a `join` or `leave` frame (see [`encode_presence_envelope`]).
+pub const PRESENCE_ENVELOPE_PREFIX: &[u8] = b"{\"__tidings_presence\":";
+
+/// The payload a gateway publishes for a presence event (`"join"` or
+/// `"leave"`) of `user`, with the user's public `info` (JSON) on a join.
+pub fn encode_presence_envelope(event: &str, user: &str, info: Option<&RawValue>) -> Bytes {
+    let mut out = String::with_capacity(64 + user.len());
+    out.push_str("{\"__tidings_presence\":");
+    push_json_str(&mut out, event);
+    out.push_str(",\"user\":");
+    push_json_str(&mut out, user);
+    if let Some(info) = info {
+        out.push_str(",\"info\":");
+        out.push_str(info.get());
+    }
+    out.push('}');
+    Bytes::from(out)
+}
+
+/// The `join` or `leave` frame of a presence envelope on `channel`, if
+/// `payload` is one.
+fn presence_frame(channel: &ChannelName, payload: &[u8]) -> Option<Bytes> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Envelope<'a> {
+        #[serde(rename = "__tidings_presence")]
+        event: &'a str,
+        user: String,
+        #[serde(borrow, default)]
+        info: Option<&'a RawValue>,
+    }
+    let e: Envelope<'_> = serde_json::from_slice(payload).ok()?;
+    if e.event != "join" && e.event != "leave" {
+        return None;
+    }
+    let mut out = String::with_capacity(payload.len() + channel.as_str().len() + 32);
+    let _ = write!(out, "{{\"type\":\"{}\",\"channel\":", e.event);
+    push_json_str(&mut out, channel.as_str());
+    out.push_str(",\"user\":");
+    push_json_str(&mut out, &e.user);
+    if let Some(info) = e.info {
+        out.push_str(",\"info\":");
+        out.push_str(info.get());
+    }
+    out.push('}');
+    Some(Bytes::from(out))
 }
 
 /// `{"type":"rpc_result","id":I,"status":S,"data":D}`: the backend's answer
@@ -899,5 +985,29 @@ mod tests {
             let e = sub(bad).expect_err(bad);
             assert_eq!(e.code, ErrorCode::BadRequest, "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod presence_envelope_tests {
+    use super::*;
+
+    #[test]
+    fn presence_envelopes_become_join_and_leave_frames() {
+        let ch = ChannelName::new("/app/room/1").unwrap();
+        let info = RawValue::from_string(r#"{"name":"Anna"}"#.into()).unwrap();
+        let join = encode_presence_envelope("join", "42", Some(&info));
+        assert_eq!(
+            &encode_message(&ch, None, &join)[..],
+            br#"{"type":"join","channel":"/app/room/1","user":"42","info":{"name":"Anna"}}"#
+        );
+        let leave = encode_presence_envelope("leave", "42", None);
+        assert_eq!(
+            &encode_message(&ch, None, &leave)[..],
+            br#"{"type":"leave","channel":"/app/room/1","user":"42"}"#
+        );
+        // Anything else starting the same way is an ordinary message.
+        let odd = br#"{"__tidings_presence":"explode","user":"1"}"#;
+        assert!(encode_message(&ch, None, odd).starts_with(br#"{"type":"message""#));
     }
 }

@@ -295,6 +295,19 @@ impl CookieProxy {
         cache.insert(key, (Instant::now(), answer.clone()));
     }
 
+    /// Forgets every cached answer that identified `user` (the control
+    /// API's `refresh` and revoking `disconnect`): that user's next
+    /// connection asks the backend again, so a revoked session cannot come
+    /// back from the cache. Returns how many answers were forgotten.
+    pub fn forget_user(&self, user: &str) -> usize {
+        let mut cache = self.cache.lock();
+        let before = cache.len();
+        cache.retain(|_, (_, answer)| {
+            !matches!(answer, Answer::Identified(id) if id.user.as_deref() == Some(user))
+        });
+        before - cache.len()
+    }
+
     async fn lookup(
         &self,
         key: Key,

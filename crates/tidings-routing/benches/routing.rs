@@ -18,6 +18,7 @@ fn rule(channel: &str, join: bool, subscribe: bool, publish: bool, anonymous: bo
         anonymous,
         history: None,
         sharded: false,
+        presence: None,
     }
 }
 

@@ -35,7 +35,7 @@ mod template;
 
 pub use config::RoutingSettings;
 pub use rule::{
-    Access, Denied, Plan, Router, Rule, RuleError, RuleHistory, MAX_HISTORY_SIZE,
+    Access, Denied, Plan, PresenceMode, Router, Rule, RuleError, RuleHistory, MAX_HISTORY_SIZE,
     MAX_HISTORY_TTL_SECS,
 };
 pub use template::MAX_VALUE_LEN;

@@ -35,10 +35,46 @@ pub struct Rule {
     /// classic pub/sub.
     #[serde(default, skip_serializing_if = "is_false")]
     pub sharded: bool,
+    /// Presence on the channels this rule covers (see
+    /// [`Router::presence_for`]): `true` or `"full"` (who is there, with
+    /// `join` and `leave` events), `"counts"` (how many, nothing else).
+    /// Left out or `false`: none.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "presence_mode"
+    )]
+    pub presence: Option<PresenceMode>,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// What presence a rule keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceMode {
+    /// Who is on the channel (users, with their public info), and `join`
+    /// and `leave` events to its subscribers.
+    Full,
+    /// How many connections and users are on the channel; no list, no
+    /// events (flat cost, for large channels).
+    Counts,
+}
+
+fn presence_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PresenceMode>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Flag(bool),
+        Mode(PresenceMode),
+    }
+    Ok(match Written::deserialize(d)? {
+        Written::Flag(true) => Some(PresenceMode::Full),
+        Written::Flag(false) => None,
+        Written::Mode(m) => Some(m),
+    })
 }
 
 /// The most publications one channel's history may keep.
@@ -99,6 +135,7 @@ impl Rule {
                 anonymous: true,
                 history: None,
                 sharded: false,
+                presence: None,
             },
             Rule {
                 channel: "/app/user/{user}/notifications".into(),
@@ -108,6 +145,7 @@ impl Rule {
                 anonymous: false,
                 history: Some(RuleHistory::DEFAULT_NOTIFICATIONS),
                 sharded: false,
+                presence: None,
             },
         ]
     }
@@ -201,6 +239,9 @@ impl Router {
                 }
                 if let Some(history) = &rule.history {
                     history.check().map_err(err)?;
+                    if rule.presence.is_some() {
+                        return Err(err("presence and history on one rule are not supported yet: split the channels".into()));
+                    }
                 }
                 if template.is_pattern && rule.sharded {
                     return Err(err(
@@ -253,6 +294,15 @@ impl Router {
             .iter()
             .find(|c| c.template.covers(channel.as_str()))
             .is_some_and(|c| c.rule.sharded)
+    }
+
+    /// The presence of `channel`: the `presence` option of the **first**
+    /// rule covering it (as for [`Router::history_for`]). `None`: none.
+    pub fn presence_for(&self, channel: &ChannelName) -> Option<PresenceMode> {
+        self.rules
+            .iter()
+            .find(|c| c.template.covers(channel.as_str()))
+            .and_then(|c| c.rule.presence)
     }
 
     /// Every rule, in order.
@@ -452,6 +502,7 @@ mod tests {
                 anonymous: false,
                 history: None,
                 sharded: false,
+                presence: None,
             }])
             .unwrap_err()
         };
@@ -468,6 +519,7 @@ mod tests {
             anonymous: true,
             history: None,
             sharded: false,
+            presence: None,
         }]);
         assert!(none.unwrap_err().reason.contains("grants nothing"));
     }
@@ -550,6 +602,53 @@ mod tests {
     }
 
     #[test]
+    fn presence_is_the_first_covering_rules_option() {
+        use crate::RoutingSettings;
+        let ch = |s: &str| ChannelName::new(s).unwrap();
+        let rules: RoutingSettings = toml::from_str(
+            r#"
+            [[rules]]
+            channel = "/app/room/lobby"
+            subscribe = true
+            presence = "counts"
+            [[rules]]
+            channel = "/app/room/*"
+            subscribe = true
+            presence = true
+            [[rules]]
+            channel = "/app/quiet/*"
+            subscribe = true
+            presence = false
+            "#,
+        )
+        .unwrap();
+        let r = Router::new(rules.rules).unwrap();
+        assert_eq!(
+            r.presence_for(&ch("/app/room/lobby")),
+            Some(PresenceMode::Counts)
+        );
+        assert_eq!(r.presence_for(&ch("/app/room/7")), Some(PresenceMode::Full));
+        assert_eq!(r.presence_for(&ch("/app/quiet/7")), None);
+        assert_eq!(r.presence_for(&ch("/elsewhere")), None);
+        let both: Result<RoutingSettings, _> = toml::from_str(
+            r#"
+            [[rules]]
+            channel = "/a"
+            subscribe = true
+            presence = true
+            history = { size = 5, ttl_secs = 60 }
+            "#,
+        );
+        assert!(Router::new(both.unwrap().rules)
+            .unwrap_err()
+            .reason
+            .contains("presence and history"));
+        let odd: Result<RoutingSettings, _> =
+            toml::from_str("[[rules]]\nchannel = \"/a\"\nsubscribe = true\npresence = \"some\"\n");
+        assert!(odd.is_err());
+    }
+
+    #[test]
     fn bad_history_options_are_refused() {
         let with = |size, ttl_secs| {
             Router::new(vec![Rule {
@@ -560,6 +659,7 @@ mod tests {
                 anonymous: false,
                 history: Some(RuleHistory { size, ttl_secs }),
                 sharded: false,
+                presence: None,
             }])
         };
         assert!(with(1, 1).is_ok());

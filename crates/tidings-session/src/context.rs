@@ -7,7 +7,7 @@ use tidings_bridge::{Bridge, SlowConsumerPolicy};
 use tidings_routing::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::{rpc::RpcHandler, stats::TransportStats};
+use crate::{control::SessionHooks, rpc::RpcHandler, stats::TransportStats};
 
 /// The tunables of a session, whatever its wire format. [`Default`] gives
 /// the documented defaults (see `docs/configuration.md`).
@@ -62,6 +62,13 @@ pub struct Context {
     pub stats: Arc<TransportStats>,
     /// The RPC handler, when RPC is on.
     pub rpc: Option<Arc<dyn RpcHandler>>,
+    /// The control registry, presence and webhooks, when the gateway has
+    /// them.
+    pub hooks: Option<Arc<dyn SessionHooks>>,
+    /// What a connection's id starts with (`<gateway id>-`, so that ids are
+    /// unique across gateways; empty: the bare number). A connection's id
+    /// is in its `welcome`, and is what a publish's `exclude` names.
+    pub connection_prefix: Arc<str>,
     /// Cancelled when connections must go: each closes at its own moment
     /// within the drain spread (the wire adapter decides how).
     pub shutdown: CancellationToken,
@@ -73,6 +80,7 @@ impl std::fmt::Debug for Context {
             .field("config", &self.config)
             .field("bridge", &self.bridge.broker_name())
             .field("rpc", &self.rpc.is_some())
+            .field("hooks", &self.hooks.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -87,6 +95,8 @@ impl Context {
             bridge,
             stats: Arc::default(),
             rpc: None,
+            hooks: None,
+            connection_prefix: Arc::from(""),
             shutdown: CancellationToken::new(),
         }
     }

@@ -6,6 +6,8 @@
 //!   machine, and what it hands its wire adapter ([`Output`], [`End`]).
 //! - [`context`]: the [`Context`] every session of a gateway shares
 //!   and [`SessionConfig`].
+//! - [`control`](mod@control): the seam for the backend's control of
+//!   sessions ([`SessionHooks`], [`ControlHandle`]).
 //! - [`rpc`]: the seam for RPC from connections ([`RpcHandler`]) and the
 //!   path grammar calls must pass.
 //! - [`stats`]: connection counters.
@@ -14,6 +16,7 @@
 //!   per-connection rate limit) are private.
 
 pub mod context;
+pub mod control;
 mod rate;
 mod recovery;
 mod requests;
@@ -22,6 +25,7 @@ pub mod session;
 pub mod stats;
 
 pub use context::{Context, SessionConfig};
+pub use control::{ControlHandle, ControlRequest, SessionHooks, SessionInfo};
 pub use rpc::{check_path, RpcCall, RpcError, RpcHandler, RpcReply};
 pub use session::{parse_positions, Batch, End, Event, Output, Positions, Session};
 pub use stats::{CloseReason, IdentityOutcome, RejectReason, TransportStats};

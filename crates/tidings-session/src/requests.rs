@@ -132,6 +132,22 @@ impl Requests {
         None
     }
 
+    /// Tells the gateway's hooks the session subscribed to (`true`) or
+    /// unsubscribed from (`false`) `channel`.
+    pub(crate) fn notify(&self, channel: &tidings_core::ChannelName, subscribed: bool) {
+        if let Some(hooks) = &self.gw.hooks {
+            let info = crate::control::SessionInfo {
+                id: self.sub.id(),
+                identity: self.identity.clone(),
+            };
+            if subscribed {
+                hooks.subscribed(&info, channel);
+            } else {
+                hooks.unsubscribed(&info, channel);
+            }
+        }
+    }
+
     /// The subscriptions (for joins on connect).
     pub(crate) fn subscriber(&mut self) -> &mut Subscriber {
         &mut self.sub
@@ -204,8 +220,12 @@ impl Requests {
                 id,
             ));
         }
+        let fresh = !self.sub.contains(&topic);
         if let Err(e) = self.sub.subscribe(topic).await {
             return out.push(broker_error(&e, id));
+        }
+        if fresh {
+            self.notify(&name, true);
         }
         // Live first (above), then the history: whatever is published in
         // between is in both, and the follower drops the second copy.
@@ -223,6 +243,39 @@ impl Requests {
         out.extend(replay);
     }
 
+    /// A subscription the backend asked for (the control API): no routing
+    /// check, no subscription limit. The `subscribed` frame (without `id`)
+    /// for the client, or `None` when it already was (or the broker failed:
+    /// logged, nothing to tell the client).
+    pub(crate) async fn server_subscribe(
+        &mut self,
+        channel: tidings_core::ChannelName,
+    ) -> Option<Bytes> {
+        let topic = Topic::Channel(channel.clone());
+        if self.sub.contains(&topic) {
+            return None;
+        }
+        if let Err(e) = self.sub.join(topic).await {
+            tracing::warn!(channel = %channel, error = %e, "server-side subscription is pending until the broker is back");
+        }
+        self.notify(&channel, true);
+        Some(protocol::encode_subscribed(channel.as_str(), None, None))
+    }
+
+    /// An unsubscription the backend asked for: the `unsubscribed` frame
+    /// for the client, or `None` when it was not subscribed.
+    pub(crate) fn server_unsubscribe(
+        &mut self,
+        channel: &tidings_core::ChannelName,
+    ) -> Option<Bytes> {
+        self.followers.forget(channel);
+        let was = self.sub.unsubscribe(&Topic::Channel(channel.clone()));
+        if was {
+            self.notify(channel, false);
+        }
+        was.then(|| protocol::encode_ack("unsubscribed", channel.as_str(), None))
+    }
+
     async fn reply(&mut self, frame: ClientFrame) -> Bytes {
         let id = frame.id.as_deref();
         let gw = &self.gw;
@@ -231,7 +284,9 @@ impl Requests {
             Request::Unsubscribe { channel } => match tidings_core::ChannelName::new(&channel) {
                 Ok(name) => {
                     self.followers.forget(&name);
-                    self.sub.unsubscribe(&Topic::Channel(name));
+                    if self.sub.unsubscribe(&Topic::Channel(name.clone())) {
+                        self.notify(&name, false);
+                    }
                     protocol::encode_ack("unsubscribed", &channel, id)
                 }
                 Err(e) => protocol::encode_error(ErrorCode::InvalidChannel, &e.to_string(), id),

@@ -13,7 +13,7 @@
 //! once per message for every recipient); the adapter writes them in its
 //! own framing.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{any::Any, borrow::Cow, collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
 use tidings_bridge::{mailbox, mailbox::Next, GapNotice, MailboxReceiver, Outbound, Subscriber};
@@ -25,6 +25,7 @@ use tidings_history::StreamPosition;
 
 use crate::{
     context::Context,
+    control::{ControlHandle, ControlRequest, SessionInfo},
     rate::{Limited, RateLimiter},
     recovery::{From, Verdict},
     requests::Requests,
@@ -54,15 +55,15 @@ impl Output {
 }
 
 /// How a session ends, when it is the session that ends it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
     /// Close the connection with this close code and text (WebSocket close
     /// codes; other wire formats map them).
     Close {
         /// The close code (see `protocol::close`).
         code: u16,
-        /// The close text.
-        text: &'static str,
+        /// The close text (the backend's own when it disconnects).
+        text: Cow<'static, str>,
         /// What the counters record.
         reason: CloseReason,
     },
@@ -79,6 +80,7 @@ pub struct Event(EventKind);
 enum EventKind {
     Rpc(Bytes),
     Mailbox(Next),
+    Control(ControlRequest),
 }
 
 /// Client positions sent on connect: channel -> last position. See
@@ -108,9 +110,23 @@ impl Default for Batch {
 pub struct Session {
     ctx: Arc<Context>,
     id: u64,
+    /// The id clients and the backend know it by (`welcome`'s `id`).
+    conn: Box<str>,
     requests: Requests,
     mailbox: MailboxReceiver,
     rate: RateLimiter,
+    /// The backend's requests, when the gateway has hooks.
+    control: Option<Control>,
+}
+
+/// A session's side of the gateway's hooks.
+struct Control {
+    info: SessionInfo,
+    requests: crate::control::Receiver,
+    /// What the hooks keep for the session's life (dropped at its end).
+    _guard: Box<dyn Any + Send + Sync>,
+    /// Set when the backend disconnected it.
+    ended_by_backend: Option<(u16, String)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -151,11 +167,28 @@ impl Session {
     ) -> Self {
         let (mailbox_tx, mailbox) = mailbox(ctx.config.outbound_queue, ctx.config.slow_consumer);
         let sub = ctx.bridge.subscriber_with_id(id, mailbox_tx);
+        let control = ctx.hooks.as_ref().map(|hooks| {
+            let info = SessionInfo {
+                id,
+                identity: identity.clone(),
+            };
+            let (handle, rx): (ControlHandle, _) = ControlHandle::pair();
+            let guard = hooks.opened(&info, handle);
+            Control {
+                info,
+                requests: rx,
+                _guard: guard,
+                ended_by_backend: None,
+            }
+        });
         let mut requests = Requests::new(ctx.clone(), identity.clone(), credentials, peer, sub);
         let plan = ctx.router.on_connect(&identity);
         // Join before the welcome (and before any replay): once a client
         // sees `welcome`, whatever is published on its channels reaches it.
         join_all(requests.subscriber(), plan.topics()).await;
+        for channel in &plan.channels {
+            requests.notify(channel, true);
+        }
         let mut replay = Vec::new();
         let mut reports = Vec::new();
         for channel in &plan.channels {
@@ -172,8 +205,9 @@ impl Session {
         }
         let positions: Vec<(&ChannelName, PositionReport<'_>)> =
             reports.iter().map(|(c, r)| (*c, r.as_protocol())).collect();
+        let conn: Box<str> = format!("{}{id}", ctx.connection_prefix).into();
         out.push(Output::Frame(protocol::encode_welcome(
-            &id.to_string(),
+            &conn,
             identity.user.as_deref(),
             &plan.channels,
             &plan.patterns,
@@ -189,9 +223,24 @@ impl Session {
         Self {
             ctx,
             id,
+            conn,
             requests,
             mailbox,
             rate,
+            control,
+        }
+    }
+
+    /// Tells the gateway's hooks the session ended (for the webhooks);
+    /// `code` and `reason` are what the adapter closed with, unless the
+    /// backend disconnected it. Call it once, at the end.
+    pub fn finish(&mut self, code: u16, reason: &str) {
+        let (Some(hooks), Some(control)) = (self.ctx.hooks.as_ref(), self.control.as_ref()) else {
+            return;
+        };
+        match &control.ended_by_backend {
+            Some((code, reason)) => hooks.closed(&control.info, *code, reason),
+            None => hooks.closed(&control.info, code, reason),
         }
     }
 
@@ -212,6 +261,7 @@ impl Session {
         tokio::select! {
             biased;
             reply = self.requests.next_rpc() => Event(EventKind::Rpc(reply)),
+            Some(request) = next_control(&mut self.control) => Event(EventKind::Control(request)),
             next = self.mailbox.next() => Event(EventKind::Mailbox(next)),
         }
     }
@@ -228,6 +278,7 @@ impl Session {
     ) -> Result<(), End> {
         match event.0 {
             EventKind::Rpc(reply) => out.push(Output::Frame(reply)),
+            EventKind::Control(request) => return self.control(request, out).await,
             EventKind::Mailbox(Next::Item(item)) => {
                 let mut bytes = 0usize;
                 let mut taken = 0usize;
@@ -248,13 +299,41 @@ impl Session {
             EventKind::Mailbox(Next::Overflowed) => {
                 return Err(End::Close {
                     code: close::SLOW_CONSUMER,
-                    text: "slow consumer",
+                    text: Cow::Borrowed("slow consumer"),
                     reason: CloseReason::SlowConsumer,
                 })
             }
             EventKind::Mailbox(Next::Closed) => return Err(End::Gone),
         }
         Ok(())
+    }
+
+    /// A request of the backend.
+    async fn control(&mut self, request: ControlRequest, out: &mut Vec<Output>) -> Result<(), End> {
+        match request {
+            ControlRequest::Disconnect { code, reason } => {
+                if let Some(c) = self.control.as_mut() {
+                    c.ended_by_backend = Some((code, reason.clone()));
+                }
+                Err(End::Close {
+                    code,
+                    text: Cow::Owned(reason),
+                    reason: CloseReason::Backend,
+                })
+            }
+            ControlRequest::Subscribe(channel) => {
+                if let Some(frame) = self.requests.server_subscribe(channel).await {
+                    out.push(Output::Frame(frame));
+                }
+                Ok(())
+            }
+            ControlRequest::Unsubscribe(channel) => {
+                if let Some(frame) = self.requests.server_unsubscribe(&channel) {
+                    out.push(Output::Frame(frame));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// One mailbox item into frames.
@@ -268,6 +347,9 @@ impl Session {
 
     /// A live delivery, through the channel's follower.
     async fn deliver(&mut self, d: Arc<Delivery>, out: &mut Vec<Output>) {
+        // A publish that names this connection in `exclude` is not
+        // written; its position still counts (no hole is seen).
+        let excluded = d.excludes(&self.conn);
         let followers = &mut self.requests.followers;
         match followers.judge(&d) {
             Verdict::Deliver => {
@@ -277,7 +359,9 @@ impl Session {
                 {
                     followers.adopt(&d, &self.ctx);
                 }
-                out.push(Output::Delivery(d));
+                if !excluded {
+                    out.push(Output::Delivery(d));
+                }
             }
             Verdict::Skip => {}
             Verdict::Repair(channel) => {
@@ -293,7 +377,7 @@ impl Session {
                 }
                 // The replay normally covers this delivery; if the history
                 // is behind it, it is the next one.
-                if self.requests.followers.judge(&d) == Verdict::Deliver {
+                if self.requests.followers.judge(&d) == Verdict::Deliver && !excluded {
                     out.push(Output::Delivery(d));
                 }
             }
@@ -344,7 +428,7 @@ impl Session {
             Err(Limited::Refuse) => Err(None),
             Err(Limited::Close) => Err(Some(End::Close {
                 code: close::POLICY_VIOLATION,
-                text: "rate limit exceeded",
+                text: Cow::Borrowed("rate limit exceeded"),
                 reason: CloseReason::RateLimited,
             })),
         }
@@ -397,6 +481,14 @@ impl Session {
             ))),
         }
         Ok(())
+    }
+}
+
+/// The backend's next request, or never when the gateway has no hooks.
+async fn next_control(control: &mut Option<Control>) -> Option<ControlRequest> {
+    match control {
+        Some(c) => Some(c.requests.recv().await),
+        None => std::future::pending().await,
     }
 }
 

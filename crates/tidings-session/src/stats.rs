@@ -20,11 +20,14 @@ pub enum CloseReason {
     Shutdown,
     /// The client kept sending faster than its rate limit (1008).
     RateLimited,
+    /// The backend disconnected it (the control API: 4002, 4003 or its
+    /// own code).
+    Backend,
 }
 
 impl CloseReason {
     /// Every reason, for exporting counters.
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::Client,
         CloseReason::Protocol,
         CloseReason::TooBig,
@@ -32,6 +35,7 @@ impl CloseReason {
         CloseReason::SlowConsumer,
         CloseReason::Shutdown,
         CloseReason::RateLimited,
+        CloseReason::Backend,
     ];
 
     /// The label used in logs and metrics.
@@ -44,6 +48,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Shutdown => "shutdown",
             CloseReason::RateLimited => "rate_limited",
+            CloseReason::Backend => "backend",
         }
     }
 }
@@ -185,7 +190,7 @@ pub struct TransportStats {
     opened: AtomicU64,
     rejected: AtomicU64,
     rejected_by: [AtomicU64; 9],
-    closed: [AtomicU64; 7],
+    closed: [AtomicU64; 8],
     frames_in: AtomicU64,
     frames_out: AtomicU64,
     rate_limited: AtomicU64,

@@ -57,6 +57,7 @@ fn rules() -> Vec<Rule> {
             size: SIZE,
             ttl_secs: 600,
         }),
+        presence: None,
     };
     vec![rule("/joined", true), rule("/subscribed", false)]
 }

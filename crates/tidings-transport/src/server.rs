@@ -102,6 +102,8 @@ pub struct GatewayBuilder {
     router: Router,
     bridge: Bridge,
     rpc: Option<Arc<dyn RpcHandler>>,
+    hooks: Option<Arc<dyn tidings_session::SessionHooks>>,
+    connection_prefix: String,
 }
 
 impl GatewayBuilder {
@@ -130,6 +132,21 @@ impl GatewayBuilder {
         self
     }
 
+    /// Plugs the backend's control into every session (the control
+    /// registry, presence, webhooks: `tidings-control`'s hooks). Default:
+    /// none.
+    pub fn hooks(mut self, hooks: Arc<dyn tidings_session::SessionHooks>) -> Self {
+        self.hooks = Some(hooks);
+        self
+    }
+
+    /// What connection ids start with (default: nothing): `<gateway id>-`
+    /// makes them unique across gateways (see `SessionHooks`).
+    pub fn connection_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.connection_prefix = prefix.into();
+        self
+    }
+
     /// Builds the gateway.
     pub fn build(self) -> Gateway {
         // Out-of-range values (a zero interval, a duration no deadline can
@@ -146,6 +163,8 @@ impl GatewayBuilder {
                     bridge: self.bridge.clone(),
                     stats: stats.clone(),
                     rpc: self.rpc.clone(),
+                    hooks: self.hooks,
+                    connection_prefix: Arc::from(self.connection_prefix),
                     shutdown: shutdown.clone(),
                 }),
                 config: Arc::new(config),
@@ -175,6 +194,8 @@ impl Gateway {
                 .expect("default rules are valid"),
             bridge,
             rpc: None,
+            hooks: None,
+            connection_prefix: String::new(),
         }
     }
 

@@ -38,7 +38,7 @@ enum Step {
     /// Echo the client's close frame; the connection ends.
     CloseEcho(Bytes),
     /// Close with this code; the connection ends.
-    Close(u16, &'static str, CloseReason),
+    Close(u16, std::borrow::Cow<'static, str>, CloseReason),
     /// The client answered our ping.
     PongSeen,
 }
@@ -47,7 +47,7 @@ impl From<End> for Step {
     fn from(end: End) -> Self {
         match end {
             End::Close { code, text, reason } => Step::Close(code, text, reason),
-            End::Gone => Step::Close(close::GOING_AWAY, "going away", CloseReason::Client),
+            End::Gone => Step::Close(close::GOING_AWAY, "going away".into(), CloseReason::Client),
         }
     }
 }
@@ -133,12 +133,30 @@ async fn serve_socket(
             partial: None,
             out,
         };
-        ws.serve(&mut conn).await
+        let reason = ws.serve(&mut conn).await;
+        ws.session.finish(close_code(reason), reason.as_str());
+        reason
     } else {
+        let mut session = session;
+        session.finish(close::SLOW_CONSUMER, CloseReason::SlowConsumer.as_str());
         CloseReason::SlowConsumer
     };
     gw.stats.closed(reason);
     tracing::debug!(reason = reason.as_str(), "socket closed");
+}
+
+/// The close code a connection that ended for `reason` most likely saw
+/// (for the gateway's hooks: the disconnect webhook).
+fn close_code(reason: CloseReason) -> u16 {
+    match reason {
+        CloseReason::Client | CloseReason::Backend => close::NORMAL,
+        CloseReason::Protocol => close::PROTOCOL_ERROR,
+        CloseReason::TooBig => close::MESSAGE_TOO_BIG,
+        CloseReason::Heartbeat => close::HEARTBEAT_TIMEOUT,
+        CloseReason::SlowConsumer => close::SLOW_CONSUMER,
+        CloseReason::Shutdown => close::SERVICE_RESTART,
+        CloseReason::RateLimited => close::POLICY_VIOLATION,
+    }
 }
 
 /// Writes and empties `out` (one flush); false when the peer did not take
@@ -226,7 +244,7 @@ impl WsSession {
                     continue;
                 }
                 () = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
-                    Step::Close(close::SERVICE_RESTART, "server restarting, reconnect", CloseReason::Shutdown)
+                    Step::Close(close::SERVICE_RESTART, "server restarting, reconnect".into(), CloseReason::Shutdown)
                 }
                 // Client frames before deliveries: however busy its
                 // channels are, a client can always be heard (unsubscribe,
@@ -238,14 +256,14 @@ impl WsSession {
                     Ok(frame) => Box::pin(self.on_frame(frame)).await,
                     Err(ReadError::Protocol(why)) => {
                         tracing::debug!(why, "closing on a protocol violation");
-                        Step::Close(close::PROTOCOL_ERROR, why, CloseReason::Protocol)
+                        Step::Close(close::PROTOCOL_ERROR, why.into(), CloseReason::Protocol)
                     }
                     Err(ReadError::TooBig) => {
-                        Step::Close(close::MESSAGE_TOO_BIG, "message too big", CloseReason::TooBig)
+                        Step::Close(close::MESSAGE_TOO_BIG, "message too big".into(), CloseReason::TooBig)
                     }
                     Err(ReadError::Timeout) => {
                         tracing::debug!("closing on a frame not completed in time");
-                        Step::Close(close::POLICY_VIOLATION, "frame not completed in time", CloseReason::Protocol)
+                        Step::Close(close::POLICY_VIOLATION, "frame not completed in time".into(), CloseReason::Protocol)
                     }
                     Err(ReadError::Io(e)) => {
                         tracing::trace!(error = %e, "read side ended");
@@ -264,7 +282,7 @@ impl WsSession {
                     let now = Instant::now();
                     if pong_deadline.is_some_and(|d| now >= d) {
                         tracing::debug!("no pong in time");
-                        Step::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout", CloseReason::Heartbeat)
+                        Step::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout".into(), CloseReason::Heartbeat)
                     } else {
                         if now >= next_ping {
                             if !timed(limit, conn.send(OpCode::Ping, Bytes::from_static(b"tidings"))).await {
@@ -301,7 +319,7 @@ impl WsSession {
                     return CloseReason::Client;
                 }
                 Step::Close(code, why, reason) => {
-                    if timed(limit, conn.close(code, why)).await {
+                    if timed(limit, conn.close(code, &why)).await {
                         linger(conn).await;
                     }
                     return reason;
@@ -315,7 +333,7 @@ impl WsSession {
         let max = self.config.max_message_size;
         let invalid_utf8 = Step::Close(
             close::INVALID_PAYLOAD,
-            "invalid UTF-8",
+            "invalid UTF-8".into(),
             CloseReason::Protocol,
         );
         match frame.opcode {
@@ -323,7 +341,7 @@ impl WsSession {
                 if self.partial.is_some() {
                     return Step::Close(
                         close::PROTOCOL_ERROR,
-                        "new message inside a fragmented one",
+                        "new message inside a fragmented one".into(),
                         CloseReason::Protocol,
                     );
                 }
@@ -345,14 +363,14 @@ impl WsSession {
                 let Some((_, buf)) = self.partial.as_mut() else {
                     return Step::Close(
                         close::PROTOCOL_ERROR,
-                        "continuation frame without a message",
+                        "continuation frame without a message".into(),
                         CloseReason::Protocol,
                     );
                 };
                 if buf.len() + frame.payload.len() > max {
                     return Step::Close(
                         close::MESSAGE_TOO_BIG,
-                        "message too big",
+                        "message too big".into(),
                         CloseReason::TooBig,
                     );
                 }
@@ -375,7 +393,7 @@ impl WsSession {
             }
             OpCode::Close => match check_close(&frame.payload) {
                 Ok(()) => Step::CloseEcho(frame.payload),
-                Err((code, why)) => Step::Close(code, why, CloseReason::Protocol),
+                Err((code, why)) => Step::Close(code, why.into(), CloseReason::Protocol),
             },
             OpCode::Ping => {
                 // Pings cost a write each: they count against the rate

@@ -40,6 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         anonymous: false,
         history: None,
         sharded: false,
+        presence: None,
     });
 
     // In-process broker here; `Bridge::redis(RedisConfig::new(url))?` for Redis

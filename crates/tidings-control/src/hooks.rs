@@ -1,0 +1,394 @@
+//! The gateway's [`SessionHooks`]: every session is registered in the
+//! [`Registry`] (so control commands reach it), listed in its user's
+//! presence set (so `GET /api/connections` sees every gateway), and
+//! reported to the webhooks.
+
+use std::{any::Any, collections::HashMap, sync::Arc};
+
+use parking_lot::Mutex;
+use tidings_bridge::Bridge;
+use tidings_core::{protocol::close, ChannelName, Message};
+use tidings_routing::PresenceMode;
+use tidings_session::{ControlHandle, ControlRequest, SessionHooks, SessionInfo};
+
+use crate::{
+    presence::{PresenceChange, PresenceEntry, PresenceEvent, PresenceKey},
+    presence_tracker::{PresenceSink, PresenceTracker},
+    registry::{Connection, ConnectionInfo, Registration, Registry},
+    webhook::{now_ms, WebhookEvent, Webhooks},
+};
+
+/// A random gateway id: 12 hex digits.
+pub fn random_gateway_id() -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).expect("the operating system's random generator failed");
+    crate::hmac::hex(&bytes)
+}
+
+/// Which channels have presence (the routing rules' `presence` option).
+pub type PresenceLookup = Arc<dyn Fn(&ChannelName) -> Option<PresenceMode> + Send + Sync>;
+
+/// The hooks of one gateway.
+pub struct ControlHooks {
+    gateway: String,
+    registry: Arc<Registry>,
+    connections: Option<Arc<PresenceTracker>>,
+    webhooks: Option<Arc<Webhooks>>,
+    channels: Option<(Arc<PresenceTracker>, PresenceLookup)>,
+    occupancy: Option<Arc<PresenceTracker>>,
+    shared: Arc<Shared>,
+}
+
+/// What the hooks and the sessions' guards share.
+#[derive(Default)]
+struct Shared {
+    /// Session id -> the channels it is in presence or occupancy of.
+    sessions: Mutex<HashMap<u64, SessionState>>,
+    /// Channel -> this gateway's subscribers (for occupancy).
+    local: Mutex<HashMap<ChannelName, usize>>,
+}
+
+struct SessionState {
+    conn: String,
+    entry: PresenceEntry,
+    presence: Vec<ChannelName>,
+    occupying: Vec<ChannelName>,
+}
+
+impl std::fmt::Debug for ControlHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlHooks")
+            .field("gateway", &self.gateway)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlHooks {
+    /// Hooks of the gateway `gateway` (its id, unique among the gateways on
+    /// one Redis): sessions go into `registry`, into their user's presence
+    /// set through `connections` when given, and to `webhooks` when given.
+    pub fn new(
+        gateway: String,
+        registry: Arc<Registry>,
+        connections: Option<Arc<PresenceTracker>>,
+        webhooks: Option<Arc<Webhooks>>,
+    ) -> Self {
+        Self {
+            gateway,
+            registry,
+            connections,
+            webhooks,
+            channels: None,
+            occupancy: None,
+            shared: Arc::default(),
+        }
+    }
+
+    /// Keeps presence on the channels `lookup` names (the routing rules'
+    /// `presence` option) in `tracker`, whose sink should be
+    /// [`presence_publisher`].
+    pub fn with_channel_presence(
+        mut self,
+        tracker: Arc<PresenceTracker>,
+        lookup: PresenceLookup,
+    ) -> Self {
+        self.channels = Some((tracker, lookup));
+        self
+    }
+
+    /// Tracks which gateways have subscribers on each channel in `tracker`
+    /// (whose sink should be [`occupancy_webhooks`]), for the channel
+    /// occupied and vacated webhooks.
+    pub fn with_occupancy(mut self, tracker: Arc<PresenceTracker>) -> Self {
+        self.occupancy = Some(tracker);
+        self
+    }
+
+    /// The connection id of session `id`: `<gateway>-<id>`.
+    pub fn conn_id(&self, id: u64) -> String {
+        format!("{}-{id}", self.gateway)
+    }
+
+    /// The gateway's id.
+    pub fn gateway(&self) -> &str {
+        &self.gateway
+    }
+}
+
+/// A session as the registry sees it.
+struct SessionConnection {
+    handle: ControlHandle,
+    info: ConnectionInfo,
+}
+
+impl Connection for SessionConnection {
+    fn disconnect(&self, code: u16, reason: &str) {
+        self.handle.send(ControlRequest::Disconnect {
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+    fn subscribe(&self, channel: &ChannelName) {
+        self.handle.send(ControlRequest::Subscribe(channel.clone()));
+    }
+    fn unsubscribe(&self, channel: &ChannelName) {
+        self.handle
+            .send(ControlRequest::Unsubscribe(channel.clone()));
+    }
+    fn refresh(&self) {
+        // The identity is resolved afresh when the client reconnects (its
+        // cached answer was forgotten before this was called).
+        self.handle.send(ControlRequest::Disconnect {
+            code: close::IDENTITY_CHANGED,
+            reason: "identity changed, reconnect".to_owned(),
+        });
+    }
+    fn describe(&self) -> ConnectionInfo {
+        self.info.clone()
+    }
+}
+
+/// What a session keeps while it lives: its registration, and its entries
+/// in presence sets (removed when dropped).
+struct Guard {
+    _registration: Registration,
+    id: u64,
+    presence: Option<(Arc<PresenceTracker>, PresenceKey, String)>,
+    channels: Option<Arc<PresenceTracker>>,
+    occupancy: Option<(Arc<PresenceTracker>, String)>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        if let Some((tracker, key, conn)) = self.presence.take() {
+            tracker.leave_now(key, conn);
+        }
+        let Some(state) = self.shared.sessions.lock().remove(&self.id) else {
+            return;
+        };
+        if let Some(tracker) = &self.channels {
+            for channel in state.presence {
+                tracker.leave_now(PresenceKey::channel(&channel), state.conn.clone());
+            }
+        }
+        if let Some((tracker, gateway)) = &self.occupancy {
+            for channel in state.occupying {
+                vacate(&self.shared, tracker, gateway, &channel);
+            }
+        }
+    }
+}
+
+/// This gateway's entry in `channel`'s occupancy set.
+fn occupancy_entry(gateway: &str) -> PresenceEntry {
+    PresenceEntry {
+        conn: gateway.to_owned(),
+        user: Some("*".to_owned()),
+        gateway: gateway.to_owned(),
+        info: serde_json::Value::Null,
+        since_ms: 0,
+    }
+}
+
+/// One local subscriber less on `channel`; the gateway leaves its
+/// occupancy set with the last.
+fn vacate(shared: &Shared, tracker: &Arc<PresenceTracker>, gateway: &str, channel: &ChannelName) {
+    let last = {
+        let mut local = shared.local.lock();
+        match local.get_mut(channel) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                local.remove(channel);
+                true
+            }
+            None => false,
+        }
+    };
+    if last {
+        tracker.leave_now(PresenceKey::occupancy(channel), gateway.to_owned());
+    }
+}
+
+/// A sink publishing the `join` and `leave` events of channels with
+/// presence `"full"` on the channels themselves (so every gateway's
+/// subscribers get them), through `bridge`.
+pub fn presence_publisher(bridge: Bridge, lookup: PresenceLookup) -> Arc<dyn PresenceSink> {
+    Arc::new(move |key: &PresenceKey, change: PresenceChange| {
+        let Some(channel) = key.as_channel().and_then(|c| ChannelName::new(c).ok()) else {
+            return;
+        };
+        if lookup(&channel) != Some(PresenceMode::Full) {
+            return;
+        }
+        let bridge = bridge.clone();
+        tokio::spawn(async move {
+            for event in PresenceEvent::of(&change) {
+                let message = Message::new(channel.clone(), event.payload());
+                if let Err(e) = bridge.publish(message).await {
+                    tracing::debug!(target: "tidings::presence", channel = %channel, error = %e, "presence event not published");
+                }
+            }
+        });
+    })
+}
+
+/// A sink turning occupancy changes into the channel occupied and vacated
+/// webhooks.
+pub fn occupancy_webhooks(webhooks: Arc<Webhooks>) -> Arc<dyn PresenceSink> {
+    Arc::new(move |key: &PresenceKey, change: PresenceChange| {
+        let Some(channel) = key.as_occupancy() else {
+            return;
+        };
+        if !change.joined.is_empty() {
+            webhooks.send(WebhookEvent::ChannelOccupied {
+                channel: channel.to_owned(),
+                time_ms: now_ms(),
+            });
+        }
+        if !change.left.is_empty() {
+            webhooks.send(WebhookEvent::ChannelVacated {
+                channel: channel.to_owned(),
+                time_ms: now_ms(),
+            });
+        }
+    })
+}
+
+impl SessionHooks for ControlHooks {
+    fn opened(&self, session: &SessionInfo, handle: ControlHandle) -> Box<dyn Any + Send + Sync> {
+        let conn = self.conn_id(session.id);
+        let user = session.identity.user.clone();
+        let since_ms = now_ms();
+        let info = ConnectionInfo {
+            conn: conn.clone(),
+            user: user.clone(),
+            gateway: self.gateway.clone(),
+            since_ms,
+        };
+        let info_json = if session.identity.attributes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::to_value(&session.identity.attributes).unwrap_or_default()
+        };
+        self.shared.sessions.lock().insert(
+            session.id,
+            SessionState {
+                conn: conn.clone(),
+                entry: PresenceEntry {
+                    conn: conn.clone(),
+                    user: user.clone(),
+                    gateway: self.gateway.clone(),
+                    info: info_json,
+                    since_ms,
+                },
+                presence: Vec::new(),
+                occupying: Vec::new(),
+            },
+        );
+        let registration = self.registry.register(
+            &conn,
+            user.as_deref(),
+            Arc::new(SessionConnection { handle, info }),
+        );
+        let presence = match (&self.connections, &user) {
+            (Some(tracker), Some(u)) => {
+                let key = PresenceKey::user(u);
+                let entry = PresenceEntry {
+                    conn: conn.clone(),
+                    user: Some(u.clone()),
+                    gateway: self.gateway.clone(),
+                    info: serde_json::Value::Null,
+                    since_ms,
+                };
+                tracker.join_now(key.clone(), entry);
+                Some((tracker.clone(), key, conn.clone()))
+            }
+            _ => None,
+        };
+        if let Some(hooks) = &self.webhooks {
+            hooks.send(WebhookEvent::Connect {
+                conn,
+                user,
+                gateway: self.gateway.clone(),
+                time_ms: since_ms,
+            });
+        }
+        Box::new(Guard {
+            _registration: registration,
+            id: session.id,
+            presence,
+            channels: self.channels.as_ref().map(|(t, _)| t.clone()),
+            occupancy: self.occupancy.clone().map(|t| (t, self.gateway.clone())),
+            shared: self.shared.clone(),
+        })
+    }
+
+    fn subscribed(&self, session: &SessionInfo, channel: &ChannelName) {
+        let mut sessions = self.shared.sessions.lock();
+        let Some(state) = sessions.get_mut(&session.id) else {
+            return;
+        };
+        if let Some((tracker, lookup)) = &self.channels {
+            if lookup(channel).is_some() && !state.presence.contains(channel) {
+                state.presence.push(channel.clone());
+                tracker.join_now(PresenceKey::channel(channel), state.entry.clone());
+            }
+        }
+        if let Some(tracker) = &self.occupancy {
+            if !state.occupying.contains(channel) {
+                state.occupying.push(channel.clone());
+                let first = {
+                    let mut local = self.shared.local.lock();
+                    let n = local.entry(channel.clone()).or_insert(0);
+                    *n += 1;
+                    *n == 1
+                };
+                if first {
+                    tracker.join_now(
+                        PresenceKey::occupancy(channel),
+                        occupancy_entry(&self.gateway),
+                    );
+                }
+            }
+        }
+    }
+
+    fn unsubscribed(&self, session: &SessionInfo, channel: &ChannelName) {
+        let mut sessions = self.shared.sessions.lock();
+        let Some(state) = sessions.get_mut(&session.id) else {
+            return;
+        };
+        if let Some((tracker, _)) = &self.channels {
+            if let Some(i) = state.presence.iter().position(|c| c == channel) {
+                state.presence.swap_remove(i);
+                tracker.leave_now(PresenceKey::channel(channel), state.conn.clone());
+            }
+        }
+        if let Some(tracker) = &self.occupancy {
+            if let Some(i) = state.occupying.iter().position(|c| c == channel) {
+                state.occupying.swap_remove(i);
+                vacate(&self.shared, tracker, &self.gateway, channel);
+            }
+        }
+    }
+
+    fn closed(&self, session: &SessionInfo, code: u16, reason: &str) {
+        if let Some(hooks) = &self.webhooks {
+            hooks.send(WebhookEvent::Disconnect {
+                conn: self.conn_id(session.id),
+                user: session.identity.user.clone(),
+                gateway: self.gateway.clone(),
+                code,
+                reason: reason.to_owned(),
+                time_ms: now_ms(),
+            });
+        }
+    }
+}

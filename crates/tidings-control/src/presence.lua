@@ -1,0 +1,83 @@
+-- Tidings presence: one presence set (a channel's, or a user's connections)
+-- in three keys sharing one hash tag, changed atomically by this script.
+--
+--   KEYS[1] <prefix>{<set>}:c  hash   connection id -> "<user>\n<entry JSON>"
+--   KEYS[2] <prefix>{<set>}:e  zset   connection id -> expiry (ms, server clock)
+--   KEYS[3] <prefix>{<set>}:u  hash   user id -> number of live connections
+--
+-- ARGV[1] is the operation, ARGV[2] the entries' time to live in ms:
+--   add     ARGV[3..]: connection id, value pairs. Adds or refreshes them.
+--           Returns {joined connection ids, left users}.
+--   remove  ARGV[3..]: connection ids. Returns {{}, left users}.
+--   list    Returns {{}, left users, connection id, value, ...}.
+--   stats   Returns {{}, left users, connections, users}.
+--
+-- Every operation first drops up to 1,000 expired entries (a gateway that
+-- died without saying goodbye stops refreshing its entries); the users that
+-- left through that are reported like any other. The anonymous user is "":
+-- its connections count, it is never a user. Time is the server's (TIME),
+-- so gateways' clocks do not matter.
+
+local conns, exp, users = KEYS[1], KEYS[2], KEYS[3]
+local op = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local joined, left = {}, {}
+
+local function user_of(value)
+  local nl = string.find(value, '\n', 1, true)
+  if nl then return string.sub(value, 1, nl - 1) end
+  return ''
+end
+
+local function drop(conn)
+  local value = redis.call('HGET', conns, conn)
+  redis.call('ZREM', exp, conn)
+  if not value then return end
+  redis.call('HDEL', conns, conn)
+  local user = user_of(value)
+  if user ~= '' then
+    if redis.call('HINCRBY', users, user, -1) <= 0 then
+      redis.call('HDEL', users, user)
+      left[#left + 1] = user
+    end
+  end
+end
+
+for _, conn in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', now, 'LIMIT', 0, 1000)) do
+  drop(conn)
+end
+
+if op == 'add' then
+  for i = 3, #ARGV, 2 do
+    local conn, value = ARGV[i], ARGV[i + 1]
+    if redis.call('HSET', conns, conn, value) == 1 then
+      local user = user_of(value)
+      if user ~= '' and redis.call('HINCRBY', users, user, 1) == 1 then
+        joined[#joined + 1] = conn
+      end
+    end
+    redis.call('ZADD', exp, now + ttl, conn)
+  end
+  -- The keys live as long as their longest-lived entry.
+  local last = redis.call('ZRANGE', exp, -1, -1, 'WITHSCORES')
+  if last[2] then
+    local at = tonumber(last[2])
+    redis.call('PEXPIREAT', conns, at)
+    redis.call('PEXPIREAT', exp, at)
+    if redis.call('EXISTS', users) == 1 then redis.call('PEXPIREAT', users, at) end
+  end
+  return {joined, left}
+elseif op == 'remove' then
+  for i = 3, #ARGV do drop(ARGV[i]) end
+  return {joined, left}
+elseif op == 'list' then
+  local reply = {joined, left}
+  local all = redis.call('HGETALL', conns)
+  for i = 1, #all do reply[#reply + 1] = all[i] end
+  return reply
+elseif op == 'stats' then
+  return {joined, left, redis.call('ZCOUNT', exp, now + 1, '+inf'), redis.call('HLEN', users)}
+end
+return redis.error_reply('ERR tidings presence: unknown operation')

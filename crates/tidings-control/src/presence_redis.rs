@@ -1,0 +1,251 @@
+//! The Redis presence store: three keys per set, one Lua script per call.
+
+use std::{fmt, time::Duration};
+
+use fred::{
+    clients::Pool,
+    error::{Error as FredError, ErrorKind},
+    interfaces::ClientLike,
+    types::{ClusterHash, CustomCommand, Value},
+};
+use parking_lot::Mutex;
+
+use crate::presence::{
+    Presence, PresenceChange, PresenceEntry, PresenceError, PresenceKey, PresenceStats,
+};
+use crate::BoxFuture;
+
+/// The key prefix unless told otherwise.
+pub const DEFAULT_PRESENCE_PREFIX: &str = "tidings:presence:";
+
+/// The Lua script every call runs (`EVALSHA`, falling back to `EVAL`).
+pub const PRESENCE_SCRIPT: &str = include_str!("presence.lua");
+
+/// Presence sets in Redis (any version with Lua `TIME`: 5.0 or later;
+/// Cluster works: a set's three keys share one hash tag).
+///
+/// A set `<key>` is `<prefix>{<key>}:c` (hash: connection -> entry),
+/// `<prefix>{<key>}:e` (sorted set: connection -> expiry, server clock) and
+/// `<prefix>{<key>}:u` (hash: user -> live connections). Counting is
+/// `ZCOUNT` and `HLEN`: flat, whatever the set's size.
+pub struct RedisPresence {
+    pool: Pool,
+    prefix: String,
+    sha: Mutex<Option<String>>,
+}
+
+impl fmt::Debug for RedisPresence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPresence")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisPresence {
+    /// Sets under [`DEFAULT_PRESENCE_PREFIX`], through `pool`.
+    pub fn new(pool: Pool) -> Self {
+        Self::with_prefix(pool, DEFAULT_PRESENCE_PREFIX)
+    }
+
+    /// Sets under `prefix` (every gateway on one Redis must use the same).
+    pub fn with_prefix(pool: Pool, prefix: &str) -> Self {
+        Self {
+            pool,
+            prefix: prefix.to_owned(),
+            sha: Mutex::new(None),
+        }
+    }
+
+    /// The three keys of `key`'s set.
+    pub fn keys(&self, key: &PresenceKey) -> [String; 3] {
+        let base = format!("{}{{{}}}", self.prefix, key.as_str());
+        [
+            format!("{base}:c"),
+            format!("{base}:e"),
+            format!("{base}:u"),
+        ]
+    }
+
+    async fn sha(&self) -> Result<String, PresenceError> {
+        if let Some(sha) = self.sha.lock().clone() {
+            return Ok(sha);
+        }
+        let cmd = CustomCommand::new_static("SCRIPT", ClusterHash::Random, false);
+        let args = vec![
+            Value::from_static_str("LOAD"),
+            Value::from_static_str(PRESENCE_SCRIPT),
+        ];
+        let reply: Value = self.pool.custom(cmd, args).await.map_err(map_error)?;
+        let sha = reply
+            .as_string()
+            .ok_or_else(|| PresenceError::Protocol(format!("SCRIPT LOAD: {reply:?}")))?;
+        *self.sha.lock() = Some(sha.clone());
+        Ok(sha)
+    }
+
+    async fn run(
+        &self,
+        key: &PresenceKey,
+        op: &'static str,
+        ttl: Duration,
+        rest: Vec<Value>,
+    ) -> Result<Vec<Value>, PresenceError> {
+        let sha = self.sha().await?;
+        let keys = self.keys(key);
+        let call = |head: Value, verb: &'static str| {
+            let mut args = Vec::with_capacity(rest.len() + 7);
+            args.push(head);
+            args.push(Value::Integer(3));
+            args.extend(keys.iter().map(|k| Value::String(k.as_str().into())));
+            args.push(Value::from_static_str(op));
+            args.push(Value::Integer(ttl.as_millis().max(1) as i64));
+            args.extend(rest.iter().cloned());
+            let cmd = CustomCommand::new_static(verb, ClusterHash::Offset(2), false);
+            self.pool.custom::<Value, Value>(cmd, args)
+        };
+        let reply = match call(Value::String(sha.as_str().into()), "EVALSHA").await {
+            Err(e) if e.details().contains("NOSCRIPT") => {
+                call(Value::from_static_str(PRESENCE_SCRIPT), "EVAL").await
+            }
+            other => other,
+        }
+        .map_err(map_error)?;
+        match reply {
+            Value::Array(v) if v.len() >= 2 => Ok(v),
+            other => Err(PresenceError::Protocol(format!("{op}: {other:?}"))),
+        }
+    }
+}
+
+fn map_error(e: FredError) -> PresenceError {
+    match e.kind() {
+        ErrorKind::Timeout => PresenceError::Timeout,
+        ErrorKind::Parse | ErrorKind::Protocol => PresenceError::Protocol(e.details().to_owned()),
+        _ => PresenceError::Unavailable(e.details().to_owned()),
+    }
+}
+
+fn strings(v: Value) -> Result<Vec<String>, PresenceError> {
+    match v {
+        Value::Array(items) => items
+            .into_iter()
+            .map(|i| {
+                i.into_string()
+                    .ok_or_else(|| PresenceError::Protocol("a non-string id".into()))
+            })
+            .collect(),
+        Value::Null => Ok(Vec::new()),
+        other => Err(PresenceError::Protocol(format!("ids: {other:?}"))),
+    }
+}
+
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::String(s) => Some(s.as_bytes()),
+        Value::Bytes(b) => Some(b),
+        _ => None,
+    }
+}
+
+/// The `{joined, left}` head of a reply; `joined` connection ids are
+/// mapped back to their entries from `added`.
+fn change_of(
+    reply: &mut Vec<Value>,
+    added: &[PresenceEntry],
+) -> Result<PresenceChange, PresenceError> {
+    let mut rest = reply.split_off(2);
+    std::mem::swap(reply, &mut rest);
+    let left = strings(rest.pop().expect("two"))?;
+    let joined_ids = strings(rest.pop().expect("one"))?;
+    let joined = joined_ids
+        .iter()
+        .filter_map(|id| added.iter().find(|e| &e.conn == id).cloned())
+        .collect();
+    Ok(PresenceChange { joined, left })
+}
+
+impl Presence for RedisPresence {
+    fn add<'a>(
+        &'a self,
+        key: &'a PresenceKey,
+        entries: &'a [PresenceEntry],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<PresenceChange, PresenceError>> {
+        Box::pin(async move {
+            let mut args = Vec::with_capacity(entries.len() * 2);
+            for e in entries {
+                e.validate()?;
+                args.push(Value::String(e.conn.as_str().into()));
+                args.push(Value::String(e.encode().into()));
+            }
+            let mut reply = self.run(key, "add", ttl, args).await?;
+            change_of(&mut reply, entries)
+        })
+    }
+
+    fn remove<'a>(
+        &'a self,
+        key: &'a PresenceKey,
+        conns: &'a [String],
+    ) -> BoxFuture<'a, Result<PresenceChange, PresenceError>> {
+        Box::pin(async move {
+            let args = conns
+                .iter()
+                .map(|c| Value::String(c.as_str().into()))
+                .collect();
+            let mut reply = self
+                .run(key, "remove", Duration::from_millis(1), args)
+                .await?;
+            change_of(&mut reply, &[])
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        key: &'a PresenceKey,
+    ) -> BoxFuture<'a, Result<(Vec<PresenceEntry>, PresenceChange), PresenceError>> {
+        Box::pin(async move {
+            let mut reply = self
+                .run(key, "list", Duration::from_millis(1), Vec::new())
+                .await?;
+            let change = change_of(&mut reply, &[])?;
+            let mut entries = Vec::with_capacity(reply.len() / 2);
+            for pair in reply.chunks(2) {
+                let value = pair
+                    .get(1)
+                    .and_then(bytes)
+                    .ok_or_else(|| PresenceError::Protocol("list: odd reply".into()))?;
+                entries.push(PresenceEntry::decode(value)?);
+            }
+            Ok((entries, change))
+        })
+    }
+
+    fn stats<'a>(
+        &'a self,
+        key: &'a PresenceKey,
+    ) -> BoxFuture<'a, Result<(PresenceStats, PresenceChange), PresenceError>> {
+        Box::pin(async move {
+            let mut reply = self
+                .run(key, "stats", Duration::from_millis(1), Vec::new())
+                .await?;
+            let change = change_of(&mut reply, &[])?;
+            let n = |v: Option<&Value>| match v {
+                Some(Value::Integer(n)) if *n >= 0 => Ok(*n as u64),
+                other => Err(PresenceError::Protocol(format!("stats: {other:?}"))),
+            };
+            Ok((
+                PresenceStats {
+                    connections: n(reply.first())?,
+                    users: n(reply.get(1))?,
+                },
+                change,
+            ))
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}

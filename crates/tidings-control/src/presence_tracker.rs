@@ -1,0 +1,247 @@
+//! A gateway's side of presence: its own entries, refreshed on a timer.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Weak},
+};
+
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+
+use crate::presence::{
+    Presence, PresenceChange, PresenceConfig, PresenceEntry, PresenceError, PresenceKey,
+    PresenceStats,
+};
+
+/// Where a [`PresenceTracker`] reports joins and leaves (the gateway
+/// publishes them to the channel's subscribers, and sends webhooks).
+pub trait PresenceSink: Send + Sync + 'static {
+    /// `key`'s set changed. Called from the tracker's calls and its refresh
+    /// task; must not block.
+    fn changed(&self, key: &PresenceKey, change: PresenceChange);
+}
+
+impl<F: Fn(&PresenceKey, PresenceChange) + Send + Sync + 'static> PresenceSink for F {
+    fn changed(&self, key: &PresenceKey, change: PresenceChange) {
+        self(key, change)
+    }
+}
+
+/// Batch size of a refresh (entries per script call).
+const REFRESH_BATCH: usize = 500;
+
+/// This gateway's presence entries: added on join, removed on leave, and
+/// refreshed every [`PresenceConfig::refresh`] by [`PresenceTracker::spawn_refresher`].
+pub struct PresenceTracker {
+    store: Arc<dyn Presence>,
+    config: PresenceConfig,
+    sink: Arc<dyn PresenceSink>,
+    local: Mutex<HashMap<PresenceKey, HashMap<String, PresenceEntry>>>,
+}
+
+impl std::fmt::Debug for PresenceTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresenceTracker")
+            .field("store", &self.store.name())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PresenceTracker {
+    /// A tracker over `store`, reporting changes to `sink`.
+    pub fn new(
+        store: Arc<dyn Presence>,
+        config: PresenceConfig,
+        sink: Arc<dyn PresenceSink>,
+    ) -> Result<Arc<Self>, PresenceError> {
+        config.validate()?;
+        Ok(Arc::new(Self {
+            store,
+            config,
+            sink,
+            local: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Presence> {
+        &self.store
+    }
+
+    /// The timings.
+    pub fn config(&self) -> PresenceConfig {
+        self.config
+    }
+
+    fn report(&self, key: &PresenceKey, change: PresenceChange) {
+        if !change.is_empty() {
+            self.sink.changed(key, change);
+        }
+    }
+
+    /// Adds this gateway's `entry` to `key`'s set.
+    pub async fn join(&self, key: &PresenceKey, entry: PresenceEntry) -> Result<(), PresenceError> {
+        entry.validate()?;
+        self.local
+            .lock()
+            .entry(key.clone())
+            .or_default()
+            .insert(entry.conn.clone(), entry.clone());
+        let change = self
+            .store
+            .add(key, std::slice::from_ref(&entry), self.config.ttl)
+            .await?;
+        self.report(key, change);
+        Ok(())
+    }
+
+    /// Removes the connection `conn` from `key`'s set.
+    pub async fn leave(&self, key: &PresenceKey, conn: &str) -> Result<(), PresenceError> {
+        {
+            let mut local = self.local.lock();
+            if let Some(set) = local.get_mut(key) {
+                set.remove(conn);
+                if set.is_empty() {
+                    local.remove(key);
+                }
+            }
+        }
+        let change = self.store.remove(key, &[conn.to_owned()]).await?;
+        self.report(key, change);
+        Ok(())
+    }
+
+    /// [`PresenceTracker::join`] from a path that must not wait: the entry
+    /// is this gateway's at once (a later [`PresenceTracker::leave_now`]
+    /// undoes it whatever the order the store sees them in), the store is
+    /// told in a task.
+    pub fn join_now(self: &Arc<Self>, key: PresenceKey, entry: PresenceEntry) {
+        if entry.validate().is_err() {
+            return;
+        }
+        self.local
+            .lock()
+            .entry(key.clone())
+            .or_default()
+            .insert(entry.conn.clone(), entry.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            match this
+                .store
+                .add(&key, std::slice::from_ref(&entry), this.config.ttl)
+                .await
+            {
+                Ok(change) => this.report(&key, change),
+                Err(e) => {
+                    tracing::debug!(target: "tidings::presence", set = %key, error = %e, "presence join failed; the next refresh retries")
+                }
+            }
+        });
+    }
+
+    /// [`PresenceTracker::leave`] from a path that must not wait.
+    pub fn leave_now(self: &Arc<Self>, key: PresenceKey, conn: String) {
+        {
+            let mut local = self.local.lock();
+            if let Some(set) = local.get_mut(&key) {
+                set.remove(&conn);
+                if set.is_empty() {
+                    local.remove(&key);
+                }
+            }
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Ok(change) = this.store.remove(&key, &[conn]).await {
+                this.report(&key, change);
+            }
+        });
+    }
+
+    /// Every entry of `key`'s set, all gateways.
+    pub async fn list(&self, key: &PresenceKey) -> Result<Vec<PresenceEntry>, PresenceError> {
+        let (entries, change) = self.store.list(key).await?;
+        self.report(key, change);
+        Ok(entries)
+    }
+
+    /// The counts of `key`'s set, all gateways, at a flat cost.
+    pub async fn stats(&self, key: &PresenceKey) -> Result<PresenceStats, PresenceError> {
+        let (stats, change) = self.store.stats(key).await?;
+        self.report(key, change);
+        Ok(stats)
+    }
+
+    /// The sets this gateway has entries in, with how many.
+    pub fn local_sets(&self) -> Vec<(PresenceKey, usize)> {
+        self.local
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect()
+    }
+
+    /// Refreshes every entry of this gateway (one script call per set and
+    /// batch of 500). Returns how many calls failed.
+    pub async fn refresh_all(&self) -> usize {
+        let batches: Vec<(PresenceKey, Vec<PresenceEntry>)> = {
+            let local = self.local.lock();
+            local
+                .iter()
+                .flat_map(|(k, set)| {
+                    let all: Vec<PresenceEntry> = set.values().cloned().collect();
+                    all.chunks(REFRESH_BATCH)
+                        .map(|c| (k.clone(), c.to_vec()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let mut failed = 0;
+        for (key, entries) in batches {
+            match self.store.add(&key, &entries, self.config.ttl).await {
+                Ok(change) => self.report(&key, change),
+                Err(e) => {
+                    failed += 1;
+                    tracing::debug!(target: "tidings::presence", set = %key, error = %e, "presence refresh failed");
+                }
+            }
+        }
+        failed
+    }
+
+    /// Removes every entry of this gateway (at a graceful shutdown, so that
+    /// its users leave at once instead of after the time to live).
+    pub async fn leave_all(&self) {
+        let all: Vec<(PresenceKey, Vec<String>)> = self
+            .local
+            .lock()
+            .drain()
+            .map(|(k, set)| (k, set.into_keys().collect()))
+            .collect();
+        for (key, conns) in all {
+            if let Ok(change) = self.store.remove(&key, &conns).await {
+                self.report(&key, change);
+            }
+        }
+    }
+
+    /// Starts the refresh task: every [`PresenceConfig::refresh`] until the
+    /// tracker is dropped.
+    pub fn spawn_refresher(self: &Arc<Self>) -> JoinHandle<()> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let every = self.config.refresh;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(tracker) = weak.upgrade() else {
+                    return;
+                };
+                tracker.refresh_all().await;
+            }
+        })
+    }
+}

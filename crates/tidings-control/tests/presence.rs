@@ -1,0 +1,390 @@
+//! One presence suite, run against a real `redis-server` and the in-memory
+//! twin: whatever a test here checks, both stores answer the same.
+
+use std::{sync::Arc, time::Duration};
+
+use fred::{
+    clients::Pool,
+    interfaces::ClientLike,
+    types::{
+        config::{Config, ReconnectPolicy},
+        Builder,
+    },
+};
+use parking_lot::Mutex;
+use serde_json::json;
+use tidings_control::{
+    MemoryPresence, Presence, PresenceChange, PresenceConfig, PresenceEntry, PresenceError,
+    PresenceEvent, PresenceKey, PresenceStats, PresenceTracker, RedisPresence,
+};
+use tidings_core::ChannelName;
+use tidings_e2e::redis::{RedisServer, Reply};
+
+async fn pool(server: &RedisServer) -> Pool {
+    let config = Config::from_url(&server.url()).expect("url");
+    let pool = Builder::from_config(config)
+        .set_policy(ReconnectPolicy::new_constant(0, 50))
+        .with_connection_config(|c| {
+            c.max_command_attempts = 1;
+            c.connection_timeout = Duration::from_secs(2);
+        })
+        .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(1))
+        .build_pool(2)
+        .expect("pool");
+    pool.init().await.expect("connect");
+    pool
+}
+
+/// The two stores; the Redis one keeps its server alive.
+async fn stores() -> Vec<(Arc<dyn Presence>, Option<RedisServer>)> {
+    let server = RedisServer::start().await;
+    let redis = RedisPresence::new(pool(&server).await);
+    vec![
+        (Arc::new(MemoryPresence::new()), None),
+        (Arc::new(redis), Some(server)),
+    ]
+}
+
+fn room(n: u32) -> PresenceKey {
+    PresenceKey::channel(&ChannelName::new(&format!("/app/room/{n}")).unwrap())
+}
+
+fn entry(conn: &str, user: Option<&str>, gateway: &str) -> PresenceEntry {
+    PresenceEntry {
+        conn: conn.into(),
+        user: user.map(str::to_owned),
+        gateway: gateway.into(),
+        info: json!({ "name": user.unwrap_or("?") }),
+        since_ms: 1,
+    }
+}
+
+const TTL: Duration = Duration::from_secs(30);
+
+fn users(change: &PresenceChange) -> (Vec<String>, Vec<String>) {
+    let mut joined: Vec<String> = change
+        .joined
+        .iter()
+        .map(|e| e.user.clone().unwrap())
+        .collect();
+    let mut left = change.left.clone();
+    joined.sort();
+    left.sort();
+    (joined, left)
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_user_joins_with_the_first_connection_and_leaves_with_the_last() {
+    for (p, _server) in stores().await {
+        let k = room(1);
+        let c = p
+            .add(&k, &[entry("g1-1", Some("anna"), "g1")], TTL)
+            .await
+            .unwrap();
+        assert_eq!(users(&c), (s(&["anna"]), s(&[])), "{}", p.name());
+        assert_eq!(c.joined[0].info, json!({"name": "anna"}));
+        // A second tab of anna, and bob, in one call.
+        let c = p
+            .add(
+                &k,
+                &[
+                    entry("g2-1", Some("anna"), "g2"),
+                    entry("g2-2", Some("bob"), "g2"),
+                ],
+                TTL,
+            )
+            .await
+            .unwrap();
+        assert_eq!(users(&c), (s(&["bob"]), s(&[])), "{}", p.name());
+        let (stats, _) = p.stats(&k).await.unwrap();
+        assert_eq!(
+            stats,
+            PresenceStats {
+                connections: 3,
+                users: 2
+            }
+        );
+        let (mut list, _) = p.list(&k).await.unwrap();
+        list.sort_by(|a, b| a.conn.cmp(&b.conn));
+        assert_eq!(
+            list.iter().map(|e| e.conn.as_str()).collect::<Vec<_>>(),
+            ["g1-1", "g2-1", "g2-2"]
+        );
+        assert_eq!(list[2], entry("g2-2", Some("bob"), "g2"));
+
+        let c = p.remove(&k, &["g1-1".into()]).await.unwrap();
+        assert!(c.is_empty(), "{}: anna still has a tab", p.name());
+        let c = p
+            .remove(&k, &["g2-1".into(), "unknown".into()])
+            .await
+            .unwrap();
+        assert_eq!(users(&c), (s(&[]), s(&["anna"])));
+        // Removing again changes nothing.
+        assert!(p.remove(&k, &["g2-1".into()]).await.unwrap().is_empty());
+        let (stats, _) = p.stats(&k).await.unwrap();
+        assert_eq!((stats.connections, stats.users), (1, 1));
+        // Other sets are apart.
+        let (stats, _) = p.stats(&room(2)).await.unwrap();
+        assert_eq!(stats, PresenceStats::default());
+    }
+}
+
+#[tokio::test]
+async fn anonymous_connections_count_but_never_join() {
+    for (p, _server) in stores().await {
+        let k = room(1);
+        let c = p
+            .add(&k, &[entry("a-1", None, "g"), entry("a-2", None, "g")], TTL)
+            .await
+            .unwrap();
+        assert!(c.is_empty(), "{}", p.name());
+        let (stats, _) = p.stats(&k).await.unwrap();
+        assert_eq!((stats.connections, stats.users), (2, 0));
+        assert!(p.remove(&k, &["a-1".into()]).await.unwrap().is_empty());
+        let (list, _) = p.list(&k).await.unwrap();
+        assert_eq!(list, vec![entry("a-2", None, "g")]);
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_does_not_join_again_and_replaces_the_info() {
+    for (p, _server) in stores().await {
+        let k = room(3);
+        p.add(&k, &[entry("c", Some("u"), "g")], TTL).await.unwrap();
+        let mut e = entry("c", Some("u"), "g");
+        e.info = json!({"name": "renamed"});
+        let c = p.add(&k, &[e.clone()], TTL).await.unwrap();
+        assert!(c.is_empty(), "{}", p.name());
+        assert_eq!(p.list(&k).await.unwrap().0, vec![e]);
+    }
+}
+
+#[tokio::test]
+async fn entries_of_a_gateway_that_stops_refreshing_expire_and_their_users_leave_once() {
+    let ttl = Duration::from_millis(400);
+    for (p, _server) in stores().await {
+        let k = room(4);
+        // g1 lives on; g2 adds two users and dies (never refreshes).
+        p.add(&k, &[entry("g1-1", Some("anna"), "g1")], ttl)
+            .await
+            .unwrap();
+        p.add(
+            &k,
+            &[
+                entry("g2-1", Some("bob"), "g2"),
+                entry("g2-2", Some("anna"), "g2"),
+                entry("g2-3", None, "g2"),
+            ],
+            ttl,
+        )
+        .await
+        .unwrap();
+        let mut left = Vec::new();
+        for _ in 0..6 {
+            tokio::time::sleep(ttl / 4).await;
+            let c = p
+                .add(&k, &[entry("g1-1", Some("anna"), "g1")], ttl)
+                .await
+                .unwrap();
+            assert!(c.joined.is_empty(), "{}", p.name());
+            left.extend(c.left);
+        }
+        assert_eq!(left, s(&["bob"]), "{}: bob left once, anna stays", p.name());
+        let (stats, c) = p.stats(&k).await.unwrap();
+        assert!(c.is_empty());
+        assert_eq!((stats.connections, stats.users), (1, 1), "{}", p.name());
+        let (list, _) = p.list(&k).await.unwrap();
+        assert_eq!(list, vec![entry("g1-1", Some("anna"), "g1")]);
+    }
+}
+
+#[tokio::test]
+async fn expired_entries_are_reported_by_whichever_call_comes_first() {
+    let ttl = Duration::from_millis(200);
+    for (p, _server) in stores().await {
+        let (k1, k2) = (room(5), room(6));
+        // Keep the set alive with a long-lived entry, so that only the
+        // short ones expire.
+        p.add(&k1, &[entry("long", Some("z"), "g")], TTL)
+            .await
+            .unwrap();
+        p.add(&k1, &[entry("short", Some("y"), "g")], ttl)
+            .await
+            .unwrap();
+        p.add(&k2, &[entry("long", Some("z"), "g")], TTL)
+            .await
+            .unwrap();
+        p.add(&k2, &[entry("short", Some("y"), "g")], ttl)
+            .await
+            .unwrap();
+        tokio::time::sleep(ttl * 2).await;
+        let (list, c) = p.list(&k1).await.unwrap();
+        assert_eq!((list.len(), c.left.clone()), (1, s(&["y"])), "{}", p.name());
+        let (stats, c) = p.stats(&k2).await.unwrap();
+        assert_eq!((stats.connections, c.left), (1, s(&["y"])), "{}", p.name());
+        let c = p.remove(&k1, &["long".into()]).await.unwrap();
+        assert_eq!(c.left, s(&["z"]));
+    }
+}
+
+#[tokio::test]
+async fn a_set_nobody_refreshes_is_forgotten_silently() {
+    let ttl = Duration::from_millis(200);
+    for (p, server) in stores().await {
+        let k = room(7);
+        p.add(&k, &[entry("c", Some("u"), "g")], ttl).await.unwrap();
+        if let Some(server) = &server {
+            let mut r = server.client().await;
+            let keys = match r.cmd(&["KEYS", "*"]).await {
+                Reply::Array(v) => v.len(),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(keys, 3, "a set is three keys");
+        }
+        tokio::time::sleep(ttl * 2).await;
+        let (stats, c) = p.stats(&k).await.unwrap();
+        assert_eq!(stats, PresenceStats::default(), "{}", p.name());
+        assert!(c.is_empty(), "{}", p.name());
+        if let Some(server) = &server {
+            let mut r = server.client().await;
+            assert_eq!(
+                r.cmd(&["DBSIZE"]).await.as_int(),
+                Some(0),
+                "Redis expired the keys"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_ids_are_refused_before_anything_is_stored() {
+    for (p, _server) in stores().await {
+        let k = room(8);
+        let bad = [
+            entry("", Some("u"), "g"),
+            entry("c", Some(""), "g"),
+            entry("c", Some("a\nb"), "g"),
+            entry(&"x".repeat(129), Some("u"), "g"),
+        ];
+        for e in bad {
+            let err = p
+                .add(&k, &[entry("ok", Some("v"), "g"), e], TTL)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, PresenceError::Invalid(_)), "{err:?}");
+        }
+        let (stats, _) = p.stats(&k).await.unwrap();
+        assert_eq!(stats, PresenceStats::default(), "{}", p.name());
+    }
+}
+
+#[tokio::test]
+async fn a_tracker_keeps_its_entries_alive_and_reports_joins_and_leaves() {
+    let config = PresenceConfig {
+        ttl: Duration::from_millis(400),
+        refresh: Duration::from_millis(100),
+    };
+    for (p, _server) in stores().await {
+        type Seen = Arc<Mutex<Vec<(PresenceKey, PresenceEvent)>>>;
+        let seen: Seen = Arc::default();
+        let sink = {
+            let seen = seen.clone();
+            move |k: &PresenceKey, c: PresenceChange| {
+                seen.lock()
+                    .extend(PresenceEvent::of(&c).into_iter().map(|e| (k.clone(), e)))
+            }
+        };
+        let live = PresenceTracker::new(p.clone(), config, Arc::new(sink.clone())).unwrap();
+        let dying = PresenceTracker::new(p.clone(), config, Arc::new(sink)).unwrap();
+        let refresher = live.spawn_refresher();
+        let dying_refresher = dying.spawn_refresher();
+        let k = room(9);
+        live.join(&k, entry("l-1", Some("anna"), "live"))
+            .await
+            .unwrap();
+        dying
+            .join(&k, entry("d-1", Some("bob"), "dying"))
+            .await
+            .unwrap();
+        // Three TTLs later both are still there: refreshed.
+        tokio::time::sleep(config.ttl * 3).await;
+        let stats = live.stats(&k).await.unwrap();
+        assert_eq!((stats.connections, stats.users), (2, 2), "{}", p.name());
+        // The dying gateway stops refreshing (SIGKILL: no goodbye).
+        dying_refresher.abort();
+        drop(dying);
+        tokio::time::sleep(config.ttl + config.refresh * 3).await;
+        let stats = live.stats(&k).await.unwrap();
+        assert_eq!((stats.connections, stats.users), (1, 1), "{}", p.name());
+        live.leave(&k, "l-1").await.unwrap();
+        let events: Vec<String> = seen
+            .lock()
+            .iter()
+            .map(|(_, e)| match e {
+                PresenceEvent::Join(e) => format!("join {}", e.user.as_deref().unwrap()),
+                PresenceEvent::Leave { user } => format!("leave {user}"),
+            })
+            .collect();
+        assert_eq!(
+            events,
+            ["join anna", "join bob", "leave bob", "leave anna"],
+            "{}",
+            p.name()
+        );
+        assert!(live.local_sets().is_empty());
+        refresher.abort();
+    }
+}
+
+#[tokio::test]
+async fn redis_presence_survives_a_script_flush_and_reports_an_outage() {
+    let mut server = RedisServer::start().await;
+    let p = RedisPresence::new(pool(&server).await);
+    let k = room(10);
+    p.add(&k, &[entry("c", Some("u"), "g")], TTL).await.unwrap();
+    let [c, e, u] = p.keys(&k);
+    assert_eq!(
+        (c.as_str(), e.as_str(), u.as_str()),
+        (
+            "tidings:presence:{ch:/app/room/10}:c",
+            "tidings:presence:{ch:/app/room/10}:e",
+            "tidings:presence:{ch:/app/room/10}:u"
+        )
+    );
+    let mut r = server.client().await;
+    assert_eq!(r.cmd(&["SCRIPT", "FLUSH"]).await.as_str(), Some("OK"));
+    // EVALSHA answers NOSCRIPT; the store falls back to EVAL.
+    let (stats, _) = p.stats(&k).await.unwrap();
+    assert_eq!(stats.connections, 1);
+    server.kill().await;
+    let err = p.stats(&k).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+}
+
+#[tokio::test]
+async fn counting_a_large_set_does_not_list_it() {
+    let server = RedisServer::start().await;
+    let p = RedisPresence::new(pool(&server).await);
+    let k = room(11);
+    let entries: Vec<PresenceEntry> = (0..10_000)
+        .map(|i| entry(&format!("g-{i}"), Some(&format!("u{}", i % 5_000)), "g"))
+        .collect();
+    for chunk in entries.chunks(500) {
+        p.add(&k, chunk, TTL).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..100 {
+        let (stats, _) = p.stats(&k).await.unwrap();
+        assert_eq!((stats.connections, stats.users), (10_000, 5_000));
+    }
+    let per_call = started.elapsed() / 100;
+    // ZCOUNT and HLEN: a listing of 10,000 entries would be megabytes.
+    assert!(
+        per_call < Duration::from_millis(20),
+        "stats took {per_call:?}"
+    );
+}
