@@ -26,7 +26,7 @@ const HISTORY: &str = SHARDED[5];
 
 fn rules() -> String {
     let mut rules = String::from(
-        "[[routing.rules]]\nchannel = \"/app/room/*\"\nsubscribe = true\nanonymous = true\n[[routing.rules]]\nchannel = \"/app/room/x\"\nsubscribe = true\npublish = true\nanonymous = true\n",
+        "[[routing.rules]]\nchannel = \"/app/feed/*\"\njoin = true\nanonymous = true\n[[routing.rules]]\nchannel = \"/app/room/*\"\nsubscribe = true\nanonymous = true\n[[routing.rules]]\nchannel = \"/app/room/x\"\nsubscribe = true\npublish = true\nanonymous = true\n",
     );
     for c in SHARDED {
         rules.push_str(&format!(
@@ -201,6 +201,23 @@ async fn cluster_delivers_classic_and_sharded_messages() {
         assert_eq!(
             a.next_json().await,
             message("/app/room/a", json!({ "classic": i }))
+        );
+    }
+    // A pattern joined on connect (PSUBSCRIBE, classic) hears PUBLISH from
+    // every node too.
+    for (i, port) in cluster.masters().await.into_iter().enumerate() {
+        let mut c = tidings_e2e::redis::Resp::connect(port).await.unwrap();
+        c.publish("/app/feed/7", json!({ "feed": i }).to_string().as_bytes())
+            .await;
+        let f = a.next_json().await;
+        assert_eq!(
+            (&f["channel"], &f["pattern"], &f["data"]),
+            (
+                &json!("/app/feed/7"),
+                &json!("/app/feed/*"),
+                &json!({ "feed": i })
+            ),
+            "{f}"
         );
     }
     // SPUBLISH on each sharded channel reaches it, from its own shard.
