@@ -20,6 +20,7 @@ use tidings_session::{Batch, CloseReason, End, Output, Positions, Session};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::Instrument;
 
+use tidings_admission::Admitted;
 use tidings_session::Context;
 
 use crate::{
@@ -61,18 +62,14 @@ const BATCH_FRAMES: usize = 64;
 /// socket inside its tracing span. Arguments are small (shared pointers)
 /// because an async function keeps its arguments for its whole life: this
 /// future *is* the per-connection memory.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     gw: Arc<Context>,
     config: Arc<TransportConfig>,
-    identity: Arc<Identity>,
-    credentials: Arc<http::HeaderMap>,
     since: Box<Positions>,
-    peer: std::net::SocketAddr,
-    client_ip: std::net::IpAddr,
-    slot: crate::limits::Slot,
+    admitted: Admitted,
 ) {
+    let (peer, client_ip) = (admitted.peer, admitted.client_ip);
     let io = match upgrade.await {
         Ok(ws) => ws.into_inner(),
         Err(e) => {
@@ -85,11 +82,17 @@ pub(crate) async fn run(
     // proxies (the same the per-address limit counts).
     let span =
         tracing::debug_span!("conn", id, %peer, client = %client_ip, user = tracing::field::Empty);
-    if let Some(user) = &identity.user {
+    if let Some(user) = &admitted.identity.user {
         span.record("user", user.as_str());
     }
     // RPC calls forward the client's address (X-Forwarded-For).
-    let client = std::net::SocketAddr::new(client_ip, peer.port());
+    let client = admitted.client();
+    let Admitted {
+        identity,
+        credentials,
+        slot,
+        ..
+    } = admitted;
     serve_socket(io, id, gw, config, identity, credentials, since, client)
         .instrument(span)
         .await;
