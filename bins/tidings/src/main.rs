@@ -12,7 +12,8 @@ use tidings_identity::{
     Chain, CookieProxy, MemoryTokenStore, RedisTokenStore, ResolverKind, TokenResolver, TokenStore,
 };
 use tidings_rpc::HttpRpc;
-use tidings_transport::{serve, Gateway};
+use tidings_sse::Sse;
+use tidings_transport::{serve_with, Gateway, Mounts};
 use tracing_subscriber::EnvFilter;
 
 mod config;
@@ -115,6 +116,7 @@ fn init_tracing(config: &Config) {
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let transport = config.transport()?;
+    let sse = config.sse(&transport)?;
     let router = config.router()?;
     let redis = config.redis()?;
     // The history's own command pool (closed with QUIT at shutdown).
@@ -156,7 +158,15 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         identity.cookie_proxy,
     );
     let handler = move |req, peer| Arc::clone(&endpoints).handle(req, peer);
-    serve(listener, gateway.clone(), handler, shutdown_signal()).await?;
+    // Other wire formats beside the WebSocket: the same admission (limits,
+    // draining, identity) and the same session context.
+    let mut mounts = Mounts::new();
+    if let Some(sse) = sse {
+        let path = sse.path.clone();
+        let sse = Sse::new(gateway.admission().clone(), gateway.context().clone(), sse);
+        mounts = mounts.at(path, Arc::new(sse));
+    }
+    serve_with(listener, gateway.clone(), mounts, handler, shutdown_signal()).await?;
     // Last: the sockets are gone; close the broker's connections cleanly
     // (Redis: QUIT on each) rather than let the exit cut them.
     gateway.bridge().close().await;
@@ -302,6 +312,9 @@ fn banner(config: &Config, addr: std::net::SocketAddr, broker: &str) {
     let base = format!("http://{local}");
     tracing::info!("  demo page:  {base}/");
     tracing::info!("  websocket:  ws://{local}{}", config.websocket.path);
+    if config.sse.enabled {
+        tracing::info!("  events:     {base}{}", config.sse.path);
+    }
     let auth = if config.api_key.is_some() {
         " -H \"Authorization: Bearer $TIDINGS_API_KEY\""
     } else {
