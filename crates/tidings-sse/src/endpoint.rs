@@ -391,12 +391,13 @@ fn query(
                 );
             }
             "channel" => {
+                if channels.iter().any(|c| *c == v) {
+                    continue;
+                }
                 if channels.len() == max_channels {
                     return Err(format!("at most {max_channels} channel parameters"));
                 }
-                if !channels.iter().any(|c| *c == v) {
-                    channels.push(v.into_owned());
-                }
+                channels.push(v.into_owned());
             }
             _ => {}
         }
