@@ -212,7 +212,12 @@ impl Admission {
             return Err(r);
         }
         if let Err(e) = self.check_origin(headers) {
-            return Err(self.refuse(StatusCode::FORBIDDEN, e.as_str(), RejectReason::Origin, peer));
+            return Err(self.refuse(
+                StatusCode::FORBIDDEN,
+                e.as_str(),
+                RejectReason::Origin,
+                peer,
+            ));
         }
         let limits = &self.inner.config.limits;
         let client_ip = limits.client_ip(peer.ip(), headers);
@@ -264,7 +269,12 @@ impl Ticket {
 
     /// A refusal of the adapter's own (a bad handshake, a bad parameter),
     /// counted like the others; the ticket's place is given back.
-    pub fn refuse(self, status: StatusCode, why: impl Into<String>, reason: RejectReason) -> Refusal {
+    pub fn refuse(
+        self,
+        status: StatusCode,
+        why: impl Into<String>,
+        reason: RejectReason,
+    ) -> Refusal {
         self.admission.refuse(status, why, reason, self.peer)
     }
 

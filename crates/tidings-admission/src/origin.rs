@@ -120,7 +120,11 @@ mod tests {
     fn lists_and_wildcards() {
         let list = vec!["https://app.example/".to_owned()];
         assert!(allowed(&list, "https://APP.example", None));
-        assert!(!allowed(&list, "https://other.example", Some("other.example")));
+        assert!(!allowed(
+            &list,
+            "https://other.example",
+            Some("other.example")
+        ));
         assert!(allowed(&["*".to_owned()], "http://x", None));
         let mut h = HeaderMap::new();
         h.append(header::ORIGIN, "https://app.example".parse().unwrap());

@@ -88,10 +88,16 @@ impl SseSettings {
             return Err(ConfigError::new("path", "must start with '/'"));
         }
         if !(1..=3_600_000).contains(&self.retry_ms) {
-            return Err(ConfigError::new("retry_ms", "must be between 1 and 3600000"));
+            return Err(ConfigError::new(
+                "retry_ms",
+                "must be between 1 and 3600000",
+            ));
         }
         if self.max_query_channels > 256 {
-            return Err(ConfigError::new("max_query_channels", "must be at most 256"));
+            return Err(ConfigError::new(
+                "max_query_channels",
+                "must be at most 256",
+            ));
         }
         if !(128..=64 * 1024 * 1024).contains(&self.max_action_bytes) {
             return Err(ConfigError::new(

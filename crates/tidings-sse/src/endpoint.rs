@@ -227,10 +227,7 @@ impl Sse {
         // Proxies must pass events through as they come: nginx buffers
         // responses unless told not to.
         h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        h.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         self.cors(&parts.headers, h);
         res
     }
@@ -319,11 +316,9 @@ impl Sse {
             }
         }
         let max = inner.config.max_action_bytes;
-        let read = tokio::time::timeout(
-            inner.config.body_timeout,
-            Limited::new(body, max).collect(),
-        )
-        .await;
+        let read =
+            tokio::time::timeout(inner.config.body_timeout, Limited::new(body, max).collect())
+                .await;
         let payload = match read {
             Ok(Ok(b)) => b.to_bytes(),
             Ok(Err(_)) => {

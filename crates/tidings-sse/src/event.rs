@@ -165,7 +165,10 @@ mod tests {
     #[test]
     fn line_breaks_become_data_lines() {
         assert_eq!(data(b"{\"a\":1}"), b"data: {\"a\":1}\n\n");
-        assert_eq!(data(b"{\n\"a\":1\r\n}"), b"data: {\ndata: \"a\":1\ndata: }\n\n");
+        assert_eq!(
+            data(b"{\n\"a\":1\r\n}"),
+            b"data: {\ndata: \"a\":1\ndata: }\n\n"
+        );
         assert_eq!(data(b""), b"data: \n\n");
     }
 
@@ -199,6 +202,9 @@ mod tests {
         let a = delivery_event(&d).clone();
         let b = delivery_event(&d);
         assert_eq!(a.as_ptr(), b.as_ptr());
-        assert_eq!(&a[..], b"data: {\"type\":\"message\",\"channel\":\"/a\",\"data\":{\ndata: }}\n\n");
+        assert_eq!(
+            &a[..],
+            b"data: {\"type\":\"message\",\"channel\":\"/a\",\"data\":{\ndata: }}\n\n"
+        );
     }
 }

@@ -108,7 +108,8 @@ pub(crate) async fn run(
     };
     // First the reconnection delay and the stream's own event: the
     // connection id and the secret its actions must carry.
-    w.buf.put_slice(format!("retry: {}\n", config.retry.as_millis()).as_bytes());
+    w.buf
+        .put_slice(format!("retry: {}\n", config.retry.as_millis()).as_bytes());
     let hello = format!(
         "{{\"type\":\"sse\",\"connection\":\"{}\",\"token\":\"{}\"}}",
         start.id, start.token

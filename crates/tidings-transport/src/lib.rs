@@ -28,12 +28,12 @@ pub mod service;
 pub mod settings;
 mod ws;
 
+/// Connection limits, from `tidings-admission` (shared by every wire adapter).
+pub use tidings_admission::limits;
 /// The RPC seam, from `tidings-session`.
 pub use tidings_session::rpc;
 /// The connection counters, from `tidings-session`.
 pub use tidings_session::stats;
-/// Connection limits, from `tidings-admission` (shared by every wire adapter).
-pub use tidings_admission::limits;
 
 pub use config::TransportConfig;
 /// The `http` crate this API speaks (requests, responses, status codes).
@@ -43,9 +43,9 @@ pub use rpc::RpcHandler;
 pub use server::{
     serve, serve_with, text_response, Gateway, GatewayBuilder, HttpHandler, HttpResponse, Mounts,
 };
-/// The seam other wire adapters mount on [`serve_with`] with.
-pub use tidings_admission::{Admission, Endpoint};
 pub use service::{PeerAddr, PeerLookup, WsService};
 pub use settings::{LimitsSettings, ShutdownSettings, WebSocketSettings};
 pub use stats::{CloseReason, IdentityOutcome, RejectReason, TransportStats};
+/// The seam other wire adapters mount on [`serve_with`] with.
+pub use tidings_admission::{Admission, Endpoint};
 pub use tidings_bridge::BoxFuture;

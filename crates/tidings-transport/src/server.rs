@@ -8,8 +8,8 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tidings_bridge::Bridge;
 use tidings_admission::{Admission, AdmissionConfig, Endpoint, Refusal};
+use tidings_bridge::Bridge;
 use tidings_identity::{Anonymous, IdentityResolver};
 use tidings_routing::Router;
 use tokio::net::TcpListener;
@@ -375,7 +375,13 @@ impl Mounts {
     fn find(&self, path: &str) -> Option<&Arc<dyn Endpoint>> {
         self.routes
             .iter()
-            .find(|(p, prefix, _)| if *prefix { path.starts_with(p.as_str()) } else { path == p })
+            .find(|(p, prefix, _)| {
+                if *prefix {
+                    path.starts_with(p.as_str())
+                } else {
+                    path == p
+                }
+            })
             .map(|(_, _, e)| e)
     }
 }
