@@ -166,7 +166,14 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         let sse = Sse::new(gateway.admission().clone(), gateway.context().clone(), sse);
         mounts = mounts.at(path, Arc::new(sse));
     }
-    serve_with(listener, gateway.clone(), mounts, handler, shutdown_signal()).await?;
+    serve_with(
+        listener,
+        gateway.clone(),
+        mounts,
+        handler,
+        shutdown_signal(),
+    )
+    .await?;
     // Last: the sockets are gone; close the broker's connections cleanly
     // (Redis: QUIT on each) rather than let the exit cut them.
     gateway.bridge().close().await;

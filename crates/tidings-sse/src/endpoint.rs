@@ -24,7 +24,7 @@ use crate::{
 pub const SESSION_HEADER: &str = "tidings-session";
 
 /// The Server-Sent Events endpoint of a gateway (see the [crate docs](crate)).
-/// Mount it on [`SseConfig::path`] (`tidings_transport::Mounts::at`), or
+/// Mount it on [`SseConfig::path`] (the WebSocket crate's `Mounts::at`), or
 /// call [`Sse::handle`] from a router of your own.
 #[derive(Clone)]
 pub struct Sse {
@@ -56,7 +56,7 @@ impl Endpoint for Sse {
 
 impl Sse {
     /// The endpoint over a gateway's admission and session context (from
-    /// `tidings_transport::Gateway::admission` and `::context`): the same
+    /// the gateway's `admission()` and `context()`): the same
     /// limits, draining, identity and routing as its WebSockets.
     pub fn new(admission: Admission, ctx: Arc<Context>, config: SseConfig) -> Self {
         Self {
