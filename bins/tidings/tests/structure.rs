@@ -320,7 +320,9 @@ fn all_workspace_deps(manifest: &str) -> Vec<String> {
     for line in manifest.lines() {
         let line = line.trim();
         if line.starts_with('[') {
-            in_deps = line.trim_matches(|c| c == '[' || c == ']').ends_with("dependencies");
+            in_deps = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .ends_with("dependencies");
             continue;
         }
         if in_deps && line.starts_with("tidings") {
@@ -349,7 +351,9 @@ fn no_wire_adapter_depends_on_another_wire_protocol() {
         let manifest = fs::read_to_string(krate.join("Cargo.toml")).expect("Cargo.toml");
         for dep in all_workspace_deps(&manifest) {
             if wire_protocol(&dep).is_some_and(|p| p != own) {
-                wrong.push(format!("{name} ({own}) depends on {dep}, another wire protocol"));
+                wrong.push(format!(
+                    "{name} ({own}) depends on {dep}, another wire protocol"
+                ));
             }
         }
         // Nor through a path, a re-export or a doc link in its sources.
