@@ -22,6 +22,7 @@ use tidings_core::config::Secret;
 use tidings_identity::{CookieProxyConfig, IdentitySettings, TokenConfig};
 use tidings_routing::{Router, RoutingSettings};
 use tidings_rpc::{RpcConfig, RpcSettings};
+use tidings_socketio::{SocketIoConfig, SocketIoSettings};
 use tidings_sse::{SseConfig, SseSettings};
 use tidings_transport::{LimitsSettings, ShutdownSettings, TransportConfig, WebSocketSettings};
 
@@ -50,6 +51,8 @@ pub(crate) struct Config {
     pub(crate) websocket: WebSocketSettings,
     /// The Server-Sent Events endpoint: tidings-sse.
     pub(crate) sse: SseSettings,
+    /// The Socket.IO endpoint: tidings-socketio.
+    pub(crate) socketio: SocketIoSettings,
     /// The HTTP publish API.
     pub(crate) api: ApiConfig,
     /// Shutdown behaviour: tidings-transport.
@@ -101,6 +104,7 @@ impl Default for Config {
             },
             websocket: WebSocketSettings::default(),
             sse: SseSettings::default(),
+            socketio: SocketIoSettings::default(),
             api: ApiConfig {
                 allow_local_without_key: true,
                 max_body_bytes: 1024 * 1024,
@@ -291,6 +295,7 @@ impl Config {
         }
         let transport = self.transport()?;
         self.sse(&transport)?;
+        self.socketio(&transport)?;
         self.router()?;
         self.redis()?;
         self.identity
@@ -354,6 +359,35 @@ impl Config {
             return Err(ConfigError::invalid(
                 "sse.path",
                 "must differ from websocket.path",
+            ));
+        }
+        Ok(Some(c))
+    }
+
+    /// The Socket.IO endpoint's tunables (`[socketio]`; the write timeout
+    /// and the drain window are the WebSockets'), if it is on.
+    pub(crate) fn socketio(
+        &self,
+        t: &TransportConfig,
+    ) -> Result<Option<SocketIoConfig>, ConfigError> {
+        if !self.socketio.enabled {
+            return Ok(None);
+        }
+        let mut c = SocketIoConfig {
+            write_timeout: t.write_timeout,
+            body_timeout: t.handshake_timeout,
+            drain_spread: t.drain_spread,
+            ..SocketIoConfig::default()
+        };
+        self.socketio
+            .apply(&mut c)
+            .map_err(ConfigError::section("socketio"))?;
+        if t.ws_path.starts_with(&c.path)
+            || (self.sse.enabled && self.sse.path.starts_with(&c.path))
+        {
+            return Err(ConfigError::invalid(
+                "socketio.path",
+                "must not be a prefix of websocket.path or sse.path",
             ));
         }
         Ok(Some(c))

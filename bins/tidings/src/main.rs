@@ -12,6 +12,7 @@ use tidings_identity::{
     Chain, CookieProxy, MemoryTokenStore, RedisTokenStore, ResolverKind, TokenResolver, TokenStore,
 };
 use tidings_rpc::HttpRpc;
+use tidings_socketio::SocketIo;
 use tidings_sse::Sse;
 use tidings_transport::{serve_with, Gateway, Mounts};
 use tracing_subscriber::EnvFilter;
@@ -117,6 +118,7 @@ fn init_tracing(config: &Config) {
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let transport = config.transport()?;
     let sse = config.sse(&transport)?;
+    let socketio = config.socketio(&transport)?;
     let router = config.router()?;
     let redis = config.redis()?;
     // The history's own command pool (closed with QUIT at shutdown).
@@ -165,6 +167,11 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         let path = sse.path.clone();
         let sse = Sse::new(gateway.admission().clone(), gateway.context().clone(), sse);
         mounts = mounts.at(path, Arc::new(sse));
+    }
+    if let Some(sio) = socketio {
+        let path = sio.path.clone();
+        let sio = SocketIo::new(gateway.admission().clone(), gateway.context().clone(), sio);
+        mounts = mounts.under(path, Arc::new(sio));
     }
     serve_with(
         listener,
@@ -321,6 +328,9 @@ fn banner(config: &Config, addr: std::net::SocketAddr, broker: &str) {
     tracing::info!("  websocket:  ws://{local}{}", config.websocket.path);
     if config.sse.enabled {
         tracing::info!("  events:     {base}{}", config.sse.path);
+    }
+    if config.socketio.enabled {
+        tracing::info!("  socket.io:  {base}{}", config.socketio.path);
     }
     let auth = if config.api_key.is_some() {
         " -H \"Authorization: Bearer $TIDINGS_API_KEY\""
