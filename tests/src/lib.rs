@@ -15,6 +15,7 @@ pub mod http;
 pub mod nginx;
 pub mod raw;
 pub mod redis;
+pub mod socketio;
 pub mod sse;
 pub mod ws;
 
