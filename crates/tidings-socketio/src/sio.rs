@@ -82,9 +82,7 @@ pub(crate) fn request(name: &str, args: &[Value], ack: Option<u64>) -> Result<Ve
         _ => None,
     };
     let bad = |m: &str| {
-        let id = ack
-            .map(|a| RawValue::from_string(a.to_string()).ok())
-            .flatten();
+        let id = ack.and_then(|a| RawValue::from_string(a.to_string()).ok());
         tidings_core::protocol::encode_error(
             tidings_core::protocol::ErrorCode::BadRequest,
             m,
@@ -111,9 +109,7 @@ pub(crate) fn request(name: &str, args: &[Value], ack: Option<u64>) -> Result<Ve
         },
         "ping" => json!({}),
         _ => {
-            let id = ack
-                .map(|a| RawValue::from_string(a.to_string()).ok())
-                .flatten();
+            let id = ack.and_then(|a| RawValue::from_string(a.to_string()).ok());
             return Err(tidings_core::protocol::encode_error(
                 tidings_core::protocol::ErrorCode::UnknownType,
                 "unknown event (expected subscribe, unsubscribe, publish, rpc or ping)",
