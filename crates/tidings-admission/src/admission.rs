@@ -370,3 +370,14 @@ impl Ticket {
         })
     }
 }
+
+/// Where in the drain window connection `id` closes at shutdown: spread
+/// evenly over the window by a hash of the id (ids are sequential, so a
+/// multiplicative hash scatters neighbours). Every wire adapter uses it, so
+/// a fleet of clients of every kind does not reconnect all at once.
+pub fn drain_offset(id: u64, window: Duration) -> Duration {
+    let frac = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+    Duration::try_from_secs_f64(window.as_secs_f64() * frac)
+        .unwrap_or(window)
+        .min(window)
+}

@@ -13,6 +13,6 @@ pub mod endpoint;
 pub mod limits;
 pub mod origin;
 
-pub use admission::{Admission, AdmissionConfig, Admitted, Refusal, Ticket};
+pub use admission::{drain_offset, Admission, AdmissionConfig, Admitted, Refusal, Ticket};
 pub use endpoint::{full_body, text, Body, Endpoint};
 pub use limits::{IpNet, LimitHit, Limits};

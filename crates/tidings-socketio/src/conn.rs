@@ -2,7 +2,7 @@
 //! `pingInterval`, a pong within `pingTimeout`), the Socket.IO packets,
 //! and the `tidings_session::Session` opened at the Socket.IO connect.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tidings_admission::Admitted;
@@ -90,7 +90,7 @@ impl Conn {
             let step = tokio::select! {
                 biased;
                 () = ctx.shutdown.cancelled(), if close_at.is_none() => {
-                    close_at = Some(Instant::now() + spread_offset(self.id, cfg.drain_spread));
+                    close_at = Some(Instant::now() + tidings_admission::drain_offset(self.id, cfg.drain_spread));
                     continue;
                 }
                 () = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
@@ -283,12 +283,4 @@ impl Conn {
         }
         true
     }
-}
-
-/// Where in the drain window session `id` closes (as for WebSockets).
-fn spread_offset(id: u64, window: Duration) -> Duration {
-    let frac = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
-    Duration::try_from_secs_f64(window.as_secs_f64() * frac)
-        .unwrap_or(window)
-        .min(window)
 }

@@ -184,7 +184,7 @@ async fn serve(
         let ended = tokio::select! {
             biased;
             () = ctx.shutdown.cancelled(), if close_at.is_none() => {
-                close_at = Some(Instant::now() + spread_offset(session.id(), config.drain_spread));
+                close_at = Some(Instant::now() + tidings_admission::drain_offset(session.id(), config.drain_spread));
                 continue;
             }
             () = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
@@ -217,14 +217,6 @@ async fn serve(
             Err(end) => return w.end(end).await,
         }
     }
-}
-
-/// Where in the drain window stream `id` ends (as for WebSockets).
-fn spread_offset(id: u64, window: Duration) -> Duration {
-    let frac = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
-    Duration::try_from_secs_f64(window.as_secs_f64() * frac)
-        .unwrap_or(window)
-        .min(window)
 }
 
 struct Writer {

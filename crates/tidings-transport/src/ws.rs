@@ -193,16 +193,6 @@ async fn linger(conn: &mut Conn<Io>) {
     .await;
 }
 
-/// Where in the drain window connection `id` closes: spread evenly over
-/// the window by a hash of the id (ids are sequential, so a multiplicative
-/// hash scatters neighbours).
-fn spread_offset(id: u64, window: Duration) -> Duration {
-    let frac = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
-    Duration::try_from_secs_f64(window.as_secs_f64() * frac)
-        .unwrap_or(window)
-        .min(window)
-}
-
 impl WsSession {
     /// The connection's loop; returns why it ended.
     async fn serve(&mut self, conn: &mut Conn<Io>) -> CloseReason {
@@ -225,7 +215,7 @@ impl WsSession {
             let step = tokio::select! {
                 biased;
                 () = gw.shutdown.cancelled(), if close_at.is_none() => {
-                    close_at = Some(after(spread_offset(conn_id, cfg.drain_spread)));
+                    close_at = Some(after(tidings_admission::drain_offset(conn_id, cfg.drain_spread)));
                     continue;
                 }
                 () = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
