@@ -36,7 +36,7 @@ pub(crate) async fn serve(
     max_payload: usize,
     write_timeout: Duration,
 ) {
-    let ws = match upgrade.await {
+    let mut ws = match upgrade.await {
         Ok(ws) => ws,
         Err(e) => {
             tracing::debug!(error = %e, "socket.io upgrade did not complete");
@@ -46,6 +46,8 @@ pub(crate) async fn serve(
             return;
         }
     };
+    // Larger messages end the connection as they are read, never buffered.
+    ws.set_max_message_size(max_payload);
     let (read, write) = ws.split(tokio::io::split);
     let mut read = FragmentCollectorRead::new(read);
     let writer: Writer = Arc::new(Mutex::new(write));
