@@ -116,8 +116,14 @@ impl SocketIo {
         self.inner.store.len()
     }
 
-    /// Answers one request under the path prefix from TCP peer `peer`.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// Answers one request under the path prefix from TCP peer `peer`
+    /// (from a router of your own: the request must carry hyper's
+    /// `OnUpgrade` for the WebSocket transport).
+    pub async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let origin = req.headers().clone();
         let mut res = self.route(req, peer).await;
         self.cors(&origin, res.headers_mut());
@@ -139,7 +145,11 @@ impl SocketIo {
         }
     }
 
-    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn route<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let q = query(req.uri());
         if req.method() == Method::OPTIONS {
             if self.inner.admission.check_origin(req.headers()).is_err() {
@@ -178,12 +188,16 @@ impl SocketIo {
 
     /// A new session: admission (the same as every wire's), then the open
     /// packet, over long-polling or a WebSocket.
-    async fn handshake(
+    async fn handshake<B>(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
         peer: SocketAddr,
         websocket: bool,
-    ) -> Response<Body> {
+    ) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let inner = &self.inner;
         let refused = |r: Refusal| r.response(full_body);
         let ticket = match inner.admission.check(req.headers(), peer) {
@@ -283,7 +297,11 @@ impl SocketIo {
     }
 
     /// A WebSocket upgrading a long-polling session.
-    async fn upgrade(&self, mut req: Request<Incoming>, sid: &str) -> Response<Body> {
+    async fn upgrade<B>(&self, mut req: Request<B>, sid: &str) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let Some(shared) = self.inner.store.get(sid) else {
             return engine_error(EngineError::UnknownSid);
         };
@@ -342,7 +360,11 @@ impl SocketIo {
     }
 
     /// A long-polling POST: packets from the client.
-    async fn post(&self, req: Request<Incoming>, sid: &str) -> Response<Body> {
+    async fn post<B>(&self, req: Request<B>, sid: &str) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let Some(shared) = self.inner.store.get(sid) else {
             return engine_error(EngineError::UnknownSid);
         };
