@@ -386,3 +386,42 @@ async fn engine_io_answers_bad_requests_as_its_spec_says() {
     }
     assert!(closed, "no pong: closed");
 }
+
+#[tokio::test]
+async fn the_stock_client_through_the_shipped_nginx_site() {
+    use tidings_e2e::nginx::{self, Nginx, SitePorts};
+    nginx::binary();
+    let redis = RedisServer::start().await;
+    let (gw, be) = gateway(Some(&redis)).await;
+    let port = tidings_e2e::redis::free_port();
+    let site = nginx::adapt_site(
+        &nginx::shipped_site(),
+        &SitePorts {
+            listen: port,
+            django: be.addr.port(),
+            gateway: gw.addr.port(),
+            static_root: std::env::temp_dir().join("tidings-no-static/"),
+        },
+    );
+    let nginx = Nginx::start(&site, port).await;
+    let mut r = redis.client().await;
+    let mut c = NodeClient::start(
+        &format!("http://{}", nginx.addr),
+        "polling",
+        Some("sessionid=u42"),
+    )
+    .await;
+    let (mut connected, mut upgraded, mut welcome) = (false, false, false);
+    while !(connected && upgraded && welcome) {
+        let v = c.next().await;
+        match v["ev"].as_str() {
+            Some("connect") => connected = true,
+            Some("upgrade") => upgraded = true,
+            Some("tidings") => welcome = v["frame"]["user"] == "42",
+            _ => panic!("unexpected: {v}"),
+        }
+    }
+    assert_eq!(r.publish(NOTES, b"through nginx").await, 1);
+    assert_eq!(c.next_ev("notification").await["data"], "through nginx");
+    c.kill().await;
+}

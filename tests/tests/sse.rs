@@ -444,3 +444,64 @@ async fn an_event_source_recovers_after_a_gateway_restart_with_last_event_id() {
     assert_eq!(page.eval("es.readyState").await.unwrap(), json!(1), "open");
     drop(gw);
 }
+
+#[tokio::test]
+async fn a_stream_through_the_shipped_nginx_site() {
+    use tidings_e2e::nginx::{self, Nginx, SitePorts};
+    nginx::binary();
+    let be = backend().await;
+    let gw = Gateway::start_with(options(&be)).await;
+    let port = tidings_e2e::redis::free_port();
+    let site = nginx::adapt_site(
+        &nginx::shipped_site(),
+        &SitePorts {
+            listen: port,
+            django: be.addr.port(),
+            gateway: gw.addr.port(),
+            static_root: std::env::temp_dir().join("tidings-no-static/"),
+        },
+    );
+    let nginx = Nginx::start(&site, port).await;
+    let front = nginx.addr;
+    let origin = format!("http://{front}");
+    let (mut s, session, welcome) = open(
+        front,
+        "/sse?channel=%2Fapp%2Froom%2F2",
+        &[("cookie", "sessionid=u42"), ("origin", &origin)],
+    )
+    .await;
+    assert_eq!(welcome["user"], "42");
+    assert_eq!(s.next_json().await["type"], "subscribed");
+    // Events pass nginx as they come: each arrives before the next is
+    // published.
+    for n in 0..3 {
+        assert_eq!(gw.publish("/app/room/2", json!({"n": n})).await.status, 202);
+        let e = tokio::time::timeout(Duration::from_secs(2), s.next_json())
+            .await
+            .expect("the event through nginx at once");
+        assert_eq!(e["data"], json!({"n": n}));
+    }
+    // Actions through nginx.
+    let headers = vec![
+        ("tidings-session".to_owned(), session.clone()),
+        ("cookie".to_owned(), "sessionid=u42".to_owned()),
+        ("origin".to_owned(), origin.clone()),
+    ];
+    let r = http::request(
+        front,
+        "POST",
+        "/sse",
+        &headers,
+        br#"{"type":"ping","id":"via-nginx"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(s.next_json().await, json!({"type":"pong","id":"via-nginx"}));
+    // Heartbeats go through too.
+    let before = s.comments;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let r = http::request(front, "POST", "/sse", &headers, br#"{"type":"ping"}"#).await;
+    assert_eq!(r.status, 202);
+    assert_eq!(s.next_json().await["type"], "pong");
+    assert!(s.comments > before);
+}
