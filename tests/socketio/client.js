@@ -19,6 +19,7 @@ socket.io.engine.on("upgrade", (t) => out({ ev: "upgrade", transport: t.name }))
 socket.on("disconnect", (reason) => out({ ev: "disconnect", reason }));
 socket.on("connect_error", (e) => out({ ev: "connect_error", message: e.message }));
 socket.on("notification", (data, meta) => out({ ev: "notification", data, meta }));
+socket.on("chat", (data, meta) => out({ ev: "chat", data, meta }));
 socket.on("tidings", (frame) => out({ ev: "tidings", frame }));
 socket.io.on("reconnect", () => out({ ev: "reconnect" }));
 

@@ -24,6 +24,10 @@ ping_interval_secs = 1.0
 ping_timeout_secs = 2.0
 max_payload = 4096
 
+[[socketio.events]]
+channel = "/app/room/*"
+event = "chat"
+
 [[routing.rules]]
 channel = "/app/broadcast"
 join = true
@@ -115,12 +119,13 @@ async fn the_stock_client_over_polling_and_websocket() {
         assert_eq!(reply["code"], "forbidden", "{reply}");
         let reply = c.call(json!(["subscribe", "/app/room/2"])).await;
         assert_eq!(reply["type"], "subscribed", "{reply}");
+        // A room's messages arrive as `chat` ([[socketio.events]]).
         c.emit(json!(["publish", "/app/room/2", {"hi": mode}]))
             .await;
         let mut seen = Vec::new();
         while seen.len() < 2 {
             let v = c.next().await;
-            if v["ev"] == "ack" || v["ev"] == "notification" {
+            if v["ev"] == "ack" || v["ev"] == "chat" {
                 seen.push(v);
             }
         }
@@ -128,6 +133,7 @@ async fn the_stock_client_over_polling_and_websocket() {
         assert_eq!(seen[0]["reply"]["type"], "published", "{seen:?}");
         assert_eq!(seen[1]["data"], json!({"hi": mode}));
         assert_eq!(seen[1]["meta"]["from"], "42");
+        assert_eq!(seen[1]["meta"]["channel"], "/app/room/2");
         let reply = c.call(json!(["publish", "/app/broadcast", 1])).await;
         assert_eq!(reply["code"], "forbidden");
         let reply = c

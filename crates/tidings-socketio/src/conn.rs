@@ -164,7 +164,7 @@ impl Conn {
                 Step::End(End::Close { code, text, reason }) => {
                     let frame = serde_json::json!({"type": "close", "code": code, "reason": text});
                     let _ = self
-                        .send(sio::frame_packet(&cfg.event, frame.to_string().as_bytes()))
+                        .send(sio::frame_packet(&cfg, frame.to_string().as_bytes()))
                         .await;
                     if code != close::SERVICE_RESTART && code != close::GOING_AWAY {
                         // A server disconnect: the client does not come
@@ -269,8 +269,8 @@ impl Conn {
         let outs = std::mem::take(&mut self.outs);
         for o in &outs {
             let packet = match o {
-                Output::Delivery(d) => sio::delivery_event(&self.cfg.event, d).clone(),
-                Output::Frame(f) => sio::frame_packet(&self.cfg.event, f),
+                Output::Delivery(d) => sio::delivery_event(&self.cfg, d).clone(),
+                Output::Frame(f) => sio::frame_packet(&self.cfg, f),
             };
             if !self.send(packet).await {
                 return false;

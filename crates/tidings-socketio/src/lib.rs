@@ -21,5 +21,5 @@ mod sio;
 mod store;
 mod ws;
 
-pub use config::{SocketIoConfig, SocketIoSettings};
+pub use config::{EventSetting, SocketIoConfig, SocketIoSettings};
 pub use endpoint::SocketIo;

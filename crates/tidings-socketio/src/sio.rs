@@ -7,6 +7,8 @@ use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
 use tidings_core::{message::WireFormat, Delivery};
 
+use crate::config::SocketIoConfig;
+
 /// A Socket.IO packet from the client (namespace `/` unless said).
 #[derive(Debug, PartialEq)]
 pub(crate) enum Packet {
@@ -177,19 +179,29 @@ pub(crate) fn message_event(event: &str, frame: &[u8]) -> Option<Bytes> {
 }
 
 /// A live message as a Socket.IO event, encoded once per message for every
-/// Socket.IO connection of the process.
-pub(crate) fn delivery_event<'d>(event: &str, d: &'d Delivery) -> &'d Bytes {
+/// Socket.IO connection of the process (the event name depends on the
+/// channel alone, so every connection would encode the same bytes).
+pub(crate) fn delivery_event<'d>(cfg: &SocketIoConfig, d: &'d Delivery) -> &'d Bytes {
     d.encoded(WireFormat::SOCKET_IO, |d| {
-        message_event(event, d.frame()).unwrap_or_else(|| frame_event(d.frame()))
+        message_event(cfg.event_for(d.channel().as_str()), d.frame())
+            .unwrap_or_else(|| frame_event(d.frame()))
     })
 }
 
-/// Any other frame: the ack of the request it answers (its `id` is the
-/// ack id), or else the event `tidings` with the frame.
-pub(crate) fn frame_packet(event: &str, frame: &[u8]) -> Bytes {
+/// Any other frame: a replayed message as its event, the ack of the
+/// request it answers (its `id` is the ack id), or else the event
+/// `tidings` with the frame.
+pub(crate) fn frame_packet(cfg: &SocketIoConfig, frame: &[u8]) -> Bytes {
     if frame.starts_with(b"{\"type\":\"message\"") {
-        if let Some(e) = message_event(event, frame) {
-            return e;
+        #[derive(Deserialize)]
+        struct Channel<'a> {
+            #[serde(borrow)]
+            channel: &'a str,
+        }
+        if let Ok(Channel { channel }) = serde_json::from_slice::<Channel<'_>>(frame) {
+            if let Some(e) = message_event(cfg.event_for(channel), frame) {
+                return e;
+            }
         }
     }
     #[derive(Deserialize)]
@@ -262,17 +274,18 @@ mod tests {
         );
         assert!(request("dance", &[], Some(1)).is_err());
         assert!(request("publish", &[json!(1)], None).is_err());
+        let cfg = SocketIoConfig::default();
         assert_eq!(
-            &frame_packet("n", br#"{"type":"published","channel":"/a","id":3}"#)[..],
+            &frame_packet(&cfg, br#"{"type":"published","channel":"/a","id":3}"#)[..],
             br#"433[{"type":"published","channel":"/a","id":3}]"#
         );
         assert_eq!(
-            &frame_packet("n", br#"{"type":"gap","channels":[]}"#)[..],
+            &frame_packet(&cfg, br#"{"type":"gap","channels":[]}"#)[..],
             br#"42["tidings",{"type":"gap","channels":[]}]"#
         );
         assert_eq!(
             &frame_packet(
-                "notification",
+                &cfg,
                 br#"{"type":"message","channel":"/u","offset":3,"epoch":"e","data":"Hey"}"#
             )[..],
             br#"42["notification","Hey",{"channel":"/u","epoch":"e","offset":3}]"#
