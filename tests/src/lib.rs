@@ -16,6 +16,8 @@ pub mod http;
 pub mod nginx;
 pub mod raw;
 pub mod redis;
+pub mod socketio;
+pub mod sse;
 pub mod ws;
 
 pub use gateway::{Gateway, GatewayOptions};
