@@ -834,5 +834,9 @@ async fn clients_of_a_drained_gateway_recover_on_the_other_behind_nginx() {
     assert!(moved > 0, "the drained gateway had clients");
     let _ = std::fs::remove_dir_all(&static_root);
     // The drained one is gone: whoever moved, moved to the other.
-    drop(other);
+    assert!(http_ready(other.addr).await, "the other still serves");
+}
+
+async fn http_ready(addr: std::net::SocketAddr) -> bool {
+    tidings_e2e::http::get(addr, "/readyz").await.status == 200
 }
