@@ -39,7 +39,9 @@ pub use config::RedisSettings;
 pub use history::HistoryLookup;
 pub use hub::{Hub, QueueDepths};
 pub use local::LocalBroker;
-pub use mailbox::{mailbox, Mailbox, MailboxReceiver, Outbound, SlowConsumerPolicy};
+pub use mailbox::{
+    mailbox, Direct, DirectWrite, Mailbox, MailboxReceiver, Outbound, SlowConsumerPolicy, WriteGate,
+};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisBroker, RedisConfig, RedisSetupError};

@@ -3,6 +3,16 @@
 //! Fan-out never blocks on a socket and never lets a queue grow without
 //! bound: it offers each item with `try_send`, and when the queue is full
 //! the socket's [`SlowConsumerPolicy`] decides what happens.
+//!
+//! A socket whose session registered a [`DirectWrite`] is written by the
+//! fan-out itself when its queue is empty and its session is not writing:
+//! one non-blocking system call, and the socket's task is not woken at all.
+//! Anything that cannot be written at once (the socket would block, part of
+//! a frame) is queued for the session as before. The session's
+//! [`WriteGate`] keeps the two writers from interleaving: the session holds
+//! the socket from the moment it takes an item (or starts a write of its
+//! own) until its write is flushed, and writes the unwritten end of a
+//! direct frame before anything of its own.
 
 use std::{
     str::FromStr,
@@ -12,9 +22,32 @@ use std::{
     },
 };
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use tidings_core::Delivery;
 use tokio::sync::Notify;
+
+/// A socket the fan-out may write to directly, without waking its task.
+///
+/// Implemented by the transport for its sockets; the transport frames the
+/// payload (the bridge knows nothing of WebSocket framing).
+pub trait DirectWrite: Send + Sync {
+    /// Writes one text frame carrying `payload` if the socket takes it now.
+    /// Never waits.
+    fn try_write_text(&self, payload: &Bytes) -> Direct;
+}
+
+/// What became of a [`DirectWrite::try_write_text`].
+#[derive(Debug)]
+pub enum Direct {
+    /// The whole frame was handed to the kernel.
+    Written,
+    /// Nothing was written (the socket would block, or failed: the session
+    /// will find out on its own write).
+    NotWritten,
+    /// The start of the frame was written; these bytes are its end, to be
+    /// written before anything else.
+    Partial(Bytes),
+}
 
 /// What happens to a socket whose outbound queue is full when a message
 /// arrives for it.
@@ -49,6 +82,9 @@ pub enum Outbound {
     Deliver(Arc<Delivery>),
     /// A frame for this socket alone (a notice such as `gap`).
     Notice(Bytes),
+    /// The end of a frame the fan-out started to write directly: raw bytes,
+    /// no frame header, to be written before anything else.
+    Rest(Bytes),
 }
 
 /// The queue itself: allocated only while it holds something, so an idle
@@ -60,6 +96,17 @@ struct Queue {
     closed: bool,
     /// Live [`Mailbox`] handles; zero means no more items can come.
     senders: usize,
+    /// Set while the session owns the socket's write side (it took an item
+    /// or is writing a frame of its own): no direct writes then.
+    busy: bool,
+    /// Where the fan-out may write directly (set by the session).
+    direct: Option<std::sync::Arc<dyn DirectWrite>>,
+}
+
+impl std::fmt::Debug for dyn DirectWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DirectWrite")
+    }
 }
 
 #[derive(Debug)]
@@ -115,38 +162,18 @@ pub enum Offer {
 }
 
 impl Mailbox {
-    /// Offers `item` without waiting. Never blocks (one uncontended lock).
+    /// Offers `item` without waiting. Never blocks (one uncontended lock;
+    /// with a direct writer, possibly one non-blocking system call).
     pub fn offer(&self, item: Outbound) -> Offer {
-        {
-            let mut q = self.shared.queue.lock();
-            if q.closed {
-                return Offer::Closed;
-            }
-            if q.items.len() < self.shared.capacity {
-                let was_empty = q.items.is_empty();
-                q.items.push_back(item);
-                drop(q);
-                if was_empty {
-                    self.shared.wake.notify_one();
-                }
-                return Offer::Queued;
-            }
-        }
-        match self.policy {
-            SlowConsumerPolicy::Drop => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                self.shared.wake.notify_one();
-                Offer::Dropped
-            }
-            SlowConsumerPolicy::Close => {
-                if self.shared.overflowed.swap(true, Ordering::Relaxed) {
-                    // Already told; the socket is on its way out.
-                    Offer::Closed
-                } else {
-                    self.shared.wake.notify_one();
-                    Offer::Overflowed
-                }
-            }
+        offer(&self.shared, self.policy, item)
+    }
+
+    /// A handle that offers to this mailbox without counting as a sender
+    /// (for the fan-out's short-lived lists of recipients).
+    pub(crate) fn target(&self) -> Target {
+        Target {
+            policy: self.policy,
+            shared: self.shared.clone(),
         }
     }
 
@@ -161,6 +188,71 @@ impl Mailbox {
     }
 }
 
+/// A recipient in a fan-out's list: offers like a [`Mailbox`], but does not
+/// keep the queue open (the hub's [`Mailbox`] does).
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    policy: SlowConsumerPolicy,
+    shared: Arc<Shared>,
+}
+
+impl Target {
+    /// As [`Mailbox::offer`].
+    pub(crate) fn offer(&self, item: Outbound) -> Offer {
+        offer(&self.shared, self.policy, item)
+    }
+}
+
+fn offer(shared: &Shared, policy: SlowConsumerPolicy, item: Outbound) -> Offer {
+    {
+        let mut q = shared.queue.lock();
+        if q.closed {
+            return Offer::Closed;
+        }
+        if q.items.len() < shared.capacity {
+            let was_empty = q.items.is_empty();
+            if was_empty && !q.busy && !shared.overflowed.load(Ordering::Relaxed) {
+                if let (Some(direct), Outbound::Deliver(d)) = (&q.direct, &item) {
+                    // The lock is held across the write: neither the
+                    // session nor another fan-out can write in between.
+                    match direct.try_write_text(d.frame()) {
+                        Direct::Written => return Offer::Queued,
+                        Direct::Partial(rest) => {
+                            q.items.push_back(Outbound::Rest(rest));
+                            drop(q);
+                            shared.wake.notify_one();
+                            return Offer::Queued;
+                        }
+                        Direct::NotWritten => {}
+                    }
+                }
+            }
+            q.items.push_back(item);
+            drop(q);
+            if was_empty {
+                shared.wake.notify_one();
+            }
+            return Offer::Queued;
+        }
+    }
+    match policy {
+        SlowConsumerPolicy::Drop => {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            shared.wake.notify_one();
+            Offer::Dropped
+        }
+        SlowConsumerPolicy::Close => {
+            if shared.overflowed.swap(true, Ordering::Relaxed) {
+                // Already told; the socket is on its way out.
+                Offer::Closed
+            } else {
+                shared.wake.notify_one();
+                Offer::Overflowed
+            }
+        }
+    }
+}
+
 /// The receiving side of a socket's outbound queue, read by its session.
 #[derive(Debug)]
 pub struct MailboxReceiver {
@@ -172,6 +264,7 @@ impl Drop for MailboxReceiver {
         let mut q = self.shared.queue.lock();
         q.closed = true;
         q.items = std::collections::VecDeque::new();
+        q.direct = None;
     }
 }
 
@@ -209,6 +302,8 @@ impl MailboxReceiver {
                     if q.items.is_empty() && q.items.capacity() > KEEP_SLOTS {
                         q.items = std::collections::VecDeque::new();
                     }
+                    // The session writes it: no direct write may overtake.
+                    q.busy = true;
                     return Next::Item(item);
                 }
                 if q.senders == 0 {
@@ -233,7 +328,26 @@ impl MailboxReceiver {
         if q.items.is_empty() && q.items.capacity() > KEEP_SLOTS {
             q.items = std::collections::VecDeque::new();
         }
+        if item.is_some() {
+            q.busy = true;
+        }
         item
+    }
+
+    /// Lets the fan-out write deliveries to the socket directly through
+    /// `direct` while the queue is empty and the session is not writing.
+    /// The session must then do every write of its own between
+    /// [`WriteGate::begin`] and [`WriteGate::end`] (see [`MailboxReceiver::gate`]).
+    pub fn write_directly(&self, direct: Arc<dyn DirectWrite>) {
+        self.shared.queue.lock().direct = Some(direct);
+    }
+
+    /// The gate the session's writes go through once
+    /// [`MailboxReceiver::write_directly`] is on.
+    pub fn gate(&self) -> WriteGate {
+        WriteGate {
+            shared: self.shared.clone(),
+        }
     }
 
     /// How many items are queued.
@@ -247,6 +361,54 @@ impl MailboxReceiver {
     }
 }
 
+/// The session's side of the socket's write ownership (see the module
+/// docs). Cheap: one pointer.
+#[derive(Debug, Clone)]
+pub struct WriteGate {
+    shared: Arc<Shared>,
+}
+
+impl WriteGate {
+    /// The session starts a write: from now until [`WriteGate::end`] the
+    /// fan-out writes nothing directly. Returns the unwritten end of a
+    /// direct frame if one is waiting: the session must write it first and
+    /// report what it wrote with [`WriteGate::wrote_rest`].
+    pub fn begin(&self) -> Option<Bytes> {
+        let mut q = self.shared.queue.lock();
+        q.busy = true;
+        match q.items.front() {
+            Some(Outbound::Rest(rest)) => Some(rest.clone()),
+            _ => None,
+        }
+    }
+
+    /// `n` bytes of the rest [`WriteGate::begin`] returned were written.
+    pub fn wrote_rest(&self, n: usize) {
+        let mut q = self.shared.queue.lock();
+        if let Some(Outbound::Rest(rest)) = q.items.front_mut() {
+            if n >= rest.len() {
+                q.items.pop_front();
+            } else {
+                rest.advance(n);
+            }
+        }
+    }
+
+    /// The session's write is complete (flushed): direct writes may go on
+    /// once the queue is empty.
+    pub fn end(&self) {
+        self.shared.queue.lock().busy = false;
+    }
+
+    /// The session is closing the socket: nothing more is written to it
+    /// directly, and offers from now on find the socket gone.
+    pub fn close(&self) {
+        let mut q = self.shared.queue.lock();
+        q.closed = true;
+        q.direct = None;
+    }
+}
+
 /// A socket's outbound queue holding at most `capacity` items, with
 /// `policy` for when it is full. The queue's memory is allocated only while
 /// it holds items.
@@ -256,6 +418,8 @@ pub fn mailbox(capacity: usize, policy: SlowConsumerPolicy) -> (Mailbox, Mailbox
             items: std::collections::VecDeque::new(),
             closed: false,
             senders: 1,
+            busy: false,
+            direct: None,
         }),
         capacity: capacity.max(1),
         dropped: AtomicU64::new(0),
@@ -300,6 +464,99 @@ mod tests {
         assert_eq!(mb.offer(notice("b")), Offer::Overflowed);
         assert_eq!(mb.offer(notice("c")), Offer::Closed);
         assert!(matches!(rx.next().await, Next::Overflowed));
+    }
+
+    /// A socket that takes `room` bytes, then would block.
+    #[derive(Default)]
+    struct Sock {
+        room: parking_lot::Mutex<usize>,
+        wire: parking_lot::Mutex<Vec<u8>>,
+    }
+
+    impl DirectWrite for Sock {
+        fn try_write_text(&self, payload: &Bytes) -> Direct {
+            let mut frame = vec![0x81, payload.len() as u8];
+            frame.extend_from_slice(payload);
+            let mut room = self.room.lock();
+            let n = frame.len().min(*room);
+            *room -= n;
+            self.wire.lock().extend_from_slice(&frame[..n]);
+            match n {
+                0 => Direct::NotWritten,
+                n if n == frame.len() => Direct::Written,
+                n => Direct::Partial(Bytes::copy_from_slice(&frame[n..])),
+            }
+        }
+    }
+
+    fn deliver(s: &str) -> Outbound {
+        let m = tidings_core::Message::new(
+            tidings_core::ChannelName::new("/c").unwrap(),
+            Bytes::copy_from_slice(s.as_bytes()),
+        );
+        Outbound::Deliver(Delivery::new(&m))
+    }
+
+    #[tokio::test]
+    async fn direct_writes_only_when_nothing_is_queued_and_the_session_is_not_writing() {
+        let (mb, mut rx) = mailbox(8, SlowConsumerPolicy::Close);
+        let sock = Arc::new(Sock::default());
+        *sock.room.lock() = 1 << 20;
+        rx.write_directly(sock.clone());
+        let gate = rx.gate();
+        // Idle: written directly, nothing queued.
+        assert_eq!(mb.offer(deliver("1")), Offer::Queued);
+        assert_eq!(rx.len(), 0);
+        let direct_len = sock.wire.lock().len();
+        assert!(direct_len > 0);
+        // The session writes: offers queue.
+        assert_eq!(gate.begin().map(|b| b.len()), None);
+        assert_eq!(mb.offer(deliver("2")), Offer::Queued);
+        gate.end();
+        // Something is queued: still queued, behind it.
+        assert_eq!(mb.offer(deliver("3")), Offer::Queued);
+        assert_eq!(rx.len(), 2);
+        assert_eq!(sock.wire.lock().len(), direct_len);
+        // Taking an item holds the socket until the session's write ends.
+        assert!(matches!(rx.next().await, Next::Item(Outbound::Deliver(_))));
+        assert!(rx.try_next().is_some());
+        assert_eq!(mb.offer(deliver("4")), Offer::Queued);
+        assert_eq!(rx.len(), 1);
+        gate.end();
+        assert!(rx.try_next().is_some());
+        gate.end();
+        assert_eq!(mb.offer(deliver("5")), Offer::Queued);
+        assert_eq!(rx.len(), 0);
+        // Closing: nothing more is written or queued.
+        gate.close();
+        assert_eq!(mb.offer(deliver("6")), Offer::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_partial_direct_write_leaves_its_rest_first_in_line() {
+        let (mb, mut rx) = mailbox(8, SlowConsumerPolicy::Close);
+        let sock = Arc::new(Sock::default());
+        *sock.room.lock() = 3;
+        rx.write_directly(sock.clone());
+        let gate = rx.gate();
+        assert_eq!(mb.offer(deliver("abcdef")), Offer::Queued);
+        // Later deliveries queue behind the rest.
+        assert_eq!(mb.offer(deliver("x")), Offer::Queued);
+        assert_eq!(rx.len(), 2);
+        // A write of the session's own gets the rest first, in two goes.
+        let rest = gate.begin().expect("the rest of the frame");
+        gate.wrote_rest(2);
+        let rest2 = gate.begin().expect("what is left of it");
+        assert_eq!(&rest[2..], &rest2[..]);
+        gate.wrote_rest(rest2.len());
+        assert!(gate.begin().is_none());
+        gate.end();
+        assert!(matches!(rx.next().await, Next::Item(Outbound::Deliver(_))));
+        // Or the session takes the rest itself, as a raw item.
+        *sock.room.lock() = 3;
+        gate.end();
+        assert_eq!(mb.offer(deliver("ghijkl")), Offer::Queued);
+        assert!(matches!(rx.next().await, Next::Item(Outbound::Rest(r)) if !r.is_empty()));
     }
 
     #[tokio::test]

@@ -15,7 +15,8 @@
 //! - [`rpc`]: the seam for RPC from sockets ([`RpcHandler`]) and the path
 //!   grammar calls must pass; the HTTP client is the `tidings-rpc` crate.
 //! - `session`, `codec`: one socket's task (the connection loop) and its
-//!   framing (private); `context`: what a session gets from its gateway;
+//!   framing (private); `direct`: the socket a session shares with the
+//!   fan-out, which writes deliveries to it directly; `context`: what a session gets from its gateway;
 //!   `requests`: a socket's subscribe, unsubscribe, publish, ping and RPC
 //!   requests; `rate`: its rate limit on client frames (all private).
 //! - [`stats`]: connection counters.
@@ -23,6 +24,7 @@
 mod codec;
 pub mod config;
 mod context;
+mod direct;
 pub mod limits;
 mod rate;
 mod requests;

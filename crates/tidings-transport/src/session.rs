@@ -31,7 +31,7 @@ use crate::{
     stats::CloseReason,
 };
 
-type Io = TokioIo<Upgraded>;
+type Io = crate::direct::SessionIo;
 
 /// What handling a client frame asks of the session.
 enum Step {
@@ -89,7 +89,7 @@ pub(crate) async fn run(
 }
 
 async fn serve_socket(
-    io: Io,
+    io: TokioIo<Upgraded>,
     id: u64,
     gw: Arc<Context>,
     identity: Arc<Identity>,
@@ -101,7 +101,13 @@ async fn serve_socket(
     let (mailbox, mut mailbox_rx) = mailbox(gw.config.outbound_queue, gw.config.slow_consumer);
     let mut sub = gw.bridge.subscriber_with_id(id, mailbox);
     // fastwebsockets did the handshake; framing is ours (see codec).
-    let mut conn = Conn::new(io, gw.config.max_message_size, gw.config.frame_timeout);
+    let (io, read) = Io::new(io, &mailbox_rx, &gw.stats);
+    let mut conn = Conn::with_read(
+        io,
+        read,
+        gw.config.max_message_size,
+        gw.config.frame_timeout,
+    );
     let welcome = {
         let plan = gw.router.on_connect(&identity);
         // Join before the welcome: once a client sees `welcome`, whatever is
@@ -120,6 +126,7 @@ async fn serve_socket(
     };
     let reason = if timed(gw.config.write_timeout, conn.send(OpCode::Text, welcome)).await {
         gw.stats.frames_out(1);
+        conn.io().write_directly(&mailbox_rx);
         let mut session = Session {
             rate: RateLimiter::new(
                 gw.config.client_messages_per_sec,
@@ -239,10 +246,11 @@ impl Session {
                         let mut n = 0u64;
                         let mut item = Some(item);
                         while let Some(it) = item.take() {
-                            conn.push(OpCode::Text, match it {
-                                Outbound::Deliver(d) => d.frame().clone(),
-                                Outbound::Notice(b) => b,
-                            });
+                            match it {
+                                Outbound::Deliver(d) => conn.push(OpCode::Text, d.frame().clone()),
+                                Outbound::Notice(b) => conn.push(OpCode::Text, b),
+                                Outbound::Rest(b) => conn.push_raw(b),
+                            }
                             n += 1;
                             if n < BATCH_FRAMES as u64 && conn.pending() < BATCH_BYTES {
                                 item = mailbox.try_next();
