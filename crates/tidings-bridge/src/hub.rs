@@ -68,20 +68,18 @@ fn remove_from<K: Hash + Eq + Borrow<str>>(
 /// Who, in this process, listens to what; and the fan-out loop.
 ///
 /// A message is encoded into a [`Delivery`] once and each subscriber's
-/// mailbox receives an `Arc` of it: the per-recipient work is a pointer copy
-/// and a non-blocking queue push, or, for a socket with nothing queued, one
-/// direct non-blocking write (see [`crate::mailbox`]).
+/// mailbox receives an `Arc` of it: the per-recipient work of the
+/// dispatching task is a pointer copy and a non-blocking queue push.
 ///
-/// The fan-out is sharded: connection `c` belongs to shard `c % n`, and
-/// each shard has its own runner task. A message for more than
-/// [`INLINE_MAX`] local sockets is split by shard (under the registry's read
-/// lock, only pointers are copied) and each shard's list goes to its runner,
-/// so that the writes run on every worker thread at once and no lock is
-/// held while they do. Smaller fan-outs are done in place unless the
-/// recipient's runner still has work queued (which it must not overtake).
-/// A socket always goes through the same shard, so its messages stay in
-/// order. With one shard (one worker thread, or outside a runtime) every
-/// fan-out is done in place.
+/// The writes are sharded: connection `c` belongs to shard `c % n` (`n`:
+/// the runtime's worker threads), and each shard has a runner task. A
+/// socket that lets the fan-out write to it (see [`crate::mailbox`]) and
+/// whose queue was empty is not woken: the dispatching task hands it to its
+/// shard's runner, one list per shard per message, and the runners write
+/// the sockets directly, all at once on every worker thread, without any
+/// lock of the hub. The dispatching task (the broker's reader) does no
+/// system call per socket, so it keeps up with the broker however busy the
+/// sockets are; what waits is in the sockets' bounded queues, as before.
 pub struct Hub {
     topics: RwLock<Topics>,
     stats: Arc<BridgeStats>,
@@ -94,97 +92,43 @@ impl Default for Hub {
     }
 }
 
-/// Fan-outs to at most this many local sockets are done in the dispatching
-/// task (when the recipients' runners are idle).
-pub const INLINE_MAX: usize = 32;
-
 /// Runners yield to the other tasks of their worker after this many
-/// recipients.
+/// sockets.
 const YIELD_EVERY: usize = 256;
 
-/// What a runner does: one item to each of a list of recipients.
-struct Job {
-    item: JobItem,
-    targets: Vec<Target>,
-}
-
-enum JobItem {
-    Deliver(Arc<Delivery>),
-    Notice(bytes::Bytes),
-}
-
-impl JobItem {
-    fn outbound(&self) -> Outbound {
-        match self {
-            JobItem::Deliver(d) => Outbound::Deliver(d.clone()),
-            JobItem::Notice(b) => Outbound::Notice(b.clone()),
-        }
-    }
-}
-
-/// One shard's runner: its queue of jobs.
+/// One shard's runner: the sockets it is due to write.
 #[derive(Default)]
 struct Shard {
-    jobs: parking_lot::Mutex<Jobs>,
+    ready: parking_lot::Mutex<Ready>,
     wake: tokio::sync::Notify,
 }
 
 #[derive(Default)]
-struct Jobs {
-    queue: std::collections::VecDeque<Job>,
-    /// Jobs queued or running: while above zero, nothing for this shard may
-    /// be done in place (it would overtake them).
-    pending: usize,
+struct Ready {
+    /// Sockets to write. Each at most once (its mailbox's `scheduled`
+    /// flag), so this is bounded by the shard's sockets.
+    targets: Vec<Target>,
     /// Whether the runner task was started.
     started: bool,
 }
 
-/// The per-recipient counts of a fan-out.
-#[derive(Default)]
-struct Tally {
-    delivered: u64,
-    dropped: u64,
-    closed: u64,
-}
-
-impl Tally {
-    fn offer(&mut self, target: &Target, item: Outbound) {
-        match target.offer(item) {
-            Offer::Queued => self.delivered += 1,
-            Offer::Dropped => self.dropped += 1,
-            Offer::Overflowed => self.closed += 1,
-            Offer::Closed => {}
-        }
-    }
-
-    fn record(&self, stats: &BridgeStats) {
-        stats.record_fanout(self.delivered, self.dropped, self.closed);
-    }
-}
-
-/// A shard's runner: does its jobs in order, yielding now and then so the
-/// other tasks of its worker (sockets, the dispatcher) are not held up.
-async fn run_shard(shard: Arc<Shard>, stats: Arc<BridgeStats>) {
+/// A shard's runner: writes the sockets handed to it, yielding now and
+/// then so the other tasks of its worker (sockets, the broker's reader)
+/// are not held up.
+async fn run_shard(shard: Arc<Shard>) {
     loop {
         let notified = shard.wake.notified();
-        let job = shard.jobs.lock().queue.pop_front();
-        let Some(job) = job else {
+        let targets = std::mem::take(&mut shard.ready.lock().targets);
+        if targets.is_empty() {
             notified.await;
             continue;
-        };
-        let mut tally = Tally::default();
-        for (i, target) in job.targets.iter().enumerate() {
+        }
+        for (i, target) in targets.iter().enumerate() {
             if i > 0 && i % YIELD_EVERY == 0 {
                 tokio::task::yield_now().await;
             }
-            tally.offer(target, job.item.outbound());
+            target.write_queued();
         }
-        // Notices (`gap`) are counted by whoever queued them, not as deliveries.
-        if matches!(job.item, JobItem::Deliver(_)) {
-            tally.record(&stats);
-        }
-        drop(job);
-        shard.jobs.lock().pending -= 1;
     }
 }
 
@@ -232,13 +176,14 @@ impl Hub {
         depths
     }
 
-    /// An empty hub that fans out in place (one shard).
+    /// An empty hub with one fan-out shard.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// An empty hub with `shards` fan-out shards (at least 1), each with a
-    /// runner task started on the current tokio runtime when first needed.
+    /// runner task started on the current tokio runtime when first needed
+    /// (outside a runtime, the dispatching thread writes).
     pub fn with_shards(shards: usize) -> Self {
         Self {
             topics: RwLock::new(Topics::default()),
@@ -410,79 +355,60 @@ impl Hub {
         }
     }
 
-    /// One item to every socket of `subs` (see [`Hub`] for the sharding).
+    /// One delivery to every socket of `subs` (see [`Hub`] for the
+    /// sharding).
     fn fan_out(&self, subs: &Subscribers, delivery: Arc<Delivery>) {
         let n = self.shards.len();
-        if n == 1 || subs.len() <= INLINE_MAX {
-            let mut tally = Tally::default();
-            let item = JobItem::Deliver(delivery);
-            for (conn, mailbox) in subs {
-                self.offer_or_queue(*conn, mailbox, &item, &mut tally);
-            }
-            tally.record(&self.stats);
-            return;
-        }
-        let mut lists: Vec<Vec<Target>> = (0..n)
-            .map(|_| Vec::with_capacity(subs.len() / n + 1))
-            .collect();
+        let mut lists: Vec<Vec<Target>> = Vec::new();
+        let (mut delivered, mut dropped, mut closed) = (0u64, 0u64, 0u64);
         for (conn, mailbox) in subs {
-            lists[(*conn % n as u64) as usize].push(mailbox.target());
+            match mailbox.offer_for_runner(Outbound::Deliver(delivery.clone())) {
+                (Offer::Queued, scheduled) => {
+                    delivered += 1;
+                    if scheduled {
+                        if lists.is_empty() {
+                            lists = (0..n)
+                                .map(|_| Vec::with_capacity(subs.len() / n + 1))
+                                .collect();
+                        }
+                        lists[(*conn % n as u64) as usize].push(mailbox.target());
+                    }
+                }
+                (Offer::Dropped, _) => dropped += 1,
+                (Offer::Overflowed, _) => closed += 1,
+                (Offer::Closed, _) => {}
+            }
         }
+        self.stats.record_fanout(delivered, dropped, closed);
         for (shard, targets) in lists.into_iter().enumerate() {
             if !targets.is_empty() {
-                self.queue(
-                    shard,
-                    Job {
-                        item: JobItem::Deliver(delivery.clone()),
-                        targets,
-                    },
-                );
+                self.schedule(shard, targets);
             }
         }
     }
 
-    /// Offers `item` to one socket now, or, when its shard's runner has
-    /// work queued, behind that work.
-    fn offer_or_queue(&self, conn: u64, mailbox: &Mailbox, item: &JobItem, tally: &mut Tally) {
-        let n = self.shards.len();
-        let shard = (conn % n as u64) as usize;
-        if n > 1 && self.shards[shard].jobs.lock().pending > 0 {
-            self.queue(
-                shard,
-                Job {
-                    item: match item {
-                        JobItem::Deliver(d) => JobItem::Deliver(d.clone()),
-                        JobItem::Notice(b) => JobItem::Notice(b.clone()),
-                    },
-                    targets: vec![mailbox.target()],
-                },
-            );
-            return;
-        }
-        tally.offer(&mailbox.target(), item.outbound());
-    }
-
-    /// Hands `job` to shard `shard`'s runner, starting it if needed; done
-    /// in place outside a tokio runtime.
-    fn queue(&self, shard: usize, job: Job) {
+    /// Hands `targets` to shard `shard`'s runner, starting it if needed;
+    /// writes them in place outside a tokio runtime.
+    fn schedule(&self, shard: usize, mut targets: Vec<Target>) {
         let runner = &self.shards[shard];
-        let mut jobs = runner.jobs.lock();
-        if !jobs.started {
+        let mut ready = runner.ready.lock();
+        if !ready.started {
             let Ok(handle) = tokio::runtime::Handle::try_current() else {
-                drop(jobs);
-                let mut tally = Tally::default();
-                for target in &job.targets {
-                    tally.offer(target, job.item.outbound());
+                drop(ready);
+                for target in &targets {
+                    target.write_queued();
                 }
-                tally.record(&self.stats);
                 return;
             };
-            handle.spawn(run_shard(runner.clone(), self.stats.clone()));
-            jobs.started = true;
+            handle.spawn(run_shard(runner.clone()));
+            ready.started = true;
         }
-        jobs.queue.push_back(job);
-        jobs.pending += 1;
-        drop(jobs);
+        if ready.targets.is_empty() {
+            std::mem::swap(&mut ready.targets, &mut targets);
+        } else {
+            ready.targets.append(&mut targets);
+        }
+        drop(ready);
         runner.wake.notify_one();
     }
 
@@ -511,12 +437,12 @@ impl Hub {
             }
         }
         let n = per_conn.len();
-        let mut tally = Tally::default();
-        for (conn, (mb, mut channels, mut patterns)) in per_conn {
+        for (_, (mb, mut channels, mut patterns)) in per_conn {
             channels.sort();
             patterns.sort();
-            let notice = JobItem::Notice(protocol::encode_gap(&channels, &patterns, reason));
-            self.offer_or_queue(conn, &mb, &notice, &mut tally);
+            mb.offer(Outbound::Notice(protocol::encode_gap(
+                &channels, &patterns, reason,
+            )));
         }
         self.stats.record_gap_notices(n as u64);
         n

@@ -5,14 +5,18 @@
 //! the socket's [`SlowConsumerPolicy`] decides what happens.
 //!
 //! A socket whose session registered a [`DirectWrite`] is written by the
-//! fan-out itself when its queue is empty and its session is not writing:
-//! one non-blocking system call, and the socket's task is not woken at all.
-//! Anything that cannot be written at once (the socket would block, part of
-//! a frame) is queued for the session as before. The session's
+//! hub's fan-out runners rather than by its own task: an offer that finds
+//! the queue empty and the session not writing queues the item and marks
+//! the socket *scheduled* instead of waking its task; the runner of the
+//! socket's shard then writes what is queued with non-blocking system calls.
+//! Whatever cannot be written at once (the socket would block, the end of a
+//! partly written frame) stays queued and the session is woken to write it,
+//! as before. The queue stays the one order of everything a socket is sent,
+//! bounded as before, with the same slow-consumer policy. The session's
 //! [`WriteGate`] keeps the two writers from interleaving: the session holds
 //! the socket from the moment it takes an item (or starts a write of its
-//! own) until its write is flushed, and writes the unwritten end of a
-//! direct frame before anything of its own.
+//! own) until its write is flushed, and writes the unwritten end of a frame
+//! before anything of its own.
 
 use std::{
     str::FromStr,
@@ -96,6 +100,9 @@ struct Queue {
     closed: bool,
     /// Live [`Mailbox`] handles; zero means no more items can come.
     senders: usize,
+    /// Set while a fan-out runner is due to write what is queued (the
+    /// session was not woken).
+    scheduled: bool,
     /// Set while the session owns the socket's write side (it took an item
     /// or is writing a frame of its own): no direct writes then.
     busy: bool,
@@ -162,17 +169,25 @@ pub enum Offer {
 }
 
 impl Mailbox {
-    /// Offers `item` without waiting. Never blocks (one uncontended lock;
-    /// with a direct writer, possibly one non-blocking system call).
+    /// Offers `item` without waiting and wakes the socket's task if it
+    /// must write. Never blocks (one uncontended lock).
     pub fn offer(&self, item: Outbound) -> Offer {
-        offer(&self.shared, self.policy, item)
+        let (offer, scheduled) = offer(&self.shared, self.policy, item, false);
+        debug_assert!(!scheduled);
+        offer
     }
 
-    /// A handle that offers to this mailbox without counting as a sender
-    /// (for the fan-out's short-lived lists of recipients).
+    /// Offers `item` for the fan-out: `true` with [`Offer::Queued`] when
+    /// the socket's task was not woken and the caller must have a runner
+    /// [`Target::write_queued`].
+    pub(crate) fn offer_for_runner(&self, item: Outbound) -> (Offer, bool) {
+        offer(&self.shared, self.policy, item, true)
+    }
+
+    /// A handle on this socket for a fan-out runner (does not keep the queue
+    /// open: the hub's [`Mailbox`] does).
     pub(crate) fn target(&self) -> Target {
         Target {
-            policy: self.policy,
             shared: self.shared.clone(),
         }
     }
@@ -188,54 +203,87 @@ impl Mailbox {
     }
 }
 
-/// A recipient in a fan-out's list: offers like a [`Mailbox`], but does not
-/// keep the queue open (the hub's [`Mailbox`] does).
+/// A socket scheduled for a fan-out runner (see the module docs).
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
-    policy: SlowConsumerPolicy,
     shared: Arc<Shared>,
 }
 
 impl Target {
-    /// As [`Mailbox::offer`].
-    pub(crate) fn offer(&self, item: Outbound) -> Offer {
-        offer(&self.shared, self.policy, item)
+    /// Writes what is queued, directly, as far as the socket takes it
+    /// without blocking; wakes the socket's task for whatever is left.
+    pub(crate) fn write_queued(&self) {
+        let mut q = self.shared.queue.lock();
+        q.scheduled = false;
+        if q.closed {
+            return;
+        }
+        let Queue {
+            items,
+            busy,
+            direct,
+            ..
+        } = &mut *q;
+        if let (Some(direct), false) = (direct.as_ref(), *busy) {
+            // The lock is held across the writes: neither the session nor
+            // anyone else can write in between.
+            while let Some(front) = items.front_mut() {
+                let payload = match front {
+                    Outbound::Deliver(d) => d.frame(),
+                    Outbound::Notice(b) => b,
+                    Outbound::Rest(_) => break,
+                };
+                match direct.try_write_text(payload) {
+                    Direct::Written => {
+                        items.pop_front();
+                    }
+                    Direct::Partial(rest) => {
+                        *front = Outbound::Rest(rest);
+                        break;
+                    }
+                    Direct::NotWritten => break,
+                }
+            }
+            if items.is_empty() && items.capacity() > KEEP_SLOTS {
+                *items = std::collections::VecDeque::new();
+            }
+        }
+        let left = !q.items.is_empty();
+        drop(q);
+        if left {
+            self.shared.wake.notify_one();
+        }
     }
 }
 
-fn offer(shared: &Shared, policy: SlowConsumerPolicy, item: Outbound) -> Offer {
+fn offer(
+    shared: &Shared,
+    policy: SlowConsumerPolicy,
+    item: Outbound,
+    runner: bool,
+) -> (Offer, bool) {
     {
         let mut q = shared.queue.lock();
         if q.closed {
-            return Offer::Closed;
+            return (Offer::Closed, false);
         }
         if q.items.len() < shared.capacity {
             let was_empty = q.items.is_empty();
-            if was_empty && !q.busy && !shared.overflowed.load(Ordering::Relaxed) {
-                if let (Some(direct), Outbound::Deliver(d)) = (&q.direct, &item) {
-                    // The lock is held across the write: neither the
-                    // session nor another fan-out can write in between.
-                    match direct.try_write_text(d.frame()) {
-                        Direct::Written => return Offer::Queued,
-                        Direct::Partial(rest) => {
-                            q.items.push_back(Outbound::Rest(rest));
-                            drop(q);
-                            shared.wake.notify_one();
-                            return Offer::Queued;
-                        }
-                        Direct::NotWritten => {}
-                    }
-                }
-            }
             q.items.push_back(item);
-            drop(q);
-            if was_empty {
-                shared.wake.notify_one();
+            if !was_empty {
+                // Whoever was told of the first item writes this one too.
+                return (Offer::Queued, false);
             }
-            return Offer::Queued;
+            if runner && q.direct.is_some() && !q.busy && !q.scheduled {
+                q.scheduled = true;
+                return (Offer::Queued, true);
+            }
+            drop(q);
+            shared.wake.notify_one();
+            return (Offer::Queued, false);
         }
     }
-    match policy {
+    let offer = match policy {
         SlowConsumerPolicy::Drop => {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             shared.wake.notify_one();
@@ -250,7 +298,8 @@ fn offer(shared: &Shared, policy: SlowConsumerPolicy, item: Outbound) -> Offer {
                 Offer::Overflowed
             }
         }
-    }
+    };
+    (offer, false)
 }
 
 /// The receiving side of a socket's outbound queue, read by its session.
@@ -334,8 +383,8 @@ impl MailboxReceiver {
         item
     }
 
-    /// Lets the fan-out write deliveries to the socket directly through
-    /// `direct` while the queue is empty and the session is not writing.
+    /// Lets the fan-out's runners write queued items to the socket directly
+    /// through `direct` while the session is not writing.
     /// The session must then do every write of its own between
     /// [`WriteGate::begin`] and [`WriteGate::end`] (see [`MailboxReceiver::gate`]).
     pub fn write_directly(&self, direct: Arc<dyn DirectWrite>) {
@@ -418,6 +467,7 @@ pub fn mailbox(capacity: usize, policy: SlowConsumerPolicy) -> (Mailbox, Mailbox
             items: std::collections::VecDeque::new(),
             closed: false,
             senders: 1,
+            scheduled: false,
             busy: false,
             direct: None,
         }),
@@ -497,51 +547,71 @@ mod tests {
         Outbound::Deliver(Delivery::new(&m))
     }
 
+    /// Offers as the fan-out does: runs the runner's part when asked to.
+    fn fan_out(mb: &Mailbox, item: Outbound) -> Offer {
+        let (offer, scheduled) = mb.offer_for_runner(item);
+        if scheduled {
+            mb.target().write_queued();
+        }
+        offer
+    }
+
     #[tokio::test]
-    async fn direct_writes_only_when_nothing_is_queued_and_the_session_is_not_writing() {
+    async fn runners_write_only_while_the_session_is_not_writing() {
         let (mb, mut rx) = mailbox(8, SlowConsumerPolicy::Close);
         let sock = Arc::new(Sock::default());
         *sock.room.lock() = 1 << 20;
-        rx.write_directly(sock.clone());
+        // No direct writer yet: queued for the session.
+        assert_eq!(fan_out(&mb, deliver("0")), Offer::Queued);
+        assert!(matches!(rx.next().await, Next::Item(Outbound::Deliver(_))));
         let gate = rx.gate();
-        // Idle: written directly, nothing queued.
-        assert_eq!(mb.offer(deliver("1")), Offer::Queued);
+        gate.end();
+        rx.write_directly(sock.clone());
+        // Idle: written by the runner, nothing left queued.
+        assert_eq!(fan_out(&mb, deliver("1")), Offer::Queued);
         assert_eq!(rx.len(), 0);
         let direct_len = sock.wire.lock().len();
         assert!(direct_len > 0);
-        // The session writes: offers queue.
+        // The session writes: offers queue for it.
         assert_eq!(gate.begin().map(|b| b.len()), None);
-        assert_eq!(mb.offer(deliver("2")), Offer::Queued);
+        assert_eq!(fan_out(&mb, deliver("2")), Offer::Queued);
         gate.end();
-        // Something is queued: still queued, behind it.
-        assert_eq!(mb.offer(deliver("3")), Offer::Queued);
+        // Something is queued: behind it.
+        assert_eq!(fan_out(&mb, deliver("3")), Offer::Queued);
         assert_eq!(rx.len(), 2);
         assert_eq!(sock.wire.lock().len(), direct_len);
         // Taking an item holds the socket until the session's write ends.
         assert!(matches!(rx.next().await, Next::Item(Outbound::Deliver(_))));
         assert!(rx.try_next().is_some());
-        assert_eq!(mb.offer(deliver("4")), Offer::Queued);
+        assert_eq!(fan_out(&mb, deliver("4")), Offer::Queued);
         assert_eq!(rx.len(), 1);
         gate.end();
         assert!(rx.try_next().is_some());
         gate.end();
-        assert_eq!(mb.offer(deliver("5")), Offer::Queued);
+        assert_eq!(fan_out(&mb, deliver("5")), Offer::Queued);
+        assert_eq!(rx.len(), 0);
+        // Two offers before the runner comes: both written in its one visit.
+        let (_, scheduled) = mb.offer_for_runner(deliver("6"));
+        assert!(scheduled);
+        let (_, again) = mb.offer_for_runner(deliver("7"));
+        assert!(!again);
+        mb.target().write_queued();
         assert_eq!(rx.len(), 0);
         // Closing: nothing more is written or queued.
         gate.close();
-        assert_eq!(mb.offer(deliver("6")), Offer::Closed);
+        assert_eq!(fan_out(&mb, deliver("8")), Offer::Closed);
     }
 
     #[tokio::test]
-    async fn a_partial_direct_write_leaves_its_rest_first_in_line() {
+    async fn a_partial_write_leaves_its_rest_first_in_line_for_the_session() {
         let (mb, mut rx) = mailbox(8, SlowConsumerPolicy::Close);
         let sock = Arc::new(Sock::default());
         *sock.room.lock() = 3;
         rx.write_directly(sock.clone());
         let gate = rx.gate();
-        assert_eq!(mb.offer(deliver("abcdef")), Offer::Queued);
+        assert_eq!(fan_out(&mb, deliver("abcdef")), Offer::Queued);
         // Later deliveries queue behind the rest.
-        assert_eq!(mb.offer(deliver("x")), Offer::Queued);
+        assert_eq!(fan_out(&mb, deliver("x")), Offer::Queued);
         assert_eq!(rx.len(), 2);
         // A write of the session's own gets the rest first, in two goes.
         let rest = gate.begin().expect("the rest of the frame");
@@ -555,7 +625,7 @@ mod tests {
         // Or the session takes the rest itself, as a raw item.
         *sock.room.lock() = 3;
         gate.end();
-        assert_eq!(mb.offer(deliver("ghijkl")), Offer::Queued);
+        assert_eq!(fan_out(&mb, deliver("ghijkl")), Offer::Queued);
         assert!(matches!(rx.next().await, Next::Item(Outbound::Rest(r)) if !r.is_empty()));
     }
 
