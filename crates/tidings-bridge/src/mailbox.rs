@@ -38,6 +38,14 @@ pub trait DirectWrite: Send + Sync {
     /// Writes one text frame carrying `payload` if the socket takes it now.
     /// Never waits.
     fn try_write_text(&self, payload: &Bytes) -> Direct;
+
+    /// Whether `delivery` may be written as it is, without its session
+    /// seeing it first. `false` leaves it, and what follows it, to the
+    /// session. Default: every delivery.
+    fn takes(&self, delivery: &Delivery) -> bool {
+        let _ = delivery;
+        true
+    }
 }
 
 /// What became of a [`DirectWrite::try_write_text`].
@@ -229,9 +237,9 @@ impl Target {
             // anyone else can write in between.
             while let Some(front) = items.front_mut() {
                 let payload = match front {
-                    Outbound::Deliver(d) => d.frame(),
+                    Outbound::Deliver(d) if direct.takes(d) => d.frame(),
                     Outbound::Notice(b) => b,
-                    Outbound::Rest(_) => break,
+                    _ => break,
                 };
                 match direct.try_write_text(payload) {
                     Direct::Written => {
@@ -627,6 +635,37 @@ mod tests {
         gate.end();
         assert_eq!(fan_out(&mb, deliver("ghijkl")), Offer::Queued);
         assert!(matches!(rx.next().await, Next::Item(Outbound::Rest(r)) if !r.is_empty()));
+    }
+
+    /// A socket that leaves deliveries containing "session" to the session.
+    struct Picky(Sock);
+
+    impl DirectWrite for Picky {
+        fn try_write_text(&self, payload: &Bytes) -> Direct {
+            self.0.try_write_text(payload)
+        }
+        fn takes(&self, delivery: &Delivery) -> bool {
+            !delivery.frame().windows(7).any(|w| w == b"session")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delivery_the_writer_does_not_take_goes_to_the_session_with_what_follows() {
+        let (mb, mut rx) = mailbox(8, SlowConsumerPolicy::Close);
+        let sock = Arc::new(Picky(Sock::default()));
+        *sock.0.room.lock() = 1 << 20;
+        rx.write_directly(sock.clone());
+        assert_eq!(fan_out(&mb, deliver("a")), Offer::Queued);
+        assert_eq!(rx.len(), 0);
+        let (_, scheduled) = mb.offer_for_runner(deliver("session"));
+        assert!(scheduled);
+        mb.offer_for_runner(deliver("b"));
+        mb.target().write_queued();
+        assert_eq!(rx.len(), 2);
+        assert!(
+            matches!(rx.next().await, Next::Item(Outbound::Deliver(d)) if d.frame().windows(7).any(|w| w == b"session"))
+        );
+        assert!(matches!(rx.try_next(), Some(Outbound::Deliver(_))));
     }
 
     #[tokio::test]
