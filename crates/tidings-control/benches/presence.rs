@@ -82,7 +82,7 @@ async fn main() {
     for i in 0..singles {
         let e = entry(n + i);
         p.add(&key, std::slice::from_ref(&e), ttl).await.unwrap();
-        p.remove(&key, &[e.conn.clone()]).await.unwrap();
+        p.remove(&key, std::slice::from_ref(&e.conn)).await.unwrap();
     }
     let single = t.elapsed();
 
