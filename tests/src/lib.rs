@@ -9,12 +9,15 @@
 
 pub mod backend;
 pub mod browser;
+pub mod cluster;
 pub mod django;
 pub mod gateway;
 pub mod http;
 pub mod nginx;
 pub mod raw;
 pub mod redis;
+pub mod socketio;
+pub mod sse;
 pub mod ws;
 
 pub use gateway::{Gateway, GatewayOptions};

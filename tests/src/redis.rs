@@ -22,6 +22,8 @@ pub struct RedisServer {
     dir: PathBuf,
     /// An append-only file fsynced on every write (`appendfsync always`).
     persistent: bool,
+    /// More `redis-server` arguments (cluster mode, replication).
+    extra: Vec<String>,
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released).
@@ -50,6 +52,12 @@ impl RedisServer {
     }
 
     async fn start_as(port: u16, persistent: bool) -> RedisServer {
+        Self::start_with_args(port, persistent, Vec::new()).await
+    }
+
+    /// Starts `redis-server` on `port` with more arguments (for example
+    /// `--cluster-enabled yes`), and waits until it answers PING.
+    pub async fn start_with_args(port: u16, persistent: bool, extra: Vec<String>) -> RedisServer {
         let dir = crate::gateway::temp_path(&format!("redis-{port}"));
         std::fs::create_dir_all(&dir).expect("redis dir");
         let mut s = RedisServer {
@@ -57,6 +65,7 @@ impl RedisServer {
             port,
             dir,
             persistent,
+            extra,
         };
         s.spawn().await;
         s
@@ -78,6 +87,7 @@ impl RedisServer {
         } else {
             cmd.args(["--appendonly", "no"]);
         }
+        cmd.args(&self.extra);
         let child = cmd
             .arg("--dir")
             .arg(&self.dir)
@@ -126,6 +136,11 @@ impl RedisServer {
     pub async fn restart(&mut self) {
         self.kill().await;
         self.spawn().await;
+    }
+
+    /// The directory it runs in (its files: `nodes.conf`, the AOF).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// The server's process id, while it runs.
@@ -233,8 +248,20 @@ impl Resp {
 
     /// Subscribes to `channel` and hands every message's payload to the
     /// returned receiver, in the order Redis sent them.
-    pub async fn subscribe(mut self, channel: &str) -> mpsc::UnboundedReceiver<Bytes> {
-        let confirm = self.cmd_bytes(&[b"SUBSCRIBE", channel.as_bytes()]).await;
+    pub async fn subscribe(self, channel: &str) -> mpsc::UnboundedReceiver<Bytes> {
+        self.subscribe_with("SUBSCRIBE", channel).await
+    }
+
+    /// Like [`Resp::subscribe`], with `command` (`SUBSCRIBE` or
+    /// `SSUBSCRIBE`).
+    pub async fn subscribe_with(
+        mut self,
+        command: &str,
+        channel: &str,
+    ) -> mpsc::UnboundedReceiver<Bytes> {
+        let confirm = self
+            .cmd_bytes(&[command.as_bytes(), channel.as_bytes()])
+            .await;
         assert!(matches!(confirm, Reply::Array(_)), "{confirm:?}");
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -246,6 +273,12 @@ impl Resp {
                                 return;
                             }
                         }
+                    }
+                    // A slot that moved away drops the subscription.
+                    Reply::Array(v)
+                        if v.first().and_then(Reply::as_str) == Some("sunsubscribe") =>
+                    {
+                        return
                     }
                     other => panic!("unexpected on a subscription: {other:?}"),
                 }

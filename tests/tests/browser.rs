@@ -256,3 +256,125 @@ anonymous = true
     })
     .await;
 }
+
+/// With history (and Redis), the demo page shows recovery: after the
+/// gateway is killed and restarted while a backend publishes with the
+/// one-command publish, the page says the room was recovered and shows the
+/// messages published meanwhile, in order.
+#[tokio::test]
+async fn demo_page_shows_recovery_after_a_gateway_restart() {
+    let redis = tidings_e2e::redis::RedisServer::start().await;
+    let rules = r#"
+[[routing.rules]]
+channel = "/app/broadcast"
+join = true
+subscribe = true
+anonymous = true
+
+[[routing.rules]]
+channel = "/app/room/*"
+subscribe = true
+anonymous = true
+history = { size = 50, ttl_secs = 600 }
+"#;
+    let opts = GatewayOptions::default()
+        .toml(rules)
+        .env("TIDINGS_REDIS_URL", redis.url());
+    let mut gw = Gateway::start_with(opts.clone()).await;
+    gw.wait_ready().await;
+    let addr = gw.addr;
+    let browser = Browser::launch().await;
+    let page = open_demo(&browser, &gw).await;
+    let done = page
+        .eval(
+            "(() => { const f = document.getElementById('subscribe'); \
+             f.elements.channel.value = '/app/room/h'; \
+             f.querySelector('button[type=submit]').click(); return true; })()",
+        )
+        .await;
+    assert_eq!(done, Ok(json!(true)));
+    page.wait_for(
+        "the subscription",
+        "document.getElementById('channels').textContent.includes('/app/room/h (subscribed)')",
+    )
+    .await;
+    let before = unique("before");
+    let r = gw.publish("/app/room/h", json!({ "text": before })).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let row = |text: &str| {
+        format!(
+            "[...document.querySelectorAll('#log li.message')].some(li => \
+             li.textContent.includes('/app/room/h #') && li.textContent.includes({}))",
+            js(text)
+        )
+    };
+    page.wait_for("the first message", &row(&before)).await;
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &gw.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert!(gw
+        .wait_exit(std::time::Duration::from_secs(10))
+        .await
+        .is_some());
+    // Published while the gateway is down, with the one-command publish.
+    let mut r = redis.client().await;
+    let missed: Vec<String> = (0..3).map(|n| unique(&format!("missed {n}"))).collect();
+    for text in &missed {
+        let data = json!({ "text": text }).to_string();
+        let reply = r
+            .cmd(&[
+                "FCALL",
+                "tidings_publish",
+                "1",
+                "/app/room/h",
+                &data,
+                "50",
+                "600",
+            ])
+            .await;
+        assert!(
+            matches!(reply, tidings_e2e::redis::Reply::Array(_)),
+            "{reply:?}"
+        );
+    }
+    let gw = Gateway::start_with(opts.env("TIDINGS_LISTEN", addr.to_string())).await;
+    assert_eq!(gw.addr, addr);
+    page.wait_for(
+        "the page to say the room was recovered",
+        "[...document.querySelectorAll('#log li.state')].some(li => \
+         li.textContent.startsWith('reconnected: recovered everything published on /app/room/h'))",
+    )
+    .await;
+    for text in &missed {
+        page.wait_for("a missed message", &row(text)).await;
+    }
+    // In order (the log shows the newest first), and no gap for the room.
+    let order = page
+        .eval(
+            "[...document.querySelectorAll('#log li.message')].map(li => li.textContent) \
+             .filter(t => t.includes('/app/room/h #')).reverse()",
+        )
+        .await
+        .expect("the rows");
+    let texts: Vec<&str> = order
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(texts.len(), 4, "{texts:?}");
+    for (row, text) in texts[1..].iter().zip(&missed) {
+        assert!(row.contains(text.as_str()), "{row} / {text}");
+    }
+    let gaps = page
+        .eval(
+            "[...document.querySelectorAll('#log li.gap')].map(li => li.textContent) \
+             .filter(t => t.includes('/app/room/h'))",
+        )
+        .await
+        .unwrap();
+    assert_eq!(gaps, json!([]));
+    drop(gw);
+}

@@ -128,14 +128,34 @@ fn nginx_site_sets_up_the_websocket_proxy() {
         assert_eq!(l.one("deny"), ["all"], "{path}");
         assert_eq!(l.children("proxy_pass").count(), 0, "{path}");
     }
-    // Nothing but /ws and the browser client go to the gateway.
+    // The other wires: unbuffered, long-lived, the client's Host.
+    for args in [&["=", "/sse"][..], &["/socket.io/"][..]] {
+        let l = location(&site, args);
+        assert_eq!(l.one("proxy_pass"), ["http://tidings_gateway"], "{args:?}");
+        assert_eq!(l.one("proxy_http_version"), ["1.1"], "{args:?}");
+        assert_eq!(l.one("proxy_buffering"), ["off"], "{args:?}");
+        assert_eq!(l.proxy_header("Host"), Some("$http_host"), "{args:?}");
+        let secs = nginx::time_secs(&l.one("proxy_read_timeout")[0]).unwrap();
+        assert!(secs >= 60.0, "{args:?}");
+    }
+    assert_eq!(
+        location(&site, &["/socket.io/"]).proxy_header("Upgrade"),
+        Some("$http_upgrade")
+    );
+    // Long-polling needs each client on one instance.
+    let upstream = nginx::find_all(&site, "upstream")
+        .into_iter()
+        .find(|u| u.args == ["tidings_gateway"])
+        .expect("upstream tidings_gateway");
+    assert_eq!(upstream.one("hash"), ["$remote_addr", "consistent"]);
+    // Nothing but the wires and the browser client go to the gateway.
     let to_gateway = nginx::find_all(&site, "proxy_pass")
         .into_iter()
         .filter(|p| p.args == ["http://tidings_gateway"])
         .count();
     assert_eq!(
-        to_gateway, 2,
-        "only /ws and /tidings.js may be proxied to the gateway"
+        to_gateway, 4,
+        "only /ws, /sse, /socket.io/ and /tidings.js may be proxied to the gateway"
     );
     assert_eq!(
         location(&site, &["=", "/tidings.js"]).one("proxy_pass"),

@@ -32,19 +32,20 @@ struct Stack {
 }
 
 impl Stack {
+    fn gateway_options(redis: &RedisServer, django: &DjangoApp, anonymous: &str) -> GatewayOptions {
+        GatewayOptions::default()
+            .env("TIDINGS_REDIS_URL", redis.url())
+            .env("TIDINGS_IDENTITY__RESOLVERS", r#"["cookie_proxy","token"]"#)
+            .env("TIDINGS_IDENTITY__ANONYMOUS", anonymous)
+            .env("TIDINGS_IDENTITY__COOKIE_PROXY__URL", django.whoami_url())
+            .env("TIDINGS_IDENTITY__TOKEN__PREFIX", PREFIX)
+            .env("TIDINGS_LOG__LEVEL", "debug")
+    }
+
     async fn start(anonymous: &str) -> Stack {
         let redis = RedisServer::start().await;
         let django = DjangoApp::start(&redis.url(), PREFIX).await;
-        let gw = Gateway::start_with(
-            GatewayOptions::default()
-                .env("TIDINGS_REDIS_URL", redis.url())
-                .env("TIDINGS_IDENTITY__RESOLVERS", r#"["cookie_proxy","token"]"#)
-                .env("TIDINGS_IDENTITY__ANONYMOUS", anonymous)
-                .env("TIDINGS_IDENTITY__COOKIE_PROXY__URL", django.whoami_url())
-                .env("TIDINGS_IDENTITY__TOKEN__PREFIX", PREFIX)
-                .env("TIDINGS_LOG__LEVEL", "debug"),
-        )
-        .await;
+        let gw = Gateway::start_with(Self::gateway_options(&redis, &django, anonymous)).await;
         // Sockets opened before the first Redis connection would (rightly)
         // get a gap notice once it is up; these tests start from ready.
         gw.wait_ready().await;
@@ -117,6 +118,22 @@ fn assert_welcome(c: &Client, user_id: &str) {
 
 fn notification(user_id: &str, text: &str) -> Value {
     json!({"type": "message", "channel": user_channel(user_id), "data": {"text": text}})
+}
+
+/// The next frame, with the history position the package's publish gives
+/// user notifications (`offset`, `epoch`) checked and taken out.
+async fn next_notification(c: &mut Client) -> Value {
+    let mut f = c.next_json().await;
+    let o = f.as_object_mut().expect("an object");
+    assert!(
+        o.remove("offset").is_some_and(|v| v.is_u64()),
+        "an offset: {o:?}"
+    );
+    assert!(
+        o.remove("epoch").is_some_and(|v| v.is_string()),
+        "an epoch: {o:?}"
+    );
+    f
 }
 
 async fn assert_quiet(c: &mut Client, who: &str) {
@@ -215,14 +232,17 @@ async fn with_the_session_cookie_each_user_gets_her_notifications_and_nobody_els
 
     django.notify(&alice, "for alice").await;
     assert_eq!(
-        a.next_json().await,
+        next_notification(&mut a).await,
         notification(&alice.user_id, "for alice")
     );
     assert_quiet(&mut b, "bob").await;
     assert_quiet(&mut anon, "the anonymous socket").await;
 
     django.notify(&bob, "for bob").await;
-    assert_eq!(b.next_json().await, notification(&bob.user_id, "for bob"));
+    assert_eq!(
+        next_notification(&mut b).await,
+        notification(&bob.user_id, "for bob")
+    );
     assert_quiet(&mut a, "alice").await;
     assert_quiet(&mut anon, "the anonymous socket").await;
 
@@ -231,11 +251,11 @@ async fn with_the_session_cookie_each_user_gets_her_notifications_and_nobody_els
     assert_welcome(&a2, &alice.user_id);
     django.notify(&alice, "both tabs").await;
     assert_eq!(
-        a.next_json().await,
+        next_notification(&mut a).await,
         notification(&alice.user_id, "both tabs")
     );
     assert_eq!(
-        a2.next_json().await,
+        next_notification(&mut a2).await,
         notification(&alice.user_id, "both tabs")
     );
     assert_quiet(&mut b, "bob").await;
@@ -254,6 +274,66 @@ async fn with_the_session_cookie_each_user_gets_her_notifications_and_nobody_els
     ]);
 }
 
+/// The package's `publish_to_user` (the three-line setup, publishing
+/// through Redis) gives user notifications a history, so a browser whose
+/// gateway was SIGKILLed while Django kept notifying reconnects with its
+/// position and gets every notification once, in order.
+#[tokio::test]
+async fn django_notifications_published_while_the_gateway_was_down_are_recovered() {
+    let mut st = Stack::start("allow").await;
+    let alice = st.django.login("alice", PASSWORD).await;
+    let mut a = st.connect_as(&alice).await;
+    let ch = user_channel(&alice.user_id);
+    assert_eq!(a.welcome["recovery"], true, "{}", a.welcome);
+    st.django.notify(&alice, "one").await;
+    let one = a.next_json().await;
+    assert_eq!(one["data"], json!({"text": "one"}), "{one}");
+    let at = json!({ ch.as_str(): {"offset": one["offset"], "epoch": one["epoch"]} });
+    // The gateway dies; Django goes on notifying (straight into Redis).
+    drop(a);
+    let opts = Stack::gateway_options(&st.redis, &st.django, "allow");
+    st.gw = Gateway::start_with(GatewayOptions::default()).await;
+    for text in ["two", "three"] {
+        st.django.notify(&alice, text).await;
+    }
+    st.gw = Gateway::start_with(opts).await;
+    st.gw.wait_ready().await;
+    let since: String = at
+        .to_string()
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let url = format!("{}?since={since}", st.gw.ws_url());
+    // (Not `st.connect`: its ping would skip the replayed messages.)
+    let mut a = Client::connect_with(&url, &[("Cookie", &alice.cookie())])
+        .await
+        .expect("reconnect");
+    assert_eq!(
+        a.welcome["positions"][ch.as_str()]["recovered"],
+        true,
+        "{}",
+        a.welcome
+    );
+    for text in ["two", "three"] {
+        assert_eq!(
+            next_notification(&mut a).await,
+            notification(&alice.user_id, text)
+        );
+    }
+    st.django.notify(&alice, "four").await;
+    assert_eq!(
+        next_notification(&mut a).await,
+        notification(&alice.user_id, "four")
+    );
+    assert_quiet(&mut a, "alice").await;
+}
+
 #[tokio::test]
 async fn with_anonymous_refuse_a_socket_without_a_login_is_refused() {
     let st = Stack::start("refuse").await;
@@ -270,7 +350,10 @@ async fn with_anonymous_refuse_a_socket_without_a_login_is_refused() {
     let mut a = st.connect_as(&alice).await;
     assert_welcome(&a, &alice.user_id);
     st.django.notify(&alice, "hi").await;
-    assert_eq!(a.next_json().await, notification(&alice.user_id, "hi"));
+    assert_eq!(
+        next_notification(&mut a).await,
+        notification(&alice.user_id, "hi")
+    );
     st.assert_logs_keep(&[&alice.sessionid, &alice.csrftoken]);
 }
 
@@ -288,7 +371,7 @@ async fn a_one_time_token_from_django_opens_one_socket() {
     assert_welcome(&a, &alice.user_id);
     django.notify(&alice, "by token").await;
     assert_eq!(
-        a.next_json().await,
+        next_notification(&mut a).await,
         notification(&alice.user_id, "by token")
     );
     assert_quiet(&mut b, "bob").await;

@@ -22,6 +22,8 @@ use tidings_core::config::Secret;
 use tidings_identity::{CookieProxyConfig, IdentitySettings, TokenConfig};
 use tidings_routing::{Router, RoutingSettings};
 use tidings_rpc::{RpcConfig, RpcSettings};
+use tidings_socketio::{SocketIoConfig, SocketIoSettings};
+use tidings_sse::{SseConfig, SseSettings};
 use tidings_transport::{LimitsSettings, ShutdownSettings, TransportConfig, WebSocketSettings};
 
 mod kubernetes;
@@ -47,6 +49,10 @@ pub(crate) struct Config {
     pub(crate) log: LogConfig,
     /// The WebSocket endpoint: tidings-transport.
     pub(crate) websocket: WebSocketSettings,
+    /// The Server-Sent Events endpoint: tidings-sse.
+    pub(crate) sse: SseSettings,
+    /// The Socket.IO endpoint: tidings-socketio.
+    pub(crate) socketio: SocketIoSettings,
     /// The HTTP publish API.
     pub(crate) api: ApiConfig,
     /// Shutdown behaviour: tidings-transport.
@@ -167,6 +173,8 @@ impl Default for Config {
                 format: LogFormat::Text,
             },
             websocket: WebSocketSettings::default(),
+            sse: SseSettings::default(),
+            socketio: SocketIoSettings::default(),
             api: ApiConfig {
                 allow_local_without_key: true,
                 max_body_bytes: 1024 * 1024,
@@ -357,7 +365,9 @@ impl Config {
                 ));
             }
         }
-        self.transport()?;
+        let transport = self.transport()?;
+        self.sse(&transport)?;
+        self.socketio(&transport)?;
         self.router()?;
         self.redis()?;
         self.identity
@@ -437,6 +447,12 @@ impl Config {
     /// The Redis broker's configuration, if `redis_url` is set.
     pub(crate) fn redis(&self) -> Result<Option<RedisConfig>, ConfigError> {
         let Some(url) = &self.redis_url else {
+            if self.redis.mode != tidings_bridge::ModeName::Standalone {
+                return Err(ConfigError::invalid(
+                    "redis_url",
+                    "required with redis.mode = \"sentinel\" or \"cluster\": the URL of one Sentinel or one cluster node (TIDINGS_REDIS_URL)",
+                ));
+            }
             return Ok(None);
         };
         let config = self
@@ -467,6 +483,59 @@ impl Config {
     pub(crate) fn transport(&self) -> Result<TransportConfig, ConfigError> {
         TransportConfig::from_settings(&self.websocket, &self.shutdown, &self.limits)
             .map_err(ConfigError::section(""))
+    }
+
+    /// The SSE endpoint's tunables (`[sse]`; the write timeout and the
+    /// drain window are the WebSockets'), if it is on.
+    pub(crate) fn sse(&self, t: &TransportConfig) -> Result<Option<SseConfig>, ConfigError> {
+        if !self.sse.enabled {
+            return Ok(None);
+        }
+        let mut c = SseConfig {
+            write_timeout: t.write_timeout,
+            body_timeout: t.handshake_timeout,
+            drain_spread: t.drain_spread,
+            ..SseConfig::default()
+        };
+        self.sse
+            .apply(&mut c)
+            .map_err(ConfigError::section("sse"))?;
+        if c.path == t.ws_path {
+            return Err(ConfigError::invalid(
+                "sse.path",
+                "must differ from websocket.path",
+            ));
+        }
+        Ok(Some(c))
+    }
+
+    /// The Socket.IO endpoint's tunables (`[socketio]`; the write timeout
+    /// and the drain window are the WebSockets'), if it is on.
+    pub(crate) fn socketio(
+        &self,
+        t: &TransportConfig,
+    ) -> Result<Option<SocketIoConfig>, ConfigError> {
+        if !self.socketio.enabled {
+            return Ok(None);
+        }
+        let mut c = SocketIoConfig {
+            write_timeout: t.write_timeout,
+            body_timeout: t.handshake_timeout,
+            drain_spread: t.drain_spread,
+            ..SocketIoConfig::default()
+        };
+        self.socketio
+            .apply(&mut c)
+            .map_err(ConfigError::section("socketio"))?;
+        if t.ws_path.starts_with(&c.path)
+            || (self.sse.enabled && self.sse.path.starts_with(&c.path))
+        {
+            return Err(ConfigError::invalid(
+                "socketio.path",
+                "must not be a prefix of websocket.path or sse.path",
+            ));
+        }
+        Ok(Some(c))
     }
 
     /// The RPC client's configuration, if RPC is on.

@@ -12,7 +12,9 @@ use tidings_identity::{
     Chain, CookieProxy, MemoryTokenStore, RedisTokenStore, ResolverKind, TokenResolver, TokenStore,
 };
 use tidings_rpc::HttpRpc;
-use tidings_transport::{serve, Gateway};
+use tidings_socketio::SocketIo;
+use tidings_sse::Sse;
+use tidings_transport::{serve_with, Gateway, Mounts};
 use tracing_subscriber::EnvFilter;
 
 mod config;
@@ -115,8 +117,16 @@ fn init_tracing(config: &Config) {
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let transport = config.transport()?;
+    let sse = config.sse(&transport)?;
+    let socketio = config.socketio(&transport)?;
     let router = config.router()?;
-    let redis = config.redis()?;
+    let redis = config.redis()?.map(|mut redis| {
+        let router = router.clone();
+        redis.sharded = Some(Arc::new(move |c: &tidings_core::ChannelName| {
+            router.sharded_for(c)
+        }));
+        redis
+    });
     // The history's own command pool (closed with QUIT at shutdown).
     let mut history_pool = None;
     let bridge = match &redis {
@@ -230,7 +240,27 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         }),
     );
     let handler = move |req, peer| Arc::clone(&endpoints).handle(req, peer);
-    serve(listener, gateway.clone(), handler, shutdown_signal()).await?;
+    // Other wire formats beside the WebSocket: the same admission (limits,
+    // draining, identity) and the same session context.
+    let mut mounts = Mounts::new();
+    if let Some(sse) = sse {
+        let path = sse.path.clone();
+        let sse = Sse::new(gateway.admission().clone(), gateway.context().clone(), sse);
+        mounts = mounts.at(path, Arc::new(sse));
+    }
+    if let Some(sio) = socketio {
+        let path = sio.path.clone();
+        let sio = SocketIo::new(gateway.admission().clone(), gateway.context().clone(), sio);
+        mounts = mounts.under(path, Arc::new(sio));
+    }
+    serve_with(
+        listener,
+        gateway.clone(),
+        mounts,
+        handler,
+        shutdown_signal(),
+    )
+    .await?;
     // The sockets are gone: so are this gateway's presence entries (rather
     // than after their time to live).
     tracker.leave_all().await;
@@ -260,7 +290,9 @@ fn history_lookup(
     move |channel| {
         let h = router.history_for(channel)?;
         // The rule was validated (size 1..=10000, ttl_secs 1..=7 days).
-        HistoryOptions::new(h.size, Duration::from_secs(h.ttl_secs)).ok()
+        HistoryOptions::new(h.size, Duration::from_secs(h.ttl_secs))
+            .ok()
+            .map(|o| o.with_sharded(router.sharded_for(channel)))
     }
 }
 
@@ -387,6 +419,12 @@ fn banner(config: &Config, addr: std::net::SocketAddr, broker: &str) {
     let base = format!("http://{local}");
     tracing::info!("  demo page:  {base}/");
     tracing::info!("  websocket:  ws://{local}{}", config.websocket.path);
+    if config.sse.enabled {
+        tracing::info!("  events:     {base}{}", config.sse.path);
+    }
+    if config.socketio.enabled {
+        tracing::info!("  socket.io:  {base}{}", config.socketio.path);
+    }
     let auth = if config.api_key.is_some() {
         " -H \"Authorization: Bearer $TIDINGS_API_KEY\""
     } else {

@@ -100,6 +100,70 @@ fn bad_values_name_the_key_and_the_source() {
 }
 
 #[test]
+fn redis_modes_need_their_keys_and_name_them() {
+    let url = ("TIDINGS_REDIS_URL", "redis://:s3cret@127.0.0.1:26379");
+    let sentinel = ("TIDINGS_REDIS__MODE", "sentinel");
+    let (ok, _, err) = tidings(&["check-config"], &[url, sentinel]);
+    assert!(!ok);
+    assert!(
+        err.contains("config key `redis.sentinel_service`") && err.contains("required"),
+        "{err}"
+    );
+    let (ok, out, err) = tidings(
+        &["check-config"],
+        &[
+            url,
+            sentinel,
+            ("TIDINGS_REDIS__SENTINEL_SERVICE", "mymaster"),
+            ("TIDINGS_REDIS__NODES", r#"["127.0.0.1:26380"]"#),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("mode = \"sentinel\""), "{out}");
+    assert!(!out.contains("s3cret") && !err.contains("s3cret"));
+
+    // Cluster: a URL is required, database 0 only, nodes are host:port.
+    let cluster = ("TIDINGS_REDIS__MODE", "cluster");
+    let (ok, _, err) = tidings(&["check-config"], &[cluster]);
+    assert!(!ok);
+    assert!(err.contains("config key `redis_url`"), "{err}");
+    let (ok, _, err) = tidings(
+        &["check-config"],
+        &[
+            cluster,
+            ("TIDINGS_REDIS_URL", "redis://:s3cret@127.0.0.1:7000/3"),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("database 0") && !err.contains("s3cret"),
+        "{err}"
+    );
+    let (ok, _, err) = tidings(
+        &["check-config"],
+        &[cluster, url, ("TIDINGS_REDIS__NODES", r#"["7001"]"#)],
+    );
+    assert!(!ok);
+    assert!(err.contains("config key `redis.nodes`"), "{err}");
+    let (ok, _, err) = tidings(&["check-config"], &[url, ("TIDINGS_REDIS__MODE", "ring")]);
+    assert!(!ok);
+    assert!(err.contains("redis.mode"), "{err}");
+
+    // A sharded pattern rule stops startup, naming the rule.
+    let file = write_config(
+        "sharded-pattern",
+        "[[routing.rules]]\nchannel = \"/app/feed/*\"\nsubscribe = true\nsharded = true\n",
+    );
+    let (ok, _, err) = tidings(&["--config", file.to_str().unwrap(), "check-config"], &[]);
+    std::fs::remove_file(&file).ok();
+    assert!(!ok);
+    assert!(
+        err.contains("routing.rules") && err.contains("sharded") && err.contains("pattern"),
+        "{err}"
+    );
+}
+
+#[test]
 fn unknown_keys_stop_startup() {
     // A typo in the environment.
     let (ok, _, err) = tidings(&["check-config"], &[("TIDINGS_LISTN", "127.0.0.1:1")]);

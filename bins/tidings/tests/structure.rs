@@ -7,7 +7,11 @@
 //!   the module's file, and the graph must have no cycle;
 //! - no library crate depends (in its `Cargo.toml`, dev-dependencies aside)
 //!   on a crate above it in the layering
-//!   `core < identity, routing, bridge, history < session < transport, rpc, control < binaries`.
+//!   `core < identity, routing, bridge, history < session < admission, rpc, control
+//!   < wire adapters (transport = WebSocket, sse, ...) < binaries`;
+//! - no wire adapter depends on (or names in its sources) a crate of
+//!   another wire protocol: adding a wire protocol touches no file of
+//!   another one.
 //!
 //! Unit-test modules (everything from a file's first `#[cfg(test)]` on) are
 //! left out: tests may use the crate's public API from anywhere.
@@ -238,12 +242,27 @@ fn the_checker_sees_a_circle() {
 
 /// The layer of a workspace crate (`None`: not a workspace crate).
 fn layer(name: &str) -> Option<u32> {
+    if wire_protocol(name).is_some() {
+        return Some(4);
+    }
     Some(match name {
         "tidings-core" => 0,
         "tidings-identity" | "tidings-routing" | "tidings-bridge" | "tidings-history" => 1,
         "tidings-session" => 2,
-        "tidings-transport" | "tidings-rpc" | "tidings-control" => 3,
-        "tidings" | "tidings-bench" => 4,
+        "tidings-admission" | "tidings-rpc" | "tidings-control" => 3,
+        "tidings" | "tidings-bench" => 5,
+        _ => return None,
+    })
+}
+
+/// The wire protocol a wire adapter crate speaks (crates of one protocol,
+/// such as a transport and the protocol over it, share a name); `None`
+/// for crates that are not wire adapters.
+fn wire_protocol(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "tidings-transport" => "websocket",
+        "tidings-sse" => "sse",
+        "tidings-engineio" | "tidings-socketio" => "socket.io",
         _ => return None,
     })
 }
@@ -292,4 +311,91 @@ fn no_library_crate_depends_on_a_crate_above_it() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Every `tidings-*` crate named in `manifest`, dev-dependencies included.
+fn all_workspace_deps(manifest: &str) -> Vec<String> {
+    let mut deps = Vec::new();
+    let mut in_deps = false;
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_deps = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .ends_with("dependencies");
+            continue;
+        }
+        if in_deps && line.starts_with("tidings") {
+            let name = line
+                .split(|c: char| c == '=' || c == '.' || c.is_whitespace())
+                .next()
+                .unwrap_or("");
+            deps.push(name.to_owned());
+        }
+    }
+    deps
+}
+
+#[test]
+fn no_wire_adapter_depends_on_another_wire_protocol() {
+    let mut wrong = Vec::new();
+    for krate in library_crates() {
+        let name = krate
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let Some(own) = wire_protocol(&name) else {
+            continue;
+        };
+        let manifest = fs::read_to_string(krate.join("Cargo.toml")).expect("Cargo.toml");
+        for dep in all_workspace_deps(&manifest) {
+            if wire_protocol(&dep).is_some_and(|p| p != own) {
+                wrong.push(format!(
+                    "{name} ({own}) depends on {dep}, another wire protocol"
+                ));
+            }
+        }
+        // Nor through a path, a re-export or a doc link in its sources.
+        let others: Vec<String> = library_crates()
+            .iter()
+            .filter_map(|k| k.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .filter(|n| wire_protocol(n).is_some_and(|p| p != own))
+            .map(|n| n.replace('-', "_"))
+            .collect();
+        for entry in fs::read_dir(krate.join("src")).expect("src/") {
+            let path = entry.expect("entry").path();
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            for other in &others {
+                if text.contains(&format!("{other}::")) {
+                    wrong.push(format!("{} names {other}", path.display()));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_wire_crate_has_a_protocol() {
+    // A crate under crates/ that serves a wire format by a name this test
+    // does not know would escape the check above: name it here.
+    for krate in library_crates() {
+        let name = krate
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let lib = fs::read_to_string(krate.join("src/lib.rs")).unwrap_or_default();
+        let serves = lib.contains("impl Endpoint for") || {
+            fs::read_dir(krate.join("src"))
+                .expect("src/")
+                .filter_map(|e| fs::read_to_string(e.expect("entry").path()).ok())
+                .any(|t| t.contains("impl Endpoint for"))
+        };
+        assert!(
+            !serves || wire_protocol(&name).is_some(),
+            "{name} implements tidings_admission::Endpoint: give it a wire protocol in wire_protocol()"
+        );
+    }
 }

@@ -233,3 +233,28 @@ def test_check_command_with_whoami(live: str, stack: Gateway) -> None:
         bad_host = run_check(*base, "--whoami", live + "/tidings/whoami/")
     assert bad_host.returncode == 1
     assert "ALLOWED_HOSTS" in bad_host.stdout
+
+
+def test_history_setting_on_the_redis_path() -> None:
+    from tidings import History
+    from tidings.contrib.django.conf import history_for
+    from tidings.errors import ConfigurationError
+
+    redis = {"REDIS_URL": "redis://127.0.0.1:9/0"}
+    with override_settings(TIDINGS=redis):
+        # The gateway's default rules: user notifications keep 100 for 600 s.
+        assert history_for("user") == History(100, 600)
+        assert history_for("group") is None
+        assert history_for("broadcast") is None
+    with override_settings(TIDINGS={**redis, "HISTORY": {}}):
+        assert history_for("user") is None
+    with override_settings(TIDINGS={**redis, "HISTORY": {"group": {"size": 5, "ttl_secs": 60}}}):
+        assert history_for("group") == History(5, 60)
+        assert history_for("user") is None
+    with override_settings(TIDINGS={"URL": "http://127.0.0.1:8080"}):
+        # Through the HTTP API the gateway applies its rules itself.
+        assert history_for("user") is None
+    for bad in ({"user": {"size": 5}}, {"user": 5}, {"user": {"size": 5, "ttl_secs": 1, "x": 1}}, []):
+        with override_settings(TIDINGS={**redis, "HISTORY": bad}):
+            with pytest.raises(ConfigurationError):
+                history_for("user")

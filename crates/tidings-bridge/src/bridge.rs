@@ -35,6 +35,8 @@ pub(crate) enum Control {
     Lost,
     /// The broker connection is back.
     Restored,
+    /// The broker asks for a self-check now.
+    Recheck,
 }
 
 /// Most control requests handled in one batch (one broker round trip).
@@ -113,6 +115,7 @@ impl Bridge {
                 let _ = events.send(match event {
                     ConnectionEvent::Lost => Control::Lost,
                     ConnectionEvent::Restored => Control::Restored,
+                    ConnectionEvent::Recheck => Control::Recheck,
                 });
             }),
         })?);
@@ -465,6 +468,7 @@ impl Manager {
                     self.lost = true;
                 }
                 Control::Restored => restored = true,
+                Control::Recheck => self.check_at = Some(Instant::now()),
             }
         }
         if restored {
@@ -650,6 +654,11 @@ impl Bridge {
     /// Must be called within a Tokio runtime.
     pub fn redis(config: crate::RedisConfig) -> Result<Self, crate::RedisSetupError> {
         let every = Some(config.self_check_interval);
+        if let crate::RedisMode::Cluster { .. } = config.mode {
+            return Self::try_with_self_check(every, |inbound| {
+                crate::ClusterBroker::new(config, inbound)
+            });
+        }
         Self::try_with_self_check(every, |inbound| crate::RedisBroker::new(config, inbound))
     }
 }

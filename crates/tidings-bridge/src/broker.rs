@@ -21,6 +21,9 @@ pub(crate) enum ConnectionEvent {
     Lost,
     /// The connection is back.
     Restored,
+    /// Something changed behind the bridge's back (a Redis Cluster slot
+    /// moved, a node came back): run the self-check now.
+    Recheck,
 }
 
 /// Where [`Inbound`] sends [`ConnectionEvent`]s (the bridge hands them to its
@@ -183,5 +186,24 @@ impl Inbound {
     /// `gap` notice.
     pub fn connection_restored(&self) {
         (self.events)(ConnectionEvent::Restored);
+    }
+
+    /// Asks the bridge to run its self-check now (see [`Broker::missing`]):
+    /// for a broker that learns some subscriptions may be gone (a Redis
+    /// Cluster slot that moved to another node). The topics `missing`
+    /// names are subscribed again and their sockets get a `gap` notice.
+    pub fn recheck(&self) {
+        (self.events)(ConnectionEvent::Recheck);
+    }
+
+    /// A handle on the same hub whose connection events go to `events`
+    /// instead (for a broker made of several connections, such as the
+    /// Redis Cluster broker's one per node).
+    #[cfg(feature = "redis")]
+    pub(crate) fn with_events(&self, events: ConnectionEvents) -> Self {
+        Self {
+            hub: self.hub.clone(),
+            events,
+        }
     }
 }

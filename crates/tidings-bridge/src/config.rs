@@ -4,7 +4,21 @@
 use serde::{Deserialize, Serialize};
 use tidings_core::config::{non_negative_secs, positive_secs, ConfigError};
 
-use crate::RedisConfig;
+use crate::{redis::check_nodes, RedisConfig, RedisMode};
+
+/// `redis.mode`: how the gateway reaches Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeName {
+    /// One server, at `redis_url`.
+    #[default]
+    Standalone,
+    /// The master of `redis.sentinel_service`, found through the Sentinel
+    /// at `redis_url` (and `redis.nodes`).
+    Sentinel,
+    /// A Redis Cluster: `redis_url` is one node, `redis.nodes` more seeds.
+    Cluster,
+}
 
 /// The `[redis]` section: tunables of the Redis broker. Unknown keys are
 /// refused; left out, a key takes the [`RedisConfig::new`] default.
@@ -30,6 +44,18 @@ pub struct RedisSettings {
     /// Seconds between self-checks of the subscriptions against Redis (0:
     /// only after reconnects).
     pub self_check_interval_secs: f64,
+    /// `standalone`, `sentinel` or `cluster`.
+    pub mode: ModeName,
+    /// Sentinel: more Sentinels; cluster: more seed nodes (`host:port`
+    /// each; `redis_url` names the first, and its credentials and TLS apply
+    /// to all).
+    pub nodes: Vec<String>,
+    /// Sentinel: the service (master) name. Required with `mode =
+    /// "sentinel"`, refused otherwise.
+    pub sentinel_service: Option<String>,
+    /// Cluster: seconds between reads of the slot map (a moved slot or a
+    /// promoted replica is followed within about this time).
+    pub topology_check_interval_secs: f64,
 }
 
 impl Default for RedisSettings {
@@ -42,6 +68,10 @@ impl Default for RedisSettings {
             pool_size: r.pool_size,
             message_buffer: r.message_buffer,
             self_check_interval_secs: r.self_check_interval.as_secs_f64(),
+            mode: ModeName::Standalone,
+            nodes: Vec::new(),
+            sentinel_service: None,
+            topology_check_interval_secs: r.topology_check_interval.as_secs_f64(),
         }
     }
 }
@@ -75,6 +105,43 @@ impl RedisSettings {
         config.message_buffer = self.message_buffer;
         config.self_check_interval =
             non_negative_secs("self_check_interval_secs", self.self_check_interval_secs)?;
+        config.topology_check_interval = positive_secs(
+            "topology_check_interval_secs",
+            self.topology_check_interval_secs,
+        )?;
+        check_nodes(&self.nodes).map_err(|e| ConfigError::new("nodes", e))?;
+        config.mode = match (self.mode, &self.sentinel_service) {
+            (ModeName::Sentinel, Some(service)) if !service.trim().is_empty() => {
+                RedisMode::Sentinel {
+                    service: service.clone(),
+                    nodes: self.nodes.clone(),
+                }
+            }
+            (ModeName::Sentinel, _) => {
+                return Err(ConfigError::new(
+                    "sentinel_service",
+                    "required with mode = \"sentinel\": the name of the master the Sentinels watch (SENTINEL MASTERS lists them)",
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(ConfigError::new(
+                    "sentinel_service",
+                    "only used with mode = \"sentinel\"",
+                ))
+            }
+            (ModeName::Cluster, None) => RedisMode::Cluster {
+                nodes: self.nodes.clone(),
+            },
+            (ModeName::Standalone, None) => {
+                if !self.nodes.is_empty() {
+                    return Err(ConfigError::new(
+                        "nodes",
+                        "only used with mode = \"sentinel\" or \"cluster\" (a standalone server is redis_url alone)",
+                    ));
+                }
+                RedisMode::Standalone
+            }
+        };
         Ok(config)
     }
 
@@ -120,6 +187,56 @@ mod tests {
             negative.validate().unwrap_err().key(),
             "connect_timeout_secs"
         );
+        let unknown = toml::from_str::<RedisSettings>("pool = 1").unwrap_err();
+        assert!(
+            unknown.to_string().contains("unknown field `pool`"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn modes_need_their_keys() {
+        let url = "redis://127.0.0.1:7000";
+        let read = |text: &str| toml::from_str::<RedisSettings>(text).unwrap();
+        let e = read("mode = \"sentinel\"").validate().unwrap_err();
+        assert_eq!(e.key(), "sentinel_service");
+        assert!(e.reason().contains("required"), "{}", e.reason());
+        let s = read(
+            "mode = \"sentinel\"\nsentinel_service = \"mymaster\"\nnodes = [\"127.0.0.1:26380\"]",
+        );
+        assert_eq!(
+            s.to_config(url).unwrap().mode,
+            RedisMode::Sentinel {
+                service: "mymaster".into(),
+                nodes: vec!["127.0.0.1:26380".into()]
+            }
+        );
+        let e = read("sentinel_service = \"x\"").validate().unwrap_err();
+        assert_eq!(e.key(), "sentinel_service");
+        let e = read("nodes = [\"127.0.0.1:7001\"]").validate().unwrap_err();
+        assert_eq!(e.key(), "nodes");
+        let e = read("mode = \"cluster\"\nnodes = [\"nope\"]")
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            (e.key(), e.reason()),
+            ("nodes", "\"nope\" is not host:port")
+        );
+        let c = read("mode = \"cluster\"\nnodes = [\"127.0.0.1:7001\"]");
+        let config = c.to_config(url).unwrap();
+        assert!(config.check_url().is_ok());
+        let db = c.to_config("redis://127.0.0.1:7000/2").unwrap();
+        assert!(db
+            .check_url()
+            .unwrap_err()
+            .to_string()
+            .contains("database 0"));
+        let unknown = toml::from_str::<RedisSettings>("mode = \"ring\"").unwrap_err();
+        assert!(unknown.to_string().contains("unknown variant"), "{unknown}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
         let unknown = toml::from_str::<RedisSettings>("pool = 1").unwrap_err();
         assert!(
             unknown.to_string().contains("unknown field `pool`"),

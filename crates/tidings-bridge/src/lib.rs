@@ -7,7 +7,9 @@
 //! - [`broker`]: the [`Broker`] trait, [`BrokerError`] and the [`Inbound`]
 //!   handle a broker delivers through.
 //! - [`local`]: the in-process broker.
-//! - `redis`: the Redis broker (feature `redis`).
+//! - `redis`: the Redis broker, one server or Sentinel (feature `redis`).
+//! - `cluster`: the Redis Cluster broker, classic and sharded pub/sub
+//!   (feature `redis`).
 //! - [`history`](mod@history): publishing with history (offsets).
 //! - [`bridge`]: the [`Bridge`] itself and a socket's [`Subscriber`] handle.
 //! - [`stats`]: counters for metrics.
@@ -19,6 +21,9 @@
 pub mod bench;
 pub mod bridge;
 pub mod broker;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod cluster;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod config;
@@ -35,13 +40,16 @@ pub use bridge::{Bridge, Subscriber};
 pub use broker::{BoxFuture, Broker, BrokerError, Inbound, Topic};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use config::RedisSettings;
+pub use cluster::ClusterBroker;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use config::{ModeName, RedisSettings};
 pub use history::HistoryLookup;
 pub use hub::{Hub, QueueDepths};
 pub use local::LocalBroker;
 pub use mailbox::{mailbox, GapNotice, Mailbox, MailboxReceiver, Outbound, SlowConsumerPolicy};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis::{RedisBroker, RedisConfig, RedisSetupError};
+pub use redis::{RedisBroker, RedisConfig, RedisMode, RedisSetupError, ShardedLookup};
 pub use stats::BridgeStats;
 pub use tidings_history;

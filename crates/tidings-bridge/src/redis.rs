@@ -25,7 +25,8 @@ use fred::{
     prelude::{ClientLike, EventInterface, PubsubInterface},
     types::{
         config::{
-            Config, ConnectionConfig, PerformanceConfig, ReconnectPolicy, UnresponsiveConfig,
+            ClusterDiscoveryPolicy, Config, ConnectionConfig, PerformanceConfig, ReconnectPolicy,
+            Server, ServerConfig, UnresponsiveConfig,
         },
         Builder, ConnectHandle, MessageKind, Value,
     },
@@ -61,6 +62,58 @@ pub struct RedisConfig {
     /// any difference); it also runs after every reconnect. Zero: only
     /// after reconnects. Default 30 s.
     pub self_check_interval: Duration,
+    /// The topology: one server, a master found through Sentinel, or a
+    /// Redis Cluster. Default [`RedisMode::Standalone`].
+    pub mode: RedisMode,
+    /// Cluster: how often the slot map is read and compared with where
+    /// each sharded channel is subscribed (a slot that moved, a master
+    /// replaced by its replica); what moved is subscribed again on its new
+    /// owner. Sentinel: how often the Sentinels are asked for the master;
+    /// connections still on an old master are redone on the new one.
+    /// Default 1 s.
+    pub topology_check_interval: Duration,
+    /// Which channels use sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`); `None`:
+    /// none (for the gateway: the routing rules' `sharded` option).
+    pub sharded: Option<ShardedLookup>,
+}
+
+/// Which channels use sharded pub/sub (see [`RedisConfig::sharded`]).
+pub type ShardedLookup = Arc<dyn Fn(&ChannelName) -> bool + Send + Sync>;
+
+/// How the gateway reaches Redis (`redis.mode`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One server, at the URL.
+    #[default]
+    Standalone,
+    /// The master of `service`, as the Sentinels say: the URL names one
+    /// Sentinel (its host and port; its user, password, TLS and database
+    /// apply to the master and to every Sentinel), `nodes` more Sentinels.
+    /// Follows failovers.
+    Sentinel {
+        /// The Sentinel service (master) name.
+        service: String,
+        /// More Sentinels, `host:port`.
+        nodes: Vec<String>,
+    },
+    /// A Redis Cluster: the URL names one node (its user, password and TLS
+    /// apply to every node; database 0 only), `nodes` more seed nodes; the
+    /// others are discovered. Follows failovers and resharding.
+    Cluster {
+        /// More seed nodes, `host:port`.
+        nodes: Vec<String>,
+    },
+}
+
+impl RedisMode {
+    /// `"standalone"`, `"sentinel"` or `"cluster"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::Sentinel { .. } => "sentinel",
+            Self::Cluster { .. } => "cluster",
+        }
+    }
 }
 
 impl fmt::Debug for RedisConfig {
@@ -75,6 +128,9 @@ impl fmt::Debug for RedisConfig {
             .field("pool_size", &self.pool_size)
             .field("message_buffer", &self.message_buffer)
             .field("self_check_interval", &self.self_check_interval)
+            .field("mode", &self.mode)
+            .field("topology_check_interval", &self.topology_check_interval)
+            .field("sharded", &self.sharded.is_some())
             .finish()
     }
 }
@@ -91,7 +147,15 @@ impl RedisConfig {
             pool_size: 2,
             message_buffer: 8_192,
             self_check_interval: crate::broker::DEFAULT_SELF_CHECK,
+            mode: RedisMode::Standalone,
+            topology_check_interval: Duration::from_secs(1),
+            sharded: None,
         }
+    }
+
+    /// Whether `channel` uses sharded pub/sub.
+    pub fn is_sharded(&self, channel: &ChannelName) -> bool {
+        self.sharded.as_ref().is_some_and(|f| f(channel))
     }
 }
 
@@ -99,8 +163,80 @@ impl RedisConfig {
     /// Checks that the URL parses (scheme, host, port, database), without
     /// connecting. The error never contains the password.
     pub fn check_url(&self) -> Result<(), RedisSetupError> {
-        parse_url(&self.url).map(|_| ())
+        fred_config(self).map(|_| ())
     }
+}
+
+/// `host:port` as a fred server.
+fn server_of(node: &str) -> Option<Server> {
+    let (host, port) = node.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().ok()?;
+    (!host.is_empty() && port != 0).then(|| Server::new(host, port))
+}
+
+/// Checks a `host:port` list (`redis.nodes`): the first bad entry.
+pub fn check_nodes(nodes: &[String]) -> Result<(), String> {
+    match nodes.iter().find(|n| server_of(n).is_none()) {
+        Some(bad) => Err(format!("{bad:?} is not host:port")),
+        None => Ok(()),
+    }
+}
+
+/// The fred configuration for `config`'s URL and mode.
+fn fred_config(config: &RedisConfig) -> Result<Config, RedisSetupError> {
+    let mut fred = parse_url(&config.url)?;
+    let invalid = |reason: String| RedisSetupError::InvalidUrl {
+        url: redact_url(&config.url),
+        reason,
+    };
+    let first = match &fred.server {
+        ServerConfig::Centralized { server } => server.clone(),
+        _ => return Err(invalid("must name one server".into())),
+    };
+    let more =
+        |nodes: &[String]| -> Result<Vec<Server>, RedisSetupError> {
+            let mut hosts = vec![first.clone()];
+            for n in nodes {
+                hosts.push(server_of(n).ok_or_else(|| {
+                    RedisSetupError::InvalidNodes(format!("{n:?} is not host:port"))
+                })?);
+            }
+            Ok(hosts)
+        };
+    match &config.mode {
+        RedisMode::Standalone => {}
+        RedisMode::Sentinel { service, nodes } => {
+            fred.server = ServerConfig::Sentinel {
+                hosts: more(nodes)?,
+                service_name: service.clone(),
+            };
+        }
+        RedisMode::Cluster { nodes } => {
+            if fred.database.is_some_and(|db| db != 0) {
+                return Err(invalid(
+                    "a Redis Cluster has database 0 only (drop the /<db> from the URL)".into(),
+                ));
+            }
+            fred.database = None;
+            fred.server = ServerConfig::Clustered {
+                hosts: more(nodes)?,
+                policy: ClusterDiscoveryPolicy::default(),
+            };
+        }
+    }
+    Ok(fred)
+}
+
+/// The fred configuration for one node of a cluster: `config`'s user,
+/// password and TLS, that node only.
+pub(crate) fn node_config(config: &RedisConfig, node: &Server) -> Result<Config, RedisSetupError> {
+    let mut fred = parse_url(&config.url)?;
+    fred.database = None;
+    fred.server = ServerConfig::Centralized {
+        server: node.clone(),
+    };
+    Ok(fred)
 }
 
 fn parse_url(url: &str) -> Result<Config, RedisSetupError> {
@@ -111,7 +247,7 @@ fn parse_url(url: &str) -> Result<Config, RedisSetupError> {
             reason: "must start with redis:// or rediss://".into(),
         });
     }
-    Config::from_url(url).map_err(|e| RedisSetupError::InvalidUrl {
+    Config::from_url_centralized(url).map_err(|e| RedisSetupError::InvalidUrl {
         url: redacted.clone(),
         reason: e.details().replace(url, &redacted),
     })
@@ -147,6 +283,9 @@ pub enum RedisSetupError {
     /// fred refused the configuration.
     #[error("cannot set up the Redis client: {0}")]
     Client(String),
+    /// An entry of `redis.nodes` is not `host:port`.
+    #[error("invalid Redis node: {0}")]
+    InvalidNodes(String),
 }
 
 /// The Redis pub/sub implementation of [`Broker`].
@@ -165,6 +304,12 @@ pub struct RedisBroker {
     connections: parking_lot::Mutex<Vec<ConnectHandle>>,
     /// Bounds each step of [`Broker::close`].
     command_timeout: Duration,
+    /// Which channels use sharded pub/sub.
+    sharded: Option<ShardedLookup>,
+    /// Sentinel mode: a connection to each Sentinel, asked for the master.
+    sentinels: Vec<Client>,
+    /// Background tasks ended by [`Broker::close`].
+    watchers: Vec<tokio::task::AbortHandle>,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -176,7 +321,7 @@ impl fmt::Debug for RedisBroker {
     }
 }
 
-fn to_broker_error(e: fred::error::Error) -> BrokerError {
+pub(crate) fn to_broker_error(e: fred::error::Error) -> BrokerError {
     match e.kind() {
         ErrorKind::Timeout => BrokerError::Timeout,
         _ if e.details().starts_with("NOPERM") => BrokerError::Refused(e.details().to_string()),
@@ -186,8 +331,16 @@ fn to_broker_error(e: fred::error::Error) -> BrokerError {
 
 /// The fred builder for `config`: reconnect forever with backoff, command
 /// and connect timeouts, unresponsive-connection detection.
-fn builder(config: &RedisConfig, subscriber: bool) -> Result<Builder, RedisSetupError> {
-    let mut fred_config = parse_url(&config.url)?;
+pub(crate) fn builder(config: &RedisConfig, subscriber: bool) -> Result<Builder, RedisSetupError> {
+    builder_for(config, fred_config(config)?, subscriber)
+}
+
+/// [`builder`] for the fred configuration `fred_config`.
+pub(crate) fn builder_for(
+    config: &RedisConfig,
+    mut fred_config: Config,
+    subscriber: bool,
+) -> Result<Builder, RedisSetupError> {
     // Keep trying when the very first connection fails too (Redis started
     // after the gateway): the reconnect policy then applies from the start.
     fred_config.fail_fast = false;
@@ -236,6 +389,17 @@ pub fn command_pool(config: &RedisConfig) -> Result<Pool, RedisSetupError> {
         .build_pool(config.pool_size.max(1))
         .map_err(|e| RedisSetupError::Client(e.details().to_string()))?;
     drop(pool.connect()); // the task runs on; its handle is not needed
+    if let RedisMode::Sentinel { service, nodes } = &config.mode {
+        // Follows failovers like the broker's own pool (for the process's
+        // lifetime, as the pool's).
+        tokio::spawn(watch_sentinels(
+            sentinel_clients(config, nodes)?,
+            service.clone(),
+            None,
+            pool.clone(),
+            config.topology_check_interval,
+        ));
+    }
     Ok(pool)
 }
 
@@ -247,12 +411,32 @@ impl RedisBroker {
     /// Fails only on a configuration that can never work (a bad URL); an
     /// unreachable server is retried with backoff forever.
     pub fn new(config: RedisConfig, inbound: Inbound) -> Result<Self, RedisSetupError> {
-        let redacted = redact_url(&config.url);
-        let subscriber = builder(&config, true)?
+        let fred = fred_config(&config)?;
+        let pool_size = config.pool_size;
+        Self::with_fred(&config, fred, pool_size, inbound)
+    }
+
+    /// A broker on the server(s) of `fred` with `config`'s tunables and a
+    /// command pool of `pool_size` (the cluster broker builds one per
+    /// node this way).
+    pub(crate) fn with_fred(
+        config: &RedisConfig,
+        fred: Config,
+        pool_size: usize,
+        inbound: Inbound,
+    ) -> Result<Self, RedisSetupError> {
+        let redacted = match &fred.server {
+            ServerConfig::Centralized { server } if config.mode != RedisMode::Standalone => {
+                format!("{} (node {server})", redact_url(&config.url))
+            }
+            _ => redact_url(&config.url),
+        };
+        let subscriber = builder_for(config, fred.clone(), true)?
             .build()
             .map_err(|e| RedisSetupError::Client(e.details().to_string()))?;
-        let pool = builder(&config, false)?
-            .build_pool(config.pool_size.max(1))
+        let via_sentinels = matches!(fred.server, ServerConfig::Sentinel { .. });
+        let pool = builder_for(config, fred, false)?
+            .build_pool(pool_size.max(1))
             .map_err(|e| RedisSetupError::Client(e.details().to_string()))?;
 
         let connected = Arc::new(AtomicBool::new(false));
@@ -267,11 +451,30 @@ impl RedisBroker {
         // Connection events: readiness, loss and recovery.
         tokio::spawn(watch_connection(
             subscriber.clone(),
-            inbound,
+            inbound.clone(),
             connected.clone(),
             redacted.clone(),
         ));
         let connections = vec![subscriber.connect(), pool.connect()];
+        let mut sentinels = Vec::new();
+        let mut watchers = Vec::new();
+        if let RedisMode::Sentinel { service, nodes } = &config.mode {
+            if via_sentinels {
+                sentinels = sentinel_clients(config, nodes)?;
+                let watcher = tokio::spawn(watch_sentinels(
+                    sentinels.clone(),
+                    service.clone(),
+                    Some(Subscription {
+                        client: subscriber.clone(),
+                        inbound: inbound.clone(),
+                        connected: connected.clone(),
+                    }),
+                    pool.clone(),
+                    config.topology_check_interval,
+                ));
+                watchers.push(watcher.abort_handle());
+            }
+        }
         Ok(Self {
             subscriber,
             pool,
@@ -281,20 +484,69 @@ impl RedisBroker {
             url: redacted,
             connections: parking_lot::Mutex::new(connections),
             command_timeout: config.command_timeout,
+            sharded: config.sharded.clone(),
+            sentinels,
+            watchers,
         })
+    }
+
+    /// Whether `channel` uses sharded pub/sub.
+    pub(crate) fn is_sharded(&self, channel: &ChannelName) -> bool {
+        self.sharded.as_ref().is_some_and(|f| f(channel))
+    }
+
+    /// Whether the subscription connection is up.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
     }
 }
 
-fn split(topics: &[Topic]) -> (Vec<String>, Vec<String>) {
-    let mut channels = Vec::new();
-    let mut patterns = Vec::new();
-    for t in topics {
-        match t {
-            Topic::Channel(c) => channels.push(c.as_str().to_string()),
-            Topic::Pattern(p) => patterns.push(p.as_str().to_string()),
+/// Topics by kind: classic channels, sharded channels, patterns.
+struct Split {
+    channels: Vec<String>,
+    sharded: Vec<String>,
+    patterns: Vec<String>,
+}
+
+impl RedisBroker {
+    fn split(&self, topics: &[Topic]) -> Split {
+        let mut split = Split {
+            channels: Vec::new(),
+            sharded: Vec::new(),
+            patterns: Vec::new(),
+        };
+        for t in topics {
+            match t {
+                Topic::Channel(c) if self.is_sharded(c) => split.sharded.push(c.as_str().into()),
+                Topic::Channel(c) => split.channels.push(c.as_str().to_string()),
+                Topic::Pattern(p) => split.patterns.push(p.as_str().to_string()),
+            }
         }
+        split
     }
-    (channels, patterns)
+
+    /// `SSUBSCRIBE`s `channels`, one command each: fred reads one reply
+    /// per command, and takes the reply of an `SSUBSCRIBE` (unlike those of
+    /// `SUBSCRIBE`) as its answer, so each one resolves once Redis has
+    /// taken it (or refused it, with the error). On a Redis Cluster every
+    /// channel of one command must be in one slot, and a node answers
+    /// `MOVED` for a slot it does not own.
+    async fn ssubscribe_each(&self, channels: Vec<String>) -> Result<(), BrokerError> {
+        for channel in channels {
+            self.subscriber
+                .ssubscribe(channel)
+                .await
+                .map_err(|e| match to_broker_error(e) {
+                    BrokerError::Unavailable(why)
+                        if why.starts_with("NOPERM") || why.contains("No permissions") =>
+                    {
+                        BrokerError::Refused(why)
+                    }
+                    other => other,
+                })?;
+        }
+        Ok(())
+    }
 }
 
 /// Whether a PING reply carries `token` (`["pong", token]` on a connection
@@ -428,21 +680,30 @@ impl Broker for RedisBroker {
         channel: &ChannelName,
         payload: Bytes,
     ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let sharded = self.is_sharded(channel);
         let channel = channel.as_str().to_string();
         Box::pin(async move {
-            let _receivers: i64 = self
-                .pool
-                .next()
-                .publish(channel, Value::Bytes(payload))
-                .await
-                .map_err(to_broker_error)?;
+            let client = self.pool.next();
+            let sent: Result<i64, _> = if sharded {
+                client.spublish(channel, Value::Bytes(payload)).await
+            } else {
+                client.publish(channel, Value::Bytes(payload)).await
+            };
+            sent.map_err(to_broker_error)?;
             Ok(())
         })
     }
 
     fn subscribe<'a>(&'a self, topics: &'a [Topic]) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
-            let (channels, patterns) = split(topics);
+            let Split {
+                channels,
+                sharded,
+                patterns,
+            } = self.split(topics);
+            if !sharded.is_empty() {
+                self.ssubscribe_each(sharded).await?;
+            }
             // Each command is confirmed on its own, so that at most one
             // refusal is pending when the PING answers.
             if !channels.is_empty() {
@@ -478,10 +739,18 @@ impl Broker for RedisBroker {
 
     fn unsubscribe<'a>(&'a self, topics: &'a [Topic]) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
-            let (channels, patterns) = split(topics);
+            let Split {
+                channels,
+                sharded,
+                patterns,
+            } = self.split(topics);
             // Never send an empty UNSUBSCRIBE: it would drop everything.
             // Done on Redis once confirmed: the self-check then sees Redis
             // as the bridge does.
+            if !sharded.is_empty() {
+                self.confirmed(self.subscriber.sunsubscribe(sharded))
+                    .await?;
+            }
             if !channels.is_empty() {
                 self.confirmed(self.subscriber.unsubscribe(channels))
                     .await?;
@@ -525,7 +794,13 @@ impl Broker for RedisBroker {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.connected.store(false, Ordering::Release);
+            self.watchers
+                .iter()
+                .for_each(tokio::task::AbortHandle::abort);
             let timeout = self.command_timeout;
+            for s in &self.sentinels {
+                let _ = tokio::time::timeout(timeout, s.quit()).await;
+            }
             let quits = async {
                 let (sub, pool) = tokio::join!(self.subscriber.quit(), self.pool.quit());
                 if let Err(e) = sub.and(pool) {
@@ -551,17 +826,29 @@ impl Broker for RedisBroker {
     }
 }
 
-/// `sub=`, `psub=` and `age=` (seconds) of a `CLIENT LIST` line.
-fn client_counts(line: &str) -> Option<(usize, usize, u64)> {
+/// What one connection holds, from its `CLIENT LIST` line.
+struct ClientCounts {
+    /// `sub=`: classic channels.
+    sub: usize,
+    /// `psub=`: patterns.
+    psub: usize,
+    /// `ssub=`: sharded channels (Redis 7.0.3 and later; 0 before).
+    ssub: usize,
+    /// `age=`: seconds since it connected.
+    age: u64,
+}
+
+fn client_counts(line: &str) -> Option<ClientCounts> {
     let field = |name: &str| {
         line.split(' ')
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
     };
-    Some((
-        field("sub")?.parse().ok()?,
-        field("psub")?.parse().ok()?,
-        field("age")?.parse().ok()?,
-    ))
+    Some(ClientCounts {
+        sub: field("sub")?.parse().ok()?,
+        psub: field("psub")?.parse().ok()?,
+        ssub: field("ssub").and_then(|n| n.parse().ok()).unwrap_or(0),
+        age: field("age")?.parse().ok()?,
+    })
 }
 
 impl RedisBroker {
@@ -592,7 +879,13 @@ impl RedisBroker {
             )
             .await
             .map_err(to_broker_error)?;
-        let Some((subs, psubs, age)) = list.lines().find_map(client_counts) else {
+        let Some(ClientCounts {
+            sub: subs,
+            psub: psubs,
+            ssub: ssubs,
+            age,
+        }) = list.lines().find_map(client_counts)
+        else {
             // That connection is gone: its reconnect restores everything.
             return Ok(Vec::new());
         };
@@ -601,15 +894,40 @@ impl RedisBroker {
             // the bridge. The next check looks again.
             return Ok(Vec::new());
         }
-        let channels: Vec<&ChannelName> = held
+        let (sharded, channels): (Vec<&ChannelName>, Vec<&ChannelName>) = held
             .iter()
             .filter_map(|t| match t {
                 Topic::Channel(c) => Some(c),
                 Topic::Pattern(_) => None,
             })
-            .collect();
-        let patterns = held.len() - channels.len();
+            .partition(|c| self.is_sharded(c));
+        let patterns = held.len() - channels.len() - sharded.len();
         let mut missing = Vec::new();
+        if ssubs < sharded.len() {
+            // Redis drops the sharded channels of a slot that moves away
+            // (its `sunsubscribe` push is dropped by fred): find them.
+            let short = sharded.len() - ssubs;
+            let mut nobody = Vec::new();
+            for batch in sharded.chunks(256) {
+                let names: Vec<String> = batch.iter().map(|c| c.as_str().to_string()).collect();
+                let counts: Vec<Value> = self
+                    .pool
+                    .next()
+                    .pubsub_shardnumsub(names)
+                    .await
+                    .map_err(to_broker_error)?;
+                for (c, n) in batch.iter().zip(counts.chunks(2)) {
+                    if n.get(1).and_then(Value::as_i64) == Some(0) {
+                        nobody.push(Topic::Channel((*c).clone()));
+                    }
+                }
+            }
+            if nobody.len() >= short {
+                missing.extend(nobody);
+            } else {
+                missing.extend(sharded.iter().map(|c| Topic::Channel((*c).clone())));
+            }
+        }
         if subs < channels.len() {
             let short = channels.len() - subs;
             let mut nobody = Vec::new();
@@ -641,7 +959,7 @@ impl RedisBroker {
                     .cloned(),
             );
         }
-        if subs > channels.len() || psubs > patterns {
+        if subs > channels.len() || psubs > patterns || ssubs > sharded.len() {
             tracing::debug!(
                 subs,
                 psubs,
@@ -702,7 +1020,7 @@ async fn route_messages(
         };
         let message = Message::new(channel, payload);
         match msg.kind {
-            MessageKind::Message => {
+            MessageKind::Message | MessageKind::SMessage => {
                 run = None;
                 inbound.message(&message);
             }
@@ -729,10 +1047,6 @@ async fn route_messages(
                 drop(known);
                 inbound.pattern_message(&pattern, &message);
             }
-            _ => {
-                run = None;
-                inbound.discarded("unsupported_kind");
-            }
         }
     }
 }
@@ -752,11 +1066,20 @@ async fn watch_connection(
     let mut errors = client.error_rx();
     let mut check = tokio::time::interval(Duration::from_secs(1));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ever_connected = false;
     loop {
         tokio::select! {
             r = reconnects.recv() => match r {
                 Ok(_) | Err(RecvError::Lagged(_)) => {
                     tracing::info!(url = %url, "connected to Redis");
+                    if ever_connected {
+                        // A new connection means the old one is gone, even
+                        // when it went without an error (a server that
+                        // closed it, as a Sentinel failover does): messages
+                        // may have been missed.
+                        inbound.connection_lost();
+                    }
+                    ever_connected = true;
                     connected.store(true, Ordering::Release);
                     inbound.connection_restored();
                 }
@@ -776,9 +1099,120 @@ async fn watch_connection(
             },
             _ = check.tick() => {
                 if !connected.load(Ordering::Acquire) && client.is_connected() {
+                    ever_connected = true;
                     connected.store(true, Ordering::Release);
                     inbound.connection_restored();
                 }
+            }
+        }
+    }
+}
+
+/// One client per Sentinel (the URL's host first, then `nodes`), with the
+/// URL's credentials and TLS, already connecting.
+fn sentinel_clients(
+    config: &RedisConfig,
+    nodes: &[String],
+) -> Result<Vec<Client>, RedisSetupError> {
+    let first = match parse_url(&config.url)?.server {
+        ServerConfig::Centralized { server } => server,
+        _ => return Ok(Vec::new()),
+    };
+    let mut clients = Vec::new();
+    for server in std::iter::once(first).chain(nodes.iter().filter_map(|n| server_of(n))) {
+        let mut fred = node_config(config, &server)?;
+        fred.fail_fast = false;
+        let client = builder_for(config, fred, false)?
+            .build()
+            .map_err(|e| RedisSetupError::Client(e.details().to_string()))?;
+        drop(client.connect());
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
+/// The master's address as the first Sentinel that answers says.
+async fn master_by_sentinels(sentinels: &[Client], service: &str) -> Option<(String, u16)> {
+    for s in sentinels.iter().filter(|s| s.is_connected()) {
+        let cmd = fred::types::CustomCommand::new_static("SENTINEL", None, false);
+        let reply: Result<Value, _> = s
+            .custom(
+                cmd,
+                vec!["GET-MASTER-ADDR-BY-NAME".to_string(), service.to_string()],
+            )
+            .await;
+        if let Ok(Value::Array(parts)) = reply {
+            let host = parts.first().and_then(Value::as_string);
+            let port = parts
+                .get(1)
+                .and_then(Value::as_string)
+                .and_then(|p| p.parse::<u16>().ok());
+            if let (Some(host), Some(port)) = (host, port) {
+                return Some((host, port));
+            }
+        }
+    }
+    None
+}
+
+/// Sentinel mode: asks the Sentinels for the master every `every`, and
+/// redoes any connection still on another server (an old master that a
+/// `SENTINEL FAILOVER` demoted keeps its clients until the Sentinels
+/// reconfigure it, seconds later): the subscription connection's sockets
+/// get a `gap` notice when it is back.
+/// The subscription connection a Sentinel watcher moves too.
+struct Subscription {
+    client: Client,
+    inbound: Inbound,
+    connected: Arc<AtomicBool>,
+}
+
+async fn watch_sentinels(
+    sentinels: Vec<Client>,
+    service: String,
+    subscription: Option<Subscription>,
+    pool: Pool,
+    every: Duration,
+) {
+    let on = |client: &Client, master: &(String, u16)| {
+        client
+            .active_connections()
+            .iter()
+            .all(|s| &*s.host == master.0.as_str() && s.port == master.1)
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(master) = master_by_sentinels(&sentinels, &service).await else {
+            continue;
+        };
+        // The publish pool first: once the subscriptions are back on the
+        // new master (and sockets told of the gap), this gateway's
+        // publishes go there too.
+        for client in pool.clients() {
+            if client.is_connected() && !on(client, &master) {
+                tracing::info!(
+                    "Redis Sentinel names another master; reconnecting a command connection"
+                );
+                let _ = client.force_reconnection().await;
+            }
+        }
+        let Some(Subscription {
+            client: subscriber,
+            inbound,
+            connected,
+        }) = &subscription
+        else {
+            continue;
+        };
+        if subscriber.is_connected() && !on(subscriber, &master) {
+            tracing::warn!(
+                master = %format!("{}:{}", master.0, master.1),
+                "Redis Sentinel names another master; reconnecting the subscription connection"
+            );
+            connected.store(false, Ordering::Release);
+            inbound.connection_lost();
+            if let Err(e) = subscriber.force_reconnection().await {
+                tracing::debug!(error = %e.details(), "Redis reconnect failed; retried with backoff");
             }
         }
     }

@@ -19,4 +19,4 @@ pub mod protocol;
 
 pub use channel::{ChannelError, ChannelName, ChannelPattern, Topic};
 pub use identity::Identity;
-pub use message::{Delivery, Message};
+pub use message::{Delivery, Message, WireFormat};

@@ -1,6 +1,6 @@
 //! Published messages and the shared deliveries fan-out hands out.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -26,11 +26,35 @@ impl Message {
     }
 }
 
+/// A wire format other than protocol v1 over WebSocket, naming a slot of
+/// [`Delivery::encoded`]: each format's encoding of a message is made once,
+/// by the first recipient of that format, and shared by the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WireFormat(u8);
+
+impl WireFormat {
+    /// Server-Sent Events (`tidings-sse`).
+    pub const SSE: Self = Self(0);
+    /// Engine.IO / Socket.IO.
+    pub const SOCKET_IO: Self = Self(1);
+    /// How many formats a delivery keeps an encoding for.
+    pub const COUNT: usize = 4;
+
+    /// Format number `n` (a free one, for a new wire adapter: 2 and 3 are
+    /// unused). Panics (at compile time in a `const`) if `n` is not below
+    /// [`WireFormat::COUNT`].
+    pub const fn new(n: u8) -> Self {
+        assert!((n as usize) < Self::COUNT, "wire format out of range");
+        Self(n)
+    }
+}
+
 /// One message made ready for every local recipient at once.
 ///
 /// Fan-out builds a `Delivery` once per message and hands each recipient an
 /// [`Arc`] of it: the protocol v1 frame is encoded a single time and every
-/// socket writes the same bytes. Nothing here is per-recipient.
+/// socket writes the same bytes. Other wire formats encode it once too,
+/// through [`Delivery::encoded`]. Nothing here is per-recipient.
 #[derive(Debug)]
 pub struct Delivery {
     channel: ChannelName,
@@ -41,6 +65,8 @@ pub struct Delivery {
     exclude: Option<Box<str>>,
     /// The publication's position in its channel's history (offset, epoch).
     position: Option<(u64, Box<str>)>,
+    /// Other wire formats' encodings, made on first use.
+    encoded: [OnceLock<Bytes>; WireFormat::COUNT],
 }
 
 impl Delivery {
@@ -73,6 +99,7 @@ impl Delivery {
             frame,
             exclude: exclude_of(&message.payload),
             position: position.map(|(offset, epoch)| (offset, Box::from(epoch))),
+            encoded: Default::default(),
         })
     }
 
@@ -84,6 +111,7 @@ impl Delivery {
             frame,
             exclude: exclude_of(&message.payload),
             position: None,
+            encoded: Default::default(),
         })
     }
 
@@ -112,6 +140,21 @@ impl Delivery {
     /// The protocol v1 text frame payload (`{"type":"message",...}`), shared.
     pub fn frame(&self) -> &Bytes {
         &self.frame
+    }
+
+    /// This message in wire format `format`: encoded by `encode` the first
+    /// time any recipient of that format asks, then the same bytes for
+    /// every other.
+    ///
+    /// ```
+    /// use tidings_core::{ChannelName, Delivery, Message, message::WireFormat};
+    /// let d = Delivery::new(&Message::new(ChannelName::new("/a").unwrap(), "hi"));
+    /// let first = d.encoded(WireFormat::SSE, |d| [b"data: ", &d.frame()[..], b"\n\n"].concat().into()).clone();
+    /// let again = d.encoded(WireFormat::SSE, |_| unreachable!("encoded once"));
+    /// assert_eq!(first, again);
+    /// ```
+    pub fn encoded(&self, format: WireFormat, encode: impl FnOnce(&Self) -> Bytes) -> &Bytes {
+        self.encoded[usize::from(format.0)].get_or_init(|| encode(self))
     }
 }
 

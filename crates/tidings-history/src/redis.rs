@@ -6,7 +6,7 @@ use bytes::Bytes;
 use fred::{
     clients::Pool,
     error::{Error as FredError, ErrorKind},
-    interfaces::ClientLike,
+    interfaces::{ClientLike, FunctionInterface},
     types::{ClusterHash, CustomCommand, Value},
 };
 use tidings_core::ChannelName;
@@ -101,29 +101,45 @@ impl RedisHistory {
         Ok(FUNCTION_LIBRARY.replace(PREFIX_PLACEHOLDER, prefix))
     }
 
-    /// The key of `channel`'s stream: `<prefix>{<channel>}:stream`.
+    /// The key of `channel`'s stream: `<prefix>{<channel>}:stream`, or
+    /// `<prefix>{<tag>}<channel>:stream` for a channel with a Redis hash
+    /// tag `{<tag>}` of its own: either way in the channel's own Redis
+    /// Cluster slot.
     pub fn stream_key(&self, channel: &ChannelName) -> String {
-        format!("{}{{{}}}:stream", self.prefix, channel.as_str())
+        format!("{}:stream", self.base_key(channel))
     }
 
-    /// The key of `channel`'s epoch and offset: `<prefix>{<channel>}:meta`.
+    /// The key of `channel`'s epoch and offset: as [`RedisHistory::stream_key`],
+    /// ending in `:meta`.
     pub fn meta_key(&self, channel: &ChannelName) -> String {
-        format!("{}{{{}}}:meta", self.prefix, channel.as_str())
+        format!("{}:meta", self.base_key(channel))
+    }
+
+    fn base_key(&self, channel: &ChannelName) -> String {
+        let c = channel.as_str();
+        if let Some(open) = c.find('{') {
+            if let Some(len) = c[open + 1..].find('}').filter(|&len| len > 0) {
+                let tag = &c[open + 1..open + 1 + len];
+                return format!("{}{{{tag}}}{c}", self.prefix);
+            }
+        }
+        format!("{}{{{c}}}", self.prefix)
     }
 
     /// Loads the function library (`FUNCTION LOAD REPLACE`). Calls load it
     /// by themselves when Redis says it is missing; calling this at startup
     /// reports an unsuitable server (older than 7.0, an ACL without
     /// `FUNCTION`) early.
+    ///
+    /// On a Redis Cluster it is loaded on every master (a replica gets it
+    /// from its master); a master that joins later, or one that lost it,
+    /// gets it at the first call that finds it missing.
     pub async fn install(&self) -> Result<(), HistoryError> {
-        let cmd = CustomCommand::new_static("FUNCTION", ClusterHash::Random, false);
-        let args = vec![
-            Value::from_static_str("LOAD"),
-            Value::from_static_str("REPLACE"),
-            Value::Bytes(self.library.clone()),
-        ];
+        let library = std::str::from_utf8(&self.library)
+            .map_err(|_| HistoryError::Protocol("the function library is not UTF-8".into()))?;
         self.pool
-            .custom::<Value, Value>(cmd, args)
+            .next()
+            .function_load_cluster::<Value, _>(true, library)
             .await
             .map(drop)
             .map_err(map_error)
@@ -167,7 +183,10 @@ impl RedisHistory {
             all.push(Value::Integer(1));
             all.push(Value::String(channel.as_str().into()));
             all.extend_from_slice(args);
-            let cmd = CustomCommand::new_static("FCALL", ClusterHash::Offset(2), false);
+            // Routed by the channel's slot (fred reads only a `Custom`
+            // slot from a custom command; an `Offset` would be ignored).
+            let slot = fred::util::redis_keyslot(channel.as_str().as_bytes());
+            let cmd = CustomCommand::new_static("FCALL", ClusterHash::Custom(slot), false);
             self.pool.custom::<Value, Value>(cmd, all)
         };
         match call().await {
@@ -295,9 +314,17 @@ impl History for RedisHistory {
                 Value::Integer(opts.size() as i64),
                 Value::Integer(opts.ttl_secs() as i64),
                 meta_ttl_arg(opts),
+                Value::from_static_str(if opts.sharded() { "sharded" } else { "" }),
             ];
+            // Five arguments only for a sharded channel: the library of an
+            // older gateway still loaded elsewhere takes four.
+            let args = if opts.sharded() {
+                &args[..]
+            } else {
+                &args[..4]
+            };
             let reply = array(
-                self.fcall(Function::Publish, channel, &args).await?,
+                self.fcall(Function::Publish, channel, args).await?,
                 "publish reply",
             )?;
             position_of(&reply)

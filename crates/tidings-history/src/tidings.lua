@@ -3,15 +3,19 @@
 -- Tidings channel history: one atomic publish step, positions and replay.
 -- See crates/tidings-history/README.md. Requires Redis 7.0 or later.
 --
--- Keys of channel C (both in the Cluster slot of the hash tag {C}):
+-- Keys of channel C, both in C's own Redis Cluster slot (so that FCALL, routed
+-- by the key C, runs on the node that holds them):
 --   <prefix>{C}:stream  a Redis Stream, entry id "<offset>-0", field "d" = payload,
 --                       trimmed to exactly <size> entries, expires <ttl> s after
 --                       the last publish
 --   <prefix>{C}:meta    a hash: "epoch" and "offset" (the last offset assigned),
 --                       expires <meta_ttl> s after the last publish or read
+-- A channel with a hash tag of its own ("a{t}b": slot of "t") uses
+-- <prefix>{t}a{t}b:stream and <prefix>{t}a{t}b:meta instead.
 --
--- FCALL tidings_publish  1 <channel> <payload> <size> <ttl_secs> [<meta_ttl_secs>]
+-- FCALL tidings_publish  1 <channel> <payload> <size> <ttl_secs> [<meta_ttl_secs> [sharded]]
 --   -> [offset, epoch]; also PUBLISHes "\0th1 <offset> <epoch>\n<payload>" on <channel>
+--      (SPUBLISH when the last argument is the word "sharded")
 -- FCALL tidings_position 1 <channel> [<meta_ttl_secs>]
 --   -> [offset, epoch]
 -- FCALL tidings_recover  1 <channel> <since_offset> <since_epoch> <limit> [<meta_ttl_secs>]
@@ -45,8 +49,17 @@ local function one_key(keys, usage)
   if #keys ~= 1 then
     fail('expected exactly one key, the channel: ' .. usage)
   end
-  local base = PREFIX .. '{' .. keys[1] .. '}'
-  return keys[1], base .. ':stream', base .. ':meta'
+  local channel = keys[1]
+  local base = PREFIX .. '{' .. channel .. '}'
+  local open = string.find(channel, '{', 1, true)
+  if open then
+    local close = string.find(channel, '}', open + 1, true)
+    if close and close > open + 1 then
+      -- the channel's slot is its hash tag's: so are its keys'
+      base = PREFIX .. '{' .. string.sub(channel, open + 1, close - 1) .. '}' .. channel
+    end
+  end
+  return channel, base .. ':stream', base .. ':meta'
 end
 
 local function meta_ttl_of(value, at_least)
@@ -85,12 +98,20 @@ local function touch(meta_key, meta_ttl, created)
   end
 end
 
-local PUBLISH_USAGE = 'FCALL tidings_publish 1 <channel> <payload> <size> <ttl_secs> [<meta_ttl_secs>]'
+local PUBLISH_USAGE =
+  'FCALL tidings_publish 1 <channel> <payload> <size> <ttl_secs> [<meta_ttl_secs> [sharded]]'
 
 local function publish(keys, args)
   local channel, stream, meta_key = one_key(keys, PUBLISH_USAGE)
-  if #args < 3 or #args > 4 then
+  if #args < 3 or #args > 5 then
     fail('wrong number of arguments: ' .. PUBLISH_USAGE)
+  end
+  local sharded = false
+  if #args == 5 then
+    if args[5] ~= 'sharded' then
+      fail('the last argument must be the word sharded: ' .. PUBLISH_USAGE)
+    end
+    sharded = true
   end
   local payload = args[1]
   local size = uint(args[2], 'size', 1)
@@ -102,7 +123,7 @@ local function publish(keys, args)
   redis.call('XADD', stream, 'MAXLEN', '=', size, id .. '-0', 'd', payload)
   redis.call('EXPIRE', stream, ttl)
   redis.call('EXPIRE', meta_key, meta_ttl)
-  redis.call('PUBLISH', channel, LIVE .. id .. ' ' .. epoch .. '\n' .. payload)
+  redis.call(sharded and 'SPUBLISH' or 'PUBLISH', channel, LIVE .. id .. ' ' .. epoch .. '\n' .. payload)
   return {offset, epoch}
 end
 

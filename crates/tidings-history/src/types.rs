@@ -91,6 +91,7 @@ pub struct HistoryOptions {
     size: u64,
     ttl_secs: u64,
     meta_ttl_secs: u64,
+    sharded: bool,
 }
 
 impl HistoryOptions {
@@ -118,7 +119,19 @@ impl HistoryOptions {
             size,
             ttl_secs,
             meta_ttl_secs: ttl_secs.max(DEFAULT_META_TTL.as_secs()),
+            sharded: false,
         })
+    }
+
+    /// Delivers live with sharded pub/sub (`SPUBLISH`, for channels whose
+    /// subscribers use `SSUBSCRIBE`) instead of `PUBLISH`.
+    pub fn with_sharded(self, sharded: bool) -> Self {
+        Self { sharded, ..self }
+    }
+
+    /// Whether live delivery uses `SPUBLISH`.
+    pub fn sharded(&self) -> bool {
+        self.sharded
     }
 
     /// Keeps the epoch and offset for `meta_ttl` after the last publication

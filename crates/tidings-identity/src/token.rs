@@ -212,7 +212,10 @@ impl RedisTokenStore {
         let deadline = sent_ms
             .saturating_add(self.clock_offset_ms.load(Ordering::Relaxed))
             .saturating_add(window);
-        let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
+        // Routed by the key's slot on a Redis Cluster (fred reads only a
+        // `Custom` slot from a custom command; an `Offset` is ignored).
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        let eval = CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false);
         let args: Vec<Value> = vec![REDEEM_SCRIPT.into(), 1.into(), key.into(), deadline.into()];
         let reply: Value = tokio::time::timeout(
             self.limit,

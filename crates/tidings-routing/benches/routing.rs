@@ -17,6 +17,7 @@ fn rule(channel: &str, join: bool, subscribe: bool, publish: bool, anonymous: bo
         publish,
         anonymous,
         history: None,
+        sharded: false,
         presence: None,
     }
 }

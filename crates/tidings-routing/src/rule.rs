@@ -28,6 +28,13 @@ pub struct Rule {
     /// [`Router::history_for`]). Left out: no history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<RuleHistory>,
+    /// The channels this rule covers use Redis **sharded** pub/sub
+    /// (`SSUBSCRIBE`; publishers must use `SPUBLISH`), which on a Redis
+    /// Cluster scales with the number of nodes (see [`Router::sharded_for`]).
+    /// Exact templates only: a pattern rule cannot be sharded. Left out:
+    /// classic pub/sub.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sharded: bool,
     /// Presence on the channels this rule covers (see
     /// [`Router::presence_for`]): `true` or `"full"` (who is there, with
     /// `join` and `leave` events), `"counts"` (how many, nothing else).
@@ -38,6 +45,10 @@ pub struct Rule {
         deserialize_with = "presence_mode"
     )]
     pub presence: Option<PresenceMode>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// What presence a rule keeps.
@@ -123,6 +134,7 @@ impl Rule {
                 publish: false,
                 anonymous: true,
                 history: None,
+                sharded: false,
                 presence: None,
             },
             Rule {
@@ -132,6 +144,7 @@ impl Rule {
                 publish: false,
                 anonymous: false,
                 history: Some(RuleHistory::DEFAULT_NOTIFICATIONS),
+                sharded: false,
                 presence: None,
             },
         ]
@@ -230,6 +243,11 @@ impl Router {
                         return Err(err("presence and history on one rule are not supported yet: split the channels".into()));
                     }
                 }
+                if template.is_pattern && rule.sharded {
+                    return Err(err(
+                        "sharded = true on a pattern rule: Redis sharded pub/sub has no pattern subscriptions (SSUBSCRIBE takes exact channels); list exact channels or drop `sharded`".into(),
+                    ));
+                }
                 if template.is_pattern && rule.publish {
                     return Err(err(
                         "publish on a pattern rule would let clients publish on any matching channel; list channels instead".into(),
@@ -265,6 +283,17 @@ impl Router {
             .iter()
             .find(|c| c.template.covers(channel.as_str()))
             .and_then(|c| c.rule.history)
+    }
+
+    /// Whether `channel` uses sharded pub/sub: the `sharded` option of the
+    /// **first** rule whose template covers it (as for
+    /// [`Router::history_for`]), so every gateway and publisher agrees on
+    /// it. Channels no rule covers are classic.
+    pub fn sharded_for(&self, channel: &ChannelName) -> bool {
+        self.rules
+            .iter()
+            .find(|c| c.template.covers(channel.as_str()))
+            .is_some_and(|c| c.rule.sharded)
     }
 
     /// The presence of `channel`: the `presence` option of the **first**
@@ -472,6 +501,7 @@ mod tests {
                 publish,
                 anonymous: false,
                 history: None,
+                sharded: false,
                 presence: None,
             }])
             .unwrap_err()
@@ -488,6 +518,7 @@ mod tests {
             publish: false,
             anonymous: true,
             history: None,
+            sharded: false,
             presence: None,
         }]);
         assert!(none.unwrap_err().reason.contains("grants nothing"));
@@ -536,6 +567,38 @@ mod tests {
             r.history_for(&ch("/app/team/red/feed")).unwrap().size,
             10000
         );
+    }
+
+    #[test]
+    fn sharded_is_the_first_covering_rules_option_and_never_on_a_pattern() {
+        #[derive(Deserialize, Debug)]
+        struct File {
+            rules: Vec<Rule>,
+        }
+        let file: File = toml::from_str(
+            r#"
+            [[rules]]
+            channel = "/app/room/{attr.room}"
+            subscribe = true
+            sharded = true
+            [[rules]]
+            channel = "/app/broadcast"
+            join = true
+            "#,
+        )
+        .unwrap();
+        let r = Router::new(file.rules).unwrap();
+        let ch = |s: &str| ChannelName::new(s).unwrap();
+        assert!(r.sharded_for(&ch("/app/room/7")));
+        assert!(!r.sharded_for(&ch("/app/broadcast")));
+        assert!(!r.sharded_for(&ch("/elsewhere")));
+        let pattern: File = toml::from_str(
+            "[[rules]]\nchannel = \"/app/feed/*\"\nsubscribe = true\nsharded = true\n",
+        )
+        .unwrap();
+        let e = Router::new(pattern.rules).unwrap_err();
+        assert!(e.reason.contains("pattern rule"), "{e}");
+        assert!(e.reason.contains("sharded"), "{e}");
     }
 
     #[test]
@@ -595,6 +658,7 @@ mod tests {
                 publish: false,
                 anonymous: false,
                 history: Some(RuleHistory { size, ttl_secs }),
+                sharded: false,
                 presence: None,
             }])
         };

@@ -52,6 +52,7 @@ fn rules() -> Vec<Rule> {
         subscribe: true,
         publish: false,
         anonymous: true,
+        sharded: false,
         history: Some(RuleHistory {
             size: SIZE,
             ttl_secs: 600,

@@ -11,7 +11,8 @@
 //!   `tower_service::Service` to mount on a route of your own axum or
 //!   hyper service ([`Gateway::service`]); [`serve`] uses it too.
 //! - [`limits`]: connection limits (total, per address, per user) and the
-//!   client address behind trusted proxies.
+//!   client address behind trusted proxies (from `tidings-admission`, whose
+//!   [`Admission`](tidings_admission::Admission) every wire adapter passes).
 //! - [`rpc`]: the seam for RPC from sockets ([`RpcHandler`]) and the path
 //!   grammar calls must pass (from `tidings-session`); the HTTP client is
 //!   the `tidings-rpc` crate.
@@ -22,12 +23,13 @@
 
 mod codec;
 pub mod config;
-pub mod limits;
 pub mod server;
 pub mod service;
 pub mod settings;
 mod ws;
 
+/// Connection limits, from `tidings-admission` (shared by every wire adapter).
+pub use tidings_admission::limits;
 /// The RPC seam, from `tidings-session`.
 pub use tidings_session::rpc;
 /// The connection counters, from `tidings-session`.
@@ -38,8 +40,12 @@ pub use config::TransportConfig;
 pub use http::{self, StatusCode};
 pub use limits::{IpNet, LimitHit, Limits};
 pub use rpc::RpcHandler;
-pub use server::{serve, text_response, Gateway, GatewayBuilder, HttpHandler, HttpResponse};
+pub use server::{
+    serve, serve_with, text_response, Gateway, GatewayBuilder, HttpHandler, HttpResponse, Mounts,
+};
 pub use service::{PeerAddr, PeerLookup, WsService};
 pub use settings::{LimitsSettings, ShutdownSettings, WebSocketSettings};
 pub use stats::{CloseReason, IdentityOutcome, RejectReason, TransportStats};
+/// The seam other wire adapters mount on [`serve_with`] with.
+pub use tidings_admission::{Admission, Endpoint};
 pub use tidings_bridge::BoxFuture;

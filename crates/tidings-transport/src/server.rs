@@ -2,18 +2,15 @@
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, pin::pin, sync::Arc};
 
-use crate::{
-    limits::LimitHit,
-    rpc::RpcHandler,
-    stats::{IdentityOutcome, RejectReason},
-};
+use crate::{rpc::RpcHandler, stats::RejectReason};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tidings_admission::{Admission, AdmissionConfig, Endpoint, Refusal};
 use tidings_bridge::Bridge;
-use tidings_identity::{Anonymous, IdentityResolver, Rejection, Resolution, UpgradeRequest};
+use tidings_identity::{Anonymous, IdentityResolver};
 use tidings_routing::Router;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -61,20 +58,13 @@ pub fn text_response(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse
 
 pub(crate) struct Inner {
     pub(crate) config: Arc<TransportConfig>,
-    pub(crate) resolver: Arc<dyn IdentityResolver>,
     pub(crate) bridge: Bridge,
     pub(crate) stats: Arc<TransportStats>,
-    pub(crate) rpc: Option<Arc<dyn RpcHandler>>,
-    /// The (empty) credentials of every socket when RPC is off.
-    pub(crate) no_credentials: Arc<http::HeaderMap>,
-    /// Cancelled when draining begins: readiness off, upgrades refused.
-    pub(crate) draining: CancellationToken,
+    /// Draining, Origin, limits, identity: shared with every adapter.
+    pub(crate) admission: Admission,
     /// Cancelled when sockets must go: each session closes with 1012 at its
     /// own moment within the drain spread.
     pub(crate) shutdown: CancellationToken,
-    /// Live connection counts for the limits.
-    pub(crate) counts: Arc<crate::limits::Counts>,
-    pub(crate) sessions: TaskTracker,
     /// What sessions get: a narrow view of the above.
     pub(crate) session: Arc<Context>,
 }
@@ -155,6 +145,15 @@ impl GatewayBuilder {
         let router = Arc::new(self.router);
         let stats = Arc::new(TransportStats::default());
         let shutdown = CancellationToken::new();
+        let admission = Admission::new(
+            AdmissionConfig {
+                allowed_origins: config.allowed_origins.clone(),
+                limits: config.limits.clone(),
+            },
+            self.resolver,
+            stats.clone(),
+            self.rpc.clone(),
+        );
         Gateway {
             inner: Arc::new(Inner {
                 session: Arc::new(Context {
@@ -168,15 +167,10 @@ impl GatewayBuilder {
                     shutdown: shutdown.clone(),
                 }),
                 config: Arc::new(config),
-                resolver: self.resolver,
                 bridge: self.bridge,
                 stats,
-                rpc: self.rpc,
-                no_credentials: Arc::default(),
-                draining: CancellationToken::new(),
+                admission,
                 shutdown,
-                counts: Arc::default(),
-                sessions: TaskTracker::new(),
             }),
         }
     }
@@ -216,42 +210,41 @@ impl Gateway {
 
     /// Whether draining has begun (readiness is off, upgrades are refused).
     pub fn is_shutting_down(&self) -> bool {
-        self.inner.draining.is_cancelled()
+        self.inner.admission.is_draining()
     }
 
     /// Begins draining: `/readyz` turns not ready and new upgrades are
     /// refused with 503; open sockets stay.
     pub fn begin_drain(&self) {
-        self.inner.draining.cancel();
+        self.inner.admission.begin_drain();
     }
 
     /// Closes every socket (with 1012, spread over `drain_spread`) and
     /// refuses new upgrades.
     pub fn shutdown(&self) {
-        self.inner.draining.cancel();
+        self.inner.admission.begin_drain();
         self.inner.shutdown.cancel();
     }
 
     /// Waits until every session has ended (after [`Gateway::shutdown`]).
     pub async fn wait_sessions(&self) {
-        self.inner.sessions.close();
-        self.inner.sessions.wait().await;
+        let sessions = self.inner.admission.sessions();
+        sessions.close();
+        sessions.wait().await;
     }
 
-    /// Whether `origin` may open a socket, given the request's `Host`.
-    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
-        let allowed = &self.inner.config.allowed_origins;
-        if allowed.iter().any(|a| a == "*") {
-            return true;
-        }
-        if !allowed.is_empty() {
-            return allowed
-                .iter()
-                .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin));
-        }
-        // Same origin only: the Origin's host and port must be the Host's
-        // (a missing port is the scheme's default).
-        same_origin(origin, host)
+    /// The admission every connection of this gateway passes, whatever its
+    /// wire format: adapters built beside the WebSocket one (Server-Sent
+    /// Events, ...) admit through it too, so limits and draining are shared.
+    pub fn admission(&self) -> &Admission {
+        &self.inner.admission
+    }
+
+    /// What sessions of this gateway share (routing, bridge, counters, RPC,
+    /// the shutdown signal): adapters built beside the WebSocket one open
+    /// their sessions over it.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.inner.session
     }
 
     /// Answers a request on the WebSocket path from TCP peer `peer`:
@@ -260,18 +253,15 @@ impl Gateway {
     /// extensions (hyper and axum put it there); its body is not read.
     /// [`Gateway::service`] wraps this in a `tower` service.
     pub async fn upgrade<B>(&self, mut req: Request<B>, peer: SocketAddr) -> HttpResponse {
-        let stats = &self.inner.stats;
-        let refuse = |status, why: &str, reason: RejectReason| {
-            stats.rejected(reason);
-            tracing::debug!(%peer, status = %status, reason = why, "upgrade refused");
-            text_response(status, format!("{why}\n"))
-        };
+        let admission = &self.inner.admission;
+        let refused = |r: Refusal| r.response(Full::new);
         if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-            let mut res = refuse(
+            let mut res = refused(admission.refuse(
                 StatusCode::UPGRADE_REQUIRED,
                 "this endpoint speaks WebSocket only",
                 RejectReason::NotUpgrade,
-            );
+                peer,
+            ));
             res.headers_mut()
                 .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             return res;
@@ -280,82 +270,28 @@ impl Gateway {
         // hyper would answer 101 and then close the connection. Refuse it
         // before anything else is looked at.
         if req.version() < http::Version::HTTP_11 {
-            return refuse(
+            return refused(admission.refuse(
                 StatusCode::BAD_REQUEST,
                 "WebSocket needs HTTP/1.1; this request is HTTP/1.0",
                 RejectReason::BadHandshake,
-            );
+                peer,
+            ));
         }
-        if self.is_shutting_down() {
-            let mut res = refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server is shutting down",
-                RejectReason::ShuttingDown,
-            );
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return res;
-        }
-        // One browser request carries at most one Origin: two are forged,
-        // and whichever one a check read, the other could be the real one.
-        if req
-            .headers()
-            .get_all(header::ORIGIN)
-            .iter()
-            .nth(1)
-            .is_some()
-        {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "more than one Origin header",
-                RejectReason::Origin,
-            );
-        }
-        if let Some(origin) = req.headers().get(header::ORIGIN) {
-            let host = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok());
-            if !origin.to_str().is_ok_and(|o| self.origin_allowed(o, host)) {
-                return refuse(
-                    StatusCode::FORBIDDEN,
-                    "origin not allowed",
-                    RejectReason::Origin,
-                );
-            }
-        }
-        let limits = &self.inner.config.limits;
-        let client_ip = limits.client_ip(peer.ip(), req.headers());
-        let mut slot = match self.inner.counts.admit(limits, client_ip) {
-            Ok(slot) => slot,
-            Err(LimitHit::Total) => {
-                let mut res = refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server at connection capacity",
-                    RejectReason::LimitTotal,
-                );
-                res.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                return res;
-            }
-            Err(_) => {
-                return refuse(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many connections from this address",
-                    RejectReason::LimitPerIp,
-                )
-            }
+        // Draining, Origin, the total and per-address limits.
+        let ticket = match admission.check(req.headers(), peer) {
+            Ok(ticket) => ticket,
+            Err(r) => return refused(r),
         };
         // Positions a reconnecting client sends (`since`): malformed ones
         // are refused here, before any credential is spent.
         let since = match since_param(req.uri(), self.inner.config.max_subscriptions) {
             Ok(since) => since,
             Err(why) => {
-                return refuse(
+                return refused(ticket.refuse(
                     StatusCode::BAD_REQUEST,
-                    &format!("invalid since parameter: {why}"),
+                    format!("invalid since parameter: {why}"),
                     RejectReason::BadHandshake,
-                )
+                ))
             }
         };
         // A broken handshake is refused before any credential is looked
@@ -363,100 +299,24 @@ impl Gateway {
         let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
             Ok(pair) => pair,
             Err(e) => {
-                return refuse(
+                return refused(ticket.refuse(
                     StatusCode::BAD_REQUEST,
-                    &format!("bad WebSocket handshake: {e}"),
+                    format!("bad WebSocket handshake: {e}"),
                     RejectReason::BadHandshake,
-                )
+                ))
             }
         };
-        // The resolver gets the real TCP peer (to decide whether to believe
-        // headers a proxy sets) and, separately, the client address derived
-        // through the trusted proxies' X-Forwarded-For.
-        let parts = UpgradeRequest {
-            headers: req.headers().clone(),
-            uri: req.uri().clone(),
-            peer,
-            client_ip,
+        // Identity, the per-user limit, RPC credentials.
+        let admitted = match ticket.admit(req.headers().clone(), req.uri().clone()).await {
+            Ok(admitted) => admitted,
+            Err(r) => return refused(r),
         };
-        let started = std::time::Instant::now();
-        let resolution = self.inner.resolver.resolve(&parts).await;
-        let took = started.elapsed();
-        let identity = match resolution {
-            Resolution::Identified(identity) => {
-                let outcome = if identity.is_anonymous() {
-                    IdentityOutcome::Anonymous
-                } else {
-                    IdentityOutcome::User
-                };
-                stats.identity(outcome, took);
-                identity
-            }
-            Resolution::Unrecognized => {
-                stats.identity(IdentityOutcome::Refused, took);
-                return refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "no credentials",
-                    RejectReason::Identity,
-                );
-            }
-            Resolution::Rejected(Rejection {
-                status,
-                reason,
-                retry_after,
-            }) => {
-                let unavailable = status == StatusCode::SERVICE_UNAVAILABLE;
-                stats.identity(
-                    if unavailable {
-                        IdentityOutcome::Unavailable
-                    } else {
-                        IdentityOutcome::Refused
-                    },
-                    took,
-                );
-                let mut res = refuse(
-                    status,
-                    &reason,
-                    if unavailable {
-                        RejectReason::IdentityUnavailable
-                    } else {
-                        RejectReason::Identity
-                    },
-                );
-                if let Some(after) = retry_after {
-                    res.headers_mut().insert(
-                        header::RETRY_AFTER,
-                        HeaderValue::from(after.as_secs().max(1)),
-                    );
-                }
-                return res;
-            }
-        };
-        if let Some(user) = &identity.user {
-            if slot.for_user(limits, user).is_err() {
-                return refuse(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many connections for this user",
-                    RejectReason::LimitPerUser,
-                );
-            }
-        }
-        // What RPC calls will carry: only what the handler asks to keep
-        // (and nothing at all, not even an allocation, without RPC).
-        let credentials = match &self.inner.rpc {
-            Some(rpc) => Arc::new(rpc.credentials(&parts.headers)),
-            None => self.inner.no_credentials.clone(),
-        };
-        self.inner.sessions.spawn(ws::run(
+        admission.sessions().spawn(ws::run(
             fut,
             self.inner.session.clone(),
             self.inner.config.clone(),
-            Arc::new(identity),
-            credentials,
             since,
-            parts.peer,
-            parts.client_ip,
-            slot,
+            admitted,
         ));
         let (parts, _) = response.into_parts();
         Response::from_parts(parts, Full::new(Bytes::new()))
@@ -483,41 +343,6 @@ fn since_param(uri: &http::Uri, max: usize) -> Result<Box<tidings_session::Posit
     }
 }
 
-/// Whether `origin` (`scheme://host[:port]`) names the same host and port
-/// as the `Host` header, ports defaulting to the origin scheme's.
-fn same_origin(origin: &str, host: Option<&str>) -> bool {
-    let Some(host) = host else { return false };
-    let Some((scheme, authority)) = origin.split_once("://") else {
-        return false;
-    };
-    let default_port = match scheme.to_ascii_lowercase().as_str() {
-        "http" => 80,
-        "https" => 443,
-        _ => return false,
-    };
-    let split = |a: &str| -> Option<(String, u16)> {
-        // [v6]:port, [v6], name:port, name
-        let (name, port) = if let Some(rest) = a.strip_prefix('[') {
-            let (v6, after) = rest.split_once(']')?;
-            (format!("[{v6}]"), after.strip_prefix(':'))
-        } else {
-            match a.rsplit_once(':') {
-                Some((n, p)) => (n.to_string(), Some(p)),
-                None => (a.to_string(), None),
-            }
-        };
-        let port = match port {
-            Some(p) => p.parse().ok()?,
-            None => default_port,
-        };
-        Some((name.to_ascii_lowercase(), port))
-    };
-    match (split(authority), split(host)) {
-        (Some(o), Some(h)) => o == h,
-        _ => false,
-    }
-}
-
 /// Serves HTTP/1.1 on `listener` until `signal` resolves: upgrades on the
 /// WebSocket path go to `gateway`, everything else to `http`.
 ///
@@ -532,6 +357,68 @@ pub async fn serve(
     http: impl HttpHandler,
     signal: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    serve_with(listener, gateway, Mounts::default(), http, signal).await
+}
+
+/// The endpoints of other wire adapters (Server-Sent Events, ...) that
+/// [`serve_with`] routes to, by path, before the plain HTTP handler.
+#[derive(Clone, Default)]
+pub struct Mounts {
+    routes: Vec<(String, bool, Arc<dyn Endpoint>)>,
+}
+
+impl std::fmt::Debug for Mounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.routes.iter().map(|(p, prefix, _)| (p, prefix)))
+            .finish()
+    }
+}
+
+impl Mounts {
+    /// No mounts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Routes requests for exactly `path` to `endpoint`.
+    pub fn at(mut self, path: impl Into<String>, endpoint: Arc<dyn Endpoint>) -> Self {
+        self.routes.push((path.into(), false, endpoint));
+        self
+    }
+
+    /// Routes requests for every path starting with `prefix` to `endpoint`.
+    pub fn under(mut self, prefix: impl Into<String>, endpoint: Arc<dyn Endpoint>) -> Self {
+        self.routes.push((prefix.into(), true, endpoint));
+        self
+    }
+
+    fn find(&self, path: &str) -> Option<&Arc<dyn Endpoint>> {
+        self.routes
+            .iter()
+            .find(|(p, prefix, _)| {
+                if *prefix {
+                    path.starts_with(p.as_str())
+                } else {
+                    path == p
+                }
+            })
+            .map(|(_, _, e)| e)
+    }
+}
+
+/// [`serve`], with the endpoints of other wire adapters mounted beside the
+/// WebSocket path: requests on a mounted path go to its endpoint (whose
+/// response may stream), the WebSocket path to `gateway`, everything else
+/// to `http`.
+pub async fn serve_with(
+    listener: TcpListener,
+    gateway: Gateway,
+    mounts: Mounts,
+    http: impl HttpHandler,
+    signal: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let mounts = Arc::new(mounts);
     let conns = TaskTracker::new();
     let stop_http = CancellationToken::new();
     let mut signal = pin!(signal);
@@ -572,6 +459,7 @@ pub async fn serve(
         let gateway = gateway.clone();
         let http = http.clone();
         let stop = stop_http.clone();
+        let mounts = mounts.clone();
         conns.spawn(async move {
             let ws_path = gateway.inner.config.ws_path.clone();
             let timeout = gateway.inner.config.handshake_timeout;
@@ -581,15 +469,18 @@ pub async fn serve(
                 let mut ws = ws.clone();
                 let http = http.clone();
                 let is_ws = req.uri().path() == ws_path;
+                let mounted = mounts.find(req.uri().path()).cloned();
                 async move {
                     Ok::<_, Infallible>(if is_ws {
                         req.extensions_mut().insert(PeerAddr(peer));
                         match tower_service::Service::call(&mut ws, req).await {
-                            Ok(res) => res,
+                            Ok(res) => res.map(BodyExt::boxed),
                             Err(never) => match never {},
                         }
+                    } else if let Some(endpoint) = mounted {
+                        endpoint.call(req, peer).await
                     } else {
-                        http.call(req, peer).await
+                        http.call(req, peer).await.map(BodyExt::boxed)
                     })
                 }
             });
@@ -633,27 +524,4 @@ pub async fn serve(
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod origin_tests {
-    use super::same_origin;
-
-    #[test]
-    fn same_origin_normalises_default_ports() {
-        assert!(same_origin("http://127.0.0.1:8080", Some("127.0.0.1:8080")));
-        assert!(same_origin("https://example.com", Some("example.com")));
-        assert!(same_origin("https://example.com", Some("example.com:443")));
-        assert!(same_origin("http://Example.COM", Some("example.com:80")));
-        assert!(same_origin("http://[::1]:8080", Some("[::1]:8080")));
-        assert!(!same_origin("https://example.com", Some("example.com:80")));
-        assert!(!same_origin(
-            "http://127.0.0.1:8081",
-            Some("127.0.0.1:8080")
-        ));
-        assert!(!same_origin("http://evil.example", Some("example.com")));
-        assert!(!same_origin("null", Some("example.com")));
-        assert!(!same_origin("http://example.com", None));
-        assert!(!same_origin("ftp://example.com", Some("example.com")));
-    }
 }

@@ -20,6 +20,7 @@ use tidings_session::{Batch, CloseReason, End, Output, Positions, Session};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::Instrument;
 
+use tidings_admission::Admitted;
 use tidings_session::Context;
 
 use crate::{
@@ -61,18 +62,14 @@ const BATCH_FRAMES: usize = 64;
 /// socket inside its tracing span. Arguments are small (shared pointers)
 /// because an async function keeps its arguments for its whole life: this
 /// future *is* the per-connection memory.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     gw: Arc<Context>,
     config: Arc<TransportConfig>,
-    identity: Arc<Identity>,
-    credentials: Arc<http::HeaderMap>,
     since: Box<Positions>,
-    peer: std::net::SocketAddr,
-    client_ip: std::net::IpAddr,
-    slot: crate::limits::Slot,
+    admitted: Admitted,
 ) {
+    let (peer, client_ip) = (admitted.peer, admitted.client_ip);
     let io = match upgrade.await {
         Ok(ws) => ws.into_inner(),
         Err(e) => {
@@ -85,11 +82,17 @@ pub(crate) async fn run(
     // proxies (the same the per-address limit counts).
     let span =
         tracing::debug_span!("conn", id, %peer, client = %client_ip, user = tracing::field::Empty);
-    if let Some(user) = &identity.user {
+    if let Some(user) = &admitted.identity.user {
         span.record("user", user.as_str());
     }
     // RPC calls forward the client's address (X-Forwarded-For).
-    let client = std::net::SocketAddr::new(client_ip, peer.port());
+    let client = admitted.client();
+    let Admitted {
+        identity,
+        credentials,
+        slot,
+        ..
+    } = admitted;
     serve_socket(io, id, gw, config, identity, credentials, since, client)
         .instrument(span)
         .await;
@@ -208,16 +211,6 @@ async fn linger(conn: &mut Conn<Io>) {
     .await;
 }
 
-/// Where in the drain window connection `id` closes: spread evenly over
-/// the window by a hash of the id (ids are sequential, so a multiplicative
-/// hash scatters neighbours).
-fn spread_offset(id: u64, window: Duration) -> Duration {
-    let frac = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
-    Duration::try_from_secs_f64(window.as_secs_f64() * frac)
-        .unwrap_or(window)
-        .min(window)
-}
-
 impl WsSession {
     /// The connection's loop; returns why it ended.
     async fn serve(&mut self, conn: &mut Conn<Io>) -> CloseReason {
@@ -240,7 +233,7 @@ impl WsSession {
             let step = tokio::select! {
                 biased;
                 () = gw.shutdown.cancelled(), if close_at.is_none() => {
-                    close_at = Some(after(spread_offset(conn_id, cfg.drain_spread)));
+                    close_at = Some(after(tidings_admission::drain_offset(conn_id, cfg.drain_spread)));
                     continue;
                 }
                 () = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {

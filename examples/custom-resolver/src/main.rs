@@ -39,6 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         publish: false,
         anonymous: false,
         history: None,
+        sharded: false,
         presence: None,
     });
 

@@ -324,6 +324,20 @@ async fn keys_ttls_and_usage_errors() {
                 b"x",
                 b"10",
                 b"60",
+                b"3600",
+                b"shard",
+            ],
+            "the last argument must be the word sharded",
+        ),
+        (
+            vec![
+                &b"FCALL"[..],
+                b"tidings_publish",
+                b"1",
+                b"/c",
+                b"x",
+                b"10",
+                b"60",
                 b"5",
             ],
             "meta_ttl must be at least ttl",
@@ -334,6 +348,55 @@ async fn keys_ttls_and_usage_errors() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// A channel with a hash tag of its own keeps its keys in its own slot (the
+/// Lua library and `stream_key` agree), and `sharded` delivers live with
+/// SPUBLISH, not PUBLISH.
+#[tokio::test]
+async fn hash_tagged_channels_and_sharded_live_delivery() {
+    let server = RedisServer::start().await;
+    let h = RedisHistory::new(pool(&server).await);
+    let c = ch("/app/{team7}/feed");
+    let stream = "tidings:history:{team7}/app/{team7}/feed:stream";
+    assert_eq!(h.stream_key(&c), stream);
+    assert_eq!(
+        h.meta_key(&c),
+        "tidings:history:{team7}/app/{team7}/feed:meta"
+    );
+    let slot = |k: &str| fred::util::redis_keyslot(k.as_bytes());
+    assert_eq!(slot(stream), slot(c.as_str()));
+    assert_eq!(slot(&h.meta_key(&c)), slot(c.as_str()));
+
+    let classic = server.client().await.subscribe(c.as_str()).await;
+    let sharded = server
+        .client()
+        .await
+        .subscribe_with("SSUBSCRIBE", c.as_str())
+        .await;
+    let (mut classic, mut sharded) = (classic, sharded);
+    let o = opts(5);
+    h.publish(&c, Bytes::from_static(b"plain"), &o)
+        .await
+        .unwrap();
+    h.publish(&c, Bytes::from_static(b"shard"), &o.with_sharded(true))
+        .await
+        .unwrap();
+    let got = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Bytes>| {
+        let mut out = Vec::new();
+        while let Ok(b) = rx.try_recv() {
+            out.push(String::from_utf8_lossy(&b).into_owned());
+        }
+        out
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (classic, sharded) = (got(&mut classic), got(&mut sharded));
+    assert_eq!(classic.len(), 1, "{classic:?}");
+    assert!(classic[0].ends_with("\nplain"), "{classic:?}");
+    assert_eq!(sharded.len(), 1, "{sharded:?}");
+    assert!(sharded[0].ends_with("\nshard"), "{sharded:?}");
+    let mut r = server.client().await;
+    assert_eq!(r.int(&[b"XLEN", stream.as_bytes()]).await, 2);
 }
 
 #[tokio::test]

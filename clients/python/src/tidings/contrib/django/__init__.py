@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...client import History, Position
-from .conf import client, identity_for
+from .conf import client, history_for, identity_for
 
 
 def publish(channel: str, data: Any, *, history: History | None = None) -> Position | None:
@@ -33,19 +33,22 @@ def publish(channel: str, data: Any, *, history: History | None = None) -> Posit
 
 
 def publish_to_user(user: Any, data: Any, *, history: History | None = None) -> Position | None:
-    """To every socket of ``user`` (a user object, or its pk)."""
-    return client().publish_to_user(user, data, history=history)
+    """To every socket of ``user`` (a user object, or its pk). With
+    ``REDIS_URL``, with the history the ``HISTORY`` setting gives user
+    channels (by default the gateway's: 100 for 600 s), so a reconnecting
+    browser recovers it."""
+    return client().publish_to_user(user, data, history=history or history_for("user"))
 
 
 def publish_to_group(group: Any, data: Any, *, history: History | None = None) -> Position | None:
     """To every socket of the group (a ``Group`` or its name); the gateway
     needs the ``/app/group/{group}`` routing rule (docs/routing.md)."""
-    return client().publish_to_group(group, data, history=history)
+    return client().publish_to_group(group, data, history=history or history_for("group"))
 
 
 def broadcast(data: Any, *, history: History | None = None) -> Position | None:
     """To every socket, anonymous visitors included."""
-    return client().broadcast(data, history=history)
+    return client().broadcast(data, history=history or history_for("broadcast"))
 
 
 def mint_token(user: Any, ttl_secs: float | None = None) -> str:

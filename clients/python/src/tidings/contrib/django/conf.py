@@ -16,6 +16,12 @@ Keys:
 - ``CHANNELS``: ``{"user": ..., "group": ..., "broadcast": ...}`` templates
   when the gateway's routing rules differ from the defaults.
 - ``TIMEOUT``: seconds (5).
+- ``HISTORY``: with ``REDIS_URL``, which kinds of channel publish with
+  history (``FCALL tidings_publish``) so that reconnecting clients recover
+  what they missed: ``{"user": {"size": 100, "ttl_secs": 600}}`` by default,
+  as the gateway's default routing rules keep for user notifications; keys
+  ``user``, ``group``, ``broadcast``; ``{}`` publishes everything plainly.
+  Through the HTTP API (``URL`` only) the gateway applies its rules itself.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from ...channels import Channels
-from ...client import DEFAULT_TOKEN_PREFIX, Tidings
+from ...client import DEFAULT_TOKEN_PREFIX, History, Tidings
 from ...errors import ConfigurationError
 
 DEFAULT_WHOAMI_URL = "http://127.0.0.1:8000/tidings/whoami/"
@@ -67,6 +73,31 @@ def client() -> Tidings:
                 timeout=float(s.get("TIMEOUT", 5.0)),
             )
         return _client
+
+
+DEFAULT_HISTORY: dict[str, dict[str, int]] = {"user": {"size": 100, "ttl_secs": 600}}
+
+
+def history_for(kind: str) -> History | None:
+    """The ``History`` the ``HISTORY`` setting gives channels of ``kind``
+    (``user``, ``group``, ``broadcast``), on the Redis path only."""
+    s = settings_dict()
+    if not s.get("REDIS_URL"):
+        return None
+    table = s.get("HISTORY", DEFAULT_HISTORY)
+    if not isinstance(table, dict):
+        raise ConfigurationError('settings.TIDINGS["HISTORY"] must be a dict')
+    entry = table.get(kind)
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or set(entry) - {"size", "ttl_secs", "meta_ttl_secs"}:
+        raise ConfigurationError(
+            f'settings.TIDINGS["HISTORY"]["{kind}"] must be {{"size": N, "ttl_secs": S}}'
+        )
+    try:
+        return History(int(entry["size"]), int(entry["ttl_secs"]), entry.get("meta_ttl_secs"))
+    except KeyError as e:
+        raise ConfigurationError(f'settings.TIDINGS["HISTORY"]["{kind}"] needs {e}') from e
 
 
 @receiver(setting_changed)

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 /// How many sockets may be open, and who counts as one client.
 ///
 /// A limit of 0 refuses every socket it applies to (and keeps no count for
-/// the refused ones); [`crate::TransportConfig::validate`] reports it.
+/// the refused ones); `tidings_transport::TransportConfig::validate` reports it.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Most sockets open at once. Beyond: 503. Default 100,000.
@@ -144,7 +144,7 @@ pub enum LimitHit {
 
 /// The live counts the limits are checked against.
 #[derive(Debug, Default)]
-pub(crate) struct Counts {
+pub struct Counts {
     /// Randomly keyed, so user ids cannot be chosen to collide.
     hasher: std::collections::hash_map::RandomState,
     total: AtomicUsize,
@@ -156,7 +156,7 @@ pub(crate) struct Counts {
 
 /// One socket's place in the counts; dropping it gives the place back.
 #[derive(Debug)]
-pub(crate) struct Slot {
+pub struct Slot {
     counts: Arc<Counts>,
     ip: IpAddr,
     user: Option<u64>,
@@ -170,7 +170,7 @@ impl Counts {
 
     /// Takes a place for a socket from `ip`, if the total and per-address
     /// limits allow.
-    pub(crate) fn admit(self: &Arc<Self>, limits: &Limits, ip: IpAddr) -> Result<Slot, LimitHit> {
+    pub fn admit(self: &Arc<Self>, limits: &Limits, ip: IpAddr) -> Result<Slot, LimitHit> {
         // One IPv6 client usually holds a whole /64: count it as one address.
         let ip = match ip.to_canonical() {
             IpAddr::V6(v6) => {
@@ -205,7 +205,7 @@ impl Counts {
 
 impl Slot {
     /// Counts the socket against `user` too, if the per-user limit allows.
-    pub(crate) fn for_user(&mut self, limits: &Limits, user: &str) -> Result<(), LimitHit> {
+    pub fn for_user(&mut self, limits: &Limits, user: &str) -> Result<(), LimitHit> {
         let key = self.counts.user_key(user);
         let mut per_user = self.counts.per_user.lock();
         let n = per_user.entry(key).or_insert(0);
