@@ -74,5 +74,19 @@ pub fn raise_open_file_limit() -> u64 {
     })
 }
 
+/// `s` percent-encoded for a query value (everything but ASCII letters
+/// and digits escaped).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// A generous bound for things that should happen "at once" on loopback.
 pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -287,6 +287,40 @@ impl Resp {
         rx
     }
 
+    /// The documented one-command publish with history:
+    /// `FCALL tidings_publish 1 <channel> <payload> <size> <ttl_secs>`;
+    /// `(offset, epoch)`, or the reply when it is not a position.
+    pub async fn fcall_publish(
+        &mut self,
+        channel: &str,
+        payload: &str,
+        size: u64,
+        ttl_secs: u64,
+    ) -> Result<(u64, String), Reply> {
+        let reply = self
+            .cmd(&[
+                "FCALL",
+                "tidings_publish",
+                "1",
+                channel,
+                payload,
+                &size.to_string(),
+                &ttl_secs.to_string(),
+            ])
+            .await;
+        let position = match &reply {
+            Reply::Array(items) => items
+                .first()
+                .and_then(Reply::as_int)
+                .zip(items.get(1).and_then(Reply::as_str)),
+            _ => None,
+        };
+        match position {
+            Some((offset, epoch)) => Ok((offset as u64, epoch.to_owned())),
+            None => Err(reply),
+        }
+    }
+
     /// Sends a command.
     pub async fn cmd(&mut self, args: &[&str]) -> Reply {
         let v: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();

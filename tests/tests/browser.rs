@@ -323,21 +323,9 @@ history = { size = 50, ttl_secs = 600 }
     let missed: Vec<String> = (0..3).map(|n| unique(&format!("missed {n}"))).collect();
     for text in &missed {
         let data = json!({ "text": text }).to_string();
-        let reply = r
-            .cmd(&[
-                "FCALL",
-                "tidings_publish",
-                "1",
-                "/app/room/h",
-                &data,
-                "50",
-                "600",
-            ])
-            .await;
-        assert!(
-            matches!(reply, tidings_e2e::redis::Reply::Array(_)),
-            "{reply:?}"
-        );
+        r.fcall_publish("/app/room/h", &data, 50, 600)
+            .await
+            .unwrap_or_else(|reply| panic!("FCALL: {reply:?}"));
     }
     let gw = Gateway::start_with(opts.env("TIDINGS_LISTEN", addr.to_string())).await;
     assert_eq!(gw.addr, addr);

@@ -298,17 +298,7 @@ async fn django_notifications_published_while_the_gateway_was_down_are_recovered
     }
     st.gw = Gateway::start_with(opts).await;
     st.gw.wait_ready().await;
-    let since: String = at
-        .to_string()
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
+    let since = tidings_e2e::percent_encode(&at.to_string());
     let url = format!("{}?since={since}", st.gw.ws_url());
     // (Not `st.connect`: its ping would skip the replayed messages.)
     let mut a = Client::connect_with(&url, &[("Cookie", &alice.cookie())])

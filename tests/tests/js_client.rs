@@ -433,21 +433,9 @@ history = { size = 500, ttl_secs = 600 }
         let mut r = tidings_e2e::redis::Resp::connect(port).await.unwrap();
         for n in 1..=N {
             for ch in [NOTES, "/app/room/9"] {
-                let reply = r
-                    .cmd(&[
-                        "FCALL",
-                        "tidings_publish",
-                        "1",
-                        ch,
-                        &n.to_string(),
-                        "500",
-                        "600",
-                    ])
-                    .await;
-                assert!(
-                    matches!(reply, tidings_e2e::redis::Reply::Array(_)),
-                    "{reply:?}"
-                );
+                r.fcall_publish(ch, &n.to_string(), 500, 600)
+                    .await
+                    .unwrap_or_else(|reply| panic!("FCALL: {reply:?}"));
             }
             tokio::time::sleep(Duration::from_millis(8)).await;
         }

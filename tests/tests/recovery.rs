@@ -7,6 +7,7 @@ use std::{collections::HashMap, time::Duration};
 use serde_json::{json, Value};
 use tidings_e2e::{
     backend::{Backend, Mode},
+    percent_encode,
     redis::{RedisServer, Reply},
     ws::Client,
     Gateway, GatewayOptions,
@@ -71,24 +72,11 @@ async fn backend() -> Backend {
     Backend::start(Mode::users([("u42", json!({"user": "42"}))])).await
 }
 
-/// Percent-encodes a query value.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// Connects as user 42 (or anonymously), sending `since` positions.
 async fn connect(gw: &Gateway, user: bool, since: Option<&Value>) -> Client {
     let mut url = gw.ws_url();
     if let Some(since) = since {
-        url = format!("{url}?since={}", encode(&since.to_string()));
+        url = format!("{url}?since={}", percent_encode(&since.to_string()));
     }
     let headers: &[(&str, &str)] = if user {
         &[("Cookie", "sessionid=u42")]
@@ -104,43 +92,22 @@ async fn connect(gw: &Gateway, user: bool, since: Option<&Value>) -> Client {
 /// The one-command publish with history, as a backend sends it (retrying
 /// while a restarted Redis does not have the function yet: the gateway
 /// loads it again when it reconnects).
-async fn fcall(redis: &RedisServer, channel: &str, size: u32, data: &Value) -> (u64, String) {
+async fn fcall(redis: &RedisServer, channel: &str, size: u64, data: &Value) -> (u64, String) {
     let mut c = redis.client().await;
     let payload = data.to_string();
     let deadline = tokio::time::Instant::now() + tidings_e2e::PATIENCE;
     loop {
-        let reply = c
-            .cmd(&[
-                "FCALL",
-                "tidings_publish",
-                "1",
-                channel,
-                &payload,
-                &size.to_string(),
-                "600",
-            ])
-            .await;
-        match &reply {
-            Reply::Error(e) if e.contains("Function not found") => {
+        match c.fcall_publish(channel, &payload, size, 600).await {
+            Ok(position) => return position,
+            Err(Reply::Error(e)) if e.contains("Function not found") => {
                 assert!(
                     tokio::time::Instant::now() < deadline,
                     "the gateway never loaded the function again"
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            _ => return position_of(&reply),
+            Err(other) => panic!("unexpected FCALL answer {other:?}"),
         }
-    }
-}
-
-/// `[offset, epoch]` from the function's answer.
-fn position_of(reply: &Reply) -> (u64, String) {
-    match reply {
-        Reply::Array(items) => (
-            items[0].as_int().expect("offset") as u64,
-            items[1].as_str().expect("epoch").to_owned(),
-        ),
-        other => panic!("unexpected FCALL answer {other:?}"),
     }
 }
 
@@ -330,7 +297,11 @@ async fn bad_positions_get_a_clear_answer_and_never_a_wrong_replay() {
     assert_eq!(r["code"], "forbidden", "{r}");
     quiet(&mut c).await;
     // A malformed `since` on connect is refused before anything else.
-    let url = format!("{}?since={}", gw.ws_url(), encode("{\"/feed\":[1]}"));
+    let url = format!(
+        "{}?since={}",
+        gw.ws_url(),
+        percent_encode("{\"/feed\":[1]}")
+    );
     let refused = Client::connect_with(&url, &[])
         .await
         .err()
@@ -461,19 +432,10 @@ async fn nothing_is_lost_across_a_gateway_kill_and_restart() {
         tokio::spawn(async move {
             let mut r = tidings_e2e::redis::Resp::connect(redis_port).await.unwrap();
             for n in 1..=N {
-                for (ch, size) in [(NOTES, "100"), ("/room/k", "50")] {
-                    let reply = r
-                        .cmd(&[
-                            "FCALL",
-                            "tidings_publish",
-                            "1",
-                            ch,
-                            &n.to_string(),
-                            size,
-                            "600",
-                        ])
-                        .await;
-                    assert!(matches!(reply, Reply::Array(_)), "{reply:?}");
+                for (ch, size) in [(NOTES, 100), ("/room/k", 50)] {
+                    r.fcall_publish(ch, &n.to_string(), size, 600)
+                        .await
+                        .unwrap_or_else(|reply| panic!("FCALL: {reply:?}"));
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -757,18 +719,9 @@ async fn clients_of_a_drained_gateway_recover_on_the_other_behind_nginx() {
         let mut r = tidings_e2e::redis::Resp::connect(rport).await.unwrap();
         for n in 1..=N {
             let v = n.to_string();
-            let reply = r
-                .cmd(&[
-                    "FCALL",
-                    "tidings_publish",
-                    "1",
-                    "/room/drain",
-                    &v,
-                    "50",
-                    "600",
-                ])
-                .await;
-            assert!(matches!(reply, Reply::Array(_)), "{reply:?}");
+            r.fcall_publish("/room/drain", &v, 50, 600)
+                .await
+                .unwrap_or_else(|reply| panic!("FCALL: {reply:?}"));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });

@@ -39,6 +39,8 @@ pub(crate) struct Config {
     pub(crate) api_key: Option<Secret>,
     /// Redis URL (`redis://` or `rediss://`). Unset: the in-process broker.
     pub(crate) redis_url: Option<Secret>,
+    /// Threads running sockets and the fan-out; 0: one per core.
+    pub(crate) worker_threads: usize,
     /// Redis connection tunables (used when `redis_url` is set): tidings-bridge.
     pub(crate) redis: RedisSettings,
     /// Who each socket is: tidings-identity.
@@ -165,6 +167,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_key: None,
             redis_url: None,
+            worker_threads: 0,
             redis: RedisSettings::default(),
             identity: IdentitySettings::default(),
             rpc: RpcSettings::default(),
@@ -187,6 +190,9 @@ impl Default for Config {
         }
     }
 }
+
+/// The most worker threads `worker_threads` may ask for.
+const MAX_WORKER_THREADS: usize = 1024;
 
 /// A configuration that cannot be used, naming the key and its source.
 #[derive(Debug, thiserror::Error)]
@@ -356,6 +362,12 @@ impl Config {
                     "must be at least 16 characters",
                 ));
             }
+        }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err(ConfigError::invalid(
+                "worker_threads",
+                format!("must be at most {MAX_WORKER_THREADS} (0: one per core)"),
+            ));
         }
         if let Some(url) = &self.redis_url {
             if !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://")) {

@@ -70,10 +70,12 @@ fn main() -> ExitCode {
                 );
             }
             raise_open_file_limit(&config);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            // 0: tokio's default, one per core (or TOKIO_WORKER_THREADS).
+            if config.worker_threads > 0 {
+                builder.worker_threads(config.worker_threads);
+            }
+            let runtime = match builder.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("tidings: cannot start the runtime: {e}");

@@ -106,7 +106,7 @@ impl Bridge {
         self_check: Option<Duration>,
         make: impl FnOnce(Inbound) -> Result<B, E>,
     ) -> Result<Self, E> {
-        let hub = Arc::new(Hub::new());
+        let hub = Arc::new(Hub::for_runtime());
         let (control, rx) = mpsc::unbounded_channel();
         let events = control.clone();
         let broker: Arc<dyn Broker> = Arc::new(make(Inbound {

@@ -18,7 +18,7 @@ fn at(position: &Option<StreamPosition>) -> Option<(u64, &str)> {
 }
 
 use crate::{
-    mailbox::{GapNotice, Mailbox, Offer, Outbound},
+    mailbox::{GapNotice, Mailbox, Offer, Outbound, Target},
     stats::BridgeStats,
 };
 
@@ -68,12 +68,68 @@ fn remove_from<K: Hash + Eq + Borrow<str>>(
 /// Who, in this process, listens to what; and the fan-out loop.
 ///
 /// A message is encoded into a [`Delivery`] once and each subscriber's
-/// mailbox receives an `Arc` of it: the per-recipient work is a pointer copy
-/// and a non-blocking queue push.
-#[derive(Default)]
+/// mailbox receives an `Arc` of it: the per-recipient work of the
+/// dispatching task is a pointer copy and a non-blocking queue push.
+///
+/// The writes are sharded: connection `c` belongs to shard `c % n` (`n`:
+/// the runtime's worker threads), and each shard has a runner task. A
+/// socket that lets the fan-out write to it (see [`crate::mailbox`]) and
+/// whose queue was empty is not woken: the dispatching task hands it to its
+/// shard's runner, one list per shard per message, and the runners write
+/// the sockets directly, all at once on every worker thread, without any
+/// lock of the hub. The dispatching task (the broker's reader) does no
+/// system call per socket, so it keeps up with the broker however busy the
+/// sockets are; what waits is in the sockets' bounded queues, as before.
 pub struct Hub {
     topics: RwLock<Topics>,
-    stats: BridgeStats,
+    stats: Arc<BridgeStats>,
+    shards: Box<[Arc<Shard>]>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::with_shards(1)
+    }
+}
+
+/// Runners yield to the other tasks of their worker after this many
+/// sockets.
+const YIELD_EVERY: usize = 256;
+
+/// One shard's runner: the sockets it is due to write.
+#[derive(Default)]
+struct Shard {
+    ready: parking_lot::Mutex<Ready>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Ready {
+    /// Sockets to write. Each at most once (its mailbox's `scheduled`
+    /// flag), so this is bounded by the shard's sockets.
+    targets: Vec<Target>,
+    /// Whether the runner task was started.
+    started: bool,
+}
+
+/// A shard's runner: writes the sockets handed to it, yielding now and
+/// then so the other tasks of its worker (sockets, the broker's reader)
+/// are not held up.
+async fn run_shard(shard: Arc<Shard>) {
+    loop {
+        let notified = shard.wake.notified();
+        let targets = std::mem::take(&mut shard.ready.lock().targets);
+        if targets.is_empty() {
+            notified.await;
+            continue;
+        }
+        for (i, target) in targets.iter().enumerate() {
+            if i > 0 && i % YIELD_EVERY == 0 {
+                tokio::task::yield_now().await;
+            }
+            target.write_queued();
+        }
+    }
 }
 
 impl std::fmt::Debug for Hub {
@@ -120,9 +176,34 @@ impl Hub {
         depths
     }
 
-    /// An empty hub.
+    /// An empty hub with one fan-out shard.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty hub with `shards` fan-out shards (at least 1), each with a
+    /// runner task started on the current tokio runtime when first needed
+    /// (outside a runtime, the dispatching thread writes).
+    pub fn with_shards(shards: usize) -> Self {
+        Self {
+            topics: RwLock::new(Topics::default()),
+            stats: Arc::new(BridgeStats::default()),
+            shards: (0..shards.max(1)).map(|_| Arc::default()).collect(),
+        }
+    }
+
+    /// An empty hub with one shard per worker thread of the current tokio
+    /// runtime (one outside a runtime).
+    pub fn for_runtime() -> Self {
+        let workers = tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_workers())
+            .unwrap_or(1);
+        Self::with_shards(workers)
+    }
+
+    /// The number of fan-out shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
     }
 
     /// The hub's counters.
@@ -274,17 +355,61 @@ impl Hub {
         }
     }
 
+    /// One delivery to every socket of `subs` (see [`Hub`] for the
+    /// sharding).
     fn fan_out(&self, subs: &Subscribers, delivery: Arc<Delivery>) {
+        let n = self.shards.len();
+        let mut lists: Vec<Vec<Target>> = Vec::new();
         let (mut delivered, mut dropped, mut closed) = (0u64, 0u64, 0u64);
-        for mailbox in subs.values() {
-            match mailbox.offer(Outbound::Deliver(delivery.clone())) {
-                Offer::Queued => delivered += 1,
-                Offer::Dropped => dropped += 1,
-                Offer::Overflowed => closed += 1,
-                Offer::Closed => {}
+        for (conn, mailbox) in subs {
+            match mailbox.offer_for_runner(Outbound::Deliver(delivery.clone())) {
+                (Offer::Queued, scheduled) => {
+                    delivered += 1;
+                    if scheduled {
+                        if lists.is_empty() {
+                            lists = (0..n)
+                                .map(|_| Vec::with_capacity(subs.len() / n + 1))
+                                .collect();
+                        }
+                        lists[(*conn % n as u64) as usize].push(mailbox.target());
+                    }
+                }
+                (Offer::Dropped, _) => dropped += 1,
+                (Offer::Overflowed, _) => closed += 1,
+                (Offer::Closed, _) => {}
             }
         }
         self.stats.record_fanout(delivered, dropped, closed);
+        for (shard, targets) in lists.into_iter().enumerate() {
+            if !targets.is_empty() {
+                self.schedule(shard, targets);
+            }
+        }
+    }
+
+    /// Hands `targets` to shard `shard`'s runner, starting it if needed;
+    /// writes them in place outside a tokio runtime.
+    fn schedule(&self, shard: usize, mut targets: Vec<Target>) {
+        let runner = &self.shards[shard];
+        let mut ready = runner.ready.lock();
+        if !ready.started {
+            let Ok(handle) = tokio::runtime::Handle::try_current() else {
+                drop(ready);
+                for target in &targets {
+                    target.write_queued();
+                }
+                return;
+            };
+            handle.spawn(run_shard(runner.clone()));
+            ready.started = true;
+        }
+        if ready.targets.is_empty() {
+            std::mem::swap(&mut ready.targets, &mut targets);
+        } else {
+            ready.targets.append(&mut targets);
+        }
+        drop(ready);
+        runner.wake.notify_one();
     }
 
     /// Queues a `gap` notice to every socket listening to any of `topics`,

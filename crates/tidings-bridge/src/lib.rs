@@ -47,7 +47,10 @@ pub use config::{ModeName, RedisSettings};
 pub use history::HistoryLookup;
 pub use hub::{Hub, QueueDepths};
 pub use local::LocalBroker;
-pub use mailbox::{mailbox, GapNotice, Mailbox, MailboxReceiver, Outbound, SlowConsumerPolicy};
+pub use mailbox::{
+    mailbox, Direct, DirectWrite, GapNotice, Mailbox, MailboxReceiver, Outbound,
+    SlowConsumerPolicy, WriteGate,
+};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisBroker, RedisConfig, RedisMode, RedisSetupError, ShardedLookup};

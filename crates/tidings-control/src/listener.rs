@@ -84,7 +84,7 @@ impl ControlChannel {
                             }
                         }
                     }
-                    Next::Item(Outbound::Notice(_) | Outbound::Gap(_)) => {}
+                    Next::Item(Outbound::Notice(_) | Outbound::Gap(_) | Outbound::Rest(_)) => {}
                     Next::Dropped(n) => {
                         tracing::warn!(target: "tidings::control", dropped = n, "control commands dropped (queue full)");
                     }

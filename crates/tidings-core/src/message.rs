@@ -115,6 +115,11 @@ impl Delivery {
         })
     }
 
+    /// Whether this message names a connection to leave out (`exclude`).
+    pub fn has_exclude(&self) -> bool {
+        self.exclude.is_some()
+    }
+
     /// Whether the connection `conn` (its id as in `welcome`) must not
     /// receive this message.
     pub fn excludes(&self, conn: &str) -> bool {

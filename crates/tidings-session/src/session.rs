@@ -42,13 +42,18 @@ pub enum Output {
     /// is [`Delivery::frame`]; an adapter with another encoding encodes it
     /// once per message, not per connection.
     Delivery(Arc<Delivery>),
+    /// Bytes already framed for the wire, to write as they are before
+    /// anything else: the end of a frame the adapter's direct writer (see
+    /// `tidings_bridge::DirectWrite`) could not finish. Only an adapter
+    /// that turned direct writes on gets these.
+    Raw(Bytes),
 }
 
 impl Output {
     /// The protocol v1 frame.
     pub fn frame(&self) -> &Bytes {
         match self {
-            Self::Frame(b) => b,
+            Self::Frame(b) | Self::Raw(b) => b,
             Self::Delivery(d) => d.frame(),
         }
     }
@@ -249,6 +254,14 @@ impl Session {
         self.id
     }
 
+    /// The connection's mailbox: an adapter that writes deliveries to its
+    /// socket directly from the fan-out registers its writer here
+    /// ([`MailboxReceiver::write_directly`]); deliveries the session must
+    /// see first (recovery, `exclude`) are never written directly.
+    pub fn mailbox(&self) -> &MailboxReceiver {
+        &self.mailbox
+    }
+
     /// The gateway context.
     pub fn context(&self) -> &Arc<Context> {
         &self.ctx
@@ -342,6 +355,7 @@ impl Session {
             Outbound::Deliver(d) => self.deliver(d, out).await,
             Outbound::Notice(b) => out.push(Output::Frame(b)),
             Outbound::Gap(gap) => self.gap(*gap, out).await,
+            Outbound::Rest(b) => out.push(Output::Raw(b)),
         }
     }
 

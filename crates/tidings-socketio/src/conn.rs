@@ -275,6 +275,9 @@ impl Conn {
             let packet = match o {
                 Output::Delivery(d) => sio::delivery_event(&self.cfg, d).clone(),
                 Output::Frame(f) => sio::frame_packet(&self.cfg, f),
+                // Only for adapters that write deliveries directly; this
+                // one never turns that on.
+                Output::Raw(_) => continue,
             };
             if !self.send(packet).await {
                 return false;

@@ -254,6 +254,9 @@ impl Writer {
                     }
                     push_data(&f, &mut self.buf);
                 }
+                // Only for adapters that write deliveries directly; this
+                // one never turns that on.
+                Output::Raw(_) => {}
             }
         }
         n

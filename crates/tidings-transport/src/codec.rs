@@ -125,6 +125,20 @@ impl<S> Conn<S> {
             parts: Vec::new(),
         }
     }
+
+    /// The I/O underneath.
+    pub(crate) fn io(&self) -> &S {
+        &self.io
+    }
+
+    /// As [`Conn::new`], with `read` already read from the peer.
+    pub(crate) fn with_read(io: S, read: Bytes, max_frame: usize, frame_timeout: Duration) -> Self {
+        let mut conn = Self::new(io, max_frame, frame_timeout);
+        if !read.is_empty() {
+            conn.buf = BytesMut::from(&read[..]);
+        }
+        conn
+    }
 }
 
 impl<S: AsyncRead + Unpin> Conn<S> {
@@ -247,18 +261,37 @@ fn unmask(data: &mut [u8], mask: [u8; 4]) {
 /// A batch is written once it holds this much.
 pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 
+/// The longest header of a server frame.
+pub(crate) const MAX_HEADER: usize = 10;
+
+/// Writes the header of an unmasked, final server frame of `len` payload
+/// bytes into `into`; returns its length.
+pub(crate) fn server_header(opcode: OpCode, len: usize, into: &mut [u8; MAX_HEADER]) -> usize {
+    into[0] = 0x80 | opcode.bits();
+    if len < 126 {
+        into[1] = len as u8;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        into[1] = 126;
+        into[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        into[1] = 127;
+        into[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
 impl<S: AsyncWrite + Unpin> Conn<S> {
     fn header(opcode: OpCode, len: usize, into: &mut Vec<u8>) {
-        into.push(0x80 | opcode.bits());
-        if len < 126 {
-            into.push(len as u8);
-        } else if let Ok(short) = u16::try_from(len) {
-            into.push(126);
-            into.extend_from_slice(&short.to_be_bytes());
-        } else {
-            into.push(127);
-            into.extend_from_slice(&(len as u64).to_be_bytes());
-        }
+        let mut head = [0u8; MAX_HEADER];
+        let n = server_header(opcode, len, &mut head);
+        into.extend_from_slice(&head[..n]);
+    }
+
+    /// Adds raw bytes (the end of a frame already started) to the batch.
+    pub(crate) fn push_raw(&mut self, bytes: Bytes) {
+        self.parts.push((self.heads.len(), bytes));
     }
 
     /// Adds a frame to the batch. The payload is not copied: the batch

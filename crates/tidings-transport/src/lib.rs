@@ -18,11 +18,14 @@
 //!   the `tidings-rpc` crate.
 //! - `ws`, `codec`: the WebSocket adapter, one socket's task driving a
 //!   `tidings_session::Session` (subscriptions, requests, rate limit and
-//!   recovery are the session's), and its framing (private).
+//!   recovery are the session's), and its framing (private); `direct`:
+//!   the socket a session shares with the fan-out, which writes
+//!   deliveries to it directly.
 //! - [`stats`]: connection counters (from `tidings-session`).
 
 mod codec;
 pub mod config;
+mod direct;
 pub mod server;
 pub mod service;
 pub mod settings;

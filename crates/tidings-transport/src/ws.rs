@@ -28,7 +28,7 @@ use crate::{
     config::{deadline_after, TransportConfig},
 };
 
-type Io = TokioIo<Upgraded>;
+type Io = crate::direct::SessionIo;
 
 /// What handling a client frame asks of the connection.
 enum Step {
@@ -101,7 +101,7 @@ pub(crate) async fn run(
 
 #[allow(clippy::too_many_arguments)]
 async fn serve_socket(
-    io: Io,
+    io: TokioIo<Upgraded>,
     id: u64,
     gw: Arc<Context>,
     config: Arc<TransportConfig>,
@@ -113,7 +113,6 @@ async fn serve_socket(
     gw.stats.opened();
     tracing::debug!("socket open");
     // fastwebsockets did the handshake; framing is ours (see codec).
-    let mut conn = Conn::new(io, config.max_message_size, config.frame_timeout);
     let mut out = Vec::new();
     let session = Session::open_with_id(
         gw.clone(),
@@ -126,9 +125,14 @@ async fn serve_socket(
     )
     .await;
     drop(since);
+    // The TCP stream is shared with the fan-out, which writes deliveries
+    // to it directly once the welcome is out (see `direct`).
+    let (io, read) = Io::new(io, session.mailbox(), &gw.stats);
+    let mut conn = Conn::with_read(io, read, config.max_message_size, config.frame_timeout);
     let welcome = out.len() as u64;
     let reason = if write_all(&mut conn, &mut out, config.write_timeout).await {
         gw.stats.frames_out(welcome);
+        conn.io().write_directly(session.mailbox());
         let mut ws = WsSession {
             gw: gw.clone(),
             config,
@@ -155,13 +159,12 @@ async fn write_all(conn: &mut Conn<Io>, out: &mut Vec<Output>, limit: Duration) 
         return true;
     }
     for o in out.drain(..) {
-        conn.push(
-            OpCode::Text,
-            match o {
-                Output::Frame(b) => b,
-                Output::Delivery(d) => d.frame().clone(),
-            },
-        );
+        match o {
+            Output::Frame(b) => conn.push(OpCode::Text, b),
+            Output::Delivery(d) => conn.push(OpCode::Text, d.frame().clone()),
+            // The end of a frame the fan-out started: first, as it is.
+            Output::Raw(b) => conn.push_raw(b),
+        }
     }
     timed(limit, conn.flush()).await
 }
