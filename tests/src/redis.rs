@@ -10,6 +10,10 @@ use tokio::{
     sync::mpsc,
 };
 
+/// The channel every gateway subscribes to for control commands (its
+/// default `control.channel`).
+pub const CONTROL_CHANNEL: &str = "tidings:control";
+
 /// A `redis-server` the test owns. Killed on drop.
 pub struct RedisServer {
     child: Option<Child>,
@@ -344,12 +348,15 @@ impl Resp {
         self.cmd(&["PUBSUB", "NUMPAT"]).await.as_int().expect("int")
     }
 
-    /// `PUBSUB CHANNELS`.
+    /// `PUBSUB CHANNELS`, without the gateways' own control channel
+    /// (`tidings:control`, which every gateway holds): the channels
+    /// subscribed for sockets.
     pub async fn channels(&mut self) -> Vec<String> {
         match self.cmd(&["PUBSUB", "CHANNELS"]).await {
             Reply::Array(v) => v
                 .iter()
                 .filter_map(|r| r.as_str().map(str::to_owned))
+                .filter(|c| c != CONTROL_CHANNEL)
                 .collect(),
             other => panic!("{other:?}"),
         }

@@ -640,6 +640,8 @@ async fn redis_refusing_a_subscription_is_not_acknowledged() {
             "default",
             "resetchannels",
             "&/app/broadcast",
+            // The gateways' control channel (see docs/control.md).
+            "&tidings:control",
         ])
         .await;
     assert_eq!(acl.as_str(), Some("OK"));

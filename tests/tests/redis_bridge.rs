@@ -1137,9 +1137,17 @@ async fn a_join_refused_while_redis_is_frozen_is_made_later_and_the_socket_told(
     wait_readyz(&gw, 200, PATIENCE).await;
 }
 
-/// Lets the gateway's Redis user use only `channels` (ACL `&` rules).
+/// Lets the gateway's Redis user use only `channels` (ACL `&` rules), and
+/// the gateways' control channel (Redis closes a connection subscribed to
+/// a channel its user may no longer use).
 async fn allow_only(r: &mut Resp, channels: &[&str]) {
-    let mut args = vec!["ACL", "SETUSER", "default", "resetchannels"];
+    let mut args = vec![
+        "ACL",
+        "SETUSER",
+        "default",
+        "resetchannels",
+        "&tidings:control",
+    ];
     let rules: Vec<String> = channels.iter().map(|c| format!("&{c}")).collect();
     args.extend(rules.iter().map(String::as_str));
     assert_eq!(r.cmd(&args).await.as_str(), Some("OK"));

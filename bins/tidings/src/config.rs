@@ -400,11 +400,11 @@ impl Config {
                 && id.len() <= 64
                 && id
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if !ok {
                 return Err(ConfigError::invalid(
                     "control.gateway_id",
-                    "must be 1 to 64 letters, digits, `_` or `.`",
+                    "must be 1 to 64 letters, digits, `_` or `-`",
                 ));
             }
         }

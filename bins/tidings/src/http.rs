@@ -127,7 +127,9 @@ impl Endpoints {
                 if let Err(why) = self.authorize(&req, peer) {
                     return unauthorized(why);
                 }
-                let body = crate::metrics::render(&self.gateway, self.cookie_proxy.as_deref());
+                let internal = usize::from(self.control.is_some());
+                let body =
+                    crate::metrics::render(&self.gateway, self.cookie_proxy.as_deref(), internal);
                 let mut res = text_response(StatusCode::OK, body);
                 res.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -12,7 +12,15 @@ use tidings_transport::{
 };
 
 /// Renders every metric.
-pub(crate) fn render(gateway: &Gateway, cookie_proxy: Option<&CookieProxy>) -> String {
+///
+/// `internal`: subscriptions the gateway holds for itself (the control
+/// channel's, one exact channel each), left out of the subscription and
+/// channel gauges so they count sockets' subscriptions only.
+pub(crate) fn render(
+    gateway: &Gateway,
+    cookie_proxy: Option<&CookieProxy>,
+    internal: usize,
+) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let t = gateway.stats();
     let bridge = gateway.bridge();
@@ -125,13 +133,13 @@ pub(crate) fn render(gateway: &Gateway, cookie_proxy: Option<&CookieProxy>) -> S
         "tidings_subscriptions",
         "gauge",
         "Subscriptions (socket, topic) held now.",
-        &one(q.subscriptions as u64),
+        &one(q.subscriptions.saturating_sub(internal) as u64),
     );
     metric(
         "tidings_channels",
         "gauge",
         "Exact channels with local subscribers.",
-        &one(channels as u64),
+        &one(channels.saturating_sub(internal) as u64),
     );
     metric(
         "tidings_patterns",

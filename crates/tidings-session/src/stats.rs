@@ -38,6 +38,23 @@ impl CloseReason {
         CloseReason::Backend,
     ];
 
+    /// The WebSocket close code a connection that ended for this reason
+    /// most likely saw (what other wire formats report, and the
+    /// disconnect webhook's `code`; a backend disconnect's own code is
+    /// reported by the session instead).
+    pub fn code(self) -> u16 {
+        use tidings_core::protocol::close;
+        match self {
+            CloseReason::Client | CloseReason::Backend => close::NORMAL,
+            CloseReason::Protocol => close::PROTOCOL_ERROR,
+            CloseReason::TooBig => close::MESSAGE_TOO_BIG,
+            CloseReason::Heartbeat => close::HEARTBEAT_TIMEOUT,
+            CloseReason::SlowConsumer => close::SLOW_CONSUMER,
+            CloseReason::Shutdown => close::SERVICE_RESTART,
+            CloseReason::RateLimited => close::POLICY_VIOLATION,
+        }
+    }
+
     /// The label used in logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

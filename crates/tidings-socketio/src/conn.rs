@@ -41,6 +41,10 @@ pub(crate) async fn run(
         id: ctx.bridge.next_connection_id(),
     };
     let reason = c.serve(inbound).await;
+    // The gateway's hooks (the disconnect webhook) hear of it.
+    if let Some(session) = c.session.as_mut() {
+        session.finish(reason.code(), reason.as_str());
+    }
     shared.closed.cancel();
     store.remove(&shared.sid);
     ctx.stats.closed(reason);

@@ -281,7 +281,10 @@ impl Sse {
         // none says which streams exist.
         let entry = session
             .split_once('.')
-            .and_then(|(id, token)| Some((id.parse::<u64>().ok()?, token)))
+            .and_then(|(id, token)| {
+                let id = id.strip_prefix(&*inner.ctx.connection_prefix).unwrap_or(id);
+                Some((id.parse::<u64>().ok()?, token))
+            })
             .and_then(|(id, token)| inner.registry.get(id, token));
         let Some(entry) = entry else {
             return fail(

@@ -110,9 +110,11 @@ pub(crate) async fn run(
     // connection id and the secret its actions must carry.
     w.buf
         .put_slice(format!("retry: {}\n", config.retry.as_millis()).as_bytes());
+    // The connection as `welcome` names it (`<gateway id>-<n>` when the
+    // gateway has control hooks).
     let hello = format!(
-        "{{\"type\":\"sse\",\"connection\":\"{}\",\"token\":\"{}\"}}",
-        start.id, start.token
+        "{{\"type\":\"sse\",\"connection\":\"{}{}\",\"token\":\"{}\"}}",
+        ctx.connection_prefix, start.id, start.token
     );
     push_data(hello.as_bytes(), &mut w.buf);
     w.outputs(&mut out);
@@ -148,7 +150,7 @@ pub(crate) async fn run(
         {
             w.outputs(&mut out);
             let reason = w.end(end).await;
-            finish(&ctx, reason, slot);
+            finish(&ctx, &mut session, reason, slot);
             return;
         }
         w.outputs(&mut out);
@@ -159,10 +161,17 @@ pub(crate) async fn run(
     } else {
         CloseReason::SlowConsumer
     };
-    finish(&ctx, reason, slot);
+    finish(&ctx, &mut session, reason, slot);
 }
 
-fn finish(ctx: &Context, reason: CloseReason, slot: tidings_admission::limits::Slot) {
+fn finish(
+    ctx: &Context,
+    session: &mut Session,
+    reason: CloseReason,
+    slot: tidings_admission::limits::Slot,
+) {
+    // The gateway's hooks (the disconnect webhook) hear of it.
+    session.finish(reason.code(), reason.as_str());
     ctx.stats.closed(reason);
     tracing::debug!(reason = reason.as_str(), "event stream closed");
     drop(slot);

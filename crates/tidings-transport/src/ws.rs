@@ -141,7 +141,7 @@ async fn serve_socket(
             out,
         };
         let reason = ws.serve(&mut conn).await;
-        ws.session.finish(close_code(reason), reason.as_str());
+        ws.session.finish(reason.code(), reason.as_str());
         reason
     } else {
         let mut session = session;
@@ -150,20 +150,6 @@ async fn serve_socket(
     };
     gw.stats.closed(reason);
     tracing::debug!(reason = reason.as_str(), "socket closed");
-}
-
-/// The close code a connection that ended for `reason` most likely saw
-/// (for the gateway's hooks: the disconnect webhook).
-fn close_code(reason: CloseReason) -> u16 {
-    match reason {
-        CloseReason::Client | CloseReason::Backend => close::NORMAL,
-        CloseReason::Protocol => close::PROTOCOL_ERROR,
-        CloseReason::TooBig => close::MESSAGE_TOO_BIG,
-        CloseReason::Heartbeat => close::HEARTBEAT_TIMEOUT,
-        CloseReason::SlowConsumer => close::SLOW_CONSUMER,
-        CloseReason::Shutdown => close::SERVICE_RESTART,
-        CloseReason::RateLimited => close::POLICY_VIOLATION,
-    }
 }
 
 /// Writes and empties `out` (one flush); false when the peer did not take
