@@ -169,7 +169,8 @@ export declare class Client {
   /** The last `welcome` frame. */
   readonly welcome: Welcome | null;
   subscribe(channel: string): Subscription;
-  publish(channel: string, data: Json, options?: { timeout?: number }): Promise<void>;
+  /** `echo: false`: this client gets no copy of its own message. */
+  publish(channel: string, data: Json, options?: { timeout?: number; echo?: boolean }): Promise<void>;
   rpc(path: string, body?: Json, options?: { method?: "GET" | "POST" | "PUT" | "PATCH" | "DELETE"; timeout?: number }): Promise<RpcResult>;
   ping(options?: { timeout?: number }): Promise<void>;
   /** The delay the next reconnect would wait, in ms. */

@@ -159,12 +159,14 @@ export class Client extends Emitter {
     return sub;
   }
 
-  /** Publishes `data` on `channel`; resolves once the broker accepted it. */
-  publish(channel, data, { timeout } = {}) {
-    return this._request(
-      { type: "publish", channel, data: data === undefined ? null : data },
-      timeout ?? this._opts.requestTimeout,
-    ).then(() => undefined);
+  /**
+   * Publishes `data` on `channel`; resolves once the broker accepted it.
+   * `echo: false`: this client gets no copy of its own message.
+   */
+  publish(channel, data, { timeout, echo } = {}) {
+    const frame = { type: "publish", channel, data: data === undefined ? null : data };
+    if (echo === false) frame.echo = false;
+    return this._request(frame, timeout ?? this._opts.requestTimeout).then(() => undefined);
   }
 
   /**

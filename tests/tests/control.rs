@@ -33,6 +33,10 @@ presence = true
 channel = "/app/lobby/*"
 subscribe = true
 presence = "counts"
+
+[[routing.rules]]
+channel = "/app/lobby/2"
+publish = true
 "#;
 
 fn users() -> Mode {
@@ -617,6 +621,27 @@ async fn a_publish_can_leave_out_the_senders_own_socket_on_any_gateway() {
     gws_publish(&g0, room, json!({"n": 3})).await;
     assert_eq!(other.next_json().await["data"], json!({"n": 3}));
     assert_eq!(sender.next_json().await["data"], json!({"n": 3}));
+
+    // A client's own publish with `"echo": false`: everyone but itself.
+    sender
+        .send_json(
+            json!({"type": "publish", "channel": room, "data": {"n": 4}, "echo": false, "id": 1}),
+        )
+        .await;
+    assert_eq!(
+        sender.next_json().await,
+        json!({"type": "published", "channel": room, "id": 1})
+    );
+    let m = other.next_json().await;
+    assert_eq!((&m["data"], &m["from"]), (&json!({"n": 4}), &json!("anna")));
+    assert!(sender.next_json_within(SHORT).await.is_none(), "no echo");
+    // And with the default, its echo too.
+    sender
+        .send_json(json!({"type": "publish", "channel": room, "data": {"n": 5}}))
+        .await;
+    assert_eq!(sender.next_json().await["type"], "published");
+    assert_eq!(other.next_json().await["data"], json!({"n": 5}));
+    assert_eq!(sender.next_json().await["data"], json!({"n": 5}));
 }
 
 async fn gws_publish(gw: &Gateway, channel: &str, data: Value) {

@@ -356,6 +356,18 @@ test("publish and rpc resolve on their replies and reject with the protocol's co
   await assert.rejects(r2, { code: "rpc_disabled" });
 });
 
+test("publish with echo: false asks the gateway to leave this client out", async () => {
+  const c = await client();
+  FakeSocket.last.welcome();
+  const p = c.publish("/r", { a: 1 }, { echo: false });
+  const f = FakeSocket.last.sentOfType("publish").at(-1);
+  assert.equal(f.echo, false);
+  FakeSocket.last.reply("publish");
+  await p;
+  c.publish("/r", 2).catch(() => {});
+  assert.equal(FakeSocket.last.sentOfType("publish").at(-1).echo, undefined);
+});
+
 test("requests time out, and in-flight ones fail on disconnect", async () => {
   const c = await client({ random: () => 0, requestTimeout: 2000 });
   FakeSocket.last.welcome();

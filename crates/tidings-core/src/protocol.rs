@@ -134,6 +134,10 @@ pub enum Request {
         channel: String,
         /// The `data` value, as the exact JSON text the client sent.
         data: Box<RawValue>,
+        /// `"echo": false`: every subscriber but the sender's own
+        /// connection gets it (no echo of a change to the client that
+        /// made it). Default `true`.
+        echo: bool,
     },
     /// `{"type":"ping"}`: an application-level ping, answered by `pong`.
     Ping,
@@ -189,6 +193,8 @@ struct Envelope {
     epoch: Option<serde_json::Value>,
     #[serde(default)]
     last: Option<serde_json::Value>,
+    #[serde(default)]
+    echo: Option<serde_json::Value>,
 }
 
 /// The largest offset a position may carry: 2^53 - 1, exact in JavaScript
@@ -296,7 +302,21 @@ impl ClientFrame {
                 Err(m) => return Err(fail(ErrorCode::BadRequest, m, id)),
             },
             Some("publish") => match (channel(env.channel), env.data) {
-                (Ok(channel), Some(data)) => Request::Publish { channel, data },
+                (Ok(channel), Some(data)) => Request::Publish {
+                    channel,
+                    data,
+                    echo: match env.echo {
+                        None | Some(serde_json::Value::Bool(true)) => true,
+                        Some(serde_json::Value::Bool(false)) => false,
+                        Some(_) => {
+                            return Err(fail(
+                                ErrorCode::BadRequest,
+                                "\"echo\" must be a boolean",
+                                id,
+                            ))
+                        }
+                    },
+                },
                 (Err(m), _) => return Err(fail(ErrorCode::BadRequest, m, id)),
                 (_, None) => {
                     return Err(fail(ErrorCode::BadRequest, "\"data\" is required", id));
@@ -874,9 +894,14 @@ mod tests {
             ClientFrame::parse(br#"{"type":"publish","channel":"/a","data":{"x":[1]},"id":"r1"}"#)
                 .unwrap();
         match f.request {
-            Request::Publish { channel, data } => {
+            Request::Publish {
+                channel,
+                data,
+                echo,
+            } => {
                 assert_eq!(channel, "/a");
                 assert_eq!(data.get(), r#"{"x":[1]}"#);
+                assert!(echo);
             }
             other => panic!("unexpected {other:?}"),
         }

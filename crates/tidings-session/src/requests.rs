@@ -38,6 +38,8 @@ pub(crate) struct Requests {
     rpc_results: Option<(mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)>,
     /// Where the socket is on each channel with history it follows.
     pub(crate) followers: Followers,
+    /// The connection's id as in `welcome` (what `exclude` names).
+    pub(crate) conn: Option<Box<str>>,
 }
 
 impl Requests {
@@ -53,6 +55,7 @@ impl Requests {
             rpc_in_flight: Arc::new(AtomicUsize::new(0)),
             rpc_results: None,
             followers: Followers::default(),
+            conn: None,
             gw,
             identity,
             credentials,
@@ -291,13 +294,21 @@ impl Requests {
                 }
                 Err(e) => protocol::encode_error(ErrorCode::InvalidChannel, &e.to_string(), id),
             },
-            Request::Publish { channel, data } => {
+            Request::Publish {
+                channel,
+                data,
+                echo,
+            } => {
                 let name = match gw.router.may_publish(&self.identity, &channel) {
                     Ok(name) => name,
                     Err(d) => return denied(d, "publish on"),
                 };
                 // Stamped with the sender; the client cannot forge it.
-                let payload = SenderEnvelope::wrap(self.identity.user.as_deref(), &data);
+                let from = self.identity.user.as_deref();
+                let payload = match (&self.conn, echo) {
+                    (Some(conn), false) => SenderEnvelope::wrap_excluding(from, conn, &data),
+                    _ => SenderEnvelope::wrap(from, &data),
+                };
                 match gw.bridge.publish(Message::new(name, payload)).await {
                     Ok(()) => protocol::encode_ack("published", &channel, id),
                     Err(e) => broker_error(&e, id),

@@ -211,6 +211,7 @@ impl Session {
         let positions: Vec<(&ChannelName, PositionReport<'_>)> =
             reports.iter().map(|(c, r)| (*c, r.as_protocol())).collect();
         let conn: Box<str> = format!("{}{id}", ctx.connection_prefix).into();
+        requests.conn = Some(conn.clone());
         out.push(Output::Frame(protocol::encode_welcome(
             &conn,
             identity.user.as_deref(),
