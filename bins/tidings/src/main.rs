@@ -11,6 +11,7 @@ use tidings_bridge::{
 use tidings_identity::{
     Chain, CookieProxy, MemoryTokenStore, RedisTokenStore, ResolverKind, TokenResolver, TokenStore,
 };
+use tidings_pusher::Pusher;
 use tidings_rpc::HttpRpc;
 use tidings_socketio::SocketIo;
 use tidings_sse::Sse;
@@ -119,6 +120,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let transport = config.transport()?;
     let sse = config.sse(&transport)?;
     let socketio = config.socketio(&transport)?;
+    let pusher = config.pusher(&transport)?;
     let router = config.router()?;
     let redis = config.redis()?.map(|mut redis| {
         let router = router.clone();
@@ -252,6 +254,16 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         let path = sio.path.clone();
         let sio = SocketIo::new(gateway.admission().clone(), gateway.context().clone(), sio);
         mounts = mounts.under(path, Arc::new(sio));
+    }
+    if let Some(pusher) = pusher {
+        let pusher = Arc::new(Pusher::new(
+            gateway.admission().clone(),
+            gateway.context().clone(),
+            pusher,
+        ));
+        mounts = mounts
+            .under(tidings_pusher::SOCKET_PREFIX, pusher.clone())
+            .under(tidings_pusher::API_PREFIX, pusher);
     }
     serve_with(
         listener,
@@ -424,6 +436,9 @@ fn banner(config: &Config, addr: std::net::SocketAddr, broker: &str) {
     }
     if config.socketio.enabled {
         tracing::info!("  socket.io:  {base}{}", config.socketio.path);
+    }
+    if config.pusher.enabled {
+        tracing::info!("  pusher:     ws://{local}/app/{{key}}, {base}/apps/{{id}}/events");
     }
     let auth = if config.api_key.is_some() {
         " -H \"Authorization: Bearer $TIDINGS_API_KEY\""
