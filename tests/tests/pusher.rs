@@ -343,3 +343,44 @@ async fn client_events_are_off_unless_the_app_allows_them() {
     assert_eq!(r.publish("/pusher/2/private-x", b"x").await, 1);
     q.kill().await;
 }
+
+#[tokio::test]
+async fn presence_is_right_across_two_gateways() {
+    let redis = RedisServer::start().await;
+    let gw1 = gateway(&redis).await;
+    let gw2 = gateway(&redis).await;
+    let mut a = client(&gw1).await;
+    let mut b = PusherClient::start(&gw2.addr.to_string(), APP, KEY, SECRET).await;
+    a.connected().await;
+    b.connected().await;
+    a.send(json!({"subscribe": "presence-hall", "member": {"user_id": 1, "user_info": {"name": "Ann"}}}))
+        .await;
+    let ok = a
+        .event("presence-hall", "pusher:subscription_succeeded")
+        .await;
+    assert_eq!(ok["members"], 1, "{ok}");
+    // Bob, on the other gateway, sees Ann in his list.
+    b.send(json!({"subscribe": "presence-hall", "member": {"user_id": 2, "user_info": {"name": "Bob"}}}))
+        .await;
+    let ok = b
+        .event("presence-hall", "pusher:subscription_succeeded")
+        .await;
+    assert_eq!(ok["members"], 2, "{ok}");
+    let added = a.event("presence-hall", "pusher:member_added").await;
+    assert_eq!(added["data"]["id"], "2", "{added}");
+    assert_eq!(added["data"]["info"]["name"], "Bob", "{added}");
+    // The users endpoint counts both gateways' members.
+    a.send(json!({"get": "/channels/presence-hall/users"}))
+        .await;
+    let got = a.next_ev("got").await;
+    assert_eq!(
+        got["body"]["users"].as_array().map(Vec::len),
+        Some(2),
+        "{got}"
+    );
+    // Bob's connection goes: Ann is told.
+    b.kill().await;
+    let removed = a.event("presence-hall", "pusher:member_removed").await;
+    assert_eq!(removed["data"]["id"], "2", "{removed}");
+    a.kill().await;
+}

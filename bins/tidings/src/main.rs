@@ -176,6 +176,28 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         tidings_control::presence_publisher(bridge.clone(), presence_lookup.clone()),
     )?;
     let _channel_refresher = channel_tracker.spawn_refresher();
+    // Pusher presence channels: members in the same store, member_added
+    // and member_removed published on the channels themselves.
+    let pusher_tracker = match &pusher {
+        Some(p) => {
+            let lookup: tidings_control::PresenceLookup = {
+                let p = p.clone();
+                Arc::new(move |c: &tidings_core::ChannelName| {
+                    p.pusher_channel(c.as_str())
+                        .filter(|(_, name)| name.starts_with("presence-"))
+                        .map(|_| tidings_routing::PresenceMode::Full)
+                })
+            };
+            let t = tidings_control::PresenceTracker::new(
+                presence_store.clone(),
+                presence_config,
+                tidings_control::presence_publisher(bridge.clone(), lookup),
+            )?;
+            let refresher = t.spawn_refresher();
+            Some((t, refresher))
+        }
+        None => None,
+    };
     let webhooks = match config.webhooks()? {
         Some(c) => Some(tidings_control::Webhooks::start(c)?),
         None => None,
@@ -256,11 +278,15 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         mounts = mounts.under(path, Arc::new(sio));
     }
     if let Some(pusher) = pusher {
-        let pusher = Arc::new(Pusher::new(
+        let mut p = Pusher::new(
             gateway.admission().clone(),
             gateway.context().clone(),
             pusher,
-        ));
+        );
+        if let Some((t, _)) = &pusher_tracker {
+            p = p.with_presence(t.clone());
+        }
+        let pusher = Arc::new(p);
         mounts = mounts
             .under(tidings_pusher::SOCKET_PREFIX, pusher.clone())
             .under(tidings_pusher::API_PREFIX, pusher);
@@ -277,6 +303,9 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // than after their time to live).
     tracker.leave_all().await;
     channel_tracker.leave_all().await;
+    if let Some((t, _)) = &pusher_tracker {
+        t.leave_all().await;
+    }
     if let Some((t, _)) = &occupancy {
         t.leave_all().await;
     }

@@ -2,7 +2,10 @@
 //! `batch_events`) and querying channels (`channels`, `channels/{name}`,
 //! `channels/{name}/users`), every request signed with the app's secret.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -10,7 +13,8 @@ use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
 use tidings_admission::{full_body, Body};
-use tidings_core::{protocol::SenderEnvelope, Message};
+use tidings_control::PresenceKey;
+use tidings_core::{protocol::SenderEnvelope, ChannelName, Message};
 
 use crate::{
     config::{App, PusherConfig},
@@ -148,7 +152,7 @@ where
                 }
                 let mut info = json!({});
                 if user_count && name.starts_with("presence-") {
-                    info["user_count"] = inner.presence.user_count(&tidings).into();
+                    info["user_count"] = users_on(inner, &tidings).await.len().into();
                 }
                 channels.insert(name.to_owned(), info);
             }
@@ -167,9 +171,8 @@ where
                 if !name.starts_with("presence-") {
                     return error(StatusCode::BAD_REQUEST, "only presence channels have users");
                 }
-                let users: Vec<Value> = inner
-                    .presence
-                    .users(&tidings)
+                let users: Vec<Value> = users_on(inner, &tidings)
+                    .await
                     .into_iter()
                     .map(|id| json!({ "id": id }))
                     .collect();
@@ -178,11 +181,29 @@ where
             let count = inner.subscription_count(&tidings);
             let mut info = json!({ "occupied": count > 0, "subscription_count": count });
             if name.starts_with("presence-") {
-                info["user_count"] = inner.presence.user_count(&tidings).into();
+                info["user_count"] = users_on(inner, &tidings).await.len().into();
             }
             reply(StatusCode::OK, &info)
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// The users on a presence channel: on every gateway with a tracker, else
+/// on this one.
+async fn users_on(inner: &Inner, channel: &ChannelName) -> Vec<String> {
+    let Some(tracker) = &inner.tracker else {
+        return inner.presence.users(channel);
+    };
+    match tracker.store().list(&PresenceKey::channel(channel)).await {
+        Ok((entries, _)) => {
+            let users: BTreeSet<String> = entries.into_iter().filter_map(|e| e.user).collect();
+            users.into_iter().collect()
+        }
+        Err(e) => {
+            tracing::warn!(channel = %channel, error = %e, "presence list failed");
+            Vec::new()
+        }
     }
 }
 

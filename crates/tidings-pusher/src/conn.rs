@@ -15,6 +15,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, value::RawValue};
 use tidings_admission::Admitted;
+use tidings_control::{PresenceEntry, PresenceKey};
 use tidings_core::{protocol::SenderEnvelope, ChannelName, Message};
 use tidings_session::{Batch, CloseReason, End, Output, Positions, Session};
 use tokio::{
@@ -25,7 +26,7 @@ use tokio::{
 
 use crate::{
     config::App,
-    presence::Member,
+    presence::{self, Member},
     shared::Inner,
     sign,
     wire::{self, code, ClientMessage, Signin, Subscribe},
@@ -109,6 +110,13 @@ pub(crate) async fn serve(
         inner.ctx.stats.closed(reason);
     }
     tracing::debug!(reason = reason.as_str(), "pusher connection closed");
+}
+
+/// Now, in ms since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn next_event(session: &mut Option<Session>) -> tidings_session::Event {
@@ -302,6 +310,17 @@ impl Conn {
             if d.excludes(&self.socket_id) {
                 continue;
             }
+            // A member_added about this connection's own user is not its
+            // to see (Pusher tells the others).
+            if let Some(user) = wire::joining_user(d.frame()) {
+                let own = self.channels.values().any(|j| {
+                    j.tidings == *d.channel()
+                        && j.member.as_ref().is_some_and(|m| m.user_id == user)
+                });
+                if own {
+                    continue;
+                }
+            }
             let bytes = wire::delivery_event(&self.inner.config, d);
             if bytes.is_empty() {
                 continue;
@@ -462,8 +481,36 @@ impl Conn {
         let session = self.session.as_mut().expect("open");
         session.subscribe_authorized(tidings.clone()).await;
         self.inner.occupy(&tidings, true);
-        let data = match &member {
-            Some(m) => {
+        let data = match (&member, self.inner.tracker.clone()) {
+            (Some(m), Some(tracker)) => {
+                // Across gateways: the tracker's store has every member;
+                // its sink publishes join and leave on the channel.
+                let key = PresenceKey::channel(&tidings);
+                let entry = PresenceEntry {
+                    conn: self.socket_id.clone(),
+                    user: Some(m.user_id.clone()),
+                    gateway: format!("pusher-{}", self.inner.tag),
+                    info: m.user_info.clone(),
+                    since_ms: now_ms(),
+                };
+                if let Err(e) = tracker.join(&key, entry).await {
+                    tracing::warn!(channel = %tidings, error = %e, "presence join failed; the next refresh retries");
+                }
+                let list = match tracker.store().list(&key).await {
+                    Ok((entries, _)) => presence::list(
+                        entries
+                            .iter()
+                            .filter_map(|e| Some((e.user.as_deref()?, &e.info)))
+                            .chain(std::iter::once((m.user_id.as_str(), &m.user_info))),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(channel = %tidings, error = %e, "presence list failed");
+                        presence::list(std::iter::once((m.user_id.as_str(), &m.user_info)))
+                    }
+                };
+                json!({ "presence": list })
+            }
+            (Some(m), None) => {
                 let (first, list) = self.inner.presence.join(&tidings, m);
                 if first {
                     self.publish_internal(&tidings, "pusher_internal:member_added", &m.info())
@@ -471,7 +518,7 @@ impl Conn {
                 }
                 json!({ "presence": list })
             }
-            None => json!({}),
+            (None, _) => json!({}),
         };
         self.channels
             .insert(channel.clone(), Joined { tidings, member });
@@ -514,7 +561,12 @@ impl Conn {
             s.unsubscribe_authorized(&joined.tidings);
         }
         self.inner.occupy(&joined.tidings, false);
-        if let Some(m) = &joined.member {
+        if let (Some(_), Some(tracker)) = (&joined.member, &self.inner.tracker) {
+            let key = PresenceKey::channel(&joined.tidings);
+            if let Err(e) = tracker.leave(&key, &self.socket_id).await {
+                tracing::debug!(channel = %joined.tidings, error = %e, "presence leave failed; the entry expires");
+            }
+        } else if let Some(m) = &joined.member {
             if self.inner.presence.leave(&joined.tidings, &m.user_id) {
                 self.publish_internal(
                     &joined.tidings,

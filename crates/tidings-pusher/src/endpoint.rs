@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tidings_admission::{full_body, text, Admission, Body, Endpoint, Refusal};
+use tidings_control::PresenceTracker;
 use tidings_session::{BoxFuture, Context, RejectReason};
 use tracing::Instrument;
 
@@ -52,8 +53,22 @@ impl Pusher {
                 tag: u32::from_le_bytes(tag) % 1_000_000_000,
                 occupancy: Default::default(),
                 presence: Presence::default(),
+                tracker: None,
             }),
         }
+    }
+
+    /// Keeps presence channels' members in `tracker` (the gateway's store,
+    /// Redis or in-process), so that member lists and `member_added` /
+    /// `member_removed` span every gateway. The tracker's sink should
+    /// publish its join and leave events on the channels
+    /// (`tidings_control::presence_publisher`) for the Pusher presence
+    /// channels. Call it before the endpoint is cloned.
+    pub fn with_presence(mut self, tracker: Arc<PresenceTracker>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.tracker = Some(tracker);
+        }
+        self
     }
 
     /// The tunables.

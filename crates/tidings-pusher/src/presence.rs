@@ -39,6 +39,18 @@ impl Member {
     }
 }
 
+/// A member list as `subscription_succeeded` gives it,
+/// `{"ids": [...], "hash": {id: info}, "count": N}`, from (user, info)
+/// pairs (a user with several connections counts once).
+pub(crate) fn list<'a>(members: impl Iterator<Item = (&'a str, &'a Value)>) -> Value {
+    let mut hash = serde_json::Map::new();
+    for (id, info) in members {
+        hash.entry(id.to_owned()).or_insert_with(|| info.clone());
+    }
+    let ids: Vec<&String> = hash.keys().collect();
+    json!({ "ids": ids, "hash": hash, "count": hash.len() })
+}
+
 /// A channel's members: user id -> (connections, user info).
 type Members = HashMap<String, (usize, Value)>;
 
@@ -59,12 +71,7 @@ impl Presence {
             .or_insert((0, member.user_info.clone()));
         entry.0 += 1;
         let first = entry.0 == 1;
-        let ids: Vec<&String> = members.keys().collect();
-        let hash: serde_json::Map<String, Value> = members
-            .iter()
-            .map(|(id, (_, info))| (id.clone(), info.clone()))
-            .collect();
-        let list = json!({ "ids": ids, "hash": hash, "count": members.len() });
+        let list = list(members.iter().map(|(id, (_, info))| (id.as_str(), info)));
         (first, list)
     }
 
@@ -87,11 +94,6 @@ impl Presence {
             channels.remove(channel);
         }
         last
-    }
-
-    /// How many users are on `channel` here.
-    pub(crate) fn user_count(&self, channel: &ChannelName) -> usize {
-        self.channels.lock().get(channel).map_or(0, HashMap::len)
     }
 
     /// The user ids on `channel` here.
@@ -121,7 +123,7 @@ mod tests {
         assert!(!p.join(&c, &m).0);
         assert!(!p.leave(&c, "7"));
         assert!(p.leave(&c, "7"));
-        assert_eq!(p.user_count(&c), 0);
+        assert!(p.users(&c).is_empty());
         assert!(Member::parse(r#"{"user_info":{}}"#).is_none());
     }
 }

@@ -4,6 +4,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use parking_lot::Mutex;
 use tidings_admission::Admission;
+use tidings_control::PresenceTracker;
 use tidings_core::ChannelName;
 use tidings_session::Context;
 
@@ -19,8 +20,10 @@ pub(crate) struct Inner {
     pub(crate) tag: u32,
     /// Pusher connections on each channel, here.
     pub(crate) occupancy: Mutex<HashMap<ChannelName, usize>>,
-    /// Presence channels' members, here.
+    /// Presence channels' members, here (without a tracker).
     pub(crate) presence: Presence,
+    /// Presence across gateways, when the gateway has a tracker.
+    pub(crate) tracker: Option<Arc<PresenceTracker>>,
 }
 
 impl Inner {

@@ -139,11 +139,61 @@ pub(crate) fn message_event(cfg: &PusherConfig, frame: &[u8]) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
+/// A protocol v1 presence frame (`join` or `leave`, from the gateway's
+/// presence tracker) as `pusher_internal:member_added` / `member_removed`.
+fn presence_event(cfg: &PusherConfig, frame: &[u8]) -> Option<Bytes> {
+    #[derive(Deserialize)]
+    struct Presence<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        #[serde(borrow)]
+        channel: &'a str,
+        user: String,
+        #[serde(default)]
+        info: Option<Value>,
+    }
+    let p: Presence<'_> = serde_json::from_slice(frame).ok()?;
+    let (_, channel) = cfg.pusher_channel(p.channel)?;
+    if !channel.starts_with("presence-") {
+        return None;
+    }
+    match p.kind {
+        "join" => Some(event(
+            "pusher_internal:member_added",
+            Some(channel),
+            &serde_json::json!({ "user_id": p.user, "user_info": p.info.unwrap_or(Value::Null) }),
+        )),
+        "leave" => Some(event(
+            "pusher_internal:member_removed",
+            Some(channel),
+            &serde_json::json!({ "user_id": p.user }),
+        )),
+        _ => None,
+    }
+}
+
+/// The user of a protocol v1 `join` frame.
+pub(crate) fn joining_user(frame: &[u8]) -> Option<String> {
+    if !frame.starts_with(b"{\"type\":\"join\"") {
+        return None;
+    }
+    #[derive(Deserialize)]
+    struct Join {
+        user: String,
+    }
+    serde_json::from_slice::<Join>(frame).ok().map(|j| j.user)
+}
+
 /// A live message as a Pusher event, encoded once per message for every
 /// Pusher connection of the process (empty: not one for Pusher clients).
 pub(crate) fn delivery_event<'d>(cfg: &PusherConfig, d: &'d Delivery) -> &'d Bytes {
     d.encoded(WireFormat::PUSHER, |d| {
-        message_event(cfg, d.frame()).unwrap_or_default()
+        if d.frame().starts_with(b"{\"type\":\"message\"") {
+            message_event(cfg, d.frame())
+        } else {
+            presence_event(cfg, d.frame())
+        }
+        .unwrap_or_default()
     })
 }
 
