@@ -6,10 +6,12 @@
 //! for wrong signatures, stale timestamps and unknown keys, and the same
 //! channel shared with `redis-cli PUBLISH` and the native protocol.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tidings_e2e::{pusher::PusherClient, redis::RedisServer, ws::Client, Gateway, GatewayOptions};
+use tokio_tungstenite::tungstenite::Message;
 
 const APP: &str = "1";
 const KEY: &str = "app-key";
@@ -382,5 +384,44 @@ async fn presence_is_right_across_two_gateways() {
     b.kill().await;
     let removed = a.event("presence-hall", "pusher:member_removed").await;
     assert_eq!(removed["data"]["id"], "2", "{removed}");
+    a.kill().await;
+}
+
+#[tokio::test]
+async fn a_draining_gateway_closes_with_4200_and_pusher_js_reconnects() {
+    let redis = RedisServer::start().await;
+    let mut gw = gateway(&redis).await;
+    let mut a = client(&gw).await;
+    a.connected().await;
+    subscribed(&mut a, "public-x").await;
+    // And a raw WebSocket, to see the close code itself.
+    let url = format!("ws://{}/app/{KEY}?protocol=7", gw.addr);
+    let (mut raw, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
+    let first = raw.next().await.expect("a frame").expect("ok");
+    assert!(
+        first
+            .to_text()
+            .unwrap()
+            .contains("pusher:connection_established"),
+        "{first:?}"
+    );
+    gw.sigterm();
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(15), raw.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => break u16::from(f.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, 4200);
+    // 4200: reconnect at once (pusher-js goes back to connecting, not to
+    // failed or unavailable first).
+    let state = a
+        .next_where(|v| v["ev"] == "state" && v["state"] != "connected")
+        .await;
+    assert_eq!(state["state"], "connecting", "{state}");
+    assert!(gw.wait_exit(Duration::from_secs(15)).await.is_some());
     a.kill().await;
 }

@@ -243,6 +243,27 @@ mod tests {
     }
 
     #[test]
+    fn presence_frames_become_member_events() {
+        let cfg = PusherConfig::default();
+        let join = br#"{"type":"join","channel":"/pusher/1/presence-a","user":"7","info":{"n":1}}"#;
+        let e: Value = serde_json::from_slice(&presence_event(&cfg, join).unwrap()).unwrap();
+        assert_eq!(e["event"], "pusher_internal:member_added");
+        assert_eq!(e["channel"], "presence-a");
+        let data: Value = serde_json::from_str(e["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data, serde_json::json!({"user_id":"7","user_info":{"n":1}}));
+        assert_eq!(joining_user(join).as_deref(), Some("7"));
+        let leave = br#"{"type":"leave","channel":"/pusher/1/presence-a","user":"7"}"#;
+        let e: Value = serde_json::from_slice(&presence_event(&cfg, leave).unwrap()).unwrap();
+        assert_eq!(e["event"], "pusher_internal:member_removed");
+        assert_eq!(joining_user(leave), None);
+        // Not a presence channel, or not a Pusher channel: nothing.
+        let public = br#"{"type":"join","channel":"/pusher/1/public-a","user":"7"}"#;
+        assert!(presence_event(&cfg, public).is_none());
+        let native = br#"{"type":"join","channel":"/app/room","user":"7"}"#;
+        assert!(presence_event(&cfg, native).is_none());
+    }
+
+    #[test]
     fn client_data_as_object_or_string() {
         let raw: Box<RawValue> =
             serde_json::from_str(r#""{\"channel\":\"a\",\"auth\":\"k:s\"}""#).unwrap();
