@@ -204,7 +204,7 @@ impl Conn {
         let id = ctx.bridge.next_connection_id();
         self.socket_id = format!("{}.{id}", self.inner.tag);
         let mut ignored = Vec::new();
-        let session = Session::open_with_id(
+        let mut session = Session::open_with_id(
             ctx.clone(),
             id,
             admitted.identity.clone(),
@@ -214,6 +214,11 @@ impl Conn {
             &mut ignored,
         )
         .await;
+        // The channels the identity joins on connect are for native
+        // clients: a Pusher client names its channels itself.
+        for channel in ctx.router.on_connect(&admitted.identity).channels {
+            session.unsubscribe_authorized(&channel);
+        }
         self.session = Some(session);
         ctx.stats.opened();
         tracing::debug!(socket_id = %self.socket_id, "pusher connection open");
