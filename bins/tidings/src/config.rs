@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tidings_bridge::{RedisConfig, RedisSettings};
 use tidings_core::config::Secret;
 use tidings_identity::{CookieProxyConfig, IdentitySettings, TokenConfig};
+use tidings_pusher::{PusherConfig, PusherSettings};
 use tidings_routing::{Router, RoutingSettings};
 use tidings_rpc::{RpcConfig, RpcSettings};
 use tidings_socketio::{SocketIoConfig, SocketIoSettings};
@@ -55,6 +56,8 @@ pub(crate) struct Config {
     pub(crate) sse: SseSettings,
     /// The Socket.IO endpoint: tidings-socketio.
     pub(crate) socketio: SocketIoSettings,
+    /// The Pusher Channels endpoints: tidings-pusher.
+    pub(crate) pusher: PusherSettings,
     /// The HTTP publish API.
     pub(crate) api: ApiConfig,
     /// Shutdown behaviour: tidings-transport.
@@ -178,6 +181,7 @@ impl Default for Config {
             websocket: WebSocketSettings::default(),
             sse: SseSettings::default(),
             socketio: SocketIoSettings::default(),
+            pusher: PusherSettings::default(),
             api: ApiConfig {
                 allow_local_without_key: true,
                 max_body_bytes: 1024 * 1024,
@@ -380,6 +384,7 @@ impl Config {
         let transport = self.transport()?;
         self.sse(&transport)?;
         self.socketio(&transport)?;
+        self.pusher(&transport)?;
         self.router()?;
         self.redis()?;
         self.identity
@@ -545,6 +550,36 @@ impl Config {
             return Err(ConfigError::invalid(
                 "socketio.path",
                 "must not be a prefix of websocket.path or sse.path",
+            ));
+        }
+        Ok(Some(c))
+    }
+
+    /// The Pusher endpoints' tunables (`[pusher]`; the write timeout and
+    /// the drain window are the WebSockets'), if they are on.
+    pub(crate) fn pusher(&self, t: &TransportConfig) -> Result<Option<PusherConfig>, ConfigError> {
+        if !self.pusher.enabled {
+            return Ok(None);
+        }
+        let mut c = PusherConfig {
+            write_timeout: t.write_timeout,
+            drain_spread: t.drain_spread,
+            ..PusherConfig::default()
+        };
+        self.pusher
+            .apply(&mut c)
+            .map_err(ConfigError::section("pusher"))?;
+        let taken = |p: &str| {
+            p.starts_with(tidings_pusher::SOCKET_PREFIX)
+                || p.starts_with(tidings_pusher::API_PREFIX)
+        };
+        if taken(&t.ws_path)
+            || (self.sse.enabled && taken(&self.sse.path))
+            || (self.socketio.enabled && taken(&self.socketio.path))
+        {
+            return Err(ConfigError::invalid(
+                "pusher.enabled",
+                "websocket.path, sse.path and socketio.path must not be under /app/ or /apps/",
             ));
         }
         Ok(Some(c))

@@ -11,6 +11,7 @@ use tidings_bridge::{
 use tidings_identity::{
     Chain, CookieProxy, MemoryTokenStore, RedisTokenStore, ResolverKind, TokenResolver, TokenStore,
 };
+use tidings_pusher::Pusher;
 use tidings_rpc::HttpRpc;
 use tidings_socketio::SocketIo;
 use tidings_sse::Sse;
@@ -121,6 +122,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let transport = config.transport()?;
     let sse = config.sse(&transport)?;
     let socketio = config.socketio(&transport)?;
+    let pusher = config.pusher(&transport)?;
     let router = config.router()?;
     let redis = config.redis()?.map(|mut redis| {
         let router = router.clone();
@@ -176,6 +178,28 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         tidings_control::presence_publisher(bridge.clone(), presence_lookup.clone()),
     )?;
     let _channel_refresher = channel_tracker.spawn_refresher();
+    // Pusher presence channels: members in the same store, member_added
+    // and member_removed published on the channels themselves.
+    let pusher_tracker = match &pusher {
+        Some(p) => {
+            let lookup: tidings_control::PresenceLookup = {
+                let p = p.clone();
+                Arc::new(move |c: &tidings_core::ChannelName| {
+                    p.pusher_channel(c.as_str())
+                        .filter(|(_, name)| name.starts_with("presence-"))
+                        .map(|_| tidings_routing::PresenceMode::Full)
+                })
+            };
+            let t = tidings_control::PresenceTracker::new(
+                presence_store.clone(),
+                presence_config,
+                tidings_control::presence_publisher(bridge.clone(), lookup),
+            )?;
+            let refresher = t.spawn_refresher();
+            Some((t, refresher))
+        }
+        None => None,
+    };
     let webhooks = match config.webhooks()? {
         Some(c) => Some(tidings_control::Webhooks::start(c)?),
         None => None,
@@ -255,6 +279,20 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         let sio = SocketIo::new(gateway.admission().clone(), gateway.context().clone(), sio);
         mounts = mounts.under(path, Arc::new(sio));
     }
+    if let Some(pusher) = pusher {
+        let mut p = Pusher::new(
+            gateway.admission().clone(),
+            gateway.context().clone(),
+            pusher,
+        );
+        if let Some((t, _)) = &pusher_tracker {
+            p = p.with_presence(t.clone());
+        }
+        let pusher = Arc::new(p);
+        mounts = mounts
+            .under(tidings_pusher::SOCKET_PREFIX, pusher.clone())
+            .under(tidings_pusher::API_PREFIX, pusher);
+    }
     serve_with(
         listener,
         gateway.clone(),
@@ -267,6 +305,9 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // than after their time to live).
     tracker.leave_all().await;
     channel_tracker.leave_all().await;
+    if let Some((t, _)) = &pusher_tracker {
+        t.leave_all().await;
+    }
     if let Some((t, _)) = &occupancy {
         t.leave_all().await;
     }
@@ -426,6 +467,9 @@ fn banner(config: &Config, addr: std::net::SocketAddr, broker: &str) {
     }
     if config.socketio.enabled {
         tracing::info!("  socket.io:  {base}{}", config.socketio.path);
+    }
+    if config.pusher.enabled {
+        tracing::info!("  pusher:     ws://{local}/app/{{key}}, {base}/apps/{{id}}/events");
     }
     let auth = if config.api_key.is_some() {
         " -H \"Authorization: Bearer $TIDINGS_API_KEY\""

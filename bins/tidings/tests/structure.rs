@@ -263,6 +263,7 @@ fn wire_protocol(name: &str) -> Option<&'static str> {
         "tidings-transport" => "websocket",
         "tidings-sse" => "sse",
         "tidings-engineio" | "tidings-socketio" => "socket.io",
+        "tidings-pusher" => "pusher",
         _ => return None,
     })
 }

@@ -37,10 +37,12 @@ impl WireFormat {
     pub const SSE: Self = Self(0);
     /// Engine.IO / Socket.IO.
     pub const SOCKET_IO: Self = Self(1);
+    /// Pusher Channels (protocol 7).
+    pub const PUSHER: Self = Self(2);
     /// How many formats a delivery keeps an encoding for.
     pub const COUNT: usize = 4;
 
-    /// Format number `n` (a free one, for a new wire adapter: 2 and 3 are
+    /// Format number `n` (a free one, for a new wire adapter: 3 is
     /// unused). Panics (at compile time in a `const`) if `n` is not below
     /// [`WireFormat::COUNT`].
     pub const fn new(n: u8) -> Self {

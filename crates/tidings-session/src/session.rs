@@ -434,6 +434,19 @@ impl Session {
         }
     }
 
+    /// Subscribes to `channel` without the routing rules: for a wire
+    /// adapter whose own protocol authorized the subscription (a signed
+    /// channel authorization). True when it was not subscribed yet.
+    pub async fn subscribe_authorized(&mut self, channel: ChannelName) -> bool {
+        self.requests.server_subscribe(channel).await.is_some()
+    }
+
+    /// Leaves `channel` (see [`Session::subscribe_authorized`]). True when
+    /// it was subscribed.
+    pub fn unsubscribe_authorized(&mut self, channel: &ChannelName) -> bool {
+        self.requests.server_unsubscribe(channel).is_some()
+    }
+
     /// Takes a rate-limit token for something the client sent that is not
     /// a whole message (a WebSocket ping, pong or fragment). `Err(None)`:
     /// over the limit, ignore it; `Err(Some(end))`: over it too long.
