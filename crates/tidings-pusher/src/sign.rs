@@ -4,40 +4,11 @@
 use std::collections::BTreeMap;
 
 use md5::{Digest as _, Md5};
-use sha2::Sha256;
 
 use crate::config::App;
 
-const BLOCK: usize = 64;
-
-/// HMAC-SHA256 (RFC 2104).
-pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(block.map(|b| b ^ 0x36));
-    inner.update(message);
-    let inner = inner.finalize();
-    let mut outer = Sha256::new();
-    outer.update(block.map(|b| b ^ 0x5c));
-    outer.update(inner);
-    outer.finalize().into()
-}
-
-/// Lowercase hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
-    }
-    out
-}
+/// HMAC-SHA256 and hex, as the webhooks sign (one implementation).
+pub(crate) use tidings_control::{hex, hmac_sha256};
 
 /// Lowercase hex MD5 of `body` (the API's `body_md5`).
 pub(crate) fn md5_hex(body: &[u8]) -> String {
