@@ -13,6 +13,9 @@
 //! tidings-bench connect-storm -n 10000 -c 1000 --same-cookie-every 10 --cache on --launch target/release/tidings
 //! tidings-bench soak          -n 100 -d 600 --fault-every 3 --launch target/release/tidings
 //! tidings-bench recovery      -n 10000 --rate 5000 -d 20 --restart-at 8 --fault kill --launch target/release/tidings
+//! tidings-bench idle          -n 10000 --wire sse --launch target/release/tidings
+//! tidings-bench broadcast     -n 10000 --wire socketio --launch target/release/tidings
+//! tidings-bench broadcast     -n 10000 --wire socketio --socketio-baseline bins/tidings-bench/socketio-baseline
 //! ```
 //!
 //! See docs/benchmarks.md, "End-to-end load (tidings-bench)".
