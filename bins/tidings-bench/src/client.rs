@@ -15,7 +15,10 @@ use tokio_tungstenite::tungstenite::{
     Message,
 };
 
-use crate::stats::Shared;
+use crate::{
+    stats::Shared,
+    wire::{self, Wire},
+};
 
 /// Longest a connection attempt (TCP connect to welcome frame) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,8 +33,12 @@ pub(crate) struct Plan {
     pub(crate) source: Option<IpAddr>,
     /// The gateway's address.
     pub(crate) target: SocketAddr,
-    /// The gateway's WebSocket URL.
+    /// The gateway's URL for this wire (`ws://…/ws`, `http://…/sse`,
+    /// `ws://…/socket.io/?EIO=4&transport=websocket`, or
+    /// `http://…/socket.io/?EIO=4&transport=polling`).
     pub(crate) url: Arc<str>,
+    /// How it talks to the gateway.
+    pub(crate) wire: Wire,
 }
 
 /// Nanoseconds since the UNIX epoch.
@@ -41,7 +48,7 @@ pub(crate) fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn config() -> WebSocketConfig {
+pub(crate) fn config() -> WebSocketConfig {
     // Small buffers: thousands of clients live in this process. Frames
     // here are ~150 bytes; the buffers grow when a larger one comes.
     WebSocketConfig::default()
@@ -58,8 +65,8 @@ pub(crate) async fn run(plan: Plan, shared: Arc<Shared>, permits: Arc<Semaphore>
         return;
     };
     let started = Instant::now();
-    let ws = match tokio::time::timeout(CONNECT_TIMEOUT, connect(&plan, &shared)).await {
-        Ok(Ok(ws)) => ws,
+    let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connect_any(&plan, &shared)).await {
+        Ok(Ok(conn)) => conn,
         Ok(Err(cause)) => {
             shared.failure(cause);
             return;
@@ -80,7 +87,12 @@ pub(crate) async fn run(plan: Plan, shared: Arc<Shared>, permits: Arc<Semaphore>
     }
     shared.opened.fetch_add(1, Ordering::Relaxed);
     drop(permit);
-    read(ws, &plan, &shared).await;
+    match conn {
+        Conn::Ws(ws) => read(ws, &plan, &shared).await,
+        Conn::Sse(stream) => wire::read_sse(stream, &plan, &shared).await,
+        Conn::SocketIo(ws) => wire::read_socketio(ws, &plan, &shared).await,
+        Conn::Polling(p) => wire::read_polling(p, &plan, &shared).await,
+    }
     if let Some(n) = sockets {
         n.fetch_sub(1, Ordering::Relaxed);
     }
@@ -88,7 +100,25 @@ pub(crate) async fn run(plan: Plan, shared: Arc<Shared>, permits: Arc<Semaphore>
 
 pub(crate) type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-pub(crate) async fn connect(plan: &Plan, shared: &Shared) -> Result<Ws, String> {
+/// An open client, whatever its wire.
+enum Conn {
+    Ws(Ws),
+    Sse(wire::SseStream),
+    SocketIo(Ws),
+    Polling(wire::Polling),
+}
+
+async fn connect_any(plan: &Plan, shared: &Shared) -> Result<Conn, String> {
+    Ok(match plan.wire {
+        Wire::Websocket => Conn::Ws(connect(plan, shared).await?),
+        Wire::Sse => Conn::Sse(wire::connect_sse(plan, shared).await?),
+        Wire::Socketio => Conn::SocketIo(wire::connect_socketio(plan, shared).await?),
+        Wire::SocketioPolling => Conn::Polling(wire::connect_polling(plan, shared).await?),
+    })
+}
+
+/// A TCP connection to the gateway from the plan's source address.
+pub(crate) async fn tcp(plan: &Plan) -> Result<tokio::net::TcpStream, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("io: socket: {e}"))?;
     if let Some(ip) = plan.source {
         socket
@@ -100,6 +130,11 @@ pub(crate) async fn connect(plan: &Plan, shared: &Shared) -> Result<Ws, String> 
         .await
         .map_err(|e| format!("io: connect: {}", e.kind()))?;
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+pub(crate) async fn connect(plan: &Plan, shared: &Shared) -> Result<Ws, String> {
+    let stream = tcp(plan).await?;
     let mut req = (&*plan.url)
         .into_client_request()
         .map_err(|e| format!("bad url: {e}"))?;
@@ -172,11 +207,11 @@ pub(crate) struct Parsed<'a> {
     pub(crate) user: u64,
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
+pub(crate) fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
     let at = find(hay, key)? + key.len();
     let digits = hay[at..].iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 {
@@ -210,7 +245,7 @@ pub(crate) fn channel_user(channel: &[u8]) -> Option<u64> {
     std::str::from_utf8(id).ok()?.parse().ok()
 }
 
-fn on_text(frame: &[u8], plan: &Plan, shared: &Shared) {
+pub(crate) fn on_text(frame: &[u8], plan: &Plan, shared: &Shared) {
     if !frame.starts_with(b"{\"type\":\"message\"") {
         shared.other_frames.fetch_add(1, Ordering::Relaxed);
         shared.sample(|| {
@@ -225,6 +260,13 @@ fn on_text(frame: &[u8], plan: &Plan, shared: &Shared) {
         shared.sample(|| format!("unparsable message: {}", String::from_utf8_lossy(frame)));
         return;
     };
+    account(&m, now, frame, plan, shared);
+}
+
+/// Counts one benchmark message `m` received at `now` (ns since the UNIX
+/// epoch) on the client of `plan`: right user, expected sequence, latency.
+/// `frame` is what arrived, for the anomaly samples.
+pub(crate) fn account(m: &Parsed<'_>, now: u64, frame: &[u8], plan: &Plan, shared: &Shared) {
     let right = if m.channel == b"/app/broadcast" {
         m.user == 0
     } else if let Some(u) = channel_user(m.channel) {

@@ -13,6 +13,9 @@
 //! tidings-bench connect-storm -n 10000 -c 1000 --same-cookie-every 10 --cache on --launch target/release/tidings
 //! tidings-bench soak          -n 100 -d 600 --fault-every 3 --launch target/release/tidings
 //! tidings-bench recovery      -n 10000 --rate 5000 -d 20 --restart-at 8 --fault kill --launch target/release/tidings
+//! tidings-bench idle          -n 10000 --wire sse --launch target/release/tidings
+//! tidings-bench broadcast     -n 10000 --wire socketio --launch target/release/tidings
+//! tidings-bench broadcast     -n 10000 --wire socketio --socketio-baseline bins/tidings-bench/socketio-baseline
 //! ```
 //!
 //! See docs/benchmarks.md, "End-to-end load (tidings-bench)".
@@ -44,6 +47,7 @@ mod recovery;
 mod soak;
 mod stats;
 mod whoami;
+mod wire;
 
 use stats::{Latency, ProcSample, Shared};
 
@@ -156,6 +160,21 @@ struct Common {
     /// to the built-in whoami backend, Redis, high connection limits).
     #[arg(long, value_name = "TIDINGS_BINARY", conflicts_with = "gateway_url")]
     launch: Option<PathBuf>,
+    /// How clients talk to the gateway: its WebSocket protocol (`/ws`),
+    /// Server-Sent Events (`/sse`), Socket.IO over WebSocket, or Socket.IO
+    /// over long-polling (with --launch, Socket.IO is turned on).
+    #[arg(long, value_enum, default_value_t = wire::Wire::Websocket)]
+    wire: wire::Wire,
+    /// Instead of a gateway, start the reference Node socket.io server in
+    /// this directory (`node DIR/server.js`, dependencies installed with
+    /// `npm install`; see bins/tidings-bench/socketio-baseline) with the
+    /// same whoami backend and Redis. Needs a Socket.IO --wire.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = ["launch", "gateway_url"]
+    )]
+    socketio_baseline: Option<PathBuf>,
     /// The WebSocket URL of a gateway started by you (with
     /// `TIDINGS_IDENTITY__RESOLVERS='["cookie_proxy"]'`,
     /// `TIDINGS_IDENTITY__COOKIE_PROXY__URL=<the whoami URL, see --whoami-listen>`,
@@ -255,6 +274,9 @@ impl Kind {
 
 /// The `recovery` scenario: its own gateway, Redis and whoami backend.
 async fn run_recovery(common: Common, args: RecoveryArgs) -> Result<bool, String> {
+    if common.wire != wire::Wire::Websocket || common.socketio_baseline.is_some() {
+        return Err("recovery drives the gateway's WebSockets only (--wire websocket)".to_owned());
+    }
     let bin = common
         .launch
         .clone()
@@ -392,7 +414,8 @@ pub(crate) async fn wait_ready(addr: SocketAddr) -> Result<(), String> {
 async fn target_of(url: &str) -> Result<SocketAddr, String> {
     let rest = url
         .strip_prefix("ws://")
-        .ok_or("--gateway-url must be a ws:// URL")?;
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("--gateway-url must be a ws:// or http:// URL")?;
     let hostport = rest.split('/').next().unwrap_or(rest);
     let hostport = if hostport.contains(':') {
         hostport.to_owned()
@@ -445,6 +468,9 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
         Scenario::ConnectStorm(c) => (Kind::ConnectStorm, c, 0.0),
         Scenario::Recovery { .. } => unreachable!("handled above"),
     };
+    if kind == Kind::Soak && common.wire != wire::Wire::Websocket {
+        return Err("soak drives WebSockets only (--wire websocket)".to_owned());
+    }
     let n = common.connections;
     let k = common.same_cookie_every.max(1);
     let users = n.div_ceil(k) as u64;
@@ -483,19 +509,32 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
 
     // The gateway: launched here, or given.
     let mut private_redis = None;
-    let redis_url = match (&common.redis_url, &common.launch) {
+    if common.socketio_baseline.is_some() && !common.wire.is_socketio() {
+        return Err(
+            "--socketio-baseline serves Socket.IO only: give --wire socketio or socketio-polling"
+                .to_owned(),
+        );
+    }
+    let launches = common.launch.is_some() || common.socketio_baseline.is_some();
+    let redis_url = match (&common.redis_url, launches) {
         (Some(u), _) => Some(u.clone()),
-        (None, Some(_)) => {
+        (None, true) => {
             let r = procs::PrivateRedis::start().await?;
             let url = r.url();
             eprintln!("private redis-server: {url}");
             private_redis = Some(r);
             Some(url)
         }
-        (None, None) => None,
+        (None, false) => None,
     };
     let mut launched = None;
-    let (ws_url, pid) = match (&common.launch, &common.gateway_url) {
+    let launch = common.launch.clone().or_else(|| {
+        common
+            .socketio_baseline
+            .as_ref()
+            .map(|_| PathBuf::from("node"))
+    });
+    let (ws_url, pid) = match (&launch, &common.gateway_url) {
         (Some(bin), _) => {
             let mut env: Vec<(String, String)> = vec![
                 (
@@ -529,15 +568,29 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
                     .ok_or_else(|| format!("--gateway-env {kv}: expected KEY=VALUE"))?;
                 env.push((k.to_owned(), v.to_owned()));
             }
-            let gw = procs::LaunchedGateway::start(bin, &env).await?;
+            if common.wire.is_socketio() {
+                env.push(("TIDINGS_SOCKETIO__ENABLED".into(), "true".into()));
+            }
+            let gw = match &common.socketio_baseline {
+                Some(dir) => {
+                    let script = dir.join("server.js");
+                    procs::LaunchedGateway::start_with(bin, &[script.as_os_str()], &env).await?
+                }
+                None => procs::LaunchedGateway::start(bin, &env).await?,
+            };
             eprintln!("gateway: pid {} on {}", gw.pid, gw.addr);
-            let url = format!("ws://{}/ws", gw.addr);
+            let url = common.wire.url(gw.addr);
             let pid = gw.pid;
             launched = Some(gw);
             (url, Some(pid))
         }
         (None, Some(url)) => (url.clone(), common.gateway_pid),
-        (None, None) => return Err("give --launch <tidings binary> or --gateway-url".to_owned()),
+        (None, None) => {
+            return Err(
+                "give --launch <tidings binary>, --socketio-baseline <dir> or --gateway-url"
+                    .to_owned(),
+            )
+        }
     };
     let target = target_of(&ws_url).await?;
     wait_ready(target).await?;
@@ -678,6 +731,7 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
                 source: sources[i % sources.len()],
                 target,
                 url: url.clone(),
+                wire: common.wire,
             },
             shared.clone(),
             permits.clone(),
@@ -830,13 +884,15 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
             "duration_secs": duration,
             "rate_per_sec": if rate > 0.0 { json!(rate) } else { Value::Null },
             "source_ips": sources.iter().filter(|s| s.is_some()).count(),
-            "launched": common.launch.is_some(),
+            "launched": launch.is_some(),
             "cache": match (common.launch.is_some(), common.cache) {
                 (false, _) => "as configured",
                 (true, Cache::On) => "on",
                 (true, Cache::Off) => "off",
             },
             "gateway_url": ws_url,
+            "wire": common.wire.name(),
+            "server": if common.socketio_baseline.is_some() { "socket.io (node)" } else { "tidings" },
         },
         "connect": {
             "attempted": n,
@@ -920,7 +976,17 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
             format!(", held {duration} s")
         }
     );
-    println!("  {:<14}{}", "gateway", ws_url);
+    println!(
+        "  {:<14}{} ({}, wire {})",
+        "gateway",
+        ws_url,
+        if common.socketio_baseline.is_some() {
+            "socket.io baseline"
+        } else {
+            "tidings"
+        },
+        common.wire.name()
+    );
     println!(
         "  {:<14}{opened} opened, {failed} failed in {:.2} s = {connect_rate:.0} conn/s",
         "connect",

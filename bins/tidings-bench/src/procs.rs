@@ -28,7 +28,18 @@ impl LaunchedGateway {
     /// Starts `binary` with `env` (on top of a clean `TIDINGS_*`-free
     /// environment) listening on 127.0.0.1:0, and waits for its banner.
     pub(crate) async fn start(binary: &Path, env: &[(String, String)]) -> Result<Self, String> {
+        Self::start_with(binary, &[], env).await
+    }
+
+    /// [`start`](Self::start) with arguments: `node server.js` for the
+    /// Socket.IO baseline, which prints the same banner.
+    pub(crate) async fn start_with(
+        binary: &Path,
+        args: &[&std::ffi::OsStr],
+        env: &[(String, String)],
+    ) -> Result<Self, String> {
         let mut cmd = Command::new(binary);
+        cmd.args(args);
         for (k, _) in std::env::vars() {
             if k.starts_with("TIDINGS_") {
                 cmd.env_remove(k);

@@ -287,6 +287,7 @@ async fn slot(
             source: soak.sources[index % soak.sources.len()],
             target: soak.target,
             url: soak.url.clone(),
+            wire: crate::wire::Wire::Websocket,
         };
         let mut ws =
             match tokio::time::timeout(Duration::from_secs(30), client::connect(&plan, &shared))

@@ -267,3 +267,44 @@ async fn soak_with_faults() {
         "{r:#}"
     );
 }
+
+/// Every wire against the gateway: each client its own user, per-user and
+/// broadcast messages arrive on the right client, exactly once.
+async fn other_wire(wire: &str) {
+    let (ok, r) = bench(&[
+        "per-user", "-n", "50", "--rate", "100", "-d", "2", "--wire", wire,
+    ])
+    .await;
+    assert_sane(ok, &r, "per-user");
+    assert_eq!(r["config"]["wire"], wire);
+    assert_delivered(&r, 200, 200);
+    let (ok, r) = bench(&[
+        "broadcast",
+        "-n",
+        "50",
+        "--rate",
+        "2",
+        "-d",
+        "2",
+        "--wire",
+        wire,
+    ])
+    .await;
+    assert_sane(ok, &r, "broadcast");
+    assert_delivered(&r, 4, 200);
+}
+
+#[tokio::test]
+async fn wire_sse() {
+    other_wire("sse").await;
+}
+
+#[tokio::test]
+async fn wire_socketio() {
+    other_wire("socketio").await;
+}
+
+#[tokio::test]
+async fn wire_socketio_polling() {
+    other_wire("socketio-polling").await;
+}

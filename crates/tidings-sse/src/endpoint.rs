@@ -10,11 +10,11 @@ use hyper::body::Incoming;
 use tidings_admission::{text, Admission, Body, Endpoint, Refusal};
 use tidings_identity::{Resolution, UpgradeRequest};
 use tidings_session::{parse_positions, BoxFuture, Context, Positions, RejectReason};
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::{
     config::SseConfig,
+    queue::{self, TrySendError},
     registry::{secret, Entry, Registry},
     stream::{self, EventBody, Start},
 };
@@ -180,7 +180,7 @@ impl Sse {
         };
         let id = inner.ctx.bridge.next_connection_id();
         let token = secret();
-        let (actions_tx, actions_rx) = mpsc::channel(inner.config.action_queue.max(1));
+        let (actions_tx, actions_rx) = queue::actions(inner.config.action_queue);
         inner.registry.insert(
             id,
             Entry {
@@ -199,7 +199,7 @@ impl Sse {
         if let Some(user) = &admitted.identity.user {
             span.record("user", user.as_str());
         }
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = queue::pipe(4);
         inner.admission.sessions().spawn(
             stream::run(
                 inner.ctx.clone(),
@@ -345,12 +345,12 @@ impl Sse {
                 self.cors(&parts.headers, res.headers_mut());
                 res
             }
-            Err(mpsc::error::TrySendError::Full(_)) => fail(
+            Err(TrySendError::Full) => fail(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "too many actions waiting for this stream",
             ),
-            Err(mpsc::error::TrySendError::Closed(_)) => fail(
+            Err(TrySendError::Closed) => fail(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "unknown stream or wrong token",

@@ -9,10 +9,13 @@
 //!   its response body (private).
 //! - `event`: the SSE encoding, the `id:` positions, heartbeats (private).
 //! - `registry`: the open streams actions address (private).
+//! - `queue`: a stream's output and action queues, allocating nothing
+//!   while empty (private).
 
 pub mod config;
 pub mod endpoint;
 mod event;
+mod queue;
 mod registry;
 mod stream;
 

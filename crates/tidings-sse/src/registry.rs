@@ -3,9 +3,9 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+
+use crate::queue::ActionSender;
 
 /// One stream's entry.
 #[derive(Debug, Clone)]
@@ -15,7 +15,7 @@ pub(crate) struct Entry {
     /// The user the stream was opened as.
     pub(crate) user: Option<Arc<str>>,
     /// Actions into the session.
-    pub(crate) actions: mpsc::Sender<Bytes>,
+    pub(crate) actions: ActionSender,
 }
 
 /// The open streams.
@@ -69,7 +69,7 @@ mod tests {
     #[test]
     fn only_the_right_secret_finds_a_stream() {
         let r = Registry::default();
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = crate::queue::actions(1);
         let token = secret();
         assert_eq!(token.len(), 64);
         r.insert(

@@ -16,21 +16,19 @@ use hyper::body::{Body, Frame, SizeHint};
 use tidings_admission::Admitted;
 use tidings_core::protocol::close;
 use tidings_session::{Batch, CloseReason, Context, End, Output, Positions, Session};
-use tokio::{
-    sync::mpsc,
-    time::{sleep_until, timeout, Instant},
-};
+use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::{
     config::SseConfig,
     event::{delivery_event, push_data, Positions as Ids, HEARTBEAT},
+    queue::{ActionReceiver, PipeReader, PipeWriter},
     registry::Registry,
 };
 
 /// The response body of a stream: the chunks its task writes.
 #[derive(Debug)]
 pub(crate) struct EventBody {
-    pub(crate) rx: mpsc::Receiver<Bytes>,
+    pub(crate) rx: PipeReader,
 }
 
 impl Body for EventBody {
@@ -76,8 +74,8 @@ pub(crate) async fn run(
     registry: Arc<Registry>,
     admitted: Admitted,
     start: Start,
-    actions: mpsc::Receiver<Bytes>,
-    tx: mpsc::Sender<Bytes>,
+    actions: ActionReceiver,
+    tx: PipeWriter,
 ) {
     let _registered = Registered(&registry, start.id);
     ctx.stats.opened();
@@ -184,7 +182,7 @@ async fn serve(
     session: &mut Session,
     w: &mut Writer,
     out: &mut Vec<Output>,
-    mut actions: mpsc::Receiver<Bytes>,
+    mut actions: ActionReceiver,
 ) -> CloseReason {
     let mut next_beat = Instant::now() + config.heartbeat;
     let mut close_at: Option<Instant> = None;
@@ -204,10 +202,7 @@ async fn serve(
                 })
             }
             () = w.tx.closed() => return CloseReason::Client,
-            action = actions.recv() => match action {
-                Some(payload) => Box::pin(session.on_message(&payload, false, out)).await,
-                None => return CloseReason::Client,
-            },
+            payload = actions.recv() => Box::pin(session.on_message(&payload, false, out)).await,
             event = session.next_event() => Box::pin(session.on_event(event, out, batch)).await,
             () = sleep_until(next_beat) => {
                 w.buf.put_slice(HEARTBEAT);
@@ -229,7 +224,7 @@ async fn serve(
 }
 
 struct Writer {
-    tx: mpsc::Sender<Bytes>,
+    tx: PipeWriter,
     buf: BytesMut,
     ids: Ids,
     limit: Duration,
