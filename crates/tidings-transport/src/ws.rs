@@ -114,7 +114,11 @@ async fn serve_socket(
     tracing::debug!("socket open");
     // fastwebsockets did the handshake; framing is ours (see codec).
     let mut out = Vec::new();
-    let session = Session::open_with_id(
+    // Boxed: opening (joins, history reads, the welcome) is the largest
+    // state this task ever has, and an async fn keeps room for its largest
+    // state for its whole life; out of line, it is freed once the session
+    // is open and every idle socket's task stays small.
+    let session = Box::pin(Session::open_with_id(
         gw.clone(),
         id,
         identity,
@@ -122,7 +126,7 @@ async fn serve_socket(
         peer,
         &since,
         &mut out,
-    )
+    ))
     .await;
     drop(since);
     // The TCP stream is shared with the fan-out, which writes deliveries
