@@ -535,8 +535,10 @@ async fn presence_across_gateways_with_join_and_leave_and_a_killed_gateways_user
     assert!(anna.next_json_within(SHORT).await.is_none());
 
     // g2 dies without a goodbye: carol leaves once her entry expires.
-    drop(carol);
+    // (Killed first: closing carol's socket before would let g2 start a
+    // goodbye of its own, which is not what this checks.)
     drop(g2);
+    drop(carol);
     let killed = Instant::now();
     let leave = anna
         .next_json_within(Duration::from_secs(8))
