@@ -361,18 +361,31 @@ impl Endpoints {
         }
     }
 
-    /// `POST /api/<op>`: a control command, published on the control
-    /// channel so that every gateway (this one too) applies it.
-    async fn command(&self, req: Request<Incoming>, peer: SocketAddr, op: &str) -> HttpResponse {
-        if let Err(why) = self.authorize(&req, peer) {
-            return unauthorized(why);
+    /// The control API's preamble: the request is authorized and the control
+    /// API is on (404 `control_disabled` otherwise).
+    fn control_api(
+        &self,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<&Control, Box<HttpResponse>> {
+        if let Err(why) = self.authorize(req, peer) {
+            return Err(Box::new(unauthorized(why)));
         }
-        let Some(control) = &self.control else {
-            return json_error(
+        self.control.as_ref().ok_or_else(|| {
+            Box::new(json_error(
                 StatusCode::NOT_FOUND,
                 "control_disabled",
                 "the control API is off",
-            );
+            ))
+        })
+    }
+
+    /// `POST /api/<op>`: a control command, published on the control
+    /// channel so that every gateway (this one too) applies it.
+    async fn command(&self, req: Request<Incoming>, peer: SocketAddr, op: &str) -> HttpResponse {
+        let control = match self.control_api(&req, peer) {
+            Ok(control) => control,
+            Err(res) => return *res,
         };
         let body = match self.json_body(req).await {
             Ok(body) => body,
@@ -403,15 +416,9 @@ impl Endpoints {
     /// `GET /api/connections?user=<id>`: the user's connections on every
     /// gateway (from the user's presence set).
     async fn connections(&self, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
-        if let Err(why) = self.authorize(&req, peer) {
-            return unauthorized(why);
-        }
-        let Some(control) = &self.control else {
-            return json_error(
-                StatusCode::NOT_FOUND,
-                "control_disabled",
-                "the control API is off",
-            );
+        let control = match self.control_api(&req, peer) {
+            Ok(control) => control,
+            Err(res) => return *res,
         };
         let Some(user) = query_value(&req, "user") else {
             return json_error(
@@ -460,15 +467,9 @@ impl Endpoints {
     /// `GET /api/presence?channel=<name>`: who is on a channel with
     /// presence, on every gateway (counts only for `presence = "counts"`).
     async fn presence(&self, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
-        if let Err(why) = self.authorize(&req, peer) {
-            return unauthorized(why);
-        }
-        let Some(control) = &self.control else {
-            return json_error(
-                StatusCode::NOT_FOUND,
-                "control_disabled",
-                "the control API is off",
-            );
+        let control = match self.control_api(&req, peer) {
+            Ok(control) => control,
+            Err(res) => return *res,
         };
         let channel = query_value(&req, "channel").and_then(|c| ChannelName::new(&c).ok());
         let Some(channel) = channel else {
