@@ -30,26 +30,30 @@ pub type PresenceLookup = Arc<dyn Fn(&ChannelName) -> Option<PresenceMode> + Sen
 
 /// The hooks of one gateway.
 pub struct ControlHooks {
-    gateway: String,
+    gateway: Arc<str>,
     registry: Arc<Registry>,
     connections: Option<Arc<PresenceTracker>>,
     webhooks: Option<Arc<Webhooks>>,
     channels: Option<(Arc<PresenceTracker>, PresenceLookup)>,
     occupancy: Option<Arc<PresenceTracker>>,
     shared: Arc<Shared>,
+    /// What the sessions' guards need of the above, shared by all.
+    guard_hooks: Arc<GuardHooks>,
 }
 
 /// What the hooks and the sessions' guards share.
 #[derive(Default)]
 struct Shared {
-    /// Session id -> the channels it is in presence or occupancy of.
+    /// Session id -> the channels it is in presence or occupancy of; only
+    /// sessions that are in some (most are in none: nothing is kept for
+    /// them here).
     sessions: Mutex<HashMap<u64, SessionState>>,
     /// Channel -> this gateway's subscribers (for occupancy).
     local: Mutex<HashMap<ChannelName, usize>>,
 }
 
+/// A session's presence and occupancy, made on its first such channel.
 struct SessionState {
-    conn: String,
     entry: PresenceEntry,
     presence: Vec<ChannelName>,
     occupying: Vec<ChannelName>,
@@ -73,15 +77,36 @@ impl ControlHooks {
         connections: Option<Arc<PresenceTracker>>,
         webhooks: Option<Arc<Webhooks>>,
     ) -> Self {
+        let gateway: Arc<str> = gateway.into();
+        let shared = Arc::<Shared>::default();
         Self {
+            guard_hooks: Arc::new(GuardHooks {
+                gateway: gateway.clone(),
+                connections: connections.clone(),
+                channels: None,
+                occupancy: None,
+                shared: shared.clone(),
+            }),
             gateway,
             registry,
             connections,
             webhooks,
             channels: None,
             occupancy: None,
-            shared: Arc::default(),
+            shared,
         }
+    }
+
+    /// Makes the guards' view follow a change of the trackers.
+    fn with_guard_hooks(mut self) -> Self {
+        self.guard_hooks = Arc::new(GuardHooks {
+            gateway: self.gateway.clone(),
+            connections: self.connections.clone(),
+            channels: self.channels.as_ref().map(|(t, _)| t.clone()),
+            occupancy: self.occupancy.clone(),
+            shared: self.shared.clone(),
+        });
+        self
     }
 
     /// Keeps presence on the channels `lookup` names (the routing rules'
@@ -93,7 +118,7 @@ impl ControlHooks {
         lookup: PresenceLookup,
     ) -> Self {
         self.channels = Some((tracker, lookup));
-        self
+        self.with_guard_hooks()
     }
 
     /// Tracks which gateways have subscribers on each channel in `tracker`
@@ -101,7 +126,7 @@ impl ControlHooks {
     /// occupied and vacated webhooks.
     pub fn with_occupancy(mut self, tracker: Arc<PresenceTracker>) -> Self {
         self.occupancy = Some(tracker);
-        self
+        self.with_guard_hooks()
     }
 
     /// The connection id of session `id`: `<gateway>-<id>`.
@@ -113,12 +138,31 @@ impl ControlHooks {
     pub fn gateway(&self) -> &str {
         &self.gateway
     }
+
+    /// Session `session`'s entry in presence sets.
+    fn entry(&self, session: &SessionInfo, since_ms: u64) -> PresenceEntry {
+        let attributes = &session.identity.attributes;
+        PresenceEntry {
+            conn: self.conn_id(session.id),
+            user: session.identity.user.clone(),
+            gateway: self.gateway.to_string(),
+            info: if attributes.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::to_value(attributes).unwrap_or_default()
+            },
+            since_ms,
+        }
+    }
 }
 
-/// A session as the registry sees it.
+/// A session as the registry sees it: what it takes to describe it is
+/// kept once (its id, identity and start) and spelled out on demand.
 struct SessionConnection {
     handle: ControlHandle,
-    info: ConnectionInfo,
+    session: SessionInfo,
+    gateway: Arc<str>,
+    since_ms: u64,
 }
 
 impl Connection for SessionConnection {
@@ -144,18 +188,30 @@ impl Connection for SessionConnection {
         });
     }
     fn describe(&self) -> ConnectionInfo {
-        self.info.clone()
+        ConnectionInfo {
+            conn: format!("{}-{}", self.gateway, self.session.id),
+            user: self.session.identity.user.clone(),
+            gateway: self.gateway.to_string(),
+            since_ms: self.since_ms,
+        }
     }
 }
 
 /// What a session keeps while it lives: its registration, and its entries
-/// in presence sets (removed when dropped).
+/// in presence sets (removed when dropped). Small: the connection id and
+/// presence key are spelled out again at the end rather than kept.
 struct Guard {
     _registration: Registration,
-    id: u64,
-    presence: Option<(Arc<PresenceTracker>, PresenceKey, String)>,
+    session: SessionInfo,
+    hooks: Arc<GuardHooks>,
+}
+
+/// What every guard of one gateway shares.
+struct GuardHooks {
+    gateway: Arc<str>,
+    connections: Option<Arc<PresenceTracker>>,
     channels: Option<Arc<PresenceTracker>>,
-    occupancy: Option<(Arc<PresenceTracker>, String)>,
+    occupancy: Option<Arc<PresenceTracker>>,
     shared: Arc<Shared>,
 }
 
@@ -164,20 +220,22 @@ impl Drop for Guard {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        if let Some((tracker, key, conn)) = self.presence.take() {
-            tracker.leave_now(key, conn);
+        let hooks = &*self.hooks;
+        let conn = || format!("{}-{}", hooks.gateway, self.session.id);
+        if let (Some(tracker), Some(user)) = (&hooks.connections, &self.session.identity.user) {
+            tracker.leave_now(PresenceKey::user(user), conn());
         }
-        let Some(state) = self.shared.sessions.lock().remove(&self.id) else {
+        let Some(state) = hooks.shared.sessions.lock().remove(&self.session.id) else {
             return;
         };
-        if let Some(tracker) = &self.channels {
+        if let Some(tracker) = &hooks.channels {
             for channel in state.presence {
-                tracker.leave_now(PresenceKey::channel(&channel), state.conn.clone());
+                tracker.leave_now(PresenceKey::channel(&channel), state.entry.conn.clone());
             }
         }
-        if let Some((tracker, gateway)) = &self.occupancy {
+        if let Some(tracker) = &hooks.occupancy {
             for channel in state.occupying {
-                vacate(&self.shared, tracker, gateway, &channel);
+                vacate(&hooks.shared, tracker, &hooks.gateway, &channel);
             }
         }
     }
@@ -264,79 +322,63 @@ pub fn occupancy_webhooks(webhooks: Arc<Webhooks>) -> Arc<dyn PresenceSink> {
 impl SessionHooks for ControlHooks {
     fn opened(&self, session: &SessionInfo, handle: ControlHandle) -> Box<dyn Any + Send + Sync> {
         let conn = self.conn_id(session.id);
-        let user = session.identity.user.clone();
+        let user = session.identity.user.as_deref();
         let since_ms = now_ms();
-        let info = ConnectionInfo {
-            conn: conn.clone(),
-            user: user.clone(),
-            gateway: self.gateway.clone(),
-            since_ms,
-        };
-        let info_json = if session.identity.attributes.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::to_value(&session.identity.attributes).unwrap_or_default()
-        };
-        self.shared.sessions.lock().insert(
-            session.id,
-            SessionState {
-                conn: conn.clone(),
-                entry: PresenceEntry {
-                    conn: conn.clone(),
-                    user: user.clone(),
-                    gateway: self.gateway.clone(),
-                    info: info_json,
-                    since_ms,
-                },
-                presence: Vec::new(),
-                occupying: Vec::new(),
-            },
-        );
         let registration = self.registry.register(
             &conn,
-            user.as_deref(),
-            Arc::new(SessionConnection { handle, info }),
+            user,
+            Arc::new(SessionConnection {
+                handle,
+                session: session.clone(),
+                gateway: self.gateway.clone(),
+                since_ms,
+            }),
         );
-        let presence = match (&self.connections, &user) {
-            (Some(tracker), Some(u)) => {
-                let key = PresenceKey::user(u);
-                let entry = PresenceEntry {
+        if let (Some(tracker), Some(u)) = (&self.connections, user) {
+            tracker.join_now(
+                PresenceKey::user(u),
+                PresenceEntry {
                     conn: conn.clone(),
-                    user: Some(u.clone()),
-                    gateway: self.gateway.clone(),
+                    user: Some(u.to_owned()),
+                    gateway: self.gateway.to_string(),
                     info: serde_json::Value::Null,
                     since_ms,
-                };
-                tracker.join_now(key.clone(), entry);
-                Some((tracker.clone(), key, conn.clone()))
-            }
-            _ => None,
-        };
+                },
+            );
+        }
         if let Some(hooks) = &self.webhooks {
             hooks.send(WebhookEvent::Connect {
                 conn,
-                user,
-                gateway: self.gateway.clone(),
+                user: user.map(str::to_owned),
+                gateway: self.gateway.to_string(),
                 time_ms: since_ms,
             });
         }
         Box::new(Guard {
             _registration: registration,
-            id: session.id,
-            presence,
-            channels: self.channels.as_ref().map(|(t, _)| t.clone()),
-            occupancy: self.occupancy.clone().map(|t| (t, self.gateway.clone())),
-            shared: self.shared.clone(),
+            session: session.clone(),
+            hooks: self.guard_hooks.clone(),
         })
     }
 
     fn subscribed(&self, session: &SessionInfo, channel: &ChannelName) {
-        let mut sessions = self.shared.sessions.lock();
-        let Some(state) = sessions.get_mut(&session.id) else {
-            return;
+        let presence = match &self.channels {
+            Some((tracker, lookup)) if lookup(channel).is_some() => Some(tracker),
+            _ => None,
         };
-        if let Some((tracker, lookup)) = &self.channels {
-            if lookup(channel).is_some() && !state.presence.contains(channel) {
+        if presence.is_none() && self.occupancy.is_none() {
+            return;
+        }
+        let mut sessions = self.shared.sessions.lock();
+        let state = sessions
+            .entry(session.id)
+            .or_insert_with(|| SessionState {
+                entry: self.entry(session, now_ms()),
+                presence: Vec::new(),
+                occupying: Vec::new(),
+            });
+        if let Some(tracker) = presence {
+            if !state.presence.contains(channel) {
                 state.presence.push(channel.clone());
                 tracker.join_now(PresenceKey::channel(channel), state.entry.clone());
             }
@@ -368,7 +410,7 @@ impl SessionHooks for ControlHooks {
         if let Some((tracker, _)) = &self.channels {
             if let Some(i) = state.presence.iter().position(|c| c == channel) {
                 state.presence.swap_remove(i);
-                tracker.leave_now(PresenceKey::channel(channel), state.conn.clone());
+                tracker.leave_now(PresenceKey::channel(channel), state.entry.conn.clone());
             }
         }
         if let Some(tracker) = &self.occupancy {
@@ -384,7 +426,7 @@ impl SessionHooks for ControlHooks {
             hooks.send(WebhookEvent::Disconnect {
                 conn: self.conn_id(session.id),
                 user: session.identity.user.clone(),
-                gateway: self.gateway.clone(),
+                gateway: self.gateway.to_string(),
                 code,
                 reason: reason.to_owned(),
                 time_ms: now_ms(),

@@ -8,6 +8,7 @@ use std::{
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
+use crate::small::SmallMap;
 use crate::presence::{
     Presence, PresenceChange, PresenceConfig, PresenceEntry, PresenceError, PresenceKey,
     PresenceStats,
@@ -36,7 +37,9 @@ pub struct PresenceTracker {
     store: Arc<dyn Presence>,
     config: PresenceConfig,
     sink: Arc<dyn PresenceSink>,
-    local: Mutex<HashMap<PresenceKey, HashMap<String, PresenceEntry>>>,
+    /// Set -> this gateway's entries in it (small per set: a user has a
+    /// connection or two).
+    local: Mutex<HashMap<PresenceKey, SmallMap<String, PresenceEntry>>>,
 }
 
 impl std::fmt::Debug for PresenceTracker {
@@ -217,7 +220,7 @@ impl PresenceTracker {
             .local
             .lock()
             .drain()
-            .map(|(k, set)| (k, set.into_keys().collect()))
+            .map(|(k, set)| (k, set.into_keys()))
             .collect();
         for (key, conns) in all {
             if let Ok(change) = self.store.remove(&key, &conns).await {

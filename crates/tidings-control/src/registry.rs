@@ -11,7 +11,10 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tidings_core::ChannelName;
 
-use crate::command::{Command, Target};
+use crate::{
+    command::{Command, Target},
+    small::SmallMap,
+};
 
 /// What the session side does for a control command, on one connection.
 ///
@@ -48,8 +51,9 @@ const SHARDS: usize = 16;
 
 #[derive(Default)]
 struct Shard {
-    /// user -> connection id -> handle (anonymous connections are under "")
-    by_user: HashMap<String, HashMap<String, Arc<dyn Connection>>>,
+    /// user -> connection id -> handle (anonymous connections are under
+    /// ""). Small per user: most have one connection.
+    by_user: HashMap<Box<str>, SmallMap<Box<str>, Arc<dyn Connection>>>,
 }
 
 /// This gateway's connections: a sharded map user -> connections, and
@@ -57,7 +61,7 @@ struct Shard {
 /// looking at every socket.
 pub struct Registry {
     shards: Box<[Mutex<Shard>; SHARDS]>,
-    by_conn: Mutex<HashMap<String, String>>,
+    by_conn: Mutex<HashMap<Box<str>, Box<str>>>,
     hasher: RandomState,
     forget: Mutex<Option<Forget>>,
 }
@@ -89,8 +93,8 @@ impl std::fmt::Debug for Registry {
 #[must_use = "the connection is removed from the registry when this is dropped"]
 pub struct Registration {
     registry: Arc<Registry>,
-    user: String,
-    conn: String,
+    user: Box<str>,
+    conn: Box<str>,
 }
 
 impl std::fmt::Debug for Registration {
@@ -124,18 +128,19 @@ impl Registry {
         user: Option<&str>,
         handle: Arc<dyn Connection>,
     ) -> Registration {
-        let user = user.unwrap_or("").to_owned();
+        let user: Box<str> = user.unwrap_or("").into();
+        let conn: Box<str> = conn.into();
         self.shard(&user)
             .lock()
             .by_user
             .entry(user.clone())
             .or_default()
-            .insert(conn.to_owned(), handle);
-        self.by_conn.lock().insert(conn.to_owned(), user.clone());
+            .insert(conn.clone(), handle);
+        self.by_conn.lock().insert(conn.clone(), user.clone());
         Registration {
             registry: self.clone(),
             user,
-            conn: conn.to_owned(),
+            conn,
         }
     }
 
@@ -150,7 +155,7 @@ impl Registry {
             }
         }
         let mut by_conn = self.by_conn.lock();
-        if by_conn.get(conn).is_some_and(|u| u == user) {
+        if by_conn.get(conn).is_some_and(|u| &**u == user) {
             by_conn.remove(conn);
         }
     }
@@ -166,14 +171,14 @@ impl Registry {
                 .map(|c| c.values().cloned().collect())
                 .unwrap_or_default(),
             Target::Conn(conn) => {
-                let Some(user) = self.by_conn.lock().get(conn).cloned() else {
+                let Some(user) = self.by_conn.lock().get(conn.as_str()).cloned() else {
                     return Vec::new();
                 };
                 self.shard(&user)
                     .lock()
                     .by_user
                     .get(&user)
-                    .and_then(|c| c.get(conn))
+                    .and_then(|c| c.get(conn.as_str()))
                     .cloned()
                     .into_iter()
                     .collect()

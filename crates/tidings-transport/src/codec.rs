@@ -181,7 +181,10 @@ impl<S: AsyncRead + Unpin> Conn<S> {
         let deadline = *self.frame_deadline.get_or_insert_with(|| {
             crate::config::deadline_after(Instant::now(), self.frame_timeout)
         });
-        let frame = tokio::time::timeout_at(deadline, self.read_started_frame())
+        // Boxed: the started frame's read and its timer are the largest
+        // state of this future, which every idle socket's task keeps room
+        // for; a frame being read is rare, an idle socket is not.
+        let frame = Box::pin(tokio::time::timeout_at(deadline, self.read_started_frame()))
             .await
             .map_err(|_| ReadError::Timeout)??;
         // The next frame's clock starts with its own first byte.

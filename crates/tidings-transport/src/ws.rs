@@ -34,6 +34,8 @@ type Io = crate::direct::SessionIo;
 enum Step {
     /// Go on; write these first, if any.
     Write,
+    /// Send our heartbeat ping.
+    Ping,
     /// Answer the client's WebSocket ping.
     Pong(Bytes),
     /// Echo the client's close frame; the connection ends.
@@ -113,43 +115,56 @@ async fn serve_socket(
     gw.stats.opened();
     tracing::debug!("socket open");
     // fastwebsockets did the handshake; framing is ours (see codec).
-    let mut out = Vec::new();
-    // Boxed: opening (joins, history reads, the welcome) is the largest
-    // state this task ever has, and an async fn keeps room for its largest
-    // state for its whole life; out of line, it is freed once the session
-    // is open and every idle socket's task stays small.
-    let session = Box::pin(Session::open_with_id(
-        gw.clone(),
-        id,
-        identity,
-        credentials,
-        peer,
-        &since,
-        &mut out,
-    ))
-    .await;
-    drop(since);
-    // The TCP stream is shared with the fan-out, which writes deliveries
-    // to it directly once the welcome is out (see `direct`).
-    let (io, read) = Io::new(io, session.mailbox(), &gw.stats);
-    let mut conn = Conn::with_read(io, read, config.max_message_size, config.frame_timeout);
-    let welcome = out.len() as u64;
-    let reason = if write_all(&mut conn, &mut out, config.write_timeout).await {
-        gw.stats.frames_out(welcome);
-        conn.io().write_directly(session.mailbox());
-        let mut ws = WsSession {
+    //
+    // The socket's state lives in one box, made by a boxed opening step:
+    // opening (joins, history reads, the welcome) is the largest state
+    // this task ever has, and an async fn keeps room for its largest state
+    // (and for every local moved out of, until its scope ends) for its
+    // whole life. Out of line, the opening's state is freed once the
+    // session is open, the session is never held twice, and this task
+    // keeps a pointer.
+    let mut ws = Box::pin(async {
+        let mut out = Vec::new();
+        let session = Session::open_with_id(
+            gw.clone(),
+            id,
+            identity,
+            credentials,
+            peer,
+            &since,
+            &mut out,
+        )
+        .await;
+        Box::new(WsSession {
             gw: gw.clone(),
             config,
             session,
             partial: None,
             out,
-        };
+        })
+    })
+    .await;
+    drop(since);
+    // The TCP stream is shared with the fan-out, which writes deliveries
+    // to it directly once the welcome is out (see `direct`).
+    let (io, read) = Io::new(io, ws.session.mailbox(), &gw.stats);
+    let mut conn = Conn::with_read(
+        io,
+        read,
+        ws.config.max_message_size,
+        ws.config.frame_timeout,
+    );
+    let welcome = ws.out.len() as u64;
+    let write_timeout = ws.config.write_timeout;
+    let reason = if write_all(&mut conn, &mut ws.out, write_timeout).await {
+        gw.stats.frames_out(welcome);
+        conn.io().write_directly(ws.session.mailbox());
         let reason = ws.serve(&mut conn).await;
         ws.session.finish(reason.code(), reason.as_str());
         reason
     } else {
-        let mut session = session;
-        session.finish(close::SLOW_CONSUMER, CloseReason::SlowConsumer.as_str());
+        ws.session
+            .finish(close::SLOW_CONSUMER, CloseReason::SlowConsumer.as_str());
         CloseReason::SlowConsumer
     };
     gw.stats.closed(reason);
@@ -222,64 +237,75 @@ impl WsSession {
         // At shutdown: this socket's own moment within the drain spread.
         let mut close_at: Option<Instant> = None;
         loop {
+            // One timer for the heartbeat and the drain: each timer a
+            // `select!` names is kept in every idle socket's task.
             let tick = pong_deadline.map_or(next_ping, |d| d.min(next_ping));
-            let step = tokio::select! {
-                biased;
-                () = gw.shutdown.cancelled(), if close_at.is_none() => {
-                    close_at = Some(after(tidings_admission::drain_offset(conn_id, cfg.drain_spread)));
-                    continue;
-                }
-                () = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
-                    Step::Close(close::SERVICE_RESTART, "server restarting, reconnect".into(), CloseReason::Shutdown)
-                }
-                // Client frames before deliveries: however busy its
-                // channels are, a client can always be heard (unsubscribe,
-                // close). Its frames are bounded by the rate limit.
-                frame = conn.read_frame() => match frame {
-                    // Boxed: handling a request is the largest state of
-                    // this loop, and keeping it out of line keeps every
-                    // idle socket's task small.
-                    Ok(frame) => Box::pin(self.on_frame(frame)).await,
-                    Err(ReadError::Protocol(why)) => {
-                        tracing::debug!(why, "closing on a protocol violation");
-                        Step::Close(close::PROTOCOL_ERROR, why.into(), CloseReason::Protocol)
+            let wake = close_at.map_or(tick, |c| c.min(tick));
+            // A socket whose moment to close has come closes, however busy
+            // (the timer below only fires when nothing else is ready).
+            let step = if close_at.is_some_and(|c| Instant::now() >= c) {
+                Step::Close(
+                    close::SERVICE_RESTART,
+                    "server restarting, reconnect".into(),
+                    CloseReason::Shutdown,
+                )
+            } else {
+                tokio::select! {
+                    biased;
+                    () = gw.shutdown.cancelled(), if close_at.is_none() => {
+                        close_at = Some(after(tidings_admission::drain_offset(conn_id, cfg.drain_spread)));
+                        continue;
                     }
-                    Err(ReadError::TooBig) => {
-                        Step::Close(close::MESSAGE_TOO_BIG, "message too big".into(), CloseReason::TooBig)
+                    // Client frames before deliveries: however busy its
+                    // channels are, a client can always be heard (unsubscribe,
+                    // close). Its frames are bounded by the rate limit.
+                    frame = conn.read_frame() => match frame {
+                        // Boxed: handling a request is the largest state of
+                        // this loop, and keeping it out of line keeps every
+                        // idle socket's task small.
+                        Ok(frame) => Box::pin(self.on_frame(frame)).await,
+                        Err(ReadError::Protocol(why)) => {
+                            tracing::debug!(why, "closing on a protocol violation");
+                            Step::Close(close::PROTOCOL_ERROR, why.into(), CloseReason::Protocol)
+                        }
+                        Err(ReadError::TooBig) => {
+                            Step::Close(close::MESSAGE_TOO_BIG, "message too big".into(), CloseReason::TooBig)
+                        }
+                        Err(ReadError::Timeout) => {
+                            tracing::debug!("closing on a frame not completed in time");
+                            Step::Close(close::POLICY_VIOLATION, "frame not completed in time".into(), CloseReason::Protocol)
+                        }
+                        Err(ReadError::Io(e)) => {
+                            tracing::trace!(error = %e, "read side ended");
+                            return CloseReason::Client;
+                        }
+                    },
+                    event = self.session.next_event() => {
+                        // Boxed like requests: a replay may await the history.
+                        match Box::pin(self.session.on_event(event, &mut self.out, batch)).await {
+                            Ok(()) => Step::Write,
+                            Err(End::Gone) => return CloseReason::Client,
+                            Err(end) => end.into(),
+                        }
                     }
-                    Err(ReadError::Timeout) => {
-                        tracing::debug!("closing on a frame not completed in time");
-                        Step::Close(close::POLICY_VIOLATION, "frame not completed in time".into(), CloseReason::Protocol)
-                    }
-                    Err(ReadError::Io(e)) => {
-                        tracing::trace!(error = %e, "read side ended");
-                        return CloseReason::Client;
-                    }
-                },
-                event = self.session.next_event() => {
-                    // Boxed like requests: a replay may await the history.
-                    match Box::pin(self.session.on_event(event, &mut self.out, batch)).await {
-                        Ok(()) => Step::Write,
-                        Err(End::Gone) => return CloseReason::Client,
-                        Err(end) => end.into(),
-                    }
-                }
-                () = sleep_until(tick) => {
-                    let now = Instant::now();
-                    if pong_deadline.is_some_and(|d| now >= d) {
-                        tracing::debug!("no pong in time");
-                        Step::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout".into(), CloseReason::Heartbeat)
-                    } else {
-                        if now >= next_ping {
-                            if !timed(limit, conn.send(OpCode::Ping, Bytes::from_static(b"tidings"))).await {
-                                return CloseReason::SlowConsumer;
-                            }
+                    () = sleep_until(wake) => {
+                        let now = Instant::now();
+                        if close_at.is_some_and(|c| now >= c) {
+                            Step::Close(close::SERVICE_RESTART, "server restarting, reconnect".into(), CloseReason::Shutdown)
+                        } else if pong_deadline.is_some_and(|d| now >= d) {
+                            tracing::debug!("no pong in time");
+                            Step::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout".into(), CloseReason::Heartbeat)
+                        } else if now >= next_ping {
+                            // Sent below, once the select's futures are gone
+                            // (an await in here would keep them all).
                             next_ping = deadline_after(now, cfg.ping_interval);
                             if pong_deadline.is_none() {
                                 pong_deadline = Some(deadline_after(now, cfg.pong_timeout));
                             }
+                            Step::Ping
+                        } else {
+                            continue;
                         }
-                        continue;
                     }
                 }
             };
@@ -294,6 +320,16 @@ impl WsSession {
             }
             match step {
                 Step::Write => {}
+                Step::Ping => {
+                    if !timed(
+                        limit,
+                        conn.send(OpCode::Ping, Bytes::from_static(b"tidings")),
+                    )
+                    .await
+                    {
+                        return CloseReason::SlowConsumer;
+                    }
+                }
                 Step::Pong(payload) => {
                     if !timed(limit, conn.send(OpCode::Pong, payload)).await {
                         return CloseReason::SlowConsumer;
