@@ -176,7 +176,7 @@ async fn node_ws_negotiates_gets_large_frames_compressed_once_and_sends_compress
     // A large delivery: compressed for a and b (a fraction of its size on
     // the wire), as it is for the plain socket, intact for all three.
     let doc = document(100, "big");
-    assert_eq!(gw.publish("/app/broadcast", doc.clone()).await.status, 200);
+    assert_eq!(gw.publish("/app/broadcast", doc.clone()).await.status, 202);
     let mut frame_len = 0;
     for (c, read, compressed) in [
         (&mut a, &mut read_a, true),
@@ -207,7 +207,7 @@ async fn node_ws_negotiates_gets_large_frames_compressed_once_and_sends_compress
     // Under the threshold: uncompressed for everyone, nothing compressed.
     assert_eq!(
         gw.publish("/app/broadcast", json!("small")).await.status,
-        200
+        202
     );
     for (c, read) in [(&mut a, &mut read_a), (&mut plain, &mut read_plain)] {
         let (m, now, text_len) = c.message_len().await;
