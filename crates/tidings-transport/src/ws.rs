@@ -145,10 +145,21 @@ async fn serve_socket(
     // The TCP stream is shared with the fan-out, which writes deliveries
     // to it directly once the welcome is out (see `direct`).
     let (io, read) = Io::new(io, session.mailbox(), &shared);
-    let config = &shared.config;
-    let mut conn = Conn::with_read(io, read, config.max_message_size, config.frame_timeout);
+    let mut conn = Conn::with_read(
+        io,
+        read,
+        shared.config.max_message_size,
+        shared.config.frame_timeout,
+    );
     let welcome = out.len() as u64;
-    let reason = if write_all(&mut conn, &mut out, config.write_timeout, None).await {
+    let reason = if write_all(
+        &mut conn,
+        &mut out,
+        shared.config.write_timeout,
+        shared.deflate.as_ref(),
+    )
+    .await
+    {
         gw.stats.frames_out(welcome);
         conn.io().write_directly(session.mailbox());
         let mut ws = WsSession {
@@ -237,9 +248,7 @@ impl WsSession {
     /// The connection's loop; returns why it ended.
     async fn serve(&mut self, conn: &mut Conn<Io>) -> CloseReason {
         let gw = self.gw.clone();
-        let shared = self.shared.clone();
-        let cfg = &shared.config;
-        let deflate = shared.deflate.as_ref();
+        let cfg = self.shared.config.clone();
         let limit = cfg.write_timeout;
         let conn_id = self.session.id();
         let batch = Batch {
@@ -317,7 +326,7 @@ impl WsSession {
             // Whatever the session produced goes out first, in one flush.
             if !self.out.is_empty() {
                 let n = self.out.len() as u64;
-                if !write_all(conn, &mut self.out, limit, deflate).await {
+                if !write_all(conn, &mut self.out, limit, self.shared.deflate.as_ref()).await {
                     // The peer stopped reading: a slow consumer.
                     return CloseReason::SlowConsumer;
                 }
