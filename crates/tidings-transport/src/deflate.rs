@@ -258,8 +258,10 @@ thread_local! {
 }
 
 /// `data` compressed as one permessage-deflate message with no context
-/// takeover: raw deflate, sync-flushed, its `00 00 ff ff` tail stripped.
-pub(crate) fn compress(data: &[u8]) -> Vec<u8> {
+/// takeover: raw deflate (level 6), sync-flushed, its `00 00 ff ff` tail
+/// stripped. What the gateway sends, with RSV1 set, for a delivery of
+/// `data` to a socket that negotiated permessage-deflate.
+pub fn compress(data: &[u8]) -> Vec<u8> {
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
         let c = c.get_or_insert_with(|| Compress::new(Compression::new(LEVEL), false));

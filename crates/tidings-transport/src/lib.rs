@@ -42,7 +42,7 @@ pub use tidings_session::rpc;
 pub use tidings_session::stats;
 
 pub use config::TransportConfig;
-pub use deflate::DeflateStats;
+pub use deflate::{compress as deflate_message, DeflateStats};
 /// The `http` crate this API speaks (requests, responses, status codes).
 pub use http::{self, StatusCode};
 pub use limits::{IpNet, LimitHit, Limits};
