@@ -4,7 +4,9 @@
 //! the threshold go plain to everyone. The sockets are idle, so the fan-out
 //! writes them directly (`direct`); deliveries that must go through each
 //! socket's session (one naming a connection to leave out) get the same
-//! bytes from it.
+//! bytes from it. Client messages compressed by the client (one frame or
+//! fragments) are inflated, bounded by the message limit, and refused when
+//! broken or not negotiated.
 
 use std::{io::Read, net::SocketAddr, time::Duration};
 
@@ -262,6 +264,118 @@ async fn with_the_extension_off_nothing_is_negotiated_or_compressed() {
     assert!(!compressed);
     assert_eq!(serde_json_lite::parse(&text).data, &big[..]);
     assert_eq!(gateway.deflate_stats().messages_compressed_total(), 0);
+    stop.cancel();
+}
+
+/// A client frame, masked; `rsv1` marks a compressed message's first frame.
+fn client_frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut f = vec![(u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode];
+    if payload.len() < 126 {
+        f.push(0x80 | payload.len() as u8);
+    } else {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// `data` compressed as a client would (raw deflate, sync flush, the
+/// `00 00 ff ff` tail stripped), with flate2's own encoder.
+fn client_deflate(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.flush().unwrap();
+    let mut out = std::mem::take(e.get_mut());
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+impl Client {
+    async fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).await.unwrap();
+    }
+
+    /// The close code the server sends next (skipping other frames).
+    async fn close_code(&mut self) -> u16 {
+        loop {
+            while self.buf.len() < 2 {
+                self.more().await;
+            }
+            let (b0, len) = (self.buf[0], usize::from(self.buf[1] & 0x7f));
+            assert!(len < 126, "a small frame");
+            while self.buf.len() < 2 + len {
+                self.more().await;
+            }
+            let frame: Vec<u8> = self.buf.drain(..2 + len).collect();
+            if b0 & 0x0f == 0x8 {
+                return u16::from_be_bytes([frame[2], frame[3]]);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn compressed_client_messages_are_inflated_and_bounded() {
+    let (_gateway, addr, stop) = gateway(true).await;
+    let offer = Some("permessage-deflate; client_max_window_bits");
+
+    // One frame, and fragmented (RSV1 on the first frame only): each
+    // inflated with a fresh context, answered.
+    let mut c = Client::connect(addr, offer).await;
+    let id = "x".repeat(3000);
+    let ping = format!(r#"{{"type":"ping","id":"{id}"}}"#);
+    c.send(&client_frame(
+        true,
+        true,
+        0x1,
+        &client_deflate(ping.as_bytes()),
+    ))
+    .await;
+    let (_, pong) = c.message().await;
+    assert_eq!(pong, format!(r#"{{"type":"pong","id":"{id}"}}"#).as_bytes());
+    let z = client_deflate(br#"{"type":"ping","id":2}"#);
+    let (a, b) = z.split_at(z.len() / 2);
+    c.send(&client_frame(false, true, 0x1, a)).await;
+    c.send(&client_frame(true, false, 0x0, b)).await;
+    assert_eq!(c.message().await.1, br#"{"type":"pong","id":2}"#);
+    // An uncompressed message on the same socket is read as it is.
+    c.send(&client_frame(
+        true,
+        false,
+        0x1,
+        br#"{"type":"ping","id":3}"#,
+    ))
+    .await;
+    assert_eq!(c.message().await.1, br#"{"type":"pong","id":3}"#);
+    // RSV1 on a continuation frame is a protocol error.
+    c.send(&client_frame(false, false, 0x1, b"[")).await;
+    c.send(&client_frame(true, true, 0x0, b"]")).await;
+    assert_eq!(c.close_code().await, 1002);
+
+    // A bomb: a small compressed message inflating past the message limit
+    // (64 KiB) closes with 1009, whatever its compressed size.
+    let mut c = Client::connect(addr, offer).await;
+    let bomb = client_deflate(&vec![b' '; 1 << 20]);
+    assert!(bomb.len() < 8 * 1024);
+    c.send(&client_frame(true, true, 0x1, &bomb)).await;
+    assert_eq!(c.close_code().await, 1009);
+
+    // Data that does not inflate: 1007.
+    let mut c = Client::connect(addr, offer).await;
+    c.send(&client_frame(true, true, 0x1, &[0xff, 0xff, 0xff, 0xff]))
+        .await;
+    assert_eq!(c.close_code().await, 1007);
+
+    // Without the extension negotiated, RSV1 is a protocol error.
+    let mut c = Client::connect(addr, None).await;
+    c.send(&client_frame(true, true, 0x1, &client_deflate(b"{}")))
+        .await;
+    assert_eq!(c.close_code().await, 1002);
     stop.cancel();
 }
 
