@@ -96,6 +96,31 @@ pub(crate) fn render(
         "Frames written to sockets.",
         &one(t.frames_out_total()),
     );
+    let deflate = gateway.deflate_stats();
+    metric(
+        "tidings_ws_deflated_messages_total",
+        "counter",
+        "Messages compressed for permessage-deflate sockets (once each, whatever the number of sockets).",
+        &one(deflate.messages_compressed_total()),
+    );
+    metric(
+        "tidings_ws_deflated_frames_total",
+        "counter",
+        "Compressed (permessage-deflate) frames written to sockets.",
+        &one(deflate.frames_total()),
+    );
+    metric(
+        "tidings_ws_deflate_bytes_saved_total",
+        "counter",
+        "Bytes permessage-deflate saved on the wire (uncompressed less compressed payloads, over every socket).",
+        &one(deflate.bytes_saved_total()),
+    );
+    metric(
+        "tidings_ws_inflated_messages_total",
+        "counter",
+        "Compressed (permessage-deflate) messages received from clients.",
+        &one(deflate.client_messages_total()),
+    );
     let (recoveries, unrecovered) = t.recovery_totals();
     metric(
         "tidings_recoveries_total",

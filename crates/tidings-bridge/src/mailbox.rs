@@ -39,6 +39,13 @@ pub trait DirectWrite: Send + Sync {
     /// Never waits.
     fn try_write_text(&self, payload: &Bytes) -> Direct;
 
+    /// Writes `delivery` if the socket takes it now. Never waits. Default:
+    /// its protocol v1 frame as a text frame; a transport whose socket
+    /// negotiated another form of it (compressed, ...) writes that.
+    fn try_write_delivery(&self, delivery: &Delivery) -> Direct {
+        self.try_write_text(delivery.frame())
+    }
+
     /// Whether `delivery` may be written as it is, without its session
     /// seeing it first. `false` leaves it, and what follows it, to the
     /// session. Default: every delivery.
@@ -252,12 +259,12 @@ impl Target {
             // The lock is held across the writes: neither the session nor
             // anyone else can write in between.
             while let Some(front) = items.front_mut() {
-                let payload = match front {
-                    Outbound::Deliver(d) if direct.takes(d) => d.frame(),
-                    Outbound::Notice(b) => b,
+                let written = match front {
+                    Outbound::Deliver(d) if direct.takes(d) => direct.try_write_delivery(d),
+                    Outbound::Notice(b) => direct.try_write_text(b),
                     _ => break,
                 };
-                match direct.try_write_text(payload) {
+                match written {
                     Direct::Written => {
                         items.pop_front();
                     }

@@ -370,13 +370,11 @@ impl SessionHooks for ControlHooks {
             return;
         }
         let mut sessions = self.shared.sessions.lock();
-        let state = sessions
-            .entry(session.id)
-            .or_insert_with(|| SessionState {
-                entry: self.entry(session, now_ms()),
-                presence: Vec::new(),
-                occupying: Vec::new(),
-            });
+        let state = sessions.entry(session.id).or_insert_with(|| SessionState {
+            entry: self.entry(session, now_ms()),
+            presence: Vec::new(),
+            occupying: Vec::new(),
+        });
         if let Some(tracker) = presence {
             if !state.presence.contains(channel) {
                 state.presence.push(channel.clone());

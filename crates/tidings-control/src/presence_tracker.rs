@@ -8,11 +8,11 @@ use std::{
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::small::SmallMap;
 use crate::presence::{
     Presence, PresenceChange, PresenceConfig, PresenceEntry, PresenceError, PresenceKey,
     PresenceStats,
 };
+use crate::small::SmallMap;
 
 /// Where a [`PresenceTracker`] reports joins and leaves (the gateway
 /// publishes them to the channel's subscribers, and sends webhooks).

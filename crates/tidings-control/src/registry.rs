@@ -49,11 +49,14 @@ pub struct ConnectionInfo {
 
 const SHARDS: usize = 16;
 
+/// One user's connections on this gateway, by connection id.
+type UserConnections = SmallMap<Box<str>, Arc<dyn Connection>>;
+
 #[derive(Default)]
 struct Shard {
     /// user -> connection id -> handle (anonymous connections are under
     /// ""). Small per user: most have one connection.
-    by_user: HashMap<Box<str>, SmallMap<Box<str>, Arc<dyn Connection>>>,
+    by_user: HashMap<Box<str>, UserConnections>,
 }
 
 /// This gateway's connections: a sharded map user -> connections, and

@@ -39,8 +39,12 @@ impl WireFormat {
     pub const SOCKET_IO: Self = Self(1);
     /// Pusher Channels (protocol 7).
     pub const PUSHER: Self = Self(2);
+    /// The protocol v1 frame's payload compressed for WebSocket
+    /// permessage-deflate with no context takeover (`tidings-transport`;
+    /// empty when compression does not make it smaller).
+    pub const WS_DEFLATE: Self = Self(4);
     /// How many formats a delivery keeps an encoding for.
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 5;
 
     /// Format number `n` (a free one, for a new wire adapter: 3 is
     /// unused). Panics (at compile time in a `const`) if `n` is not below

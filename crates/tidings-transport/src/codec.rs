@@ -63,6 +63,10 @@ impl OpCode {
 pub(crate) struct Frame {
     pub(crate) fin: bool,
     pub(crate) opcode: OpCode,
+    /// RSV1: the first frame of a message compressed with
+    /// permessage-deflate (whether that was negotiated is the caller's
+    /// to check; on other frames RSV1 is refused here).
+    pub(crate) compressed: bool,
     pub(crate) payload: Bytes,
 }
 
@@ -196,11 +200,17 @@ impl<S: AsyncRead + Unpin> Conn<S> {
     async fn read_started_frame(&mut self) -> Result<Frame, ReadError> {
         self.fill(2).await?;
         let (b0, b1) = (self.buf[0], self.buf[1]);
-        if b0 & 0x70 != 0 {
+        if b0 & 0x30 != 0 {
             return Err(ReadError::Protocol("reserved bits set"));
         }
         let fin = b0 & 0x80 != 0;
         let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(ReadError::Protocol("unknown opcode"))?;
+        let compressed = b0 & RSV1 != 0;
+        // RFC 7692 §6.1: only a message's first frame says it is compressed,
+        // and control frames never are.
+        if compressed && (opcode.is_control() || opcode == OpCode::Continuation) {
+            return Err(ReadError::Protocol("reserved bits set"));
+        }
         if b1 & 0x80 == 0 {
             return Err(ReadError::Protocol("client frames must be masked"));
         }
@@ -241,6 +251,7 @@ impl<S: AsyncRead + Unpin> Conn<S> {
         Ok(Frame {
             fin,
             opcode,
+            compressed,
             payload: payload.freeze(),
         })
     }
@@ -264,6 +275,10 @@ fn unmask(data: &mut [u8], mask: [u8; 4]) {
 /// A batch is written once it holds this much.
 pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 
+/// The header bit (in the first byte) of a compressed message's first
+/// frame (permessage-deflate).
+pub(crate) const RSV1: u8 = 0x40;
+
 /// The longest header of a server frame.
 pub(crate) const MAX_HEADER: usize = 10;
 
@@ -286,9 +301,12 @@ pub(crate) fn server_header(opcode: OpCode, len: usize, into: &mut [u8; MAX_HEAD
 }
 
 impl<S: AsyncWrite + Unpin> Conn<S> {
-    fn header(opcode: OpCode, len: usize, into: &mut Vec<u8>) {
+    fn header(opcode: OpCode, compressed: bool, len: usize, into: &mut Vec<u8>) {
         let mut head = [0u8; MAX_HEADER];
         let n = server_header(opcode, len, &mut head);
+        if compressed {
+            head[0] |= RSV1;
+        }
         into.extend_from_slice(&head[..n]);
     }
 
@@ -301,7 +319,13 @@ impl<S: AsyncWrite + Unpin> Conn<S> {
     /// holds the (shared) bytes, and [`Conn::flush`] hands the kernel the
     /// headers and payloads in one vectored write.
     pub(crate) fn push(&mut self, opcode: OpCode, payload: Bytes) {
-        Self::header(opcode, payload.len(), &mut self.heads);
+        self.push_frame(opcode, false, payload);
+    }
+
+    /// As [`Conn::push`], with RSV1 set when `compressed` (a
+    /// permessage-deflate message, in one frame).
+    pub(crate) fn push_frame(&mut self, opcode: OpCode, compressed: bool, payload: Bytes) {
+        Self::header(opcode, compressed, payload.len(), &mut self.heads);
         self.parts.push((self.heads.len(), payload));
     }
 
@@ -413,11 +437,30 @@ mod tests {
         let unmasked = [0x81u8, 0x01, b'a'];
         let mut r = Conn::new(&unmasked[..], 100, T);
         assert!(matches!(r.read_frame().await, Err(ReadError::Protocol(_))));
-        let rsv = masked(true, 0x41, b"a");
-        assert!(matches!(
-            Conn::new(&rsv[..], 100, T).read_frame().await,
-            Err(ReadError::Protocol(_))
-        ));
+        // RSV2 and RSV3 are never allowed; RSV1 only on a data message's
+        // first frame (the session checks it was negotiated).
+        for bad in [
+            masked(true, 0x21, b"a"),
+            masked(true, 0x11, b"a"),
+            masked(true, 0x49, b"a"),
+            masked(true, 0x40, b"a"),
+        ] {
+            assert!(matches!(
+                Conn::new(&bad[..], 100, T).read_frame().await,
+                Err(ReadError::Protocol(_))
+            ));
+        }
+        let rsv1 = masked(false, 0x41, b"a");
+        let f = Conn::new(&rsv1[..], 100, T).read_frame().await.unwrap();
+        assert!(f.compressed && !f.fin && f.opcode == OpCode::Text);
+        let plain = masked(true, 0x01, b"a");
+        assert!(
+            !Conn::new(&plain[..], 100, T)
+                .read_frame()
+                .await
+                .unwrap()
+                .compressed
+        );
         let ping_frag = masked(false, 9, b"a");
         assert!(matches!(
             Conn::new(&ping_frag[..], 100, T).read_frame().await,

@@ -71,6 +71,13 @@ pub struct TransportConfig {
     /// Most publications one recovery of one channel replays; a client
     /// that missed more is told `recovered: false`. Default 1,000.
     pub max_replay: u64,
+    /// Whether the permessage-deflate extension (RFC 7692) is accepted
+    /// when a client offers it, with no context takeover either way (see
+    /// `docs/transports.md`). Default `false`.
+    pub permessage_deflate: bool,
+    /// With permessage-deflate negotiated, deliveries smaller than this
+    /// many bytes go uncompressed. Default 1,024.
+    pub deflate_threshold: usize,
 }
 
 impl Default for TransportConfig {
@@ -95,6 +102,8 @@ impl Default for TransportConfig {
             client_message_burst: 40,
             rate_limit_close_after: 100,
             max_replay: 1_000,
+            permessage_deflate: false,
+            deflate_threshold: 1024,
         }
     }
 }

@@ -27,30 +27,30 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{codec, stats::TransportStats};
+use crate::{codec, ws::Shared};
 
 /// The TCP stream, as the fan-out sees it.
 pub(crate) struct SharedTcp {
     stream: TcpStream,
-    stats: Arc<TransportStats>,
+    /// The gateway's counters and, when this socket negotiated
+    /// permessage-deflate, its settings (shared: nothing per socket).
+    shared: Arc<Shared>,
 }
 
-impl DirectWrite for SharedTcp {
-    /// Deliveries on a channel with history (unless through a pattern) go
-    /// through the session's recovery follower, and those naming a
-    /// connection to leave out through its `exclude` check: never direct.
-    fn takes(&self, delivery: &tidings_core::Delivery) -> bool {
-        (delivery.position().is_none() || delivery.pattern().is_some()) && !delivery.has_exclude()
-    }
-
-    fn try_write_text(&self, payload: &Bytes) -> Direct {
+impl SharedTcp {
+    /// Writes one text frame (RSV1 set when `compressed`) if the socket
+    /// takes it now.
+    fn try_write(&self, payload: &Bytes, compressed: bool) -> Direct {
         let mut head = [0u8; codec::MAX_HEADER];
         let hlen = codec::server_header(codec::OpCode::Text, payload.len(), &mut head);
+        if compressed {
+            head[0] |= codec::RSV1;
+        }
         let total = hlen + payload.len();
         let bufs = [IoSlice::new(&head[..hlen]), IoSlice::new(payload)];
         match self.stream.try_write_vectored(&bufs) {
             Ok(n) if n == total => {
-                self.stats.frames_out(1);
+                self.shared.stats.frames_out(1);
                 Direct::Written
             }
             Ok(0) | Err(_) => Direct::NotWritten,
@@ -64,6 +64,33 @@ impl DirectWrite for SharedTcp {
                 rest.freeze()
             }),
         }
+    }
+}
+
+impl DirectWrite for SharedTcp {
+    /// Deliveries on a channel with history (unless through a pattern) go
+    /// through the session's recovery follower, and those naming a
+    /// connection to leave out through its `exclude` check: never direct.
+    fn takes(&self, delivery: &tidings_core::Delivery) -> bool {
+        (delivery.position().is_none() || delivery.pattern().is_some()) && !delivery.has_exclude()
+    }
+
+    fn try_write_text(&self, payload: &Bytes) -> Direct {
+        self.try_write(payload, false)
+    }
+
+    /// Compressed (once per message, for every socket) when this socket
+    /// negotiated permessage-deflate and the frame is large enough.
+    fn try_write_delivery(&self, delivery: &tidings_core::Delivery) -> Direct {
+        let Some(deflate) = &self.shared.deflate else {
+            return self.try_write(delivery.frame(), false);
+        };
+        let (payload, compressed) = deflate.payload(delivery);
+        let written = self.try_write(payload, compressed);
+        if compressed && !matches!(written, Direct::NotWritten) {
+            deflate.stats.wrote(delivery.frame().len(), payload.len());
+        }
+        written
     }
 }
 
@@ -87,14 +114,14 @@ impl SessionIo {
     pub(crate) fn new(
         io: TokioIo<Upgraded>,
         mailbox: &MailboxReceiver,
-        stats: &Arc<TransportStats>,
+        shared: &Arc<Shared>,
     ) -> (Self, Bytes) {
         match io.into_inner().downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => (
                 SessionIo::Shared {
                     tcp: Arc::new(SharedTcp {
                         stream: parts.io.into_inner(),
-                        stats: stats.clone(),
+                        shared: shared.clone(),
                     }),
                     gate: mailbox.gate(),
                 },

@@ -20,11 +20,14 @@
 //!   `tidings_session::Session` (subscriptions, requests, rate limit and
 //!   recovery are the session's), and its framing (private); `direct`:
 //!   the socket a session shares with the fan-out, which writes
-//!   deliveries to it directly.
+//!   deliveries to it directly; `deflate`: permessage-deflate (RFC 7692),
+//!   negotiated without context takeover so that a delivery is
+//!   compressed once for every socket ([`DeflateStats`], its counters).
 //! - [`stats`]: connection counters (from `tidings-session`).
 
 mod codec;
 pub mod config;
+mod deflate;
 mod direct;
 pub mod server;
 pub mod service;
@@ -39,6 +42,7 @@ pub use tidings_session::rpc;
 pub use tidings_session::stats;
 
 pub use config::TransportConfig;
+pub use deflate::{compress as deflate_message, DeflateStats};
 /// The `http` crate this API speaks (requests, responses, status codes).
 pub use http::{self, StatusCode};
 pub use limits::{IpNet, LimitHit, Limits};

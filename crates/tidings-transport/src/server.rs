@@ -15,7 +15,12 @@ use tidings_routing::Router;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{config::TransportConfig, stats::TransportStats, ws, BoxFuture};
+use crate::{
+    config::TransportConfig,
+    deflate::{self, Deflate, DeflateStats},
+    stats::TransportStats,
+    ws, BoxFuture,
+};
 use tidings_session::Context;
 
 /// The TCP peer of a request, as a request extension: what [`WsService`](crate::WsService)
@@ -67,6 +72,12 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     /// What sessions get: a narrow view of the above.
     pub(crate) session: Arc<Context>,
+    /// What the sockets that did not negotiate permessage-deflate share.
+    pub(crate) plain: Arc<ws::Shared>,
+    /// What the sockets that did share (the same settings for all: a
+    /// delivery is compressed once for them all).
+    pub(crate) deflated: Arc<ws::Shared>,
+    pub(crate) deflate_stats: Arc<DeflateStats>,
 }
 
 /// The WebSocket side of the gateway: upgrades requests on its path into
@@ -154,8 +165,25 @@ impl GatewayBuilder {
             stats.clone(),
             self.rpc.clone(),
         );
+        let config = Arc::new(config);
+        let deflate_stats = Arc::new(DeflateStats::default());
+        let shared = |deflate| {
+            Arc::new(ws::Shared {
+                config: config.clone(),
+                stats: stats.clone(),
+                deflate,
+            })
+        };
+        let plain = shared(None);
+        let deflated = shared(Some(Deflate {
+            threshold: config.deflate_threshold,
+            stats: deflate_stats.clone(),
+        }));
         Gateway {
             inner: Arc::new(Inner {
+                plain,
+                deflated,
+                deflate_stats,
                 session: Arc::new(Context {
                     config: config.session_config(),
                     router,
@@ -166,7 +194,7 @@ impl GatewayBuilder {
                     connection_prefix: Arc::from(self.connection_prefix),
                     shutdown: shutdown.clone(),
                 }),
-                config: Arc::new(config),
+                config,
                 bridge: self.bridge,
                 stats,
                 admission,
@@ -196,6 +224,11 @@ impl Gateway {
     /// The transport's counters.
     pub fn stats(&self) -> &TransportStats {
         &self.inner.stats
+    }
+
+    /// The permessage-deflate counters.
+    pub fn deflate_stats(&self) -> &DeflateStats {
+        &self.inner.deflate_stats
     }
 
     /// The bridge sessions subscribe through.
@@ -296,7 +329,7 @@ impl Gateway {
         };
         // A broken handshake is refused before any credential is looked
         // at (a one-time token must not be spent on it).
-        let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        let (mut response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
             Ok(pair) => pair,
             Err(e) => {
                 return refused(ticket.refuse(
@@ -311,10 +344,22 @@ impl Gateway {
             Ok(admitted) => admitted,
             Err(r) => return refused(r),
         };
+        // permessage-deflate, when enabled and offered (see `deflate`).
+        let shared = if self.inner.config.permessage_deflate
+            && deflate::negotiate(req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS))
+        {
+            response.headers_mut().insert(
+                header::SEC_WEBSOCKET_EXTENSIONS,
+                HeaderValue::from_static(deflate::RESPONSE),
+            );
+            &self.inner.deflated
+        } else {
+            &self.inner.plain
+        };
         admission.sessions().spawn(ws::run(
             fut,
             self.inner.session.clone(),
-            self.inner.config.clone(),
+            shared.clone(),
             since,
             admitted,
         ));

@@ -42,6 +42,10 @@ pub struct WebSocketSettings {
     pub client_messages_per_sec: f64,
     /// Client messages one socket may send in a burst.
     pub client_message_burst: u32,
+    /// Accept permessage-deflate when a client offers it.
+    pub permessage_deflate: bool,
+    /// Deliveries smaller than this many bytes go uncompressed.
+    pub deflate_threshold_bytes: usize,
 }
 
 /// `websocket.slow_consumer`: what happens to a socket whose queue is full.
@@ -79,6 +83,8 @@ impl Default for WebSocketSettings {
             max_subscriptions: t.max_subscriptions,
             client_messages_per_sec: t.client_messages_per_sec,
             client_message_burst: t.client_message_burst,
+            permessage_deflate: t.permessage_deflate,
+            deflate_threshold_bytes: t.deflate_threshold,
         }
     }
 }
@@ -119,6 +125,8 @@ impl WebSocketSettings {
         t.max_subscriptions = self.max_subscriptions;
         t.client_messages_per_sec = rate;
         t.client_message_burst = self.client_message_burst.max(1);
+        t.permessage_deflate = self.permessage_deflate;
+        t.deflate_threshold = self.deflate_threshold_bytes;
         Ok(())
     }
 }
@@ -301,6 +309,15 @@ mod tests {
         assert_eq!(t.slow_consumer, SlowConsumerPolicy::Drop);
         assert_eq!(t.shutdown_grace, Duration::from_secs(3));
         assert_eq!(t.limits.trusted_proxies.len(), 1);
+        assert!(!t.permessage_deflate);
+        let t = transport(
+            "permessage_deflate = true\ndeflate_threshold_bytes = 200",
+            "",
+            "",
+        )
+        .unwrap();
+        assert!(t.permessage_deflate);
+        assert_eq!(t.deflate_threshold, 200);
     }
 
     #[test]

@@ -26,9 +26,22 @@ use tidings_session::Context;
 use crate::{
     codec::{check_close, Conn, Frame, OpCode, ReadError, BATCH_BYTES},
     config::{deadline_after, TransportConfig},
+    deflate::{self, Deflate, InflateError},
+    stats::TransportStats,
 };
 
 type Io = crate::direct::SessionIo;
+
+/// What the sockets of one kind share: the gateway keeps one for sockets
+/// that negotiated permessage-deflate and one for the others, so a socket
+/// holds a single pointer whichever it is.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Arc<TransportConfig>,
+    pub(crate) stats: Arc<TransportStats>,
+    /// permessage-deflate, as negotiated (no context takeover either way).
+    pub(crate) deflate: Option<Deflate>,
+}
 
 /// What handling a client frame asks of the connection.
 enum Step {
@@ -67,7 +80,7 @@ const BATCH_FRAMES: usize = 64;
 pub(crate) async fn run(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     gw: Arc<Context>,
-    config: Arc<TransportConfig>,
+    shared: Arc<Shared>,
     since: Box<Positions>,
     admitted: Admitted,
 ) {
@@ -95,7 +108,7 @@ pub(crate) async fn run(
         slot,
         ..
     } = admitted;
-    serve_socket(io, id, gw, config, identity, credentials, since, client)
+    serve_socket(io, id, gw, shared, identity, credentials, since, client)
         .instrument(span)
         .await;
     drop(slot);
@@ -106,7 +119,7 @@ async fn serve_socket(
     io: TokioIo<Upgraded>,
     id: u64,
     gw: Arc<Context>,
-    config: Arc<TransportConfig>,
+    shared: Arc<Shared>,
     identity: Arc<Identity>,
     credentials: Arc<http::HeaderMap>,
     since: Box<Positions>,
@@ -137,7 +150,7 @@ async fn serve_socket(
         .await;
         Box::new(WsSession {
             gw: gw.clone(),
-            config,
+            shared,
             session,
             partial: None,
             out,
@@ -147,16 +160,24 @@ async fn serve_socket(
     drop(since);
     // The TCP stream is shared with the fan-out, which writes deliveries
     // to it directly once the welcome is out (see `direct`).
-    let (io, read) = Io::new(io, ws.session.mailbox(), &gw.stats);
+    let (io, read) = Io::new(io, ws.session.mailbox(), &ws.shared);
     let mut conn = Conn::with_read(
         io,
         read,
-        ws.config.max_message_size,
-        ws.config.frame_timeout,
+        ws.shared.config.max_message_size,
+        ws.shared.config.frame_timeout,
     );
     let welcome = ws.out.len() as u64;
-    let write_timeout = ws.config.write_timeout;
-    let reason = if write_all(&mut conn, &mut ws.out, write_timeout).await {
+    let shared = ws.shared.clone();
+    let reason = if write_all(
+        &mut conn,
+        &mut ws.out,
+        shared.config.write_timeout,
+        shared.deflate.as_ref(),
+    )
+    .await
+    {
+        drop(shared);
         gw.stats.frames_out(welcome);
         conn.io().write_directly(ws.session.mailbox());
         let reason = ws.serve(&mut conn).await;
@@ -172,15 +193,30 @@ async fn serve_socket(
 }
 
 /// Writes and empties `out` (one flush); false when the peer did not take
-/// it in time.
-async fn write_all(conn: &mut Conn<Io>, out: &mut Vec<Output>, limit: Duration) -> bool {
+/// it in time. With `deflate` (negotiated), deliveries go compressed (once
+/// per message, for every socket) when large enough.
+async fn write_all(
+    conn: &mut Conn<Io>,
+    out: &mut Vec<Output>,
+    limit: Duration,
+    deflate: Option<&Deflate>,
+) -> bool {
     if out.is_empty() {
         return true;
     }
     for o in out.drain(..) {
         match o {
             Output::Frame(b) => conn.push(OpCode::Text, b),
-            Output::Delivery(d) => conn.push(OpCode::Text, d.frame().clone()),
+            Output::Delivery(d) => match deflate {
+                Some(deflate) => {
+                    let (payload, compressed) = deflate.payload(&d);
+                    if compressed {
+                        deflate.stats.wrote(d.frame().len(), payload.len());
+                    }
+                    conn.push_frame(OpCode::Text, compressed, payload.clone());
+                }
+                None => conn.push(OpCode::Text, d.frame().clone()),
+            },
             // The end of a frame the fan-out started: first, as it is.
             Output::Raw(b) => conn.push_raw(b),
         }
@@ -190,10 +226,10 @@ async fn write_all(conn: &mut Conn<Io>, out: &mut Vec<Output>, limit: Duration) 
 
 struct WsSession {
     gw: Arc<Context>,
-    config: Arc<TransportConfig>,
+    shared: Arc<Shared>,
     session: Session,
-    /// A fragmented message being assembled.
-    partial: Option<(OpCode, BytesMut)>,
+    /// A fragmented message being assembled (whether it is compressed).
+    partial: Option<(OpCode, bool, BytesMut)>,
     /// Frames to write (reused).
     out: Vec<Output>,
 }
@@ -223,7 +259,7 @@ impl WsSession {
     /// The connection's loop; returns why it ended.
     async fn serve(&mut self, conn: &mut Conn<Io>) -> CloseReason {
         let gw = self.gw.clone();
-        let cfg = self.config.clone();
+        let cfg = self.shared.config.clone();
         let limit = cfg.write_timeout;
         let conn_id = self.session.id();
         let batch = Batch {
@@ -312,7 +348,7 @@ impl WsSession {
             // Whatever the session produced goes out first, in one flush.
             if !self.out.is_empty() {
                 let n = self.out.len() as u64;
-                if !write_all(conn, &mut self.out, limit).await {
+                if !write_all(conn, &mut self.out, limit, self.shared.deflate.as_ref()).await {
                     // The peer stopped reading: a slow consumer.
                     return CloseReason::SlowConsumer;
                 }
@@ -352,14 +388,16 @@ impl WsSession {
 
     /// One client frame: control frames, fragments, whole messages.
     async fn on_frame(&mut self, frame: Frame) -> Step {
-        let max = self.config.max_message_size;
-        let invalid_utf8 = Step::Close(
-            close::INVALID_PAYLOAD,
-            "invalid UTF-8".into(),
-            CloseReason::Protocol,
-        );
+        let max = self.shared.config.max_message_size;
         match frame.opcode {
             OpCode::Text | OpCode::Binary => {
+                if frame.compressed && self.shared.deflate.is_none() {
+                    return Step::Close(
+                        close::PROTOCOL_ERROR,
+                        "reserved bits set".into(),
+                        CloseReason::Protocol,
+                    );
+                }
                 if self.partial.is_some() {
                     return Step::Close(
                         close::PROTOCOL_ERROR,
@@ -373,16 +411,18 @@ impl WsSession {
                     if let Err(Some(end)) = self.session.take_token() {
                         return end.into();
                     }
-                    self.partial = Some((frame.opcode, BytesMut::from(&frame.payload[..])));
+                    self.partial = Some((
+                        frame.opcode,
+                        frame.compressed,
+                        BytesMut::from(&frame.payload[..]),
+                    ));
                     return Step::Write;
                 }
-                if frame.opcode == OpCode::Text && std::str::from_utf8(&frame.payload).is_err() {
-                    return invalid_utf8;
-                }
-                self.message(frame.opcode, &frame.payload).await
+                self.whole(frame.opcode, frame.compressed, &frame.payload)
+                    .await
             }
             OpCode::Continuation => {
-                let Some((_, buf)) = self.partial.as_mut() else {
+                let Some((_, _, buf)) = self.partial.as_mut() else {
                     return Step::Close(
                         close::PROTOCOL_ERROR,
                         "continuation frame without a message".into(),
@@ -405,13 +445,10 @@ impl WsSession {
                     }
                     return Step::Write;
                 }
-                let Some((opcode, buf)) = self.partial.take() else {
+                let Some((opcode, compressed, buf)) = self.partial.take() else {
                     return Step::Write;
                 };
-                if opcode == OpCode::Text && std::str::from_utf8(&buf).is_err() {
-                    return invalid_utf8;
-                }
-                self.message(opcode, &buf).await
+                self.whole(opcode, compressed, &buf).await
             }
             OpCode::Close => match check_close(&frame.payload) {
                 Ok(()) => Step::CloseEcho(frame.payload),
@@ -432,6 +469,48 @@ impl WsSession {
                 _ => Step::PongSeen,
             },
         }
+    }
+
+    /// One whole client message, inflated if compressed and checked, to
+    /// the session.
+    async fn whole(&mut self, opcode: OpCode, compressed: bool, payload: &[u8]) -> Step {
+        let inflated;
+        let payload = if compressed {
+            let max = self.shared.config.max_message_size;
+            match deflate::inflate(payload, max) {
+                Ok(bytes) => {
+                    if let Some(deflate) = &self.shared.deflate {
+                        deflate.stats.inflated();
+                    }
+                    inflated = bytes;
+                    &inflated[..]
+                }
+                Err(InflateError::TooBig) => {
+                    return Step::Close(
+                        close::MESSAGE_TOO_BIG,
+                        "message too big".into(),
+                        CloseReason::TooBig,
+                    )
+                }
+                Err(InflateError::Invalid) => {
+                    return Step::Close(
+                        close::INVALID_PAYLOAD,
+                        "invalid compressed data".into(),
+                        CloseReason::Protocol,
+                    )
+                }
+            }
+        } else {
+            payload
+        };
+        if opcode == OpCode::Text && std::str::from_utf8(payload).is_err() {
+            return Step::Close(
+                close::INVALID_PAYLOAD,
+                "invalid UTF-8".into(),
+                CloseReason::Protocol,
+            );
+        }
+        self.message(opcode, payload).await
     }
 
     /// One whole client message, to the session.
