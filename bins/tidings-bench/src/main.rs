@@ -942,7 +942,7 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
     // The scenario's own phase.
     let mut publisher = match (kind, &cluster) {
         (Kind::PerUser | Kind::Broadcast, Some(map)) => {
-            Some(publish::Publisher::connect_cluster(map.clone(), common.sharded).await?)
+            Some(publish::Publisher::connect_cluster(map, common.sharded, users).await?)
         }
         (Kind::PerUser | Kind::Broadcast, None) => Some(
             publish::Publisher::connect(redis_url.as_deref().unwrap_or_default(), common.sharded)

@@ -47,8 +47,9 @@ pub(crate) enum Target {
 /// Redis Cluster, each message going to its channel's slot owner.
 pub(crate) struct Publisher {
     writers: Vec<OwnedWriteHalf>,
-    /// On a cluster: which writer (master) owns each channel's slot.
-    cluster: Option<crate::resp::ClusterMap>,
+    /// On a cluster: for each user id, the writer (master) owning the slot
+    /// of that user's channel (at 0: `/app/broadcast`'s).
+    routes: Option<Vec<u8>>,
     /// `PUBLISH`, or `SPUBLISH` for sharded channels.
     verb: &'static [u8],
     pub(crate) replies: Arc<Replies>,
@@ -100,30 +101,39 @@ impl Publisher {
         let writer = Self::open(&hostport, &auth, &replies).await?;
         Ok(Self {
             writers: vec![writer],
-            cluster: None,
+            routes: None,
             verb: if sharded { b"SPUBLISH" } else { b"PUBLISH" },
             replies,
             sent: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    /// Publishes on the Redis Cluster `map` describes: one connection per
-    /// master, each message sent to the master owning its channel's slot,
-    /// as a cluster client routes it (`SPUBLISH` must go there; a classic
-    /// `PUBLISH` may go to any node, and routing it the same way spreads
-    /// the publishing evenly over the masters).
+    /// Publishes on the Redis Cluster `map` describes, to users `1..=users`
+    /// or everyone: one connection per master, each message sent to the
+    /// master owning its channel's slot, as a cluster client routes it
+    /// (`SPUBLISH` must go there; a classic `PUBLISH` may go to any node,
+    /// and routing it the same way spreads the publishing evenly over the
+    /// masters).
     pub(crate) async fn connect_cluster(
-        map: crate::resp::ClusterMap,
+        map: &crate::resp::ClusterMap,
         sharded: bool,
+        users: u64,
     ) -> Result<Self, String> {
         let replies = Arc::new(Replies::default());
         let mut writers = Vec::new();
         for m in &map.masters {
             writers.push(Self::open(m, &map.auth, &replies).await?);
         }
+        let channels: Vec<Vec<u8>> = (0..=users)
+            .map(|u| {
+                let mut c = Vec::new();
+                channel_of(u, &mut c);
+                c
+            })
+            .collect();
         Ok(Self {
             writers,
-            cluster: Some(map),
+            routes: Some(map.masters_of(&channels).await?),
             verb: if sharded { b"SPUBLISH" } else { b"PUBLISH" },
             replies,
             sent: Arc::new(AtomicU64::new(0)),
@@ -197,23 +207,20 @@ impl Publisher {
                     let (user, expected) = match *target {
                         Target::PerUser { users } => {
                             let u = rng.below(users) + 1;
-                            channel.clear();
-                            let _ = write!(channel, "/app/user/{u}/notifications");
                             (u, u64::from(shared.sockets_of(u)))
                         }
-                        Target::Broadcast => {
-                            channel.clear();
-                            channel.extend_from_slice(b"/app/broadcast");
-                            (0, shared.live())
-                        }
+                        Target::Broadcast => (0, shared.live()),
                     };
+                    channel_of(user, &mut channel);
                     shared.expected[s].store(
                         u32::try_from(expected).unwrap_or(u32::MAX),
                         Ordering::Relaxed,
                     );
                     payload.clear();
                     let _ = write!(payload, "{{\"t\":{},\"s\":{s},\"u\":{user}}}", now_ns());
-                    let to = self.cluster.as_ref().map_or(0, |m| m.master_of(&channel));
+                    let to = self.routes.as_ref().map_or(0, |r| {
+                        usize::from(r.get(user as usize).copied().unwrap_or(0))
+                    });
                     command(&mut outs[to], &[self.verb, &channel, &payload]);
                 }
                 for (write, out) in self.writers.iter_mut().zip(&outs) {
@@ -233,6 +240,17 @@ impl Publisher {
             }
         }
         Ok(seq)
+    }
+}
+
+/// The channel of user `user` (`/app/user/<user>/notifications`), or
+/// `/app/broadcast` for 0, into `out`.
+fn channel_of(user: u64, out: &mut Vec<u8>) {
+    out.clear();
+    if user == 0 {
+        out.extend_from_slice(b"/app/broadcast");
+    } else {
+        let _ = write!(out, "/app/user/{user}/notifications");
     }
 }
 

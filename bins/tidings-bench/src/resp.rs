@@ -1,6 +1,7 @@
 //! A minimal RESP2 request/reply connection, for the few commands the bench
-//! sends outside its publishing pipeline: `AUTH`, `CLUSTER SLOTS` (the slot
-//! map of a Redis Cluster) and `INFO cpu` (a node's CPU time).
+//! sends outside its publishing pipeline: `AUTH`, `CLUSTER SLOTS` and
+//! `CLUSTER KEYSLOT` (where a Redis Cluster's channels live) and `INFO cpu`
+//! (a node's CPU time).
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -123,6 +124,27 @@ impl Conn {
             .write_all(&out)
             .await
             .map_err(|e| format!("writing to Redis at {}: {e}", self.addr))?;
+        self.read_reply().await
+    }
+
+    /// Sends `commands` at once and reads their replies, in order.
+    pub(crate) async fn pipeline(&mut self, commands: &[Vec<&[u8]>]) -> Result<Vec<Reply>, String> {
+        let mut out = Vec::new();
+        for args in commands {
+            command(&mut out, args);
+        }
+        self.stream
+            .write_all(&out)
+            .await
+            .map_err(|e| format!("writing to Redis at {}: {e}", self.addr))?;
+        let mut replies = Vec::with_capacity(commands.len());
+        while replies.len() < commands.len() {
+            replies.push(self.read_reply().await?);
+        }
+        Ok(replies)
+    }
+
+    async fn read_reply(&mut self) -> Result<Reply, String> {
         loop {
             if let Some((reply, used)) = parse(&self.buf) {
                 self.buf.drain(..used);
@@ -266,10 +288,27 @@ impl ClusterMap {
         Some(map)
     }
 
-    /// The index in `masters` of the master owning `channel`'s slot.
-    pub(crate) fn master_of(&self, channel: &[u8]) -> usize {
-        let slot = tidings_bridge::cluster::slot_of(&String::from_utf8_lossy(channel));
-        usize::from(self.slot_master[usize::from(slot) % 16_384])
+    /// For each of `channels`, the index in `masters` of the master owning
+    /// its slot, as the cluster computes it (`CLUSTER KEYSLOT`, pipelined;
+    /// hash tags included).
+    pub(crate) async fn masters_of(&self, channels: &[Vec<u8>]) -> Result<Vec<u8>, String> {
+        let mut conn = Conn::connect(&self.masters[0], &self.auth).await?;
+        let mut out = Vec::with_capacity(channels.len());
+        for chunk in channels.chunks(1000) {
+            let commands: Vec<Vec<&[u8]>> = chunk
+                .iter()
+                .map(|c| vec![&b"CLUSTER"[..], b"KEYSLOT", c])
+                .collect();
+            for reply in conn.pipeline(&commands).await? {
+                let slot = reply
+                    .int()
+                    .and_then(|s| usize::try_from(s).ok())
+                    .filter(|s| *s < 16_384)
+                    .ok_or_else(|| format!("CLUSTER KEYSLOT: {reply:?}"))?;
+                out.push(self.slot_master[slot]);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -322,9 +361,6 @@ mod tests {
             ["127.0.0.1:7000", "10.0.0.1:7003", "127.0.0.1:7001"]
         );
         assert_eq!((map.slot_master[0], map.slot_master[16_383]), (0, 1));
-        // "foo" hashes to slot 12182 (CLUSTER KEYSLOT foo).
-        assert_eq!(map.master_of(b"foo"), 1);
-        assert_eq!(map.master_of(b"{foo}/x"), 1);
         // A map with a hole is refused.
         let (partial, _) = parse(b"*1\r\n*3\r\n:0\r\n:100\r\n*2\r\n$1\r\nh\r\n:1\r\n").unwrap();
         assert!(ClusterMap::from_slots(&partial, "h", Vec::new()).is_none());
