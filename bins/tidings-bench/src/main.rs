@@ -16,6 +16,9 @@
 //! tidings-bench idle          -n 10000 --wire sse --launch target/release/tidings
 //! tidings-bench broadcast     -n 10000 --wire socketio --launch target/release/tidings
 //! tidings-bench broadcast     -n 10000 --wire socketio --socketio-baseline bins/tidings-bench/socketio-baseline
+//! tidings-bench per-user      -n 2000 --rate 10000 -d 20 --gateways 3 --sharded \
+//!                             --redis-cluster 127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002 \
+//!                             --baseline-secs 3 --launch target/release/tidings
 //! ```
 //!
 //! See docs/benchmarks.md, "End-to-end load (tidings-bench)".
@@ -44,6 +47,7 @@ mod client;
 mod procs;
 mod publish;
 mod recovery;
+mod resp;
 mod soak;
 mod stats;
 mod whoami;
@@ -160,6 +164,11 @@ struct Common {
     /// to the built-in whoami backend, Redis, high connection limits).
     #[arg(long, value_name = "TIDINGS_BINARY", conflicts_with = "gateway_url")]
     launch: Option<PathBuf>,
+    /// With --launch: start this many gateway processes (each on its own
+    /// port, all on the same Redis); clients are spread over them
+    /// round-robin.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    gateways: usize,
     /// How clients talk to the gateway: its WebSocket protocol (`/ws`),
     /// Server-Sent Events (`/sse`), Socket.IO over WebSocket, or Socket.IO
     /// over long-polling (with --launch, Socket.IO is turned on).
@@ -178,17 +187,37 @@ struct Common {
     /// The WebSocket URL of a gateway started by you (with
     /// `TIDINGS_IDENTITY__RESOLVERS='["cookie_proxy"]'`,
     /// `TIDINGS_IDENTITY__COOKIE_PROXY__URL=<the whoami URL, see --whoami-listen>`,
-    /// `TIDINGS_IDENTITY__ANONYMOUS=refuse`).
+    /// `TIDINGS_IDENTITY__ANONYMOUS=refuse`). Repeat it for several
+    /// gateways: clients are spread over them round-robin.
     #[arg(long, value_name = "WS_URL")]
-    gateway_url: Option<String>,
-    /// The process id of that gateway, to read its RSS and CPU.
+    gateway_url: Vec<String>,
+    /// The process id of that gateway, to read its RSS and CPU (repeat it
+    /// in the order of the --gateway-url's).
     #[arg(long, value_name = "PID")]
-    gateway_pid: Option<u32>,
+    gateway_pid: Vec<u32>,
     /// Redis to publish through (and, with --launch, the gateway's
     /// `TIDINGS_REDIS_URL`). With --launch and none given, the bench
     /// starts a private `redis-server` on a free port.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "redis_cluster")]
     redis_url: Option<String>,
+    /// A Redis Cluster to publish through instead (`host:port` or
+    /// `redis://` seed nodes, comma-separated): each message goes to the
+    /// master owning its channel's slot, and every node's CPU is read with
+    /// `INFO cpu`. With --launch, the gateways run with
+    /// `redis.mode = "cluster"` on these nodes.
+    #[arg(long, value_name = "NODES", value_delimiter = ',')]
+    redis_cluster: Vec<String>,
+    /// The user channels (`/app/user/{user}/notifications`) are sharded:
+    /// with --launch the gateways' routing rule says `sharded = true`
+    /// (SSUBSCRIBE), and the bench publishes with `SPUBLISH`.
+    #[arg(long)]
+    sharded: bool,
+    /// Before publishing, hold this many seconds with every socket open,
+    /// measuring Redis's and the gateways' CPU at rest (topology checks,
+    /// pings, cluster bus): reported, and subtracted in the per-message
+    /// figures.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    baseline_secs: f64,
     /// With --launch: the cookie proxy's answer cache (off sets
     /// `TIDINGS_IDENTITY__COOKIE_PROXY__CACHE_TTL_SECS=0`).
     #[arg(long, value_enum, default_value_t = Cache::On)]
@@ -276,6 +305,12 @@ impl Kind {
 async fn run_recovery(common: Common, args: RecoveryArgs) -> Result<bool, String> {
     if common.wire != wire::Wire::Websocket || common.socketio_baseline.is_some() {
         return Err("recovery drives the gateway's WebSockets only (--wire websocket)".to_owned());
+    }
+    if common.gateways != 1 || !common.redis_cluster.is_empty() || common.sharded {
+        return Err(
+            "recovery drives one gateway on one Redis server (no --gateways, --redis-cluster or --sharded)"
+                .to_owned(),
+        );
     }
     let bin = common
         .launch
@@ -429,6 +464,42 @@ async fn target_of(url: &str) -> Result<SocketAddr, String> {
     found.ok_or_else(|| format!("{hostport} has no IPv4 address"))
 }
 
+/// What Redis and the gateways cost at rest (`--baseline-secs`).
+struct Baseline {
+    wall: f64,
+    /// Per Redis node, cores.
+    redis_cores: Vec<Option<f64>>,
+    /// Per gateway, cores.
+    gateway_cores: Vec<Option<f64>>,
+}
+
+/// Each gateway's `/proc` sample (`None`: no pid, or gone).
+fn read_all(pids: &[Option<u32>]) -> Vec<Option<ProcSample>> {
+    pids.iter()
+        .map(|p| p.and_then(|p| ProcSample::read(Some(p))))
+        .collect()
+}
+
+/// Per node: CPU seconds between two `INFO cpu` samples, divided by `wall`
+/// seconds (cores).
+fn cores_each(before: &[Option<f64>], after: &[Option<f64>], wall: f64) -> Vec<Option<f64>> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| match (b, a) {
+            (Some(b), Some(a)) if wall > 0.0 => Some((a - b).max(0.0) / wall),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Cores per 10,000 msg/s: `cores` busy over `wall` seconds, less the
+/// `idle` cores at rest, for `messages` published.
+fn per_10k(cores: Option<f64>, idle: Option<f64>, wall: f64, messages: usize) -> Option<f64> {
+    let cores = cores?;
+    (messages > 0).then(|| (cores - idle.unwrap_or(0.0)).max(0.0) * wall / messages as f64 * 1e4)
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -516,26 +587,62 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
         );
     }
     let launches = common.launch.is_some() || common.socketio_baseline.is_some();
-    let redis_url = match (&common.redis_url, launches) {
-        (Some(u), _) => Some(u.clone()),
-        (None, true) => {
+    if common.gateways == 0 {
+        return Err("--gateways must be at least 1".to_owned());
+    }
+    if common.gateways > 1 && common.launch.is_none() {
+        return Err(
+            "--gateways N starts N gateways: give --launch (or repeat --gateway-url)".to_owned(),
+        );
+    }
+    if !common.gateway_pid.is_empty() && common.gateway_pid.len() != common.gateway_url.len() {
+        return Err("give one --gateway-pid per --gateway-url, in the same order".to_owned());
+    }
+    let cluster = if common.redis_cluster.is_empty() {
+        None
+    } else {
+        if common.socketio_baseline.is_some() {
+            return Err(
+                "--redis-cluster drives tidings gateways, not the Socket.IO baseline".to_owned(),
+            );
+        }
+        let map = resp::ClusterMap::read(&common.redis_cluster).await?;
+        eprintln!(
+            "redis cluster: masters {}; nodes {}",
+            map.masters.join(" "),
+            map.nodes.join(" ")
+        );
+        Some(map)
+    };
+    let redis_url = match (&common.redis_url, &cluster, launches) {
+        (Some(u), _, _) => Some(u.clone()),
+        (None, Some(_), _) => {
+            let (first, _) = resp::node_address(&common.redis_cluster[0])?;
+            Some(if common.redis_cluster[0].starts_with("redis://") {
+                common.redis_cluster[0].clone()
+            } else {
+                format!("redis://{first}")
+            })
+        }
+        (None, None, true) => {
             let r = procs::PrivateRedis::start().await?;
             let url = r.url();
             eprintln!("private redis-server: {url}");
             private_redis = Some(r);
             Some(url)
         }
-        (None, false) => None,
+        (None, None, false) => None,
     };
-    let mut launched = None;
     let launch = common.launch.clone().or_else(|| {
         common
             .socketio_baseline
             .as_ref()
             .map(|_| PathBuf::from("node"))
     });
-    let (ws_url, pid) = match (&launch, &common.gateway_url) {
-        (Some(bin), _) => {
+    // (WebSocket URL, pid, the process if launched here) per gateway.
+    let mut gateways: Vec<(String, Option<u32>, Option<procs::LaunchedGateway>)> = Vec::new();
+    match &launch {
+        Some(bin) => {
             let mut env: Vec<(String, String)> = vec![
                 (
                     "TIDINGS_IDENTITY__RESOLVERS".into(),
@@ -556,6 +663,30 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
             if let Some(u) = &redis_url {
                 env.push(("TIDINGS_REDIS_URL".into(), u.clone()));
             }
+            if cluster.is_some() {
+                env.push(("TIDINGS_REDIS__MODE".into(), "cluster".into()));
+                let seeds: Vec<String> = common
+                    .redis_cluster
+                    .iter()
+                    .skip(1)
+                    .map(|n| resp::node_address(n).map(|(hp, _)| format!("{hp:?}")))
+                    .collect::<Result<_, _>>()?;
+                env.push((
+                    "TIDINGS_REDIS__NODES".into(),
+                    format!("[{}]", seeds.join(",")),
+                ));
+            }
+            if common.sharded {
+                // The default rules, with the user channels sharded.
+                env.push((
+                    "TIDINGS_ROUTING__RULES".into(),
+                    concat!(
+                        "[{ channel = \"/app/broadcast\", join = true, subscribe = true, anonymous = true },",
+                        " { channel = \"/app/user/{user}/notifications\", join = true, subscribe = true, sharded = true }]"
+                    )
+                    .into(),
+                ));
+            }
             if common.cache == Cache::Off {
                 env.push((
                     "TIDINGS_IDENTITY__COOKIE_PROXY__CACHE_TTL_SECS".into(),
@@ -571,30 +702,47 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
             if common.wire.is_socketio() {
                 env.push(("TIDINGS_SOCKETIO__ENABLED".into(), "true".into()));
             }
-            let gw = match &common.socketio_baseline {
-                Some(dir) => {
-                    let script = dir.join("server.js");
-                    procs::LaunchedGateway::start_with(bin, &[script.as_os_str()], &env).await?
-                }
-                None => procs::LaunchedGateway::start(bin, &env).await?,
-            };
-            eprintln!("gateway: pid {} on {}", gw.pid, gw.addr);
-            let url = common.wire.url(gw.addr);
-            let pid = gw.pid;
-            launched = Some(gw);
-            (url, Some(pid))
+            for _ in 0..common.gateways {
+                let gw = match &common.socketio_baseline {
+                    Some(dir) => {
+                        let script = dir.join("server.js");
+                        procs::LaunchedGateway::start_with(bin, &[script.as_os_str()], &env).await?
+                    }
+                    None => procs::LaunchedGateway::start(bin, &env).await?,
+                };
+                eprintln!("gateway: pid {} on {}", gw.pid, gw.addr);
+                gateways.push((common.wire.url(gw.addr), Some(gw.pid), Some(gw)));
+            }
         }
-        (None, Some(url)) => (url.clone(), common.gateway_pid),
-        (None, None) => {
+        None if !common.gateway_url.is_empty() => {
+            for (i, url) in common.gateway_url.iter().enumerate() {
+                gateways.push((url.clone(), common.gateway_pid.get(i).copied(), None));
+            }
+        }
+        None => {
             return Err(
                 "give --launch <tidings binary>, --socketio-baseline <dir> or --gateway-url"
                     .to_owned(),
             )
         }
-    };
-    let target = target_of(&ws_url).await?;
-    wait_ready(target).await?;
+    }
+    let mut targets = Vec::new();
+    for (url, _, _) in &gateways {
+        let target = target_of(url).await?;
+        wait_ready(target).await?;
+        targets.push(target);
+    }
+    let gw_pids: Vec<Option<u32>> = gateways.iter().map(|g| g.1).collect();
+    // The first gateway, for what drives only one (soak) and the report's
+    // single-gateway fields.
+    let ws_url = gateways[0].0.clone();
+    let pid = gateways[0].1;
+    let target = targets[0];
     if let Some((fault_every, faults, probe_deadline, max_life)) = soak_args {
+        if gateways.len() > 1 || cluster.is_some() {
+            return Err("soak drives one gateway on one Redis server".to_owned());
+        }
+        let mut launched = gateways.pop().and_then(|g| g.2);
         let faults = faults
             .iter()
             .map(|f| {
@@ -698,14 +846,25 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
         shared.clone(),
         sent.clone(),
         phase.clone(),
-        pid,
+        gw_pids.clone(),
         peak_rss.clone(),
         hz,
     ));
 
+    // Redis's CPU time, from `INFO cpu` on every node.
+    let mut redis_cpu = match (&cluster, &redis_url) {
+        (Some(map), _) => Some(resp::RedisCpu::connect(&map.nodes, &map.auth).await?),
+        (None, Some(url)) => {
+            let (hostport, auth) = publish::parse_url(url)?;
+            Some(resp::RedisCpu::connect(&[hostport], &auth).await?)
+        }
+        (None, None) => None,
+    };
+
     // Settle, then the baseline.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let gw_before = pid.and_then(|p| ProcSample::read(Some(p)));
+    let gw_before_each = read_all(&gw_pids);
+    let gw_before = stats::total(&gw_before_each);
 
     // Connect N clients.
     let sources: Vec<Option<IpAddr>> = if target.ip().is_loopback() && common.source_ips > 0 {
@@ -715,11 +874,10 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
     } else {
         vec![None]
     };
-    let url: Arc<str> = Arc::from(ws_url.as_str());
+    let urls: Vec<Arc<str>> = gateways.iter().map(|g| Arc::from(g.0.as_str())).collect();
     let permits = Arc::new(Semaphore::new(common.concurrency.max(1)));
     let mut clients = JoinSet::new();
     let redis_pid = private_redis.as_ref().and_then(procs::PrivateRedis::pid);
-    let redis_sample = || redis_pid.and_then(|p| ProcSample::read(Some(p)));
     let bench_connect_before = ProcSample::read(None);
     let machine_connect_before = stats::machine_cpu();
     let connect_start = Instant::now();
@@ -729,8 +887,8 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
                 index: i,
                 user: (i / k) as u64 + 1,
                 source: sources[i % sources.len()],
-                target,
-                url: url.clone(),
+                target: targets[i % targets.len()],
+                url: urls[i % urls.len()].clone(),
                 wire: common.wire,
             },
             shared.clone(),
@@ -745,15 +903,58 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let connect_wall = connect_start.elapsed();
-    let gw_connected = pid.and_then(|p| ProcSample::read(Some(p)));
+    let gw_connected_each = read_all(&gw_pids);
+    let gw_connected = stats::total(&gw_connected_each);
     let bench_connected = ProcSample::read(None);
     let machine_connected = stats::machine_cpu();
     let whoami_after_connect = whoami.requests();
     let opened = shared.opened.load(Ordering::Relaxed);
 
+    // At rest with every socket open: what Redis and the gateways cost
+    // without messages.
+    let mut baseline = None;
+    if common.baseline_secs > 0.0 {
+        *phase.lock() = "baseline";
+        let redis0 = match redis_cpu.as_mut() {
+            Some(r) => r.sample().await,
+            None => Vec::new(),
+        };
+        let gw0 = read_all(&gw_pids);
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs_f64(common.baseline_secs)).await;
+        let redis1 = match redis_cpu.as_mut() {
+            Some(r) => r.sample().await,
+            None => Vec::new(),
+        };
+        let gw1 = read_all(&gw_pids);
+        let wall = start.elapsed().as_secs_f64();
+        baseline = Some(Baseline {
+            wall,
+            redis_cores: cores_each(&redis0, &redis1, wall),
+            gateway_cores: gw0
+                .iter()
+                .zip(&gw1)
+                .map(|(a, b)| cpu_percent(*a, *b, start.elapsed(), hz).map(|p| p / 100.0))
+                .collect(),
+        });
+    }
+
     // The scenario's own phase.
+    let mut publisher = match (kind, &cluster) {
+        (Kind::PerUser | Kind::Broadcast, Some(map)) => {
+            Some(publish::Publisher::connect_cluster(map, common.sharded, users).await?)
+        }
+        (Kind::PerUser | Kind::Broadcast, None) => Some(
+            publish::Publisher::connect(redis_url.as_deref().unwrap_or_default(), common.sharded)
+                .await?,
+        ),
+        _ => None,
+    };
     let bench_before = ProcSample::read(None);
-    let redis_before = redis_sample();
+    let redis_before = match redis_cpu.as_mut() {
+        Some(r) => r.sample().await,
+        None => Vec::new(),
+    };
     let main_start = Instant::now();
     let mut published = 0usize;
     let mut drain_wall = Duration::ZERO;
@@ -765,8 +966,9 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
         }
         Kind::PerUser | Kind::Broadcast => {
             *phase.lock() = "publish";
-            let mut publisher =
-                publish::Publisher::connect(redis_url.as_deref().unwrap_or_default()).await?;
+            let publisher = publisher
+                .as_mut()
+                .ok_or("no publisher for a publishing scenario")?;
             publisher.sent = sent.clone();
             let target = if kind == Kind::PerUser {
                 publish::Target::PerUser { users }
@@ -789,20 +991,34 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
         }
     }
     let main_wall = main_start.elapsed();
-    let gw_after = pid.and_then(|p| ProcSample::read(Some(p)));
+    let gw_after_each = read_all(&gw_pids);
+    let gw_after = stats::total(&gw_after_each);
     let bench_after = ProcSample::read(None);
-    let redis_after = redis_sample();
+    let redis_after = match redis_cpu.as_mut() {
+        Some(r) => r.sample().await,
+        None => Vec::new(),
+    };
     let machine_after = stats::machine_cpu();
     progress.abort();
     clients.abort_all();
+    drop(publisher);
 
-    let gateway_alive = match launched.as_mut() {
-        Some(g) => g.running(),
-        None => gw_after.is_some() || pid.is_none(),
-    };
-    let gateway_tail = launched.as_ref().map(procs::LaunchedGateway::tail);
-    if let Some(g) = launched {
-        g.stop().await;
+    let mut gateway_alive = true;
+    let mut gateway_tail = None;
+    for (i, (_, gw_pid, launched)) in gateways.iter_mut().enumerate() {
+        let alive = match launched.as_mut() {
+            Some(g) => g.running(),
+            None => gw_after_each[i].is_some() || gw_pid.is_none(),
+        };
+        if !alive {
+            gateway_alive = false;
+            gateway_tail = launched.as_ref().map(procs::LaunchedGateway::tail);
+        }
+    }
+    for (_, _, launched) in gateways.drain(..) {
+        if let Some(g) = launched {
+            g.stop().await;
+        }
     }
     drop(private_redis);
 
@@ -835,7 +1051,70 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
     let gw_cpu_connect = cpu_percent(gw_before, gw_connected, connect_wall, hz);
     let gw_cpu_main = cpu_percent(gw_connected, gw_after, main_wall, hz);
     let bench_cpu_main = cpu_percent(bench_before, bench_after, main_wall, hz);
-    let redis_cpu_main = cpu_percent(redis_before, redis_after, main_wall, hz);
+    let wall = main_wall.as_secs_f64();
+    let redis_nodes = redis_cpu
+        .as_ref()
+        .map(resp::RedisCpu::nodes)
+        .unwrap_or_default();
+    let redis_cores = cores_each(&redis_before, &redis_after, wall);
+    let redis_cpu_main = (!redis_cores.is_empty() && redis_cores.iter().all(Option::is_some))
+        .then(|| redis_cores.iter().flatten().sum::<f64>() * 100.0);
+    let redis_idle = baseline.as_ref().map(|b| &b.redis_cores);
+    let idle_of =
+        |v: Option<&Vec<Option<f64>>>, i: usize| v.and_then(|v| v.get(i).copied().flatten());
+    let redis_per_10k_each: Vec<Option<f64>> = redis_cores
+        .iter()
+        .enumerate()
+        .map(|(i, c)| per_10k(*c, idle_of(redis_idle, i), wall, published))
+        .collect();
+    let redis_per_10k = (!redis_per_10k_each.is_empty()
+        && redis_per_10k_each.iter().all(Option::is_some))
+    .then(|| redis_per_10k_each.iter().flatten().sum::<f64>());
+    let gw_idle = baseline.as_ref().map(|b| &b.gateway_cores);
+    let gw_cores_each: Vec<Option<f64>> = gw_connected_each
+        .iter()
+        .zip(&gw_after_each)
+        .map(|(a, b)| cpu_percent(*a, *b, main_wall, hz).map(|p| p / 100.0))
+        .collect();
+    let gw_idle_total = gw_idle.map(|v| v.iter().flatten().sum::<f64>());
+    let gw_per_10k = per_10k(
+        gw_cpu_main.map(|p| p / 100.0),
+        gw_idle_total,
+        wall,
+        published,
+    );
+    // Gateway CPU per delivered frame, at rest subtracted, in µs.
+    let gw_us_per_delivery = gw_cpu_main.and_then(|p| {
+        (received > 0).then(|| {
+            (p / 100.0 - gw_idle_total.unwrap_or(0.0)).max(0.0) * wall / received as f64 * 1e6
+        })
+    });
+    let per_gateway: Vec<Value> = gw_pids
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            json!({
+                "url": urls[i].as_ref(),
+                "pid": p,
+                "rss_kib_after": rss(gw_after_each[i]),
+                "cpu_percent_connect": cpu_percent(gw_before_each[i], gw_connected_each[i], connect_wall, hz),
+                "cpu_percent_main": gw_cores_each[i].map(|c| c * 100.0),
+                "baseline_cores": idle_of(gw_idle, i),
+            })
+        })
+        .collect();
+    let per_node: Vec<Value> = redis_nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            json!({
+                "node": node,
+                "cpu_percent_main": redis_cores[i].map(|c| c * 100.0),
+                "baseline_cores": idle_of(redis_idle, i),
+                "cores_per_10k_msg_per_sec": redis_per_10k_each[i],
+            })
+        })
+        .collect();
     let bench_cpu_connect = cpu_percent(bench_connect_before, bench_connected, connect_wall, hz);
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let machine_connect = stats::machine_busy_percent(machine_connect_before, machine_connected);
@@ -891,6 +1170,10 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
                 (true, Cache::Off) => "off",
             },
             "gateway_url": ws_url,
+            "gateways": gw_pids.len(),
+            "redis_cluster": cluster.as_ref().map(|m| m.masters.clone()),
+            "sharded": common.sharded,
+            "baseline_secs": baseline.as_ref().map(|b| b.wall),
             "wire": common.wire.name(),
             "server": if common.socketio_baseline.is_some() { "socket.io (node)" } else { "tidings" },
         },
@@ -934,11 +1217,17 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
             "threads": gw_after.map(|s| s.threads),
             "cpu_percent_connect": gw_cpu_connect,
             "cpu_percent_main": gw_cpu_main,
+            "baseline_cores": gw_idle_total,
+            "cores_per_10k_msg_per_sec": gw_per_10k,
+            "cpu_us_per_delivery": gw_us_per_delivery,
             "main_phase_secs": main_wall.as_secs_f64(),
         },
+        "gateways": per_gateway,
         "redis": {
             "private": redis_pid.is_some(),
             "cpu_percent_main": redis_cpu_main,
+            "cores_per_10k_msg_per_sec": redis_per_10k,
+            "nodes": per_node,
         },
         "machine": {
             "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -1036,13 +1325,58 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
         fmt_opt(bench_cpu_main, "%"),
         if rate > 0.0 { "publish" } else { "hold" },
     );
-    if redis_pid.is_some() {
+    if gw_pids.len() > 1 {
+        let each: Vec<String> = gw_cores_each
+            .iter()
+            .map(|c| fmt_opt(c.map(|c| c * 100.0), "%"))
+            .collect();
         println!(
-            "  {:<14}{} of one core during the {} phase",
+            "  {:<14}{} during the {} phase",
+            "  each",
+            each.join(", "),
+            if rate > 0.0 { "publish" } else { "hold" }
+        );
+    }
+    if published > 0 {
+        let f3 = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.4}"));
+        println!(
+            "  {:<14}{} cores per 10,000 msg/s, {} µs per delivery{}",
+            "  per message",
+            f3(gw_per_10k),
+            fmt_opt(gw_us_per_delivery, ""),
+            gw_idle_total.map_or(String::new(), |i| format!(
+                " (at rest {i:.4} cores, subtracted)"
+            )),
+        );
+    }
+    if !redis_nodes.is_empty() {
+        println!(
+            "  {:<14}{} of one core during the {} phase ({} node{})",
             "redis cpu",
             fmt_opt(redis_cpu_main, "%"),
             if rate > 0.0 { "publish" } else { "hold" },
+            redis_nodes.len(),
+            if redis_nodes.len() == 1 { "" } else { "s" },
         );
+        if published > 0 {
+            let f3 = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.4}"));
+            let each: Vec<String> = redis_nodes
+                .iter()
+                .zip(&redis_per_10k_each)
+                .map(|(n, c)| format!("{n} {}", f3(*c)))
+                .collect();
+            println!(
+                "  {:<14}{} cores per 10,000 msg/s{}: {}",
+                "  per message",
+                f3(redis_per_10k),
+                if baseline.is_some() {
+                    " (at rest subtracted)"
+                } else {
+                    ""
+                },
+                each.join(", "),
+            );
+        }
     }
     println!(
         "  {:<14}{} of all cores busy while connecting, {} during the {} phase; other processes took {} and {} (load average at start {})",
@@ -1085,7 +1419,7 @@ async fn progress(
     shared: Arc<Shared>,
     sent: Arc<AtomicU64>,
     phase: Arc<parking_lot::Mutex<&'static str>>,
-    pid: Option<u32>,
+    pids: Vec<Option<u32>>,
     peak_rss: Arc<AtomicU64>,
     hz: f64,
 ) {
@@ -1095,7 +1429,7 @@ async fn progress(
         0u64,
         0u64,
         0u64,
-        pid.and_then(|p| ProcSample::read(Some(p))),
+        stats::total(&read_all(&pids)),
     );
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1104,7 +1438,7 @@ async fn progress(
         let failed = shared.failed.load(Ordering::Relaxed);
         let sent_n = sent.load(Ordering::Relaxed);
         let recv = shared.received.load(Ordering::Relaxed);
-        let gw = pid.and_then(|p| ProcSample::read(Some(p)));
+        let gw = stats::total(&read_all(&pids));
         let secs = now.duration_since(last.0).as_secs_f64();
         let per_s = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs;
         let cpu = cpu_percent(last.4, gw, now.duration_since(last.0), hz);

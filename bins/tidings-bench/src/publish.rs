@@ -1,6 +1,8 @@
-//! Publishing through Redis on a raw RESP connection: `PUBLISH` commands
-//! are pipelined in batches at the requested rate; a reader task counts the
-//! replies (and the publishes no subscriber received).
+//! Publishing through Redis on raw RESP connections: `PUBLISH` (or, for
+//! sharded channels, `SPUBLISH`) commands are pipelined in batches at the
+//! requested rate, on one connection to a server or one per master of a
+//! Redis Cluster; reader tasks count the replies (and the publishes no
+//! subscriber received).
 
 use std::{
     io::Write as _,
@@ -13,7 +15,7 @@ use std::{
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{tcp::OwnedWriteHalf, TcpStream},
+    net::tcp::OwnedWriteHalf,
     time::Instant,
 };
 
@@ -25,6 +27,8 @@ pub(crate) struct Replies {
     /// Replies to `PUBLISH`.
     pub(crate) replies: AtomicU64,
     /// `PUBLISH` replies of 0: no subscriber (no gateway) had the channel.
+    /// (On a cluster a classic `PUBLISH` counts only the receiving node's
+    /// subscribers, so 0 there is normal.)
     pub(crate) zero_receivers: AtomicU64,
     /// Error replies.
     pub(crate) errors: AtomicU64,
@@ -39,9 +43,15 @@ pub(crate) enum Target {
     Broadcast,
 }
 
-/// A RESP connection that publishes.
+/// Publishing connections: one to a single server, or one per master of a
+/// Redis Cluster, each message going to its channel's slot owner.
 pub(crate) struct Publisher {
-    write: OwnedWriteHalf,
+    writers: Vec<OwnedWriteHalf>,
+    /// On a cluster: for each user id, the writer (master) owning the slot
+    /// of that user's channel (at 0: `/app/broadcast`'s).
+    routes: Option<Vec<u8>>,
+    /// `PUBLISH`, or `SPUBLISH` for sharded channels.
+    verb: &'static [u8],
     pub(crate) replies: Arc<Replies>,
     /// Messages written so far.
     pub(crate) sent: Arc<AtomicU64>,
@@ -83,27 +93,62 @@ pub(crate) fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
 }
 
 impl Publisher {
-    pub(crate) async fn connect(url: &str) -> Result<Self, String> {
+    /// Publishes through the server at `url` (`PUBLISH`, or `SPUBLISH` when
+    /// `sharded`).
+    pub(crate) async fn connect(url: &str, sharded: bool) -> Result<Self, String> {
         let (hostport, auth) = parse_url(url)?;
-        let stream = TcpStream::connect(&hostport)
-            .await
-            .map_err(|e| format!("cannot connect to Redis at {hostport}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let (read, mut write) = stream.into_split();
-        let mut read = BufReader::new(read);
-        if !auth.is_empty() {
-            let mut out = Vec::new();
-            let mut args: Vec<&[u8]> = vec![b"AUTH"];
-            args.extend(auth.iter().map(|a| a.as_bytes()));
-            command(&mut out, &args);
-            write.write_all(&out).await.map_err(|e| e.to_string())?;
-            let mut line = String::new();
-            read.read_line(&mut line).await.map_err(|e| e.to_string())?;
-            if !line.starts_with("+OK") {
-                return Err("Redis refused AUTH".to_owned());
-            }
-        }
         let replies = Arc::new(Replies::default());
+        let writer = Self::open(&hostport, &auth, &replies).await?;
+        Ok(Self {
+            writers: vec![writer],
+            routes: None,
+            verb: if sharded { b"SPUBLISH" } else { b"PUBLISH" },
+            replies,
+            sent: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Publishes on the Redis Cluster `map` describes, to users `1..=users`
+    /// or everyone: one connection per master, each message sent to the
+    /// master owning its channel's slot, as a cluster client routes it
+    /// (`SPUBLISH` must go there; a classic `PUBLISH` may go to any node,
+    /// and routing it the same way spreads the publishing evenly over the
+    /// masters).
+    pub(crate) async fn connect_cluster(
+        map: &crate::resp::ClusterMap,
+        sharded: bool,
+        users: u64,
+    ) -> Result<Self, String> {
+        let replies = Arc::new(Replies::default());
+        let mut writers = Vec::new();
+        for m in &map.masters {
+            writers.push(Self::open(m, &map.auth, &replies).await?);
+        }
+        let channels: Vec<Vec<u8>> = (0..=users)
+            .map(|u| {
+                let mut c = Vec::new();
+                channel_of(u, &mut c);
+                c
+            })
+            .collect();
+        Ok(Self {
+            writers,
+            routes: Some(map.masters_of(&channels).await?),
+            verb: if sharded { b"SPUBLISH" } else { b"PUBLISH" },
+            replies,
+            sent: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// A connection whose replies a task counts into `replies`.
+    async fn open(
+        hostport: &str,
+        auth: &[String],
+        replies: &Arc<Replies>,
+    ) -> Result<OwnedWriteHalf, String> {
+        let conn = crate::resp::Conn::connect(hostport, auth).await?;
+        let (read, write) = conn.into_stream().into_split();
+        let mut read = BufReader::new(read);
         let counts = replies.clone();
         tokio::spawn(async move {
             let mut line = Vec::with_capacity(64);
@@ -127,11 +172,7 @@ impl Publisher {
                 }
             }
         });
-        Ok(Self {
-            write,
-            replies,
-            sent: Arc::new(AtomicU64::new(0)),
-        })
+        Ok(write)
     }
 
     /// Publishes `shared.expected.len()` messages at `rate` per second to
@@ -146,7 +187,11 @@ impl Publisher {
         let total = shared.expected.len();
         let start = Instant::now();
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ now_ns());
-        let mut out = Vec::with_capacity(64 * 1024);
+        let mut outs: Vec<Vec<u8>> = self
+            .writers
+            .iter()
+            .map(|_| Vec::with_capacity(64 * 1024))
+            .collect();
         let mut payload = Vec::with_capacity(96);
         let mut channel = Vec::with_capacity(64);
         let mut seq = 0usize;
@@ -155,33 +200,37 @@ impl Publisher {
             // The first message goes at once, then one every 1/rate s.
             let due = ((elapsed * rate) as usize + 1).min(total);
             if due > seq {
-                out.clear();
+                for out in &mut outs {
+                    out.clear();
+                }
                 for s in seq..due {
                     let (user, expected) = match *target {
                         Target::PerUser { users } => {
                             let u = rng.below(users) + 1;
-                            channel.clear();
-                            let _ = write!(channel, "/app/user/{u}/notifications");
                             (u, u64::from(shared.sockets_of(u)))
                         }
-                        Target::Broadcast => {
-                            channel.clear();
-                            channel.extend_from_slice(b"/app/broadcast");
-                            (0, shared.live())
-                        }
+                        Target::Broadcast => (0, shared.live()),
                     };
+                    channel_of(user, &mut channel);
                     shared.expected[s].store(
                         u32::try_from(expected).unwrap_or(u32::MAX),
                         Ordering::Relaxed,
                     );
                     payload.clear();
                     let _ = write!(payload, "{{\"t\":{},\"s\":{s},\"u\":{user}}}", now_ns());
-                    command(&mut out, &[b"PUBLISH", &channel, &payload]);
+                    let to = self.routes.as_ref().map_or(0, |r| {
+                        usize::from(r.get(user as usize).copied().unwrap_or(0))
+                    });
+                    command(&mut outs[to], &[self.verb, &channel, &payload]);
                 }
-                self.write
-                    .write_all(&out)
-                    .await
-                    .map_err(|e| format!("writing to Redis: {e}"))?;
+                for (write, out) in self.writers.iter_mut().zip(&outs) {
+                    if !out.is_empty() {
+                        write
+                            .write_all(out)
+                            .await
+                            .map_err(|e| format!("writing to Redis: {e}"))?;
+                    }
+                }
                 seq = due;
                 self.sent.store(seq as u64, Ordering::Relaxed);
             }
@@ -191,6 +240,17 @@ impl Publisher {
             }
         }
         Ok(seq)
+    }
+}
+
+/// The channel of user `user` (`/app/user/<user>/notifications`), or
+/// `/app/broadcast` for 0, into `out`.
+fn channel_of(user: u64, out: &mut Vec<u8>) {
+    out.clear();
+    if user == 0 {
+        out.extend_from_slice(b"/app/broadcast");
+    } else {
+        let _ = write!(out, "/app/user/{user}/notifications");
     }
 }
 

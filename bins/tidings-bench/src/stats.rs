@@ -235,6 +235,19 @@ impl ProcSample {
     }
 }
 
+/// The sum of several processes' samples (`None` if any is missing).
+pub(crate) fn total(samples: &[Option<ProcSample>]) -> Option<ProcSample> {
+    samples.iter().try_fold(ProcSample::default(), |t, s| {
+        let s = (*s)?;
+        Some(ProcSample {
+            rss_kib: t.rss_kib + s.rss_kib,
+            hwm_kib: t.hwm_kib + s.hwm_kib,
+            cpu_ticks: t.cpu_ticks + s.cpu_ticks,
+            threads: t.threads + s.threads,
+        })
+    })
+}
+
 /// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`, 100
 /// on every mainstream Linux).
 pub(crate) fn clock_ticks() -> f64 {

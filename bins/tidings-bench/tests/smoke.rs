@@ -56,10 +56,18 @@ fn gateway() -> PathBuf {
     tidings_e2e::gateway::binary()
 }
 
-/// Runs the bench with `args` (plus `--launch`, `--redis-url` and `--json`)
-/// and returns its exit success and JSON report.
+/// Runs the bench with `args` (plus `--launch`, `--redis-url` of a private
+/// server and `--json`) and returns its exit success and JSON report.
 async fn bench(args: &[&str]) -> (bool, Value) {
     let redis = RedisServer::start().await;
+    let url = redis.url();
+    let mut all = args.to_vec();
+    all.extend(["--redis-url", &url]);
+    run_bench(&all).await
+}
+
+/// Runs the bench with `args` (plus `--launch` and `--json`).
+async fn run_bench(args: &[&str]) -> (bool, Value) {
     let json = tidings_e2e::gateway::temp_path("bench.json");
     let gateway = gateway();
     let started = Instant::now();
@@ -67,7 +75,6 @@ async fn bench(args: &[&str]) -> (bool, Value) {
         .args(args)
         .arg("--launch")
         .arg(&gateway)
-        .args(["--redis-url", &redis.url()])
         .arg("--json")
         .arg(&json)
         .kill_on_drop(true)
@@ -202,6 +209,74 @@ async fn per_user_shared_cookies() {
     assert_eq!(u(&r["config"]["users"]), 10);
     // Each message reaches all 5 sockets of its user.
     assert_delivered(&r, 200, 1000);
+}
+
+/// The cluster mode: a real 3-master Redis Cluster, two gateways launched
+/// on it, per-user traffic on classic then sharded user channels.
+#[tokio::test]
+async fn per_user_on_a_cluster_with_two_gateways() {
+    let cluster = tidings_e2e::cluster::RedisCluster::start(0).await;
+    let nodes: Vec<String> = cluster
+        .ports()
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let nodes = nodes.join(",");
+    for sharded in [false, true] {
+        let mut args = vec![
+            "per-user",
+            "-n",
+            "50",
+            "--rate",
+            "200",
+            "-d",
+            "1",
+            "--gateways",
+            "2",
+            "--redis-cluster",
+            &nodes,
+            "--baseline-secs",
+            "0.2",
+        ];
+        if sharded {
+            args.push("--sharded");
+        }
+        let (ok, r) = run_bench(&args).await;
+        assert_sane(ok, &r, "per-user");
+        assert_eq!(r["config"]["sharded"], sharded, "{r:#}");
+        assert_eq!(u(&r["config"]["gateways"]), 2, "{r:#}");
+        assert_eq!(
+            r["config"]["redis_cluster"].as_array().map(Vec::len),
+            Some(3)
+        );
+        let d = &r["delivery"];
+        assert_eq!(u(&d["published"]), 200, "{d}");
+        assert_eq!(u(&d["received"]), 200, "{d}");
+        let replies = &d["publish_replies"];
+        assert_eq!(u(&replies["replies"]), 200, "{replies}");
+        // A misrouted SPUBLISH would be answered MOVED.
+        assert_eq!(u(&replies["errors"]), 0, "{replies}");
+        if sharded {
+            // Each SPUBLISH reached the one gateway holding that user's socket.
+            assert_eq!(u(&replies["zero_receivers"]), 0, "{replies}");
+        }
+        let gateways = r["gateways"].as_array().expect("gateways");
+        assert_eq!(gateways.len(), 2, "{r:#}");
+        assert_ne!(gateways[0]["pid"], gateways[1]["pid"]);
+        assert_ne!(gateways[0]["url"], gateways[1]["url"]);
+        for g in gateways {
+            assert!(f(&g["cpu_percent_main"]) >= 0.0, "{g}");
+            assert!(f(&g["baseline_cores"]) >= 0.0, "{g}");
+        }
+        let redis = &r["redis"];
+        let nodes = redis["nodes"].as_array().expect("redis nodes");
+        assert_eq!(nodes.len(), 3, "{redis}");
+        for n in nodes {
+            assert!(f(&n["cpu_percent_main"]) > 0.0, "{n}");
+            assert!(f(&n["cores_per_10k_msg_per_sec"]) >= 0.0, "{n}");
+        }
+        assert!(f(&redis["cores_per_10k_msg_per_sec"]) >= 0.0, "{redis}");
+    }
 }
 
 #[tokio::test]

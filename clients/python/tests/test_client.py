@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import API_KEY, Gateway, RedisServer, Socket, free_port
+from conftest import API_KEY, Gateway, RedisServer, Socket, _gateway_env, free_port
 from websockets.exceptions import InvalidStatus
 
 import tidings
@@ -269,3 +269,47 @@ def test_answers_the_gateway_itself_never_sends() -> None:
     bad_gateway = error_for(502, b"", {})
     assert isinstance(bad_gateway, tidings.Unavailable) and bad_gateway.message == "HTTP 502"
     assert type(error_for(418, b"{}", {})) is tidings.GatewayError
+
+
+SHARDED_RULES = """
+[[routing.rules]]
+channel = "/app/user/{user}/notifications"
+join = true
+sharded = true
+
+[[routing.rules]]
+channel = "/app/kept/{user}"
+join = true
+sharded = true
+history = { size = 10, ttl_secs = 60 }
+"""
+
+
+def test_redis_publish_sharded(redis_server: RedisServer, sockets: list[Socket]) -> None:
+    """Channels whose rule says `sharded = true` are SSUBSCRIBEd by the gateway:
+    `sharded=True` publishes with SPUBLISH (and the history step with its
+    `sharded` argument); a plain PUBLISH is another namespace and reaches nobody."""
+    gw = Gateway(_gateway_env(redis_server.url), SHARDED_RULES)
+    t = Tidings(redis_url=redis_server.url)
+    try:
+        gw.wait_ready()
+        s = open_with_token(gw, t.mint_token("7").token, sockets)
+        assert set(s.welcome["channels"]) == {"/app/user/7/notifications", "/app/kept/7"}
+
+        t.publish_to_user(7, {"n": 0})  # PUBLISH: not heard by SSUBSCRIBE
+        t.publish_to_user(7, {"n": 1}, sharded=True)
+        assert s.next() == message("/app/user/7/notifications", {"n": 1})
+        asyncio.run(AsyncTidings(redis_url=redis_server.url).publish_to_user(7, {"n": 2}, sharded=True))
+        assert s.next() == message("/app/user/7/notifications", {"n": 2})
+
+        h = tidings.History(size=10, ttl_secs=60)
+        assert h.args(sharded=True) == [10, 60, 86_400, "sharded"]
+        assert tidings.History(size=1, ttl_secs=5, meta_ttl_secs=9).args(sharded=True) == [1, 5, 9, "sharded"]
+        pos = t.publish("/app/kept/7", {"n": 3}, history=h, sharded=True)
+        assert pos is not None and pos.offset == 1
+        frame = s.next()
+        assert frame["channel"] == "/app/kept/7" and frame["data"] == {"n": 3}, frame
+        assert (frame["offset"], frame["epoch"]) == (pos.offset, pos.epoch)
+    finally:
+        t.close()
+        gw.stop()

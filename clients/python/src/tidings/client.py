@@ -6,7 +6,9 @@ Two ways to reach the gateway, chosen when the client is made:
   and ``POST /api/tokens`` with ``Authorization: Bearer <api_key>``. Needs
   nothing beyond the standard library. Errors are the gateway's documented
   answers, as exceptions (:mod:`tidings.errors`).
-- ``Tidings(redis_url=...)``: Redis itself (``PUBLISH`` on the channel, and
+- ``Tidings(redis_url=...)``: Redis itself (``PUBLISH`` on the channel, or
+  ``SPUBLISH`` with ``sharded=True`` for channels whose routing rule says
+  ``sharded = true``; and
   ``SET <prefix><token> <identity JSON> PX <ttl>`` for tokens), with redis-py
   (``pip install "tidings[redis]"``). The gateway must use the same Redis
   (``TIDINGS_REDIS_URL``) and, for tokens, the same prefix
@@ -35,6 +37,10 @@ from .errors import ConfigurationError, ConnectionFailed, TidingsError, error_fo
 #: The gateway's default ``identity.token.prefix``.
 DEFAULT_TOKEN_PREFIX = "tidings:token:"
 
+#: How long a channel's history keeps its epoch and offset after the last
+#: publication, unless ``History.meta_ttl_secs`` says otherwise (one day).
+DEFAULT_META_TTL_SECS = 86_400
+
 Identity = Mapping[str, Any]
 
 
@@ -50,14 +56,21 @@ class History:
     ttl_secs: int
     meta_ttl_secs: int | None = None
 
-    def args(self) -> list[int]:
-        """The size and TTL arguments of ``FCALL tidings_publish``."""
+    def args(self, sharded: bool = False) -> list[int | str]:
+        """The size and TTL arguments of ``FCALL tidings_publish`` (then the
+        word ``sharded`` for a sharded channel, whose live message goes out
+        with ``SPUBLISH``)."""
         for name, v in (("size", self.size), ("ttl_secs", self.ttl_secs), ("meta_ttl_secs", self.meta_ttl_secs)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"History.{name} must be a positive integer")
-        out = [self.size, self.ttl_secs]
+        out: list[int | str] = [self.size, self.ttl_secs]
         if self.meta_ttl_secs is not None:
             out.append(self.meta_ttl_secs)
+        elif sharded:
+            # Positional: the default the gateway uses (a day, or the TTL).
+            out.append(max(self.ttl_secs, DEFAULT_META_TTL_SECS))
+        if sharded:
+            out.append("sharded")
         return out
 
 
@@ -77,6 +90,10 @@ def _position(reply: Any) -> Position:
 def _function_missing(e: Exception) -> bool:
     text = str(e)
     return "Function not found" in text or "No matching library" in text
+
+
+def _verb(sharded: bool) -> str:
+    return "SPUBLISH" if sharded else "PUBLISH"
 
 
 def _redis_error(what: str, e: Exception) -> TidingsError:
@@ -215,10 +232,16 @@ class Tidings(_Base):
             "POST", self._require_url() + path, self._headers(), body, self.timeout, self.ssl_context
         )
 
-    def publish(self, channel: str, data: Any, *, history: History | None = None) -> Position | None:
+    def publish(
+        self, channel: str, data: Any, *, history: History | None = None, sharded: bool = False
+    ) -> Position | None:
         """Publishes ``data`` (any JSON value) on ``channel``; every socket
         listening to it receives ``{"type": "message", "channel": ..., "data": data}``.
-        With ``history`` (Redis only), through the history step; returns its position."""
+        With ``history`` (Redis only), through the history step; returns its position.
+        ``sharded=True``: the channel's routing rule says ``sharded = true``, so
+        through Redis it goes out with ``SPUBLISH`` (a plain ``PUBLISH`` would
+        not reach the gateway's ``SSUBSCRIBE``). Over the HTTP API the gateway
+        applies its rules itself and ``sharded`` changes nothing."""
         if self.redis_url:
             # On Redis the payload is the data's JSON text itself.
             try:
@@ -228,7 +251,7 @@ class Tidings(_Base):
                         try:
                             return _position(
                                 self._redis_client().fcall(
-                                    "tidings_publish", 1, channel, _encode(data), *history.args()
+                                    "tidings_publish", 1, channel, _encode(data), *history.args(sharded)
                                 )
                             )
                         except Exception as e:
@@ -237,24 +260,28 @@ class Tidings(_Base):
                             if not _function_missing(e) or time.monotonic() >= deadline:
                                 raise
                             time.sleep(0.05)
-                self._redis_client().publish(channel, _encode(data))
+                self._redis_client().execute_command(_verb(sharded), channel, _encode(data))
             except ValueError:
                 raise
             except Exception as e:  # redis.exceptions.RedisError, OSError
-                raise _redis_error("PUBLISH", e) from e
+                raise _redis_error(_verb(sharded), e) from e
             return None
         self._no_history_over_http(history)
         body = _encode({"channel": channel, "data": data})
         self._check(self._post("/api/publish", body), 202)
         return None
 
-    def publish_to_user(self, user: object, data: Any, *, history: History | None = None) -> Position | None:
+    def publish_to_user(
+        self, user: object, data: Any, *, history: History | None = None, sharded: bool = False
+    ) -> Position | None:
         """To every socket of one user (a user id, or an object with ``pk``)."""
-        return self.publish(self.channels.for_user(user), data, history=history)
+        return self.publish(self.channels.for_user(user), data, history=history, sharded=sharded)
 
-    def publish_to_group(self, group: object, data: Any, *, history: History | None = None) -> Position | None:
+    def publish_to_group(
+        self, group: object, data: Any, *, history: History | None = None, sharded: bool = False
+    ) -> Position | None:
         """To every socket whose identity lists this group (needs the group rule)."""
-        return self.publish(self.channels.for_group(group), data, history=history)
+        return self.publish(self.channels.for_group(group), data, history=history, sharded=sharded)
 
     def broadcast(self, data: Any, *, history: History | None = None) -> Position | None:
         """To every socket, anonymous visitors included."""
@@ -313,7 +340,9 @@ class AsyncTidings(_Base):
             "POST", self._require_url() + path, self._headers(), body, self.timeout, self.ssl_context
         )
 
-    async def publish(self, channel: str, data: Any, *, history: History | None = None) -> Position | None:
+    async def publish(
+        self, channel: str, data: Any, *, history: History | None = None, sharded: bool = False
+    ) -> Position | None:
         """See :meth:`Tidings.publish`."""
         if self.redis_url:
             try:
@@ -323,31 +352,35 @@ class AsyncTidings(_Base):
                         try:
                             return _position(
                                 await self._redis_client().fcall(
-                                    "tidings_publish", 1, channel, _encode(data), *history.args()
+                                    "tidings_publish", 1, channel, _encode(data), *history.args(sharded)
                                 )
                             )
                         except Exception as e:
                             if not _function_missing(e) or time.monotonic() >= deadline:
                                 raise
                             await asyncio.sleep(0.05)
-                await self._redis_client().publish(channel, _encode(data))
+                await self._redis_client().execute_command(_verb(sharded), channel, _encode(data))
             except ValueError:
                 raise
             except Exception as e:
-                raise _redis_error("PUBLISH", e) from e
+                raise _redis_error(_verb(sharded), e) from e
             return None
         self._no_history_over_http(history)
         body = _encode({"channel": channel, "data": data})
         self._check(await self._post("/api/publish", body), 202)
         return None
 
-    async def publish_to_user(self, user: object, data: Any, *, history: History | None = None) -> Position | None:
+    async def publish_to_user(
+        self, user: object, data: Any, *, history: History | None = None, sharded: bool = False
+    ) -> Position | None:
         """See :meth:`Tidings.publish_to_user`."""
-        return await self.publish(self.channels.for_user(user), data, history=history)
+        return await self.publish(self.channels.for_user(user), data, history=history, sharded=sharded)
 
-    async def publish_to_group(self, group: object, data: Any, *, history: History | None = None) -> Position | None:
+    async def publish_to_group(
+        self, group: object, data: Any, *, history: History | None = None, sharded: bool = False
+    ) -> Position | None:
         """See :meth:`Tidings.publish_to_group`."""
-        return await self.publish(self.channels.for_group(group), data, history=history)
+        return await self.publish(self.channels.for_group(group), data, history=history, sharded=sharded)
 
     async def broadcast(self, data: Any, *, history: History | None = None) -> Position | None:
         """See :meth:`Tidings.broadcast`."""

@@ -26,24 +26,31 @@ from ...client import History, Position
 from .conf import client, history_for, identity_for
 
 
-def publish(channel: str, data: Any, *, history: History | None = None) -> Position | None:
+def publish(
+    channel: str, data: Any, *, history: History | None = None, sharded: bool = False
+) -> Position | None:
     """Publishes ``data`` (any JSON value) on ``channel``. ``history``: see
-    :class:`tidings.History` (with ``REDIS_URL`` only)."""
-    return client().publish(channel, data, history=history)
+    :class:`tidings.History` (with ``REDIS_URL`` only). ``sharded``: the
+    channel's routing rule is sharded (``SPUBLISH`` with ``REDIS_URL``)."""
+    return client().publish(channel, data, history=history, sharded=sharded)
 
 
-def publish_to_user(user: Any, data: Any, *, history: History | None = None) -> Position | None:
+def publish_to_user(
+    user: Any, data: Any, *, history: History | None = None, sharded: bool = False
+) -> Position | None:
     """To every socket of ``user`` (a user object, or its pk). With
     ``REDIS_URL``, with the history the ``HISTORY`` setting gives user
     channels (by default the gateway's: 100 for 600 s), so a reconnecting
     browser recovers it."""
-    return client().publish_to_user(user, data, history=history or history_for("user"))
+    return client().publish_to_user(user, data, history=history or history_for("user"), sharded=sharded)
 
 
-def publish_to_group(group: Any, data: Any, *, history: History | None = None) -> Position | None:
+def publish_to_group(
+    group: Any, data: Any, *, history: History | None = None, sharded: bool = False
+) -> Position | None:
     """To every socket of the group (a ``Group`` or its name); the gateway
     needs the ``/app/group/{group}`` routing rule (docs/routing.md)."""
-    return client().publish_to_group(group, data, history=history or history_for("group"))
+    return client().publish_to_group(group, data, history=history or history_for("group"), sharded=sharded)
 
 
 def broadcast(data: Any, *, history: History | None = None) -> Position | None:
