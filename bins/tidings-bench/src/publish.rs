@@ -35,8 +35,9 @@ pub(crate) enum Target {
     /// `/app/user/<u>/notifications` for a random user `u` in `1..=users`,
     /// expected on every socket of that user.
     PerUser { users: u64 },
-    /// `/app/broadcast`, expected on every open socket.
-    Broadcast,
+    /// `channel` (`/app/broadcast`; the Pusher wire's is
+    /// `/pusher/bench/broadcast`), expected on every open socket.
+    Broadcast { channel: &'static str },
 }
 
 /// A RESP connection that publishes.
@@ -164,9 +165,9 @@ impl Publisher {
                             let _ = write!(channel, "/app/user/{u}/notifications");
                             (u, u64::from(shared.sockets_of(u)))
                         }
-                        Target::Broadcast => {
+                        Target::Broadcast { channel: c } => {
                             channel.clear();
-                            channel.extend_from_slice(b"/app/broadcast");
+                            channel.extend_from_slice(c.as_bytes());
                             (0, shared.live())
                         }
                     };
