@@ -668,15 +668,16 @@ pub(crate) async fn connect_pusher(plan: &Plan) -> Result<Ws, String> {
             None => return Err("closed before subscription".to_owned()),
         };
         let b = t.as_bytes();
-        if b.starts_with(br#"{"event":"pusher:connection_established""#) {
+        let is = |event: &[u8]| find(b, event).is_some();
+        if is(br#""event":"pusher:connection_established""#) {
             ws.send(Message::text(
                 r#"{"event":"pusher:subscribe","data":{"channel":"broadcast"}}"#,
             ))
             .await
             .map_err(|e| e.to_string())?;
-        } else if b.starts_with(br#"{"event":"pusher_internal:subscription_succeeded""#) {
+        } else if is(br#""event":"pusher_internal:subscription_succeeded""#) {
             return Ok(ws);
-        } else if b.starts_with(br#"{"event":"pusher:ping""#) {
+        } else if is(br#""event":"pusher:ping""#) {
             ws.send(Message::text(r#"{"event":"pusher:pong","data":{}}"#))
                 .await
                 .map_err(|e| e.to_string())?;
@@ -690,15 +691,20 @@ pub(crate) async fn connect_pusher(plan: &Plan) -> Result<Ws, String> {
 }
 
 /// Parses a Pusher event of the bench's broadcast,
-/// `{"event":"message","channel":"broadcast","data":"{\"t\":T,\"s\":S,\"u\":U}"}`
-/// (the data is a JSON string), as the broadcast channel's message.
+/// `{"event":"message","channel":"broadcast","data":{"t":T,"s":S,"u":U}}`
+/// (the data as published; also as a JSON string, as the HTTP API's
+/// events carry it), as the broadcast channel's message.
 pub(crate) fn parse_pusher(frame: &[u8]) -> Option<Parsed<'_>> {
-    let rest = frame.strip_prefix(br#"{"event":"message","channel":"broadcast","data":"#)?;
+    let data = frame.strip_prefix(br#"{"event":"message","channel":"broadcast","data":"#)?;
+    let field = |k: u8| {
+        number_after(data, &[b'"', k, b'"', b':'])
+            .or_else(|| number_after(data, &[k, b'\\', b'"', b':']))
+    };
     Some(Parsed {
         channel: b"/app/broadcast",
-        t: number_after(rest, br#"t\":"#)?,
-        seq: number_after(rest, br#"s\":"#)?,
-        user: number_after(rest, br#"u\":"#)?,
+        t: field(b't')?,
+        seq: field(b's')?,
+        user: field(b'u')?,
     })
 }
 
@@ -709,7 +715,7 @@ pub(crate) async fn read_pusher(mut ws: Ws, plan: &Plan, shared: &Shared) {
         match msg {
             Ok(Message::Text(t)) => {
                 let b = t.as_bytes();
-                if b.starts_with(br#"{"event":"pusher:ping""#) {
+                if find(b, br#""event":"pusher:ping""#).is_some() {
                     if ws
                         .send(Message::text(r#"{"event":"pusher:pong","data":{}}"#))
                         .await
@@ -753,6 +759,9 @@ mod tests {
         let m = parse_pusher(f).unwrap();
         assert_eq!(m.channel, b"/app/broadcast");
         assert_eq!((m.t, m.seq, m.user), (1_700_000_000_000_000_000, 7, 0));
+        let raw = br#"{"event":"message","channel":"broadcast","data":{"t":5,"s":8,"u":0}}"#;
+        let m = parse_pusher(raw).unwrap();
+        assert_eq!((m.t, m.seq, m.user), (5, 8, 0));
         assert!(parse_pusher(br#"{"event":"message","channel":"other","data":"{}"}"#).is_none());
     }
 
