@@ -12,6 +12,8 @@
 //       moved by skew_secs if given)
 //   {"batch": [{channel, name, data}]}            the server SDK's triggerBatch
 //   {"get": PATH, "params"?: {...}}               the server SDK's get
+//   {"signin": {id, ...}}                          client.signin(), the user
+//       authentication signed by the server SDK's authenticateUser
 const Pusher = require("pusher-js");
 const PusherServer = require("pusher");
 const readline = require("readline");
@@ -22,6 +24,7 @@ const sdk = (s) =>
   new PusherServer({ appId, key, secret: s || secret, host, port, useTLS: false });
 const server = sdk();
 const auth = {}; // channel -> {secret, member}
+let signinUser = null;
 
 const client = new Pusher(key, {
   wsHost: host,
@@ -29,6 +32,15 @@ const client = new Pusher(key, {
   forceTLS: false,
   enabledTransports: ["ws"],
   cluster: "mt1",
+  userAuthentication: {
+    customHandler: ({ socketId }, callback) => {
+      try {
+        callback(null, server.authenticateUser(socketId, signinUser));
+      } catch (e) {
+        callback(e, null);
+      }
+    },
+  },
   channelAuthorization: {
     customHandler: ({ socketId, channelName }, callback) => {
       const a = auth[channelName] || {};
@@ -47,6 +59,9 @@ client.connection.bind("error", (e) =>
   // A pusher:error (data), or one met during the handshake (error.data).
   out({ ev: "error", error: (e && e.data) || (e && e.error && e.error.data) || { type: e && e.type } })
 );
+client.connection.bind("message", (m) => {
+  if (m.event === "pusher:signin_success") out({ ev: "signed_in" });
+});
 client.connection.bind("state_change", (s) => out({ ev: "state", state: s.current }));
 
 readline.createInterface({ input: process.stdin }).on("line", async (line) => {
@@ -63,6 +78,9 @@ readline.createInterface({ input: process.stdin }).on("line", async (line) => {
           out({ ev: "event", channel: name, event, data });
         }
       });
+    } else if (cmd.signin) {
+      signinUser = cmd.signin;
+      client.signin();
     } else if (cmd.unsubscribe) {
       client.unsubscribe(cmd.unsubscribe);
     } else if (cmd.client_event) {

@@ -14,6 +14,7 @@ pub mod django;
 pub mod gateway;
 pub mod http;
 pub mod nginx;
+pub mod node;
 pub mod pusher;
 pub mod raw;
 pub mod redis;

@@ -3,51 +3,26 @@
 //! installed on first use (`.ci/run` installs them beforehand), with a clear
 //! failure when Node or npm is missing.
 
-use std::{path::PathBuf, process::Stdio, sync::OnceLock};
+use std::path::PathBuf;
 
 use serde_json::Value;
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
-    process::{Child, ChildStdin, ChildStdout, Command},
-};
+
+use crate::node::{self, NodeProcess};
 
 /// `tests/pusher`.
 pub fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pusher")
+    node::dir("pusher")
 }
 
 /// Installs the pinned packages into `tests/pusher/node_modules` if they
 /// are not there; panics with what to do when it cannot.
 pub fn ensure_installed() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        if dir().join("node_modules/pusher-js/package.json").is_file()
-            && dir().join("node_modules/pusher/package.json").is_file()
-        {
-            return;
-        }
-        let status = std::process::Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(dir())
-            .status()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run npm ({e}): the Pusher tests need Node.js and npm \
-                     (Debian: apt-get install nodejs npm), then `npm install` in tests/pusher"
-                )
-            });
-        assert!(
-            status.success(),
-            "npm install in tests/pusher failed (is the npm registry reachable?)"
-        );
-    });
+    node::ensure_installed("pusher", &["pusher-js", "pusher"], "the Pusher tests");
 }
 
 /// A running `client.js`: one pusher-js connection and a server SDK.
 pub struct PusherClient {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
+    node: NodeProcess,
 }
 
 impl PusherClient {
@@ -56,47 +31,28 @@ impl PusherClient {
     pub async fn start(addr: &str, app_id: &str, key: &str, secret: &str) -> PusherClient {
         ensure_installed();
         let (host, port) = addr.rsplit_once(':').expect("host:port");
-        let mut child = Command::new("node")
-            .arg(dir().join("client.js"))
-            .args([host, port, app_id, key, secret])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node (Node.js) is needed for the Pusher tests");
-        let stdin = child.stdin.take().expect("stdin");
-        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         PusherClient {
-            child,
-            stdin,
-            lines,
+            node: NodeProcess::start(
+                &dir().join("client.js"),
+                [host, port, app_id, key, secret],
+                "the pusher client",
+            ),
         }
     }
 
     /// The next thing the client reports (within [`crate::PATIENCE`]).
     pub async fn next(&mut self) -> Value {
-        let line = tokio::time::timeout(crate::PATIENCE, self.lines.next_line())
-            .await
-            .expect("the pusher client to report in time")
-            .expect("read")
-            .expect("the client exited");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+        self.node.next().await
     }
 
     /// The next report for which `pred` holds, skipping others.
     pub async fn next_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        loop {
-            let v = self.next().await;
-            if pred(&v) {
-                return v;
-            }
-        }
+        self.node.next_where(pred).await
     }
 
     /// The next report whose `ev` is `ev`.
     pub async fn next_ev(&mut self, ev: &str) -> Value {
-        self.next_where(|v| v["ev"] == ev).await
+        self.node.next_ev(ev).await
     }
 
     /// The next channel event named `event` on `channel`.
@@ -107,8 +63,7 @@ impl PusherClient {
 
     /// Sends a command (see `client.js`).
     pub async fn send(&mut self, cmd: Value) {
-        let line = format!("{cmd}\n");
-        self.stdin.write_all(line.as_bytes()).await.expect("write");
+        self.node.send(cmd).await;
     }
 
     /// Waits for the connection; returns its socket id.
@@ -120,7 +75,63 @@ impl PusherClient {
     }
 
     /// Kills the client.
-    pub async fn kill(mut self) {
-        let _ = self.child.kill().await;
+    pub async fn kill(self) {
+        self.node.kill().await;
+    }
+}
+
+/// A running `server.js`: the app's side for a pusher-js page in a
+/// browser. It serves, on a loopback port, the page (`/?gw=HOST:PORT`,
+/// loading the pinned pusher-js browser build), the channel authorization
+/// endpoint (`/auth?user=ID`, signed by the server SDK's
+/// `authorizeChannel`; 403 for channels starting `private-forbidden`), the
+/// user authentication endpoint (`/user-auth?user=ID`,
+/// `authenticateUser`) and a webhook receiver (`/webhook`, checked with the
+/// SDK's `webhook(request).isValid()`), and runs the SDK's calls.
+pub struct AppServer {
+    node: NodeProcess,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl AppServer {
+    /// Starts the server as app `app_id` with `key` and `secret`.
+    pub async fn start(app_id: &str, key: &str, secret: &str) -> AppServer {
+        ensure_installed();
+        let mut node = NodeProcess::start(
+            &dir().join("server.js"),
+            [app_id, key, secret],
+            "the pusher app server",
+        );
+        let port = node.next_ev("listening").await["port"]
+            .as_u64()
+            .expect("port") as u16;
+        AppServer { node, port }
+    }
+
+    /// Its base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Points the server SDK at the gateway at `addr` (`host:port`).
+    pub async fn use_gateway(&mut self, addr: &str) {
+        self.node.send(serde_json::json!({ "gateway": addr })).await;
+        self.node.next_ev("gateway").await;
+    }
+
+    /// Sends a command (see `server.js`).
+    pub async fn send(&mut self, cmd: Value) {
+        self.node.send(cmd).await;
+    }
+
+    /// The next report whose `ev` is `ev`.
+    pub async fn next_ev(&mut self, ev: &str) -> Value {
+        self.node.next_ev(ev).await
+    }
+
+    /// The next report for which `pred` holds, skipping others.
+    pub async fn next_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        self.node.next_where(pred).await
     }
 }

@@ -4,13 +4,20 @@
 //! events triggered through the SDK's `trigger` and `triggerBatch` (signed
 //! requests), `socket_id` exclusion, client events, the protocol's errors
 //! for wrong signatures, stale timestamps and unknown keys, and the same
-//! channel shared with `redis-cli PUBLISH` and the native protocol.
+//! channel shared with `redis-cli PUBLISH` and the native protocol; webhooks
+//! in Pusher's format checked by the SDK's `webhook(request).isValid()`,
+//! channel counts and `terminateUserConnections` across two gateways.
 
 use std::{collections::HashMap, time::Duration};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tidings_e2e::{pusher::PusherClient, redis::RedisServer, ws::Client, Gateway, GatewayOptions};
+use tidings_e2e::{
+    pusher::{AppServer, PusherClient},
+    redis::RedisServer,
+    ws::Client,
+    Gateway, GatewayOptions,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 const APP: &str = "1";
@@ -423,5 +430,162 @@ async fn a_draining_gateway_closes_with_4200_and_pusher_js_reconnects() {
         .await;
     assert_eq!(state["state"], "connecting", "{state}");
     assert!(gw.wait_exit(Duration::from_secs(15)).await.is_some());
+    a.kill().await;
+}
+
+/// Reads the app server's webhook reports until `want` events (each
+/// `{"name": ..., ...}` matched on the fields it gives) were all received,
+/// in any order; every POST must be valid by the SDK's check and carry the
+/// app's key. Returns every event received meanwhile.
+async fn webhooks_until(app: &mut AppServer, want: &[Value]) -> Vec<Value> {
+    let matches = |e: &Value, w: &Value| {
+        w.as_object()
+            .expect("an object")
+            .iter()
+            .all(|(k, v)| &e[k] == v)
+    };
+    let mut got: Vec<Value> = Vec::new();
+    while !want.iter().all(|w| got.iter().any(|e| matches(e, w))) {
+        let hook = app.next_ev("webhook").await;
+        assert_eq!(hook["valid"], true, "the SDK's signature check: {hook}");
+        assert_eq!(hook["key"], KEY, "{hook}");
+        got.extend(hook["events"].as_array().expect("events").iter().cloned());
+    }
+    got
+}
+
+#[tokio::test]
+async fn webhooks_channel_counts_and_terminate_connections_across_two_gateways() {
+    let redis = RedisServer::start().await;
+    let mut app = AppServer::start(APP, KEY, SECRET).await;
+    let config = format!(
+        r#"
+[pusher]
+enabled = true
+
+[[pusher.apps]]
+id = "{APP}"
+key = "{KEY}"
+secret = "{SECRET}"
+client_events = true
+webhooks = [{{ url = "{url}/webhook" }}]
+"#,
+        url = app.url()
+    );
+    let start = || async {
+        let gw = Gateway::start_with(
+            GatewayOptions::default()
+                .toml(&config)
+                .env("TIDINGS_REDIS_URL", redis.url()),
+        )
+        .await;
+        gw.wait_ready().await;
+        gw
+    };
+    let gw1 = start().await;
+    let gw2 = start().await;
+    app.use_gateway(&gw1.addr.to_string()).await;
+    let mut a = client(&gw1).await;
+    let mut b = PusherClient::start(&gw2.addr.to_string(), APP, KEY, SECRET).await;
+    a.connected().await;
+    b.connected().await;
+
+    // Ann on the first gateway: the channel is occupied, Ann is added.
+    a.send(json!({"subscribe": "presence-hall", "member": {"user_id": "1", "user_info": {}}}))
+        .await;
+    a.event("presence-hall", "pusher:subscription_succeeded")
+        .await;
+    let first = webhooks_until(
+        &mut app,
+        &[
+            json!({"name": "channel_occupied", "channel": "presence-hall"}),
+            json!({"name": "member_added", "channel": "presence-hall", "user_id": "1"}),
+        ],
+    )
+    .await;
+    assert_eq!(first.len(), 2, "{first:?}");
+    // Bob on the other gateway: added, and the channel is not occupied a
+    // second time.
+    b.send(json!({"subscribe": "presence-hall", "member": {"user_id": "2", "user_info": {}}}))
+        .await;
+    b.event("presence-hall", "pusher:subscription_succeeded")
+        .await;
+    let second = webhooks_until(
+        &mut app,
+        &[json!({"name": "member_added", "channel": "presence-hall", "user_id": "2"})],
+    )
+    .await;
+    assert!(
+        second.iter().all(|e| e["name"] != "channel_occupied"),
+        "{second:?}"
+    );
+
+    // The channel's counts, asked of the first gateway, are both
+    // gateways'.
+    app.send(json!({"get": "/channels/presence-hall", "params": {"info": "user_count,subscription_count"}}))
+        .await;
+    let got = app.next_ev("got").await;
+    assert_eq!(got["status"], 200, "{got}");
+    assert_eq!(got["body"]["occupied"], true, "{got}");
+    assert_eq!(got["body"]["subscription_count"], 2, "{got}");
+    assert_eq!(got["body"]["user_count"], 2, "{got}");
+
+    // A client event: to Bob, and to the webhook with its sender.
+    a.send(json!({"client_event": {"channel": "presence-hall", "event": "client-wave", "data": {"hi": 1}}}))
+        .await;
+    b.event("presence-hall", "client-wave").await;
+    let sent = webhooks_until(
+        &mut app,
+        &[json!({"name": "client_event", "channel": "presence-hall", "event": "client-wave", "user_id": "1"})],
+    )
+    .await;
+    let ce = sent
+        .iter()
+        .find(|e| e["name"] == "client_event")
+        .expect("client_event");
+    assert_eq!(ce["data"], r#"{"hi":1}"#, "{ce}");
+    assert!(ce["socket_id"].is_string(), "{ce}");
+
+    // Bob signs in on the second gateway; terminateUserConnections through
+    // the first closes his connection (4009), and he leaves.
+    b.send(json!({"signin": {"id": "2", "name": "Bob"}})).await;
+    b.next_ev("signed_in").await;
+    app.send(json!({"terminate": "2"})).await;
+    assert_eq!(app.next_ev("terminated").await["status"], 200);
+    let err = b
+        .next_where(|v| v["ev"] == "error" && v["error"]["code"] == 4009)
+        .await;
+    assert!(err["error"]["message"].is_string(), "{err}");
+    let removed = a.event("presence-hall", "pusher:member_removed").await;
+    assert_eq!(removed["data"]["id"], "2", "{removed}");
+    webhooks_until(
+        &mut app,
+        &[json!({"name": "member_removed", "channel": "presence-hall", "user_id": "2"})],
+    )
+    .await;
+    // A signature by the wrong secret is refused.
+    a.send(json!({"trigger": {"channels": ["presence-hall"], "event": "x", "data": 1, "secret": "not-the-secret"}}))
+        .await;
+    assert_eq!(a.next_ev("request_error").await["status"], 401);
+
+    // Ann leaves: the last member and the last subscription.
+    a.send(json!({"unsubscribe": "presence-hall"})).await;
+    let last = webhooks_until(
+        &mut app,
+        &[
+            json!({"name": "member_removed", "channel": "presence-hall", "user_id": "1"}),
+            json!({"name": "channel_vacated", "channel": "presence-hall"}),
+        ],
+    )
+    .await;
+    assert!(
+        last.iter().all(|e| e["name"] != "channel_occupied"),
+        "{last:?}"
+    );
+    app.send(json!({"get": "/channels/presence-hall", "params": {"info": "subscription_count"}}))
+        .await;
+    let got = app.next_ev("got").await;
+    assert_eq!(got["body"]["occupied"], false, "{got}");
+    assert_eq!(got["body"]["subscription_count"], 0, "{got}");
     a.kill().await;
 }

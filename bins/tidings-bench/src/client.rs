@@ -92,6 +92,7 @@ pub(crate) async fn run(plan: Plan, shared: Arc<Shared>, permits: Arc<Semaphore>
         Conn::Sse(stream) => wire::read_sse(stream, &plan, &shared).await,
         Conn::SocketIo(ws) => wire::read_socketio(ws, &plan, &shared).await,
         Conn::Polling(p) => wire::read_polling(p, &plan, &shared).await,
+        Conn::Pusher(ws) => wire::read_pusher(ws, &plan, &shared).await,
     }
     if let Some(n) = sockets {
         n.fetch_sub(1, Ordering::Relaxed);
@@ -106,6 +107,7 @@ enum Conn {
     Sse(wire::SseStream),
     SocketIo(Ws),
     Polling(wire::Polling),
+    Pusher(Ws),
 }
 
 async fn connect_any(plan: &Plan, shared: &Shared) -> Result<Conn, String> {
@@ -114,6 +116,7 @@ async fn connect_any(plan: &Plan, shared: &Shared) -> Result<Conn, String> {
         Wire::Sse => Conn::Sse(wire::connect_sse(plan, shared).await?),
         Wire::Socketio => Conn::SocketIo(wire::connect_socketio(plan, shared).await?),
         Wire::SocketioPolling => Conn::Polling(wire::connect_polling(plan, shared).await?),
+        Wire::Pusher => Conn::Pusher(wire::connect_pusher(plan).await?),
     })
 }
 

@@ -15,6 +15,7 @@
 //! tidings-bench recovery      -n 10000 --rate 5000 -d 20 --restart-at 8 --fault kill --launch target/release/tidings
 //! tidings-bench idle          -n 10000 --wire sse --launch target/release/tidings
 //! tidings-bench broadcast     -n 10000 --wire socketio --launch target/release/tidings
+//! tidings-bench broadcast     -n 10000 --wire pusher --launch target/release/tidings
 //! tidings-bench broadcast     -n 10000 --wire socketio --socketio-baseline bins/tidings-bench/socketio-baseline
 //! tidings-bench per-user      -n 2000 --rate 10000 -d 20 --gateways 3 --sharded \
 //!                             --redis-cluster 127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002 \
@@ -539,6 +540,11 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
         Scenario::ConnectStorm(c) => (Kind::ConnectStorm, c, 0.0),
         Scenario::Recovery { .. } => unreachable!("handled above"),
     };
+    if kind == Kind::PerUser && common.wire == wire::Wire::Pusher {
+        return Err(
+            "--wire pusher subscribes to one public channel: idle and broadcast only".to_owned(),
+        );
+    }
     if kind == Kind::Soak && common.wire != wire::Wire::Websocket {
         return Err("soak drives WebSockets only (--wire websocket)".to_owned());
     }
@@ -701,6 +707,9 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
             }
             if common.wire.is_socketio() {
                 env.push(("TIDINGS_SOCKETIO__ENABLED".into(), "true".into()));
+            }
+            if common.wire == wire::Wire::Pusher {
+                env.extend(wire::pusher_env());
             }
             for _ in 0..common.gateways {
                 let gw = match &common.socketio_baseline {
@@ -973,7 +982,9 @@ async fn run(scenario: Scenario) -> Result<bool, String> {
             let target = if kind == Kind::PerUser {
                 publish::Target::PerUser { users }
             } else {
-                publish::Target::Broadcast
+                publish::Target::Broadcast {
+                    channel: common.wire.broadcast_channel(),
+                }
             };
             published = publisher.run(rate, &target, &shared).await?;
             *phase.lock() = "drain";

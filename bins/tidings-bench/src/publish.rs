@@ -39,8 +39,9 @@ pub(crate) enum Target {
     /// `/app/user/<u>/notifications` for a random user `u` in `1..=users`,
     /// expected on every socket of that user.
     PerUser { users: u64 },
-    /// `/app/broadcast`, expected on every open socket.
-    Broadcast,
+    /// `channel` (`/app/broadcast`; the Pusher wire's is
+    /// `/pusher/bench/broadcast`), expected on every open socket.
+    Broadcast { channel: &'static str },
 }
 
 /// Publishing connections: one to a single server, or one per master of a
@@ -209,9 +210,15 @@ impl Publisher {
                             let u = rng.below(users) + 1;
                             (u, u64::from(shared.sockets_of(u)))
                         }
-                        Target::Broadcast => (0, shared.live()),
+                        Target::Broadcast { .. } => (0, shared.live()),
                     };
-                    channel_of(user, &mut channel);
+                    match *target {
+                        Target::Broadcast { channel: c } => {
+                            channel.clear();
+                            channel.extend_from_slice(c.as_bytes());
+                        }
+                        Target::PerUser { .. } => channel_of(user, &mut channel),
+                    }
                     shared.expected[s].store(
                         u32::try_from(expected).unwrap_or(u32::MAX),
                         Ordering::Relaxed,

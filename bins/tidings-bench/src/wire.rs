@@ -1,6 +1,8 @@
 //! The wires other than the gateway's own WebSocket protocol: Server-Sent
-//! Events (`GET /sse`) and Socket.IO (Engine.IO 4, Socket.IO 5) over
-//! WebSocket or HTTP long-polling. Each client is one task holding one TCP
+//! Events (`GET /sse`), Socket.IO (Engine.IO 4, Socket.IO 5) over
+//! WebSocket or HTTP long-polling, and Pusher Channels (protocol 7, as
+//! pusher-js speaks it, subscribed to the public channel `broadcast` of the
+//! app `bench`). Each client is one task holding one TCP
 //! connection; the HTTP ones are spoken by hand (HTTP/1.1, keep-alive,
 //! chunked or sized bodies) so that the bench stays small per client.
 //!
@@ -41,6 +43,27 @@ pub(crate) enum Wire {
     /// Socket.IO over HTTP long-polling
     /// (`/socket.io/?EIO=4&transport=polling`), never upgraded.
     SocketioPolling,
+    /// Pusher Channels protocol 7 (`/app/bench-key?protocol=7`), each
+    /// client subscribed to the public channel `broadcast` (the Tidings
+    /// channel `/pusher/bench/broadcast`); `--launch` configures the app.
+    /// Broadcast and idle only.
+    Pusher,
+}
+
+/// The app `--wire pusher` uses: id, key and secret.
+pub(crate) const PUSHER_APP: (&str, &str, &str) = ("bench", "bench-key", "bench-secret-0123");
+
+/// The gateway's environment for `--wire pusher`: the Pusher endpoints on,
+/// with the bench's app.
+pub(crate) fn pusher_env() -> Vec<(String, String)> {
+    let (id, key, secret) = PUSHER_APP;
+    vec![
+        ("TIDINGS_PUSHER__ENABLED".into(), "true".into()),
+        (
+            "TIDINGS_PUSHER__APPS".into(),
+            format!(r#"[{{id="{id}",key="{key}",secret="{secret}"}}]"#),
+        ),
+    ]
 }
 
 impl Wire {
@@ -50,6 +73,7 @@ impl Wire {
             Wire::Sse => "sse",
             Wire::Socketio => "socketio",
             Wire::SocketioPolling => "socketio-polling",
+            Wire::Pusher => "pusher",
         }
     }
 
@@ -60,6 +84,15 @@ impl Wire {
             Wire::Sse => format!("http://{addr}/sse"),
             Wire::Socketio => format!("ws://{addr}/socket.io/?EIO=4&transport=websocket"),
             Wire::SocketioPolling => format!("http://{addr}/socket.io/?EIO=4&transport=polling"),
+            Wire::Pusher => format!("ws://{addr}/app/{}?protocol=7", PUSHER_APP.1),
+        }
+    }
+
+    /// The channel the broadcast goes to.
+    pub(crate) fn broadcast_channel(self) -> &'static str {
+        match self {
+            Wire::Pusher => "/pusher/bench/broadcast",
+            _ => "/app/broadcast",
         }
     }
 
@@ -604,9 +637,133 @@ pub(crate) async fn read_polling(mut p: Polling, plan: &Plan, shared: &Shared) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Pusher Channels.
+
+/// Opens the Pusher WebSocket, waits for `pusher:connection_established`,
+/// subscribes to `broadcast` and waits for the subscription.
+pub(crate) async fn connect_pusher(plan: &Plan) -> Result<Ws, String> {
+    let stream = client::tcp(plan).await?;
+    let mut req = (&*plan.url)
+        .into_client_request()
+        .map_err(|e| format!("bad url: {e}"))?;
+    req.headers_mut().insert(
+        "cookie",
+        HeaderValue::from_str(&format!("uid={}", plan.user)).map_err(|e| e.to_string())?,
+    );
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(req, stream, Some(client::config()))
+            .await
+            .map_err(|e| match e {
+                WsError::Http(res) => format!("http {}", res.status().as_u16()),
+                WsError::Io(e) => format!("io: handshake: {}", e.kind()),
+                other => format!("handshake: {other}"),
+            })?;
+    loop {
+        let t = match ws.next().await {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(other)) => return Err(format!("unexpected message: {other:?}")),
+            Some(Err(e)) => return Err(format!("before subscription: {e}")),
+            None => return Err("closed before subscription".to_owned()),
+        };
+        let b = t.as_bytes();
+        let is = |event: &[u8]| find(b, event).is_some();
+        if is(br#""event":"pusher:connection_established""#) {
+            ws.send(Message::text(
+                r#"{"event":"pusher:subscribe","data":{"channel":"broadcast"}}"#,
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        } else if is(br#""event":"pusher_internal:subscription_succeeded""#) {
+            return Ok(ws);
+        } else if is(br#""event":"pusher:ping""#) {
+            ws.send(Message::text(r#"{"event":"pusher:pong","data":{}}"#))
+                .await
+                .map_err(|e| e.to_string())?;
+        } else {
+            return Err(format!(
+                "refused: {}",
+                String::from_utf8_lossy(&b[..b.len().min(200)])
+            ));
+        }
+    }
+}
+
+/// Parses a Pusher event of the bench's broadcast,
+/// `{"event":"message","channel":"broadcast","data":{"t":T,"s":S,"u":U}}`
+/// (the data as published; also as a JSON string, as the HTTP API's
+/// events carry it), as the broadcast channel's message.
+pub(crate) fn parse_pusher(frame: &[u8]) -> Option<Parsed<'_>> {
+    let data = frame.strip_prefix(br#"{"event":"message","channel":"broadcast","data":"#)?;
+    let field = |k: u8| {
+        number_after(data, &[b'"', k, b'"', b':'])
+            .or_else(|| number_after(data, &[k, b'\\', b'"', b':']))
+    };
+    Some(Parsed {
+        channel: b"/app/broadcast",
+        t: field(b't')?,
+        seq: field(b's')?,
+        user: field(b'u')?,
+    })
+}
+
+/// Reads Pusher events until the task is aborted or the socket ends,
+/// answering the server's `pusher:ping`.
+pub(crate) async fn read_pusher(mut ws: Ws, plan: &Plan, shared: &Shared) {
+    while let Some(msg) = ws.next().await {
+        match msg {
+            Ok(Message::Text(t)) => {
+                let b = t.as_bytes();
+                if find(b, br#""event":"pusher:ping""#).is_some() {
+                    if ws
+                        .send(Message::text(r#"{"event":"pusher:pong","data":{}}"#))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    continue;
+                }
+                let now = now_ns();
+                match parse_pusher(b) {
+                    Some(m) => account(&m, now, b, plan, shared),
+                    None => on_other(b, plan, shared),
+                }
+            }
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+            Ok(Message::Close(frame)) => {
+                shared.disconnected.fetch_add(1, Ordering::Relaxed);
+                shared.sample(|| format!("uid={} closed by the gateway: {frame:?}", plan.user));
+                return;
+            }
+            Ok(other) => on_other(format!("{other:?}").as_bytes(), plan, shared),
+            Err(e) => {
+                shared.disconnected.fetch_add(1, Ordering::Relaxed);
+                shared.sample(|| format!("uid={} socket error: {e}", plan.user));
+                return;
+            }
+        }
+    }
+    shared.disconnected.fetch_add(1, Ordering::Relaxed);
+    shared.sample(|| format!("uid={} socket ended", plan.user));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_a_pusher_broadcast_event() {
+        let f = br#"{"event":"message","channel":"broadcast","data":"{\"t\":1700000000000000000,\"s\":7,\"u\":0}"}"#;
+        let m = parse_pusher(f).unwrap();
+        assert_eq!(m.channel, b"/app/broadcast");
+        assert_eq!((m.t, m.seq, m.user), (1_700_000_000_000_000_000, 7, 0));
+        let raw = br#"{"event":"message","channel":"broadcast","data":{"t":5,"s":8,"u":0}}"#;
+        let m = parse_pusher(raw).unwrap();
+        assert_eq!((m.t, m.seq, m.user), (5, 8, 0));
+        assert!(parse_pusher(br#"{"event":"message","channel":"other","data":"{}"}"#).is_none());
+    }
 
     #[test]
     fn parses_a_notification_event() {

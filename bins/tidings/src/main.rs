@@ -178,28 +178,6 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         tidings_control::presence_publisher(bridge.clone(), presence_lookup.clone()),
     )?;
     let _channel_refresher = channel_tracker.spawn_refresher();
-    // Pusher presence channels: members in the same store, member_added
-    // and member_removed published on the channels themselves.
-    let pusher_tracker = match &pusher {
-        Some(p) => {
-            let lookup: tidings_control::PresenceLookup = {
-                let p = p.clone();
-                Arc::new(move |c: &tidings_core::ChannelName| {
-                    p.pusher_channel(c.as_str())
-                        .filter(|(_, name)| name.starts_with("presence-"))
-                        .map(|_| tidings_routing::PresenceMode::Full)
-                })
-            };
-            let t = tidings_control::PresenceTracker::new(
-                presence_store.clone(),
-                presence_config,
-                tidings_control::presence_publisher(bridge.clone(), lookup),
-            )?;
-            let refresher = t.spawn_refresher();
-            Some((t, refresher))
-        }
-        None => None,
-    };
     let webhooks = match config.webhooks()? {
         Some(c) => Some(tidings_control::Webhooks::start(c)?),
         None => None,
@@ -216,7 +194,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let mut occupancy = None;
     if let Some(w) = &webhooks {
         let t = tidings_control::PresenceTracker::new(
-            presence_store,
+            presence_store.clone(),
             presence_config,
             tidings_control::occupancy_webhooks(w.clone()),
         )?;
@@ -279,15 +257,21 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         let sio = SocketIo::new(gateway.admission().clone(), gateway.context().clone(), sio);
         mounts = mounts.under(path, Arc::new(sio));
     }
+    let mut pusher_endpoint = None;
     if let Some(pusher) = pusher {
         let mut p = Pusher::new(
             gateway.admission().clone(),
             gateway.context().clone(),
             pusher,
         );
-        if let Some((t, _)) = &pusher_tracker {
-            p = p.with_presence(t.clone());
-        }
+        // Presence members and channel counts in the same store as the
+        // native presence (with Redis: every gateway's); terminate_connections
+        // over the bridge.
+        p = p
+            .with_presence(presence_store.clone(), presence_config)?
+            .with_control()
+            .await;
+        pusher_endpoint = Some(p.clone());
         let pusher = Arc::new(p);
         mounts = mounts
             .under(tidings_pusher::SOCKET_PREFIX, pusher.clone())
@@ -305,8 +289,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // than after their time to live).
     tracker.leave_all().await;
     channel_tracker.leave_all().await;
-    if let Some((t, _)) = &pusher_tracker {
-        t.leave_all().await;
+    if let Some(p) = &pusher_endpoint {
+        p.leave_all().await;
     }
     if let Some((t, _)) = &occupancy {
         t.leave_all().await;

@@ -47,7 +47,7 @@ pub use presence_memory::MemoryPresence;
 pub use presence_redis::{RedisPresence, DEFAULT_PRESENCE_PREFIX, PRESENCE_SCRIPT};
 pub use presence_tracker::{PresenceSink, PresenceTracker};
 pub use registry::{Connection, ConnectionInfo, Registration, Registry};
-pub use webhook::{WebhookConfig, WebhookEvent, WebhookStats, Webhooks};
+pub use webhook::{WebhookConfig, WebhookEvent, WebhookSigning, WebhookStats, Webhooks};
 
 /// A boxed, sendable future, as trait objects return them.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

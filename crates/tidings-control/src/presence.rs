@@ -78,6 +78,12 @@ impl PresenceKey {
         Self(format!("occ:{}", channel.as_str()))
     }
 
+    /// Every subscription of `channel`, one entry per connection (the
+    /// Pusher adapter's counts and occupancy): `sub:<channel>`.
+    pub fn subscriptions(channel: &ChannelName) -> Self {
+        Self(format!("sub:{}", channel.as_str()))
+    }
+
     /// The connections of `user`: `user:<user>`.
     pub fn user(user: &str) -> Self {
         Self(format!("user:{user}"))
@@ -96,6 +102,11 @@ impl PresenceKey {
     /// The channel, if this is a channel's occupancy set.
     pub fn as_occupancy(&self) -> Option<&str> {
         self.0.strip_prefix("occ:")
+    }
+
+    /// The channel, if this is a channel's subscriptions set.
+    pub fn as_subscriptions(&self) -> Option<&str> {
+        self.0.strip_prefix("sub:")
     }
 }
 

@@ -11,7 +11,10 @@
 //! `X-Tidings-Timestamp: <unix seconds>` and
 //! `X-Tidings-Signature: sha256=<hex>` carry the HMAC-SHA256, under the
 //! shared secret, of `<timestamp>.<body>` (see docs/control.md for how a
-//! backend verifies it).
+//! backend verifies it). With [`WebhookSigning::Pusher`] the same body
+//! (whose events are then Pusher's, sent with [`WebhookEvent::Json`]) is
+//! signed as Pusher Channels signs its webhooks: `X-Pusher-Key: <key>` and
+//! `X-Pusher-Signature: <hex of HMAC-SHA256(secret, body)>`.
 
 use std::{
     fmt,
@@ -23,7 +26,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, Method, Request, StatusCode, Uri};
+use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::Full;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
@@ -38,6 +41,25 @@ use crate::hmac::{hex, hmac_sha256};
 pub const SIGNATURE_HEADER: &str = "x-tidings-signature";
 /// The header with the timestamp the signature covers.
 pub const TIMESTAMP_HEADER: &str = "x-tidings-timestamp";
+/// Pusher's signature header ([`WebhookSigning::Pusher`]).
+pub const PUSHER_SIGNATURE_HEADER: &str = "x-pusher-signature";
+/// Pusher's app key header ([`WebhookSigning::Pusher`]).
+pub const PUSHER_KEY_HEADER: &str = "x-pusher-key";
+
+/// How a POST is signed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum WebhookSigning {
+    /// `X-Tidings-Timestamp` and `X-Tidings-Signature: sha256=<hex>` of
+    /// `<timestamp>.<body>` (the default).
+    #[default]
+    Tidings,
+    /// As Pusher Channels signs: `X-Pusher-Key: <key>` and
+    /// `X-Pusher-Signature: <hex>` of the body.
+    Pusher {
+        /// The app key sent in `X-Pusher-Key`.
+        key: String,
+    },
+}
 
 /// How webhooks are sent.
 #[derive(Clone)]
@@ -60,6 +82,8 @@ pub struct WebhookConfig {
     /// Wait before the first retry; doubled each time, at most 30 s.
     /// Default 500 ms.
     pub backoff: Duration,
+    /// How POSTs are signed. Default [`WebhookSigning::Tidings`].
+    pub signing: WebhookSigning,
 }
 
 impl fmt::Debug for WebhookConfig {
@@ -73,6 +97,7 @@ impl fmt::Debug for WebhookConfig {
             .field("timeout", &self.timeout)
             .field("max_attempts", &self.max_attempts)
             .field("backoff", &self.backoff)
+            .field("signing", &self.signing)
             .finish()
     }
 }
@@ -89,17 +114,28 @@ impl WebhookConfig {
             timeout: Duration::from_secs(5),
             max_attempts: 4,
             backoff: Duration::from_millis(500),
+            signing: WebhookSigning::Tidings,
         }
     }
 
     /// Checks the URL (an `http://` URL with a host), the secret (at least
-    /// 16 bytes) and the sizes (at least 1).
+    /// 16 bytes; 8 for [`WebhookSigning::Pusher`], whose secret is the
+    /// app's) and the sizes (at least 1).
     pub fn validate(&self) -> Result<(), &'static str> {
         if self.url.scheme_str() != Some("http") || self.url.host().is_none() {
             return Err("webhooks.url must be an http:// URL");
         }
-        if self.secret.len() < 16 {
-            return Err("webhooks.secret must be at least 16 bytes");
+        match &self.signing {
+            WebhookSigning::Tidings if self.secret.len() < 16 => {
+                return Err("webhooks.secret must be at least 16 bytes");
+            }
+            WebhookSigning::Pusher { .. } if self.secret.len() < 8 => {
+                return Err("the app secret must be at least 8 bytes");
+            }
+            WebhookSigning::Pusher { key } if HeaderValue::from_str(key).is_err() => {
+                return Err("the app key must be a valid header value");
+            }
+            _ => {}
         }
         if self.queue == 0 || self.batch == 0 || self.concurrency == 0 || self.max_attempts == 0 {
             return Err("webhooks.queue, batch, concurrency and max_attempts must be at least 1");
@@ -153,6 +189,10 @@ pub enum WebhookEvent {
         /// When, in ms since the Unix epoch.
         time_ms: u64,
     },
+    /// An event given as JSON, sent as is (another wire's webhooks, such as
+    /// Pusher's `{"name":"channel_occupied","channel":"..."}`).
+    #[serde(untagged)]
+    Json(serde_json::Value),
 }
 
 /// Now, in ms since the Unix epoch.
@@ -317,15 +357,25 @@ async fn post(config: &WebhookConfig, client: &HttpClient, events: &[WebhookEven
         events,
     })
     .expect("events serialize");
-    let timestamp = now / 1000;
-    let sig = signature(config.secret.as_bytes(), timestamp, &body);
     let req = Request::builder()
         .method(Method::POST)
         .uri(config.url.clone())
         .header(header::CONTENT_TYPE, "application/json")
-        .header(header::USER_AGENT, "tidings-webhooks")
-        .header(TIMESTAMP_HEADER, timestamp)
-        .header(SIGNATURE_HEADER, sig)
+        .header(header::USER_AGENT, "tidings-webhooks");
+    let req = match &config.signing {
+        WebhookSigning::Tidings => {
+            let timestamp = now / 1000;
+            let sig = signature(config.secret.as_bytes(), timestamp, &body);
+            req.header(TIMESTAMP_HEADER, timestamp)
+                .header(SIGNATURE_HEADER, sig)
+        }
+        WebhookSigning::Pusher { key } => {
+            let sig = hex(&hmac_sha256(config.secret.as_bytes(), &body));
+            req.header(PUSHER_KEY_HEADER, key.as_str())
+                .header(PUSHER_SIGNATURE_HEADER, sig)
+        }
+    };
+    let req = req
         .body(Full::new(Bytes::from(body)))
         .expect("a valid request");
     match tokio::time::timeout(config.timeout, client.request(req)).await {
@@ -384,6 +434,11 @@ mod tests {
             serde_json::to_value(&o).unwrap()["event"],
             "channel_occupied"
         );
+        let j = WebhookEvent::Json(serde_json::json!({"name": "channel_vacated", "channel": "c"}));
+        assert_eq!(
+            serde_json::to_string(&j).unwrap(),
+            r#"{"channel":"c","name":"channel_vacated"}"#
+        );
     }
 
     #[test]
@@ -398,5 +453,9 @@ mod tests {
         assert!(short.validate().is_err());
         let https = WebhookConfig::new("https://x/".parse().unwrap(), "0123456789abcdef");
         assert!(https.validate().is_err());
+        let mut pusher = WebhookConfig::new("http://127.0.0.1:1/".parse().unwrap(), "app-secret");
+        assert!(pusher.validate().is_err());
+        pusher.signing = WebhookSigning::Pusher { key: "k".into() };
+        assert!(pusher.validate().is_ok());
     }
 }

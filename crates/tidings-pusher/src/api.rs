@@ -1,6 +1,8 @@
 //! Pusher's HTTP API under `/apps/{id}/`: triggering events (`events`,
-//! `batch_events`) and querying channels (`channels`, `channels/{name}`,
-//! `channels/{name}/users`), every request signed with the app's secret.
+//! `batch_events`), querying channels (`channels`, `channels/{name}`,
+//! `channels/{name}/users`) and closing a user's connections
+//! (`users/{id}/terminate_connections`), every request signed with the
+//! app's secret.
 
 use std::{
     collections::BTreeSet,
@@ -13,12 +15,12 @@ use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
 use tidings_admission::{full_body, Body};
-use tidings_control::PresenceKey;
+use tidings_control::{Command, PresenceKey, Target};
 use tidings_core::{protocol::SenderEnvelope, ChannelName, Message};
 
 use crate::{
     config::{App, PusherConfig},
-    shared::Inner,
+    shared::{user_key, Inner},
     sign, wire,
 };
 
@@ -178,24 +180,77 @@ where
                     .collect();
                 return reply(StatusCode::OK, &json!({ "users": users }));
             }
-            let count = inner.subscription_count(&tidings);
+            // Every gateway's, from the presence store.
+            let tracker = &inner.tracker;
+            let count = match tracker.stats(&PresenceKey::subscriptions(&tidings)).await {
+                Ok(s) => s.connections,
+                Err(e) => return unavailable(e),
+            };
             let mut info = json!({ "occupied": count > 0, "subscription_count": count });
             if name.starts_with("presence-") {
-                info["user_count"] = users_on(inner, &tidings).await.len().into();
+                match tracker.stats(&PresenceKey::channel(&tidings)).await {
+                    Ok(s) => info["user_count"] = s.users.into(),
+                    Err(e) => return unavailable(e),
+                }
             }
             reply(StatusCode::OK, &info)
+        }
+        (&Method::POST, t) if t.starts_with("users/") => {
+            let Some(user) = t["users/".len()..].strip_suffix("/terminate_connections") else {
+                return error(StatusCode::NOT_FOUND, "not found");
+            };
+            if user.is_empty() || user.len() > 128 || user.contains('/') {
+                return error(StatusCode::BAD_REQUEST, "invalid user id");
+            }
+            terminate(inner, &app, user).await
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
 }
 
-/// The users on a presence channel: on every gateway with a tracker, else
-/// on this one.
-async fn users_on(inner: &Inner, channel: &ChannelName) -> Vec<String> {
-    let Some(tracker) = &inner.tracker else {
-        return inner.presence.users(channel);
+/// The presence store did not answer: 503.
+fn unavailable(e: tidings_control::PresenceError) -> Response<Body> {
+    tracing::warn!(error = %e, "pusher API: presence store unavailable");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the presence store is not available",
+    )
+}
+
+/// Closes `user`'s signed-in connections of `app`: on every gateway
+/// through the control channel when it is started, else on this one.
+async fn terminate(inner: &Inner, app: &App, user: &str) -> Response<Body> {
+    let command = Command::Disconnect {
+        target: Target::User(user_key(&app.id, user)),
+        // The connection closes with Pusher's 4009 whatever the code.
+        code: tidings_control::command::CLOSE_DISCONNECTED,
+        reason: "terminated by the app".into(),
     };
-    match tracker.store().list(&PresenceKey::channel(channel)).await {
+    match &inner.control {
+        Some(control) => {
+            if let Err(e) = control.publish(&command).await {
+                tracing::warn!(error = %e, "pusher terminate_connections not published");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the broker is not available",
+                );
+            }
+        }
+        None => {
+            inner.users.apply(&command);
+        }
+    }
+    reply(StatusCode::OK, &json!({}))
+}
+
+/// The users on a presence channel, on every gateway sharing the store.
+async fn users_on(inner: &Inner, channel: &ChannelName) -> Vec<String> {
+    match inner
+        .tracker
+        .store()
+        .list(&PresenceKey::channel(channel))
+        .await
+    {
         Ok((entries, _)) => {
             let users: BTreeSet<String> = entries.into_iter().filter_map(|e| e.user).collect();
             users.into_iter().collect()

@@ -23,6 +23,38 @@ pub struct App {
     /// presence channels. Default false, as on Pusher.
     #[serde(default)]
     pub client_events: bool,
+    /// Where this app's webhooks go, in Pusher's format and signed with
+    /// the app's secret (`webhooks = [{ url = "http://...", event_types =
+    /// ["channel_occupied"] }]`). Default none.
+    #[serde(default)]
+    pub webhooks: Vec<AppWebhook>,
+}
+
+/// The webhook events an app can ask for.
+pub const WEBHOOK_EVENTS: [&str; 5] = [
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+];
+
+/// One webhook of an app: Pusher's webhook body, POSTed to `url`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppWebhook {
+    /// Where to POST (`http://` only; put a TLS proxy in front for more).
+    pub url: String,
+    /// Which events (of [`WEBHOOK_EVENTS`]); empty: all of them.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+}
+
+impl AppWebhook {
+    /// Whether this webhook wants events named `name`.
+    pub fn wants(&self, name: &str) -> bool {
+        self.event_types.is_empty() || self.event_types.iter().any(|e| e == name)
+    }
 }
 
 impl std::fmt::Debug for App {
@@ -31,6 +63,7 @@ impl std::fmt::Debug for App {
             .field("id", &self.id)
             .field("key", &self.key)
             .field("client_events", &self.client_events)
+            .field("webhooks", &self.webhooks)
             .finish_non_exhaustive()
     }
 }
@@ -71,6 +104,9 @@ pub struct PusherConfig {
     /// At shutdown, the window over which connections are closed.
     /// Default 5 s.
     pub drain_spread: Duration,
+    /// The pub/sub channel that carries `terminate_connections` to every
+    /// gateway. Default `tidings:pusher:control`.
+    pub control_channel: String,
 }
 
 impl Default for PusherConfig {
@@ -87,6 +123,7 @@ impl Default for PusherConfig {
             timestamp_window: Duration::from_secs(600),
             write_timeout: Duration::from_secs(10),
             drain_spread: Duration::from_secs(5),
+            control_channel: "tidings:pusher:control".into(),
         }
     }
 }
@@ -159,6 +196,8 @@ pub struct PusherSettings {
     pub max_message_bytes: usize,
     /// The API's `auth_timestamp` window, in seconds.
     pub timestamp_window_secs: f64,
+    /// The channel carrying `terminate_connections` to every gateway.
+    pub control_channel: String,
 }
 
 impl Default for PusherSettings {
@@ -175,6 +214,7 @@ impl Default for PusherSettings {
             max_event_bytes: c.max_event_bytes,
             max_message_bytes: c.max_message_bytes,
             timestamp_window_secs: c.timestamp_window.as_secs_f64(),
+            control_channel: c.control_channel,
         }
     }
 }
@@ -217,6 +257,29 @@ impl PusherSettings {
                     "must be at least 8 characters",
                 ));
             }
+            for (j, w) in a.webhooks.iter().enumerate() {
+                let key = || format!("apps[{i}].webhooks[{j}]");
+                let url: http::Uri = w
+                    .url
+                    .parse()
+                    .map_err(|_| ConfigError::new(format!("{}.url", key()), "not a URL"))?;
+                if url.scheme_str() != Some("http") || url.host().is_none() {
+                    return Err(ConfigError::new(
+                        format!("{}.url", key()),
+                        "must be an http:// URL",
+                    ));
+                }
+                if let Some(e) = w
+                    .event_types
+                    .iter()
+                    .find(|e| !WEBHOOK_EVENTS.contains(&e.as_str()))
+                {
+                    return Err(ConfigError::new(
+                        format!("{}.event_types", key()),
+                        format!("unknown event {e:?}; known: {}", WEBHOOK_EVENTS.join(", ")),
+                    ));
+                }
+            }
             let dup = self.apps[..i]
                 .iter()
                 .any(|b| b.id == a.id || b.key == a.key);
@@ -245,6 +308,13 @@ impl PusherSettings {
                 "must be between 1024 and 16777216",
             ));
         }
+        if ChannelName::new(&self.control_channel).is_err() {
+            return Err(ConfigError::new(
+                "control_channel",
+                "must be a channel name",
+            ));
+        }
+        c.control_channel = self.control_channel.clone();
         c.apps = self.apps.clone();
         c.prefix = self.prefix.clone();
         c.event = self.event.clone();
@@ -268,6 +338,7 @@ mod tests {
             key: key.into(),
             secret: Secret::new("a-long-secret"),
             client_events: false,
+            webhooks: Vec::new(),
         }
     }
 
@@ -288,6 +359,31 @@ mod tests {
             ..PusherSettings::default()
         };
         assert_eq!(dup.apply(&mut c).unwrap_err().key(), "apps[1]");
+        let mut hooked = app("3", "k3");
+        hooked.webhooks = vec![AppWebhook {
+            url: "http://127.0.0.1:9/hook".into(),
+            event_types: vec!["member_added".into(), "channel_opened".into()],
+        }];
+        let bad_hook = PusherSettings {
+            apps: vec![hooked.clone()],
+            ..PusherSettings::default()
+        };
+        assert_eq!(
+            bad_hook.apply(&mut c).unwrap_err().key(),
+            "apps[0].webhooks[0].event_types"
+        );
+        hooked.webhooks[0].event_types.pop();
+        hooked.webhooks[0].url = "https://example.com/hook".into();
+        let tls = PusherSettings {
+            apps: vec![hooked.clone()],
+            ..PusherSettings::default()
+        };
+        assert_eq!(
+            tls.apply(&mut c).unwrap_err().key(),
+            "apps[0].webhooks[0].url"
+        );
+        assert!(hooked.webhooks[0].wants("member_added"));
+        assert!(!hooked.webhooks[0].wants("client_event"));
         let none = PusherSettings::default();
         assert_eq!(none.apply(&mut c).unwrap_err().key(), "apps");
         assert!(!valid_channel("a*b"));

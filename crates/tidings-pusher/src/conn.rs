@@ -15,7 +15,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, value::RawValue};
 use tidings_admission::Admitted;
-use tidings_control::{PresenceEntry, PresenceKey};
+use tidings_control::{Connection, ConnectionInfo, PresenceEntry, PresenceKey, Registration};
 use tidings_core::{protocol::SenderEnvelope, ChannelName, Message};
 use tidings_session::{Batch, CloseReason, End, Output, Positions, Session};
 use tokio::{
@@ -27,7 +27,7 @@ use tokio::{
 use crate::{
     config::App,
     presence::{self, Member},
-    shared::Inner,
+    shared::{user_key, Inner},
     sign,
     wire::{self, code, ClientMessage, Signin, Subscribe},
 };
@@ -91,8 +91,11 @@ pub(crate) async fn serve(
             }
         })
     };
+    let (kill, killed) = mpsc::channel(1);
     let mut conn = Conn {
         inner: inner.clone(),
+        kill,
+        registration: None,
         writer,
         socket_id: String::new(),
         session: None,
@@ -102,8 +105,9 @@ pub(crate) async fn serve(
         client_events: (StdInstant::now(), 0),
         outs: Vec::new(),
     };
-    let reason = conn.run(opening, admitted, ws_in).await;
+    let reason = conn.run(opening, admitted, ws_in, killed).await;
     reader.abort();
+    conn.registration = None;
     conn.leave_all().await;
     if let Some(s) = conn.session.as_mut() {
         s.finish(1000, reason.as_str());
@@ -135,6 +139,10 @@ struct Joined {
 
 struct Conn {
     inner: Arc<Inner>,
+    /// Tells the connection's task to close (`terminate_connections`).
+    kill: mpsc::Sender<()>,
+    /// The signed-in user's place in the endpoint's registry.
+    registration: Option<Registration>,
     writer: Writer,
     socket_id: String,
     session: Option<Session>,
@@ -184,6 +192,7 @@ impl Conn {
         opening: Opening,
         admitted: Admitted,
         mut ws_in: mpsc::Receiver<Option<String>>,
+        mut killed: mpsc::Receiver<()>,
     ) -> CloseReason {
         let refuse = match (&opening.app, opening.protocol.as_deref()) {
             (None, _) => Some((code::APP_UNKNOWN, "App key not in this server")),
@@ -251,6 +260,9 @@ impl Conn {
                 }
                 () = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
                     Step::Close(code::RECONNECT, "server restarting, reconnect", CloseReason::Shutdown)
+                }
+                Some(()) = killed.recv() => {
+                    Step::Close(code::UNAUTHORIZED, "Connection terminated by the app", CloseReason::Backend)
                 }
                 msg = ws_in.recv() => {
                     last_heard = Instant::now();
@@ -486,18 +498,23 @@ impl Conn {
         let session = self.session.as_mut().expect("open");
         session.subscribe_authorized(tidings.clone()).await;
         self.inner.occupy(&tidings, true);
-        let data = match (&member, self.inner.tracker.clone()) {
-            (Some(m), Some(tracker)) => {
-                // Across gateways: the tracker's store has every member;
-                // its sink publishes join and leave on the channel.
+        let tracker = self.inner.tracker.clone();
+        // Every subscription is an entry of the channel's subscriptions
+        // set (the API's counts, the occupied and vacated webhooks), under
+        // one user: the set's first entry and its last are the channel's.
+        let sub = self.entry(Some("*".to_owned()), serde_json::Value::Null);
+        if let Err(e) = tracker
+            .join(&PresenceKey::subscriptions(&tidings), sub)
+            .await
+        {
+            tracing::warn!(channel = %tidings, error = %e, "subscription count not recorded; the next refresh retries");
+        }
+        let data = match &member {
+            Some(m) => {
+                // Across gateways with a shared store: it has every
+                // member; the sink publishes join and leave on the channel.
                 let key = PresenceKey::channel(&tidings);
-                let entry = PresenceEntry {
-                    conn: self.socket_id.clone(),
-                    user: Some(m.user_id.clone()),
-                    gateway: format!("pusher-{}", self.inner.tag),
-                    info: m.user_info.clone(),
-                    since_ms: now_ms(),
-                };
+                let entry = self.entry(Some(m.user_id.clone()), m.user_info.clone());
                 if let Err(e) = tracker.join(&key, entry).await {
                     tracing::warn!(channel = %tidings, error = %e, "presence join failed; the next refresh retries");
                 }
@@ -515,15 +532,7 @@ impl Conn {
                 };
                 json!({ "presence": list })
             }
-            (Some(m), None) => {
-                let (first, list) = self.inner.presence.join(&tidings, m);
-                if first {
-                    self.publish_internal(&tidings, "pusher_internal:member_added", &m.info())
-                        .await;
-                }
-                json!({ "presence": list })
-            }
-            (None, _) => json!({}),
+            None => json!({}),
         };
         self.channels
             .insert(channel.clone(), Joined { tidings, member });
@@ -566,20 +575,26 @@ impl Conn {
             s.unsubscribe_authorized(&joined.tidings);
         }
         self.inner.occupy(&joined.tidings, false);
-        if let (Some(_), Some(tracker)) = (&joined.member, &self.inner.tracker) {
-            let key = PresenceKey::channel(&joined.tidings);
+        let tracker = &self.inner.tracker;
+        let mut keys = vec![PresenceKey::subscriptions(&joined.tidings)];
+        if joined.member.is_some() {
+            keys.push(PresenceKey::channel(&joined.tidings));
+        }
+        for key in keys {
             if let Err(e) = tracker.leave(&key, &self.socket_id).await {
-                tracing::debug!(channel = %joined.tidings, error = %e, "presence leave failed; the entry expires");
+                tracing::debug!(set = %key, error = %e, "presence leave failed; the entry expires");
             }
-        } else if let Some(m) = &joined.member {
-            if self.inner.presence.leave(&joined.tidings, &m.user_id) {
-                self.publish_internal(
-                    &joined.tidings,
-                    "pusher_internal:member_removed",
-                    &json!({ "user_id": m.user_id }),
-                )
-                .await;
-            }
+        }
+    }
+
+    /// This connection's entry in a presence set.
+    fn entry(&self, user: Option<String>, info: serde_json::Value) -> PresenceEntry {
+        PresenceEntry {
+            conn: self.socket_id.clone(),
+            user,
+            gateway: format!("pusher-{}", self.inner.tag),
+            info,
+            since_ms: now_ms(),
         }
     }
 
@@ -589,17 +604,6 @@ impl Conn {
         for joined in channels {
             self.leave(joined).await;
         }
-    }
-
-    /// Publishes one of the server's own events on a channel, for every
-    /// subscriber but this connection.
-    async fn publish_internal(&self, channel: &ChannelName, event: &str, data: &serde_json::Value) {
-        let data = data.to_string();
-        let Ok(data) = RawValue::from_string(serde_json::Value::String(data).to_string()) else {
-            return;
-        };
-        let payload = wire::payload(event, &data, None);
-        self.publish(channel, &payload).await;
     }
 
     /// Publishes `payload` (JSON) on `channel` for every subscriber but
@@ -632,6 +636,22 @@ impl Conn {
         let user = Member::parse(&s.user_data).map(|m| m.user_id);
         match user {
             Some(id) if sign::check_auth(&app, &s.auth, &signed) => {
+                // terminate_connections finds it by its app and user.
+                let handle = Arc::new(Terminate {
+                    kill: self.kill.clone(),
+                    info: ConnectionInfo {
+                        conn: self.socket_id.clone(),
+                        user: Some(id.clone()),
+                        gateway: format!("pusher-{}", self.inner.tag),
+                        since_ms: now_ms(),
+                    },
+                });
+                self.registration = None;
+                self.registration = Some(self.inner.users.register(
+                    &self.socket_id,
+                    Some(&user_key(&app.id, &id)),
+                    handle,
+                ));
                 self.user = Some(id);
                 self.send(&wire::event(
                     "pusher:signin_success",
@@ -706,6 +726,43 @@ impl Conn {
         }
         let payload = wire::payload(&event, data, user.as_deref());
         self.publish(&tidings, &payload).await;
+        let app = &self.app().id;
+        if self.inner.hooks.wants(app, "client_event") {
+            // Pusher gives the data as a string: a string's text, else the
+            // JSON.
+            let text = serde_json::from_str::<String>(data.get())
+                .unwrap_or_else(|_| data.get().to_owned());
+            let mut hook = json!({
+                "name": "client_event",
+                "channel": channel,
+                "event": event,
+                "data": text,
+                "socket_id": self.socket_id,
+            });
+            if let Some(u) = user {
+                hook["user_id"] = u.into();
+            }
+            self.inner.hooks.send(app, hook);
+        }
         Step::Go
+    }
+}
+
+/// A signed-in connection as the endpoint's registry sees it: a
+/// `disconnect` (`terminate_connections`) closes it.
+struct Terminate {
+    kill: mpsc::Sender<()>,
+    info: ConnectionInfo,
+}
+
+impl Connection for Terminate {
+    fn disconnect(&self, _code: u16, _reason: &str) {
+        let _ = self.kill.try_send(());
+    }
+    fn subscribe(&self, _channel: &ChannelName) {}
+    fn unsubscribe(&self, _channel: &ChannelName) {}
+    fn refresh(&self) {}
+    fn describe(&self) -> ConnectionInfo {
+        self.info.clone()
     }
 }

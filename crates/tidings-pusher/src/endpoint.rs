@@ -7,11 +7,15 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tidings_admission::{full_body, text, Admission, Body, Endpoint, Refusal};
-use tidings_control::PresenceTracker;
+use tidings_control::{
+    ControlChannel, MemoryPresence, Presence, PresenceConfig, PresenceError, PresenceTracker,
+    Registry,
+};
+use tidings_core::ChannelName;
 use tidings_session::{BoxFuture, Context, RejectReason};
 use tracing::Instrument;
 
-use crate::{api, config::PusherConfig, conn, presence::Presence, shared::Inner};
+use crate::{api, config::PusherConfig, conn, hooks, shared::Inner};
 
 /// Where the WebSocket is: `/app/{key}`.
 pub const SOCKET_PREFIX: &str = "/app/";
@@ -41,34 +45,83 @@ impl Endpoint for Pusher {
 
 impl Pusher {
     /// The endpoints over a gateway's admission and session context (the
-    /// gateway's `admission()` and `context()`).
+    /// gateway's `admission()` and `context()`), with presence and
+    /// subscription counts in this process and the apps' webhooks started.
+    /// Call it on a tokio runtime.
     pub fn new(admission: Admission, ctx: Arc<Context>, config: PusherConfig) -> Self {
         let mut tag = [0u8; 4];
         getrandom::fill(&mut tag).expect("the operating system's random generator failed");
+        let config = Arc::new(config);
+        let hooks = Arc::new(hooks::Hooks::start(&config));
+        let tracker = tracker(
+            &ctx,
+            &config,
+            &hooks,
+            Arc::new(MemoryPresence::new()),
+            PresenceConfig::default(),
+        )
+        .expect("the default presence timings are valid");
         Self {
             inner: Arc::new(Inner {
                 admission,
                 ctx,
-                config: Arc::new(config),
+                config,
                 tag: u32::from_le_bytes(tag) % 1_000_000_000,
                 occupancy: Default::default(),
-                presence: Presence::default(),
-                tracker: None,
+                tracker,
+                hooks,
+                users: Registry::new(),
+                control: None,
             }),
         }
     }
 
-    /// Keeps presence channels' members in `tracker` (the gateway's store,
-    /// Redis or in-process), so that member lists and `member_added` /
-    /// `member_removed` span every gateway. The tracker's sink should
-    /// publish its join and leave events on the channels
-    /// (`tidings_control::presence_publisher`) for the Pusher presence
-    /// channels. Call it before the endpoint is cloned.
-    pub fn with_presence(mut self, tracker: Arc<PresenceTracker>) -> Self {
+    /// Keeps presence channels' members and every channel's subscriptions
+    /// in `store` (the gateway's presence store: with Redis, shared by
+    /// every gateway), so that member lists, `member_added` /
+    /// `member_removed`, the channel counts of the HTTP API and the
+    /// occupied / vacated webhooks span every gateway. Call it before the
+    /// endpoint is cloned (a clone keeps the previous store).
+    pub fn with_presence(
+        mut self,
+        store: Arc<dyn Presence>,
+        timings: PresenceConfig,
+    ) -> Result<Self, PresenceError> {
+        let t = tracker(
+            &self.inner.ctx,
+            &self.inner.config,
+            &self.inner.hooks,
+            store,
+            timings,
+        )?;
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.tracker = Some(tracker);
+            inner.tracker = t;
+        }
+        Ok(self)
+    }
+
+    /// Listens on the configured control channel (`control_channel`, over
+    /// the gateway's bridge), so that `terminate_connections` reaches the
+    /// user's connections on every gateway; without it, it reaches this
+    /// gateway's only. Call it before the endpoint is cloned.
+    pub async fn with_control(mut self) -> Self {
+        let Ok(channel) = ChannelName::new(&self.inner.config.control_channel) else {
+            tracing::error!(channel = %self.inner.config.control_channel, "the pusher control channel is not a channel name");
+            return self;
+        };
+        let (control, _task) =
+            ControlChannel::start(&self.inner.ctx.bridge, channel, self.inner.users.clone()).await;
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.control = Some(Arc::new(control));
         }
         self
+    }
+
+    /// Removes this gateway's presence and subscription entries from the
+    /// store at once (at a graceful shutdown, after the sockets are gone),
+    /// rather than after their time to live.
+    pub async fn leave_all(&self) {
+        self.inner.tracker.leave_all().await;
     }
 
     /// The tunables.
@@ -151,4 +204,22 @@ impl Pusher {
             .spawn(conn::serve(fut, inner.clone(), opening, admitted).instrument(span));
         response.map(|_| full_body(Bytes::new()))
     }
+}
+
+/// The tracker of presence members and subscriptions over `store`, its
+/// refresher started (it ends when the tracker is dropped).
+fn tracker(
+    ctx: &Context,
+    config: &Arc<PusherConfig>,
+    hooks: &Arc<hooks::Hooks>,
+    store: Arc<dyn Presence>,
+    timings: PresenceConfig,
+) -> Result<Arc<PresenceTracker>, PresenceError> {
+    let t = PresenceTracker::new(
+        store,
+        timings,
+        hooks::sink(ctx.bridge.clone(), config.clone(), hooks.clone()),
+    )?;
+    drop(t.spawn_refresher());
+    Ok(t)
 }

@@ -11,16 +11,18 @@
 //! - `api`: the HTTP API (private).
 //! - `sign`: channel authorizations and request signing (private).
 //! - `shared`: what connections and API requests share (private).
-//! - `presence`: presence channels' members on this gateway (private).
+//! - `presence`: presence channels' members and member lists (private).
+//! - `hooks`: webhooks in Pusher's format (private).
 
 mod api;
 pub mod config;
 mod conn;
 pub mod endpoint;
+mod hooks;
 mod presence;
 mod shared;
 mod sign;
 pub mod wire;
 
-pub use config::{App, PusherConfig, PusherSettings};
+pub use config::{App, AppWebhook, PusherConfig, PusherSettings, WEBHOOK_EVENTS};
 pub use endpoint::{Pusher, API_PREFIX, SOCKET_PREFIX};

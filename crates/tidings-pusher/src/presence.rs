@@ -1,11 +1,8 @@
-//! Presence channels' members on this gateway: who is on each channel,
-//! counted per user (a user with two connections is one member).
+//! Presence channels' members: a member from its signed `channel_data`,
+//! and member lists counted per user (a user with two connections is one
+//! member). The members themselves are in the presence store.
 
-use std::collections::HashMap;
-
-use parking_lot::Mutex;
 use serde_json::{json, Value};
-use tidings_core::ChannelName;
 
 /// A presence channel's member, from the signed `channel_data`.
 #[derive(Debug, Clone)]
@@ -32,11 +29,6 @@ impl Member {
             user_info: v.get("user_info").cloned().unwrap_or(Value::Null),
         })
     }
-
-    /// `member_added`'s data.
-    pub(crate) fn info(&self) -> Value {
-        json!({ "user_id": self.user_id, "user_info": self.user_info })
-    }
 }
 
 /// A member list as `subscription_succeeded` gives it,
@@ -51,79 +43,19 @@ pub(crate) fn list<'a>(members: impl Iterator<Item = (&'a str, &'a Value)>) -> V
     json!({ "ids": ids, "hash": hash, "count": hash.len() })
 }
 
-/// A channel's members: user id -> (connections, user info).
-type Members = HashMap<String, (usize, Value)>;
-
-/// The members of every presence channel of this gateway.
-#[derive(Debug, Default)]
-pub(crate) struct Presence {
-    channels: Mutex<HashMap<ChannelName, Members>>,
-}
-
-impl Presence {
-    /// `member` joins `channel`: whether it is the user's first connection
-    /// there, and the member list (`{"ids", "hash", "count"}`) it sees.
-    pub(crate) fn join(&self, channel: &ChannelName, member: &Member) -> (bool, Value) {
-        let mut channels = self.channels.lock();
-        let members = channels.entry(channel.clone()).or_default();
-        let entry = members
-            .entry(member.user_id.clone())
-            .or_insert((0, member.user_info.clone()));
-        entry.0 += 1;
-        let first = entry.0 == 1;
-        let list = list(members.iter().map(|(id, (_, info))| (id.as_str(), info)));
-        (first, list)
-    }
-
-    /// A connection of `user` leaves `channel`: whether it was the user's
-    /// last there.
-    pub(crate) fn leave(&self, channel: &ChannelName, user: &str) -> bool {
-        let mut channels = self.channels.lock();
-        let Some(members) = channels.get_mut(channel) else {
-            return false;
-        };
-        let mut last = false;
-        if let Some(entry) = members.get_mut(user) {
-            entry.0 -= 1;
-            if entry.0 == 0 {
-                members.remove(user);
-                last = true;
-            }
-        }
-        if members.is_empty() {
-            channels.remove(channel);
-        }
-        last
-    }
-
-    /// The user ids on `channel` here.
-    pub(crate) fn users(&self, channel: &ChannelName) -> Vec<String> {
-        self.channels
-            .lock()
-            .get(channel)
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn members_count_per_user() {
-        let p = Presence::default();
-        let c = ChannelName::new("/pusher/1/presence-a").unwrap();
         let m = Member::parse(r#"{"user_id":7,"user_info":{"name":"Ann"}}"#).unwrap();
         assert_eq!(m.user_id, "7");
-        let (first, list) = p.join(&c, &m);
-        assert!(first);
-        assert_eq!(list["count"], 1);
-        assert_eq!(list["hash"]["7"]["name"], "Ann");
-        assert!(!p.join(&c, &m).0);
-        assert!(!p.leave(&c, "7"));
-        assert!(p.leave(&c, "7"));
-        assert!(p.users(&c).is_empty());
+        let other = Value::Null;
+        let l = list([("7", &m.user_info), ("8", &other), ("7", &other)].into_iter());
+        assert_eq!(l["count"], 2);
+        assert_eq!(l["hash"]["7"]["name"], "Ann");
         assert!(Member::parse(r#"{"user_info":{}}"#).is_none());
+        assert!(Member::parse(r#"{"user_id":""}"#).is_none());
     }
 }

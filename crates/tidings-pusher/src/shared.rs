@@ -4,11 +4,11 @@ use std::{collections::HashMap, sync::Arc};
 
 use parking_lot::Mutex;
 use tidings_admission::Admission;
-use tidings_control::PresenceTracker;
+use tidings_control::{ControlChannel, PresenceTracker, Registry};
 use tidings_core::ChannelName;
 use tidings_session::Context;
 
-use crate::{config::PusherConfig, presence::Presence};
+use crate::{config::PusherConfig, hooks::Hooks};
 
 /// What every connection and API request of the endpoint shares.
 pub(crate) struct Inner {
@@ -20,10 +20,22 @@ pub(crate) struct Inner {
     pub(crate) tag: u32,
     /// Pusher connections on each channel, here.
     pub(crate) occupancy: Mutex<HashMap<ChannelName, usize>>,
-    /// Presence channels' members, here (without a tracker).
-    pub(crate) presence: Presence,
-    /// Presence across gateways, when the gateway has a tracker.
-    pub(crate) tracker: Option<Arc<PresenceTracker>>,
+    /// Presence channels' members and every channel's subscriptions, in
+    /// the gateway's presence store (Redis: across gateways) or in this
+    /// process.
+    pub(crate) tracker: Arc<PresenceTracker>,
+    /// The apps' webhooks.
+    pub(crate) hooks: Arc<Hooks>,
+    /// This gateway's signed-in connections, by `{app}:{user}`.
+    pub(crate) users: Arc<Registry>,
+    /// The channel carrying `terminate_connections` to every gateway,
+    /// when started.
+    pub(crate) control: Option<Arc<ControlChannel>>,
+}
+
+/// The registry's user of `user` of app `app`.
+pub(crate) fn user_key(app: &str, user: &str) -> String {
+    format!("{app}:{user}")
 }
 
 impl Inner {
@@ -47,10 +59,5 @@ impl Inner {
             .iter()
             .map(|(c, n)| (c.clone(), *n))
             .collect()
-    }
-
-    /// How many Pusher connections are on `channel` here.
-    pub(crate) fn subscription_count(&self, channel: &ChannelName) -> usize {
-        self.occupancy.lock().get(channel).copied().unwrap_or(0)
     }
 }

@@ -131,6 +131,7 @@ mod tests {
             key: "278d425bdf160c739803".into(),
             secret: Secret::new("7ad3773142a6692b25b8"),
             client_events: false,
+            webhooks: Vec::new(),
         }
     }
 
