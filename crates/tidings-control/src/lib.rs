@@ -26,7 +26,6 @@ mod presence_memory;
 mod presence_redis;
 mod presence_tracker;
 pub mod registry;
-mod small;
 pub mod webhook;
 
 use std::{future::Future, pin::Pin};

@@ -6,13 +6,13 @@ use std::{
 };
 
 use parking_lot::Mutex;
+use tidings_core::small::SmallMap;
 use tokio::task::JoinHandle;
 
 use crate::presence::{
     Presence, PresenceChange, PresenceConfig, PresenceEntry, PresenceError, PresenceKey,
     PresenceStats,
 };
-use crate::small::SmallMap;
 
 /// Where a [`PresenceTracker`] reports joins and leaves (the gateway
 /// publishes them to the channel's subscribers, and sends webhooks).

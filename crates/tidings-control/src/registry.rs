@@ -9,12 +9,10 @@ use std::{
 
 use parking_lot::Mutex;
 use serde::Serialize;
+use tidings_core::small::SmallMap;
 use tidings_core::ChannelName;
 
-use crate::{
-    command::{Command, Target},
-    small::SmallMap,
-};
+use crate::command::{Command, Target};
 
 /// What the session side does for a control command, on one connection.
 ///

@@ -16,6 +16,7 @@ pub mod config;
 pub mod identity;
 pub mod message;
 pub mod protocol;
+pub mod small;
 
 pub use channel::{ChannelError, ChannelName, ChannelPattern, Topic};
 pub use identity::Identity;

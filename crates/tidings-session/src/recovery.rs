@@ -13,11 +13,10 @@
 //! The per-message cost on the live path is one hash lookup, and only on a
 //! connection that follows channels with history.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use tidings_core::{
     protocol::{self, PositionReport},
+    small::SmallMap,
     ChannelName, Delivery,
 };
 use tidings_history::{Follower, HistoryError, Recovery, Step, StreamPosition};
@@ -60,7 +59,8 @@ impl Report {
 /// A connection's followers, one per channel with history it subscribes to.
 #[derive(Debug, Default)]
 pub(crate) struct Followers {
-    map: HashMap<ChannelName, Follower>,
+    /// Small: a connection follows a channel or two, mostly.
+    map: SmallMap<ChannelName, Follower>,
 }
 
 /// What a replay asks for.

@@ -362,6 +362,7 @@ impl Gateway {
             shared.clone(),
             since,
             admitted,
+            admission.sessions().clone(),
         ));
         let (parts, _) = response.into_parts();
         Response::from_parts(parts, Full::new(Bytes::new()))

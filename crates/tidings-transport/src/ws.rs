@@ -73,16 +73,22 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Most queued deliveries written in one batch (one system call).
 const BATCH_FRAMES: usize = 64;
 
-/// Runs one connection to its end: completes the upgrade, then serves the
-/// socket inside its tracing span. Arguments are small (shared pointers)
-/// because an async function keeps its arguments for its whole life: this
-/// future *is* the per-connection memory.
+/// Opens one connection: completes the upgrade, opens the session, writes
+/// the welcome, then hands the socket to a task of its own (in `tasks`,
+/// so a drain waits for it) that serves it to its end.
+///
+/// Two tasks, because a task keeps room for the largest state its future
+/// ever has, for its whole life: everything opening needs (the upgrade,
+/// the admission's answer, the session's joins and history reads) is gone
+/// with this task, and what an idle socket keeps is only the serving loop
+/// ([`serve`]) and the [`WsSession`] box.
 pub(crate) async fn run(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     gw: Arc<Context>,
     shared: Arc<Shared>,
     since: Box<Positions>,
     admitted: Admitted,
+    tasks: tokio_util::task::TaskTracker,
 ) {
     let (peer, client_ip) = (admitted.peer, admitted.client_ip);
     let io = match upgrade.await {
@@ -108,14 +114,33 @@ pub(crate) async fn run(
         slot,
         ..
     } = admitted;
-    serve_socket(io, id, gw, shared, identity, credentials, since, client)
-        .instrument(span)
-        .await;
-    drop(slot);
+    let opened = open(
+        io,
+        id,
+        gw.clone(),
+        shared,
+        identity,
+        credentials,
+        since,
+        client,
+    )
+    .instrument(span.clone())
+    .await;
+    if let Some((ws, conn)) = opened {
+        tasks.spawn(
+            async move {
+                serve(ws, conn, gw).await;
+                drop(slot);
+            }
+            .instrument(span),
+        );
+    }
 }
 
+/// The session opened and the welcome written; `None` when the peer did
+/// not take the welcome in time (the socket is closed and counted).
 #[allow(clippy::too_many_arguments)]
-async fn serve_socket(
+async fn open(
     io: TokioIo<Upgraded>,
     id: u64,
     gw: Arc<Context>,
@@ -124,70 +149,64 @@ async fn serve_socket(
     credentials: Arc<http::HeaderMap>,
     since: Box<Positions>,
     peer: std::net::SocketAddr,
-) {
+) -> Option<(Box<WsSession>, Conn<Io>)> {
     gw.stats.opened();
     tracing::debug!("socket open");
     // fastwebsockets did the handshake; framing is ours (see codec).
-    //
-    // The socket's state lives in one box, made by a boxed opening step:
-    // opening (joins, history reads, the welcome) is the largest state
-    // this task ever has, and an async fn keeps room for its largest state
-    // (and for every local moved out of, until its scope ends) for its
-    // whole life. Out of line, the opening's state is freed once the
-    // session is open, the session is never held twice, and this task
-    // keeps a pointer.
-    let mut ws = Box::pin(async {
-        let mut out = Vec::new();
-        let session = Session::open_with_id(
-            gw.clone(),
-            id,
-            identity,
-            credentials,
-            peer,
-            &since,
-            &mut out,
-        )
-        .await;
-        Box::new(WsSession {
-            gw: gw.clone(),
-            shared,
-            session,
-            partial: None,
-            out,
-        })
-    })
+    let mut out = Vec::new();
+    let session = Box::pin(Session::open_with_id(
+        gw.clone(),
+        id,
+        identity,
+        credentials,
+        peer,
+        &since,
+        &mut out,
+    ))
     .await;
     drop(since);
     // The TCP stream is shared with the fan-out, which writes deliveries
     // to it directly once the welcome is out (see `direct`).
-    let (io, read) = Io::new(io, ws.session.mailbox(), &ws.shared);
+    let (io, read) = Io::new(io, session.mailbox(), &shared);
     let mut conn = Conn::with_read(
         io,
         read,
-        ws.shared.config.max_message_size,
-        ws.shared.config.frame_timeout,
+        shared.config.max_message_size,
+        shared.config.frame_timeout,
     );
-    let welcome = ws.out.len() as u64;
-    let shared = ws.shared.clone();
-    let reason = if write_all(
+    let welcome = out.len() as u64;
+    if !write_all(
         &mut conn,
-        &mut ws.out,
+        &mut out,
         shared.config.write_timeout,
         shared.deflate.as_ref(),
     )
     .await
     {
-        drop(shared);
-        gw.stats.frames_out(welcome);
-        conn.io().write_directly(ws.session.mailbox());
-        let reason = ws.serve(&mut conn).await;
-        ws.session.finish(reason.code(), reason.as_str());
-        reason
-    } else {
-        ws.session
-            .finish(close::SLOW_CONSUMER, CloseReason::SlowConsumer.as_str());
-        CloseReason::SlowConsumer
-    };
+        let mut session = session;
+        session.finish(close::SLOW_CONSUMER, CloseReason::SlowConsumer.as_str());
+        gw.stats.closed(CloseReason::SlowConsumer);
+        tracing::debug!(reason = CloseReason::SlowConsumer.as_str(), "socket closed");
+        return None;
+    }
+    gw.stats.frames_out(welcome);
+    conn.io().write_directly(session.mailbox());
+    Some((
+        Box::new(WsSession {
+            gw,
+            shared,
+            session,
+            partial: None,
+            out,
+        }),
+        conn,
+    ))
+}
+
+/// Serves an open socket to its end.
+async fn serve(mut ws: Box<WsSession>, mut conn: Conn<Io>, gw: Arc<Context>) {
+    let reason = ws.serve(&mut conn).await;
+    ws.session.finish(reason.code(), reason.as_str());
     gw.stats.closed(reason);
     tracing::debug!(reason = reason.as_str(), "socket closed");
 }

@@ -1,8 +1,9 @@
 //! A map that is a vector while small.
 //!
-//! Most of what the control keeps per key has one or two values (a user's
+//! Much of what the gateway keeps per connection is a map with one or two
+//! entries (the channels with history a connection follows, a user's
 //! connections, a user's presence entries on this gateway), and a hash map
-//! costs a table of at least four slots for one; a few keys have many (an
+//! costs a table of at least four slots for one; a few have many (an
 //! anonymous crowd, a busy channel). This is a vector of pairs, allocated
 //! to the exact size, up to [`SPILL`] values, and a hash map beyond.
 
@@ -11,9 +12,13 @@ use std::{borrow::Borrow, collections::HashMap, hash::Hash};
 /// Values kept in a vector; one more moves them to a hash map.
 const SPILL: usize = 16;
 
-#[derive(Debug)]
-pub(crate) enum SmallMap<K, V> {
+/// A map: a vector of pairs while small, a hash map beyond. See the
+/// [module docs](self).
+#[derive(Debug, Clone)]
+pub enum SmallMap<K, V> {
+    /// Up to the spill size, in an exactly sized vector.
     Few(Vec<(K, V)>),
+    /// Beyond it.
     Many(HashMap<K, V>),
 }
 
@@ -25,7 +30,7 @@ impl<K, V> Default for SmallMap<K, V> {
 
 impl<K: Eq + Hash, V> SmallMap<K, V> {
     /// Inserts or replaces `key`'s value.
-    pub(crate) fn insert(&mut self, key: K, value: V) {
+    pub fn insert(&mut self, key: K, value: V) {
         match self {
             Self::Few(v) => {
                 if let Some(slot) = v.iter_mut().find(|(k, _)| *k == key) {
@@ -46,7 +51,7 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
     }
 
     /// Removes `key`'s value.
-    pub(crate) fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Eq + Hash + ?Sized,
@@ -70,8 +75,32 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
         }
     }
 
+    /// `key`'s value, to change.
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        match self {
+            Self::Few(v) => v
+                .iter_mut()
+                .find(|(k, _)| k.borrow() == key)
+                .map(|(_, v)| v),
+            Self::Many(m) => m.get_mut(key),
+        }
+    }
+
+    /// Whether `key` has a value.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        self.get(key).is_some()
+    }
+
     /// `key`'s value.
-    pub(crate) fn get<Q>(&self, key: &Q) -> Option<&V>
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
     where
         K: Borrow<Q>,
         Q: Eq + Hash + ?Sized,
@@ -83,7 +112,7 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
     }
 
     /// The values.
-    pub(crate) fn values(&self) -> Box<dyn Iterator<Item = &V> + '_> {
+    pub fn values(&self) -> Box<dyn Iterator<Item = &V> + '_> {
         match self {
             Self::Few(v) => Box::new(v.iter().map(|(_, v)| v)),
             Self::Many(m) => Box::new(m.values()),
@@ -91,7 +120,7 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
     }
 
     /// The keys, consuming the map.
-    pub(crate) fn into_keys(self) -> Vec<K> {
+    pub fn into_keys(self) -> Vec<K> {
         match self {
             Self::Few(v) => v.into_iter().map(|(k, _)| k).collect(),
             Self::Many(m) => m.into_keys().collect(),
@@ -99,7 +128,7 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
     }
 
     /// How many values.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         match self {
             Self::Few(v) => v.len(),
             Self::Many(m) => m.len(),
@@ -107,7 +136,7 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
     }
 
     /// Whether there are none.
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
