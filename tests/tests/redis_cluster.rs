@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use tidings_e2e::{
     cluster::{eventually, RedisCluster},
     http,
+    redis::{Reply, Resp},
     ws::Client,
     Gateway, GatewayOptions, PATIENCE,
 };
@@ -24,7 +25,10 @@ const SHARDED: [&str; 6] = [
 /// The sharded channel that keeps a history.
 const HISTORY: &str = SHARDED[5];
 
-fn rules() -> String {
+/// The rules, plus with `users` a sharded channel per user that sockets
+/// join on connect (`/app/user/{user}/notifications`), as in the
+/// benchmarks.
+fn rules_with(users: bool) -> String {
     let mut rules = String::from(
         "[[routing.rules]]\nchannel = \"/app/feed/*\"\njoin = true\nanonymous = true\n[[routing.rules]]\nchannel = \"/app/room/*\"\nsubscribe = true\nanonymous = true\n[[routing.rules]]\nchannel = \"/app/room/x\"\nsubscribe = true\npublish = true\nanonymous = true\n",
     );
@@ -36,12 +40,20 @@ fn rules() -> String {
             rules.push_str("history = { size = 10, ttl_secs = 60 }\n");
         }
     }
+    if users {
+        rules.push_str("\n[[routing.rules]]\nchannel = \"/app/user/{user}/notifications\"\njoin = true\nsubscribe = true\npublish = true\nsharded = true\n");
+    }
     rules
 }
 
 /// A gateway on `cluster` (cluster mode, the slot map read every 0.25 s),
 /// ready.
 async fn gateway(cluster: &RedisCluster) -> Gateway {
+    gateway_with(cluster, false).await
+}
+
+/// [`gateway`] with [`rules_with`]`(users)`.
+async fn gateway_with(cluster: &RedisCluster, users: bool) -> Gateway {
     let gw = Gateway::start_with(
         GatewayOptions::default()
             .env("TIDINGS_REDIS_URL", cluster.url())
@@ -51,7 +63,7 @@ async fn gateway(cluster: &RedisCluster) -> Gateway {
             .env("TIDINGS_REDIS__COMMAND_TIMEOUT_SECS", "1")
             .env("RUST_LOG", "info,tidings_bridge=debug")
             .env("TIDINGS_IDENTITY__RESOLVERS", r#"["token"]"#)
-            .toml(&rules()),
+            .toml(&rules_with(users)),
     )
     .await;
     wait_readyz(&gw, 200).await;
@@ -139,7 +151,6 @@ fn stream(
 
 /// One (S)PUBLISH through whichever of `ports` answers, following `MOVED`.
 async fn publish_raw(ports: &[u16], channel: &str, payload: &[u8], sharded: bool) -> Option<i64> {
-    use tidings_e2e::redis::{Reply, Resp};
     let command: &[u8] = if sharded { b"SPUBLISH" } else { b"PUBLISH" };
     let mut candidates: Vec<u16> = ports.to_vec();
     for _ in 0..8 {
@@ -590,4 +601,120 @@ async fn two_gateways_on_one_cluster_reach_each_others_sockets() {
             assert_eq!(c.next_json().await, message(ch, json!({ "n": i })));
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Connections: a constant number, whatever the number of sockets.
+// ---------------------------------------------------------------------------
+
+/// `total_connections_received` of each node, read over `conns` (opened
+/// before, so reading adds no connection).
+async fn connections_received(conns: &mut [Resp]) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for c in conns.iter_mut() {
+        let info = c.cmd(&["INFO", "stats"]).await;
+        let n = info
+            .as_str()
+            .expect("INFO stats")
+            .lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("total_connections_received");
+        counts.push(n);
+    }
+    counts
+}
+
+/// How many connections hold the sharded `channel`, over `conns` (each
+/// node answers for itself).
+async fn held_sharded(conns: &mut [Resp], channel: &str) -> i64 {
+    let mut n = 0;
+    for c in conns.iter_mut() {
+        if let Reply::Array(parts) = c.cmd(&["PUBSUB", "SHARDNUMSUB", channel]).await {
+            n += parts.get(1).and_then(Reply::as_int).unwrap_or(0);
+        }
+    }
+    n
+}
+
+/// A socket of `user`, through a one-time token: it joins its sharded
+/// user channel and the user's presence set on connect.
+async fn user_socket(gw: &Gateway, user: &str) -> Client {
+    let res = http::request(
+        gw.addr,
+        "POST",
+        "/api/tokens",
+        &[("Content-Type".to_owned(), "application/json".to_owned())],
+        json!({"identity":{"user":user}}).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.body);
+    let body: Value = serde_json::from_str(&res.body).unwrap();
+    let url = format!("{}?token={}", gw.ws_url(), body["token"].as_str().unwrap());
+    let c = Client::connect(&url).await;
+    assert_eq!(c.welcome["user"], user, "{}", c.welcome);
+    c
+}
+
+/// Regression (benchmark of 2026-12-01): connecting users' sockets made
+/// the first seed node receive a new connection per socket (fred's set-up
+/// sequence `PING`, `CLIENT ID`, `INFO server`, `CLUSTER INFO`, then
+/// `CLUSTER SLOTS`): the presence script was sent to whichever node the
+/// script's SHA hashes to, answered `MOVED`, and fred reads the slot map
+/// again over a new connection after every `MOVED`. Connecting many users
+/// (each joining its own sharded channel and its presence set) and
+/// publishing to each must leave the gateway's connections as they were.
+#[tokio::test]
+async fn many_users_on_sharded_channels_open_no_connection_per_socket() {
+    const N: usize = 200;
+    let cluster = RedisCluster::start(0).await;
+    let gw = gateway_with(&cluster, true).await;
+    let mut conns = Vec::new();
+    for port in cluster.ports() {
+        conns.push(Resp::connect(port).await.expect("node"));
+    }
+    // The gateway's connections first: a few users' sockets and a
+    // publish to each (the subscription and command connections per
+    // master, the pools), then counted.
+    let channel = |u: usize| format!("/app/user/u{u}/notifications");
+    let mut sockets = Vec::new();
+    let mut base = Vec::new();
+    let mut subscribed = Vec::new();
+    for (from, to) in [(0, 8), (8, 8 + N)] {
+        for u in from..to {
+            sockets.push(user_socket(&gw, &format!("u{u}")).await);
+        }
+        for u in from..to {
+            let deadline = Instant::now() + PATIENCE * 3;
+            while held_sharded(&mut conns, &channel(u)).await != 1 {
+                assert!(Instant::now() < deadline, "{} never subscribed", channel(u));
+                sleep(Duration::from_millis(20)).await;
+            }
+        }
+        subscribed = connections_received(&mut conns).await;
+        for u in from..to {
+            let res = gw.publish(&channel(u), json!({ "u": u })).await;
+            assert_eq!(res.status, 202, "{}", res.body);
+        }
+        for (u, socket) in sockets.iter_mut().enumerate().skip(from) {
+            assert_eq!(
+                socket.next_json().await,
+                message(&channel(u), json!({ "u": u }))
+            );
+        }
+        if from == 0 {
+            base = connections_received(&mut conns).await;
+        }
+    }
+    let after = connections_received(&mut conns).await;
+    let grew: i64 = after.iter().zip(&base).map(|(a, b)| a - b).sum();
+    eprintln!(
+        "{N} users: connections received per node {base:?} before, {subscribed:?} once connected and subscribed, {after:?} after a publish to each"
+    );
+    // A reconnect or a slot map change may open a few; one per socket
+    // (or per publish) is the bug.
+    assert!(
+        grew <= 12,
+        "{N} users' sockets and a publish to each opened {grew} connections (per node {base:?} -> {subscribed:?} -> {after:?})"
+    );
 }

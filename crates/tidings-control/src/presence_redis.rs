@@ -93,6 +93,7 @@ impl RedisPresence {
     ) -> Result<Vec<Value>, PresenceError> {
         let sha = self.sha().await?;
         let keys = self.keys(key);
+        let slot = fred::util::redis_keyslot(keys[0].as_bytes());
         let call = |head: Value, verb: &'static str| {
             let mut args = Vec::with_capacity(rest.len() + 7);
             args.push(head);
@@ -101,7 +102,14 @@ impl RedisPresence {
             args.push(Value::from_static_str(op));
             args.push(Value::Integer(ttl.as_millis().max(1) as i64));
             args.extend(rest.iter().cloned());
-            let cmd = CustomCommand::new_static(verb, ClusterHash::Offset(2), false);
+            // Routed by the set's slot (its three keys share one hash tag).
+            // It must be a `Custom` slot: fred reads no other hash policy
+            // from a custom command, and would hash the first string
+            // argument (the script's SHA): on a Redis Cluster, a node that
+            // does not own the slot answers `MOVED`, and fred follows
+            // every `MOVED` by reading the slot map again over a fresh
+            // connection (one connection per call).
+            let cmd = CustomCommand::new_static(verb, ClusterHash::Custom(slot), false);
             self.pool.custom::<Value, Value>(cmd, args)
         };
         let reply = match call(Value::String(sha.as_str().into()), "EVALSHA").await {
