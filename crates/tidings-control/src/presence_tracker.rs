@@ -5,6 +5,7 @@ use std::{
     sync::{Arc, Weak},
 };
 
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tidings_core::small::SmallMap;
 use tokio::task::JoinHandle;
@@ -30,6 +31,8 @@ impl<F: Fn(&PresenceKey, PresenceChange) + Send + Sync + 'static> PresenceSink f
 
 /// Batch size of a refresh (entries per script call).
 const REFRESH_BATCH: usize = 500;
+/// Script calls of a refresh in flight at once.
+const REFRESH_IN_FLIGHT: usize = 64;
 
 /// This gateway's presence entries: added on join, removed on leave, and
 /// refreshed every [`PresenceConfig::refresh`] by [`PresenceTracker::spawn_refresher`].
@@ -200,17 +203,26 @@ impl PresenceTracker {
                 })
                 .collect()
         };
-        let mut failed = 0;
-        for (key, entries) in batches {
-            match self.store.add(&key, &entries, self.config.ttl).await {
-                Ok(change) => self.report(&key, change),
-                Err(e) => {
-                    failed += 1;
-                    tracing::debug!(target: "tidings::presence", set = %key, error = %e, "presence refresh failed");
+        // Many calls in flight at once: a gateway has a set per user, and
+        // one call after another would pay a round trip and two system
+        // calls each (the store's client pipelines what is in flight).
+        let outcomes: Vec<bool> = futures_util::stream::iter(batches)
+            .map(|(key, entries)| async move {
+                match self.store.add(&key, &entries, self.config.ttl).await {
+                    Ok(change) => {
+                        self.report(&key, change);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::debug!(target: "tidings::presence", set = %key, error = %e, "presence refresh failed");
+                        false
+                    }
                 }
-            }
-        }
-        failed
+            })
+            .buffer_unordered(REFRESH_IN_FLIGHT)
+            .collect()
+            .await;
+        outcomes.iter().filter(|ok| !**ok).count()
     }
 
     /// Removes every entry of this gateway (at a graceful shutdown, so that
