@@ -27,7 +27,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{codec, ws::Shared};
+use crate::{codec, shared::Shared};
 
 /// The TCP stream, as the fan-out sees it.
 pub(crate) struct SharedTcp {

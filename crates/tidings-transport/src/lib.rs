@@ -32,6 +32,7 @@ mod direct;
 pub mod server;
 pub mod service;
 pub mod settings;
+mod shared;
 mod ws;
 
 /// Connection limits, from `tidings-admission` (shared by every wire adapter).

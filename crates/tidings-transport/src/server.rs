@@ -2,6 +2,7 @@
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, pin::pin, sync::Arc};
 
+use crate::shared::Shared;
 use crate::{rpc::RpcHandler, stats::RejectReason};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -73,10 +74,10 @@ pub(crate) struct Inner {
     /// What sessions get: a narrow view of the above.
     pub(crate) session: Arc<Context>,
     /// What the sockets that did not negotiate permessage-deflate share.
-    pub(crate) plain: Arc<ws::Shared>,
+    pub(crate) plain: Arc<Shared>,
     /// What the sockets that did share (the same settings for all: a
     /// delivery is compressed once for them all).
-    pub(crate) deflated: Arc<ws::Shared>,
+    pub(crate) deflated: Arc<Shared>,
     pub(crate) deflate_stats: Arc<DeflateStats>,
 }
 
@@ -168,7 +169,7 @@ impl GatewayBuilder {
         let config = Arc::new(config);
         let deflate_stats = Arc::new(DeflateStats::default());
         let shared = |deflate| {
-            Arc::new(ws::Shared {
+            Arc::new(Shared {
                 config: config.clone(),
                 stats: stats.clone(),
                 deflate,

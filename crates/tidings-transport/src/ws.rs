@@ -25,23 +25,12 @@ use tidings_session::Context;
 
 use crate::{
     codec::{check_close, Conn, Frame, OpCode, ReadError, BATCH_BYTES},
-    config::{deadline_after, TransportConfig},
+    config::deadline_after,
     deflate::{self, Deflate, InflateError},
-    stats::TransportStats,
 };
 
 type Io = crate::direct::SessionIo;
-
-/// What the sockets of one kind share: the gateway keeps one for sockets
-/// that negotiated permessage-deflate and one for the others, so a socket
-/// holds a single pointer whichever it is.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: Arc<TransportConfig>,
-    pub(crate) stats: Arc<TransportStats>,
-    /// permessage-deflate, as negotiated (no context takeover either way).
-    pub(crate) deflate: Option<Deflate>,
-}
+use crate::shared::Shared;
 
 /// What handling a client frame asks of the connection.
 enum Step {
