@@ -24,41 +24,21 @@
 //! `TIDINGS_BENCH_SOCKETS` sets another number of sockets,
 //! `TIDINGS_BENCH_DEFLATE=off` (or `on`) runs one mode only.
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    time::{Duration, Instant},
-};
+mod common;
+
+use std::time::Duration;
 
 use bytes::Bytes;
+use common::{affordable_sockets, Setup, CHANNEL};
 use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
-use tidings_bridge::Bridge;
 use tidings_core::{ChannelName, Message};
-use tidings_transport::{deflate_message, serve, text_response, Gateway, TransportConfig};
-use tokio_util::sync::CancellationToken;
-
-/// Descriptors kept for everything else.
-const SPARE_FDS: u64 = 64;
+use tidings_transport::{deflate_message, TransportConfig};
 
 fn wanted_sockets() -> usize {
     std::env::var("TIDINGS_BENCH_SOCKETS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000)
-}
-
-/// The sockets this process can afford: two descriptors each.
-fn affordable_sockets(want: usize) -> usize {
-    let fds = (2 * want) as u64 + SPARE_FDS;
-    if let Ok((soft, hard)) = rlimit::Resource::NOFILE.get() {
-        if hard < fds {
-            let _ = rlimit::Resource::NOFILE.set(fds, fds);
-        } else if soft < fds {
-            let _ = rlimit::Resource::NOFILE.set(fds, hard);
-        }
-    }
-    let soft = rlimit::Resource::NOFILE.get().map_or(1024, |(s, _)| s);
-    (soft.saturating_sub(SPARE_FDS) / 2).min(want as u64) as usize
 }
 
 /// A 4 KB JSON document like a feed update: repeated keys, similar values.
@@ -106,131 +86,10 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-struct Setup {
-    runtime: tokio::runtime::Runtime,
-    gateway: Gateway,
-    clients: Vec<TcpStream>,
-    stop: CancellationToken,
-}
-
-impl Setup {
-    fn new(n: usize, deflate: bool) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let stop = CancellationToken::new();
-        let (gateway, addr) = runtime.block_on(async {
-            let mut config = TransportConfig {
-                permessage_deflate: deflate,
-                ..TransportConfig::default()
-            };
-            config.limits.max_connections_per_ip = n + 10;
-            config.limits.max_connections = n + 10;
-            let gateway = Gateway::builder(Bridge::in_process())
-                .config(config)
-                .build();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("a listener");
-            let addr = listener.local_addr().expect("its address");
-            let http = |_req, _peer| async { text_response(http::StatusCode::NOT_FOUND, "") };
-            let stopped = stop.clone();
-            tokio::spawn(serve(listener, gateway.clone(), http, async move {
-                stopped.cancelled().await
-            }));
-            (gateway, addr)
-        });
-        let clients = (0..n).map(|_| connect(addr, deflate)).collect();
-        Self {
-            runtime,
-            gateway,
-            clients,
-            stop,
-        }
-    }
-
-    /// Publishes one broadcast and waits until every socket was written;
-    /// how long that took.
-    fn broadcast(&self, payload: &Bytes) -> Duration {
-        let target = self.gateway.stats().frames_out_total() + self.clients.len() as u64;
-        let bridge = self.gateway.bridge().clone();
-        let payload = payload.clone();
-        let start = Instant::now();
-        self.runtime.spawn(async move {
-            let channel = ChannelName::new("/app/broadcast").expect("a channel name");
-            bridge
-                .publish(Message::new(channel, payload))
-                .await
-                .expect("published");
-        });
-        let deadline = start + Duration::from_secs(120);
-        while self.gateway.stats().frames_out_total() < target {
-            assert!(Instant::now() < deadline, "the broadcast did not complete");
-            std::thread::sleep(Duration::from_micros(50));
-        }
-        start.elapsed()
-    }
-
-    /// Reads whatever the clients were sent; how many bytes.
-    fn drain(&mut self) -> u64 {
-        let mut buf = [0u8; 64 * 1024];
-        let mut total = 0;
-        for c in &mut self.clients {
-            loop {
-                match c.read(&mut buf) {
-                    Ok(0) => panic!("the gateway closed a socket"),
-                    Ok(n) => total += n as u64,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("read: {e}"),
-                }
-            }
-        }
-        total
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        self.clients.clear();
-    }
-}
-
-/// Opens a WebSocket offering permessage-deflate (as browsers do) and
-/// reads up to its `welcome`; checks the extension was negotiated when
-/// `deflate`.
-fn connect(addr: SocketAddr, deflate: bool) -> TcpStream {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.write_all(
-        format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .expect("upgrade request");
-    let mut seen = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !seen.windows(9).any(|w| w == b"\"welcome\"") {
-        let n = s.read(&mut chunk).expect("read");
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&chunk[..n]);
-    }
-    let negotiated = seen
-        .windows(b"permessage-deflate".len())
-        .any(|w| w == b"permessage-deflate");
-    assert_eq!(negotiated, deflate);
-    s.set_nonblocking(true).expect("non-blocking");
-    s
-}
-
 fn deflate(c: &mut Criterion) {
     let payload = payload();
     let frame = tidings_core::Delivery::new(&Message::new(
-        ChannelName::new("/app/broadcast").expect("a name"),
+        ChannelName::new(CHANNEL).expect("a name"),
         payload.clone(),
     ))
     .frame()
@@ -262,7 +121,12 @@ fn deflate(c: &mut Criterion) {
     for &on in modes {
         let mode = if on { "deflate_on" } else { "deflate_off" };
         let rss = rss_kib();
-        let mut setup = Setup::new(n, on);
+        let config = TransportConfig {
+            permessage_deflate: on,
+            ..TransportConfig::default()
+        };
+        // Every client offers the extension; it is negotiated when on.
+        let mut setup = Setup::new(2, n, config, true, on);
         // Idle sockets (the clients' side is kernel memory, not this
         // process's).
         std::thread::sleep(Duration::from_millis(500));
