@@ -136,7 +136,9 @@ pub(crate) async fn tcp(plan: &Plan) -> Result<tokio::net::TcpStream, String> {
     Ok(stream)
 }
 
-pub(crate) async fn connect(plan: &Plan, shared: &Shared) -> Result<Ws, String> {
+/// Connects to `plan.url` and completes the WebSocket handshake with the
+/// plan's user in the cookie (every wire's first step).
+pub(crate) async fn handshake(plan: &Plan) -> Result<Ws, String> {
     let stream = tcp(plan).await?;
     let mut req = (&*plan.url)
         .into_client_request()
@@ -145,13 +147,18 @@ pub(crate) async fn connect(plan: &Plan, shared: &Shared) -> Result<Ws, String> 
         "cookie",
         HeaderValue::from_str(&format!("uid={}", plan.user)).map_err(|e| e.to_string())?,
     );
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(config()))
+    let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(config()))
         .await
         .map_err(|e| match e {
             WsError::Http(res) => format!("http {}", res.status().as_u16()),
             WsError::Io(e) => format!("io: handshake: {}", e.kind()),
             other => format!("handshake: {other}"),
         })?;
+    Ok(ws)
+}
+
+pub(crate) async fn connect(plan: &Plan, shared: &Shared) -> Result<Ws, String> {
+    let mut ws = handshake(plan).await?;
     // The first frame must be the welcome, naming the cookie's user.
     loop {
         match ws.next().await {

@@ -20,9 +20,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
-use tokio_tungstenite::tungstenite::{
-    client::IntoClientRequest, http::HeaderValue, Error as WsError, Message,
-};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
     client::{self, account, find, now_ns, number_after, on_text, Parsed, Plan, Ws},
@@ -438,22 +436,7 @@ fn on_other(p: &[u8], plan: &Plan, shared: &Shared) {
 /// Opens the Engine.IO WebSocket, joins the default namespace and reads up
 /// to the welcome.
 pub(crate) async fn connect_socketio(plan: &Plan, shared: &Shared) -> Result<Ws, String> {
-    let stream = client::tcp(plan).await?;
-    let mut req = (&*plan.url)
-        .into_client_request()
-        .map_err(|e| format!("bad url: {e}"))?;
-    req.headers_mut().insert(
-        "cookie",
-        HeaderValue::from_str(&format!("uid={}", plan.user)).map_err(|e| e.to_string())?,
-    );
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(req, stream, Some(client::config()))
-            .await
-            .map_err(|e| match e {
-                WsError::Http(res) => format!("http {}", res.status().as_u16()),
-                WsError::Io(e) => format!("io: handshake: {}", e.kind()),
-                other => format!("handshake: {other}"),
-            })?;
+    let mut ws = client::handshake(plan).await?;
     let send = |m: &'static str| Message::text(m);
     loop {
         let t = match ws.next().await {
@@ -643,22 +626,7 @@ pub(crate) async fn read_polling(mut p: Polling, plan: &Plan, shared: &Shared) {
 /// Opens the Pusher WebSocket, waits for `pusher:connection_established`,
 /// subscribes to `broadcast` and waits for the subscription.
 pub(crate) async fn connect_pusher(plan: &Plan) -> Result<Ws, String> {
-    let stream = client::tcp(plan).await?;
-    let mut req = (&*plan.url)
-        .into_client_request()
-        .map_err(|e| format!("bad url: {e}"))?;
-    req.headers_mut().insert(
-        "cookie",
-        HeaderValue::from_str(&format!("uid={}", plan.user)).map_err(|e| e.to_string())?,
-    );
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(req, stream, Some(client::config()))
-            .await
-            .map_err(|e| match e {
-                WsError::Http(res) => format!("http {}", res.status().as_u16()),
-                WsError::Io(e) => format!("io: handshake: {}", e.kind()),
-                other => format!("handshake: {other}"),
-            })?;
+    let mut ws = client::handshake(plan).await?;
     loop {
         let t = match ws.next().await {
             Some(Ok(Message::Text(t))) => t,
