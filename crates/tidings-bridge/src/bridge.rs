@@ -285,6 +285,9 @@ impl Subscriber {
         }
         let inner = &self.bridge.inner;
         inner.hub.add(&topic, self.id, &self.mailbox);
+        // Exact growth: most sockets hold one or two topics for their life,
+        // and joins are rare next to deliveries.
+        self.topics.reserve_exact(1);
         self.topics.push(topic.clone());
         let (tx, rx) = oneshot::channel();
         inner

@@ -22,9 +22,66 @@ use crate::{
     stats::BridgeStats,
 };
 
-/// The sockets of one topic, keyed by connection id. Dense storage, so the
+/// The sockets of one topic, keyed by connection id. Most topics have one
+/// socket (a user's own channel): it is kept inline, which spares every
+/// such socket a map of its own. Two or more go in dense storage, so the
 /// fan-out loop walks a contiguous array.
-type Subscribers = IndexMap<u64, Mailbox>;
+enum Subscribers {
+    One(u64, Mailbox),
+    Many(Box<IndexMap<u64, Mailbox>>),
+}
+
+impl Subscribers {
+    fn insert(&mut self, conn: u64, mailbox: Mailbox) {
+        match self {
+            Self::One(c, m) if *c == conn => *m = mailbox,
+            Self::One(c, m) => {
+                let mut many = IndexMap::with_capacity(2);
+                many.insert(*c, m.clone());
+                many.insert(conn, mailbox);
+                *self = Self::Many(Box::new(many));
+            }
+            Self::Many(many) => {
+                many.insert(conn, mailbox);
+            }
+        }
+    }
+
+    /// Removes `conn`; `None` when it was not there, else whether the topic
+    /// has no socket left (the caller then drops it).
+    fn remove(&mut self, conn: u64) -> Option<bool> {
+        match self {
+            Self::One(c, _) => (*c == conn).then_some(true),
+            Self::Many(many) => {
+                many.swap_remove(&conn)?;
+                if many.len() == 1 {
+                    let (c, m) = many.pop().expect("one left");
+                    *self = Self::One(c, m);
+                }
+                Some(many_is_empty(self))
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::One(..) => 1,
+            Self::Many(many) => many.len(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&u64, &Mailbox)> {
+        let (one, many) = match self {
+            Self::One(c, m) => (Some((c, m)), None),
+            Self::Many(many) => (None, Some(many.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
+fn many_is_empty(subs: &Subscribers) -> bool {
+    matches!(subs, Subscribers::Many(many) if many.is_empty())
+}
 
 #[derive(Default)]
 struct Topics {
@@ -44,7 +101,7 @@ fn add_to<K: Hash + Eq + Clone + Borrow<str>>(
             false
         }
         Entry::Vacant(e) => {
-            e.insert(IndexMap::from([(conn, mailbox.clone())]));
+            e.insert(Subscribers::One(conn, mailbox.clone()));
             true
         }
     }
@@ -58,7 +115,7 @@ fn remove_from<K: Hash + Eq + Borrow<str>>(
     let Some(subs) = map.get_mut(key) else {
         return false;
     };
-    if subs.swap_remove(&conn).is_none() || !subs.is_empty() {
+    if subs.remove(conn) != Some(true) {
         return false;
     }
     map.remove(key);
@@ -164,7 +221,7 @@ impl Hub {
         let mut depths = QueueDepths::default();
         for subs in topics.channels.values().chain(topics.patterns.values()) {
             depths.subscriptions += subs.len();
-            for (conn, mailbox) in subs {
+            for (conn, mailbox) in subs.iter() {
                 if seen.insert(*conn) {
                     let q = mailbox.queued();
                     depths.queued += q;
@@ -244,8 +301,8 @@ impl Hub {
     pub fn subscriber_count(&self, topic: &Topic) -> usize {
         let topics = self.topics.read();
         match topic {
-            Topic::Channel(c) => topics.channels.get(c.as_str()).map_or(0, IndexMap::len),
-            Topic::Pattern(p) => topics.patterns.get(p.as_str()).map_or(0, IndexMap::len),
+            Topic::Channel(c) => topics.channels.get(c.as_str()).map_or(0, Subscribers::len),
+            Topic::Pattern(p) => topics.patterns.get(p.as_str()).map_or(0, Subscribers::len),
         }
     }
 
@@ -361,7 +418,7 @@ impl Hub {
         let n = self.shards.len();
         let mut lists: Vec<Vec<Target>> = Vec::new();
         let (mut delivered, mut dropped, mut closed) = (0u64, 0u64, 0u64);
-        for (conn, mailbox) in subs {
+        for (conn, mailbox) in subs.iter() {
             match mailbox.offer_for_runner(Outbound::Deliver(delivery.clone())) {
                 (Offer::Queued, scheduled) => {
                     delivered += 1;
@@ -425,7 +482,7 @@ impl Hub {
                     Topic::Channel(c) => all.channels.get(c.as_str()),
                     Topic::Pattern(p) => all.patterns.get(p.as_str()),
                 };
-                for (conn, mb) in subs.into_iter().flatten() {
+                for (conn, mb) in subs.into_iter().flat_map(Subscribers::iter) {
                     let e = per_conn
                         .entry(*conn)
                         .or_insert_with(|| (mb.clone(), Vec::new(), Vec::new()));
@@ -448,5 +505,44 @@ impl Hub {
         }
         self.stats.record_gap_notices(n as u64);
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::{mailbox, SlowConsumerPolicy};
+
+    fn ids(subs: &Subscribers) -> Vec<u64> {
+        let mut v: Vec<u64> = subs.iter().map(|(c, _)| *c).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// A topic's sockets: one inline, more in a map, back to one inline as
+    /// they leave; the last leaving empties the topic.
+    #[test]
+    fn subscribers_go_from_one_to_many_and_back() {
+        let boxes: Vec<_> = (0..3)
+            .map(|_| mailbox(4, SlowConsumerPolicy::Drop))
+            .collect();
+        let mut subs = Subscribers::One(1, boxes[0].0.clone());
+        subs.insert(1, boxes[0].0.clone());
+        assert!(
+            matches!(subs, Subscribers::One(1, _)),
+            "the same socket again stays one"
+        );
+        subs.insert(2, boxes[1].0.clone());
+        subs.insert(3, boxes[2].0.clone());
+        assert_eq!((subs.len(), ids(&subs)), (3, vec![1, 2, 3]));
+        assert_eq!(subs.remove(9), None, "not there");
+        assert_eq!(subs.remove(2), Some(false));
+        assert_eq!(subs.remove(1), Some(false));
+        assert!(
+            matches!(subs, Subscribers::One(3, _)),
+            "one left: inline again"
+        );
+        assert_eq!(subs.remove(1), None);
+        assert_eq!(subs.remove(3), Some(true), "the last one leaves");
     }
 }

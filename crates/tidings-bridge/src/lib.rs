@@ -48,7 +48,7 @@ pub use history::HistoryLookup;
 pub use hub::{Hub, QueueDepths};
 pub use local::LocalBroker;
 pub use mailbox::{
-    mailbox, Direct, DirectWrite, GapNotice, Mailbox, MailboxReceiver, Outbound,
+    mailbox, Direct, DirectWrite, GapNotice, Mailbox, MailboxReceiver, MailboxWaker, Outbound,
     SlowConsumerPolicy, WriteGate,
 };
 #[cfg(feature = "redis")]

@@ -372,29 +372,55 @@ impl MailboxReceiver {
     /// where the gap is.
     pub async fn next(&mut self) -> Next {
         loop {
-            if self.shared.overflowed.load(Ordering::Relaxed) {
-                return Next::Overflowed;
+            if let Some(next) = self.next_or_woken().await {
+                return next;
             }
-            let notified = self.shared.wake.notified();
-            {
-                let mut q = self.shared.queue.lock();
-                if let Some(item) = q.items.pop_front() {
-                    if q.items.is_empty() && q.items.capacity() > KEEP_SLOTS {
-                        q.items = std::collections::VecDeque::new();
-                    }
-                    // The session writes it: no direct write may overtake.
-                    q.busy = true;
-                    return Next::Item(item);
+        }
+    }
+
+    /// [`MailboxReceiver::next`], or `None` when a [`MailboxWaker`] woke
+    /// the receiver with nothing to do here: a session waiting on several
+    /// sources (its mailbox, RPC answers, the backend's requests) waits on
+    /// this one alone, and its other sources wake it through a waker. One
+    /// wait, one future: an idle socket keeps nothing else. Cancel-safe.
+    pub async fn next_or_woken(&mut self) -> Option<Next> {
+        if let Some(next) = self.ready() {
+            return Some(next);
+        }
+        self.shared.wake.notified().await;
+        // A wake-up stored before this wait began (a permit) or given while
+        // it waited: either way, look again.
+        self.ready()
+    }
+
+    /// What there is to do now, if anything.
+    fn ready(&mut self) -> Option<Next> {
+        if self.shared.overflowed.load(Ordering::Relaxed) {
+            return Some(Next::Overflowed);
+        }
+        {
+            let mut q = self.shared.queue.lock();
+            if let Some(item) = q.items.pop_front() {
+                if q.items.is_empty() && q.items.capacity() > KEEP_SLOTS {
+                    q.items = std::collections::VecDeque::new();
                 }
-                if q.senders == 0 {
-                    return Next::Closed;
-                }
+                // The session writes it: no direct write may overtake.
+                q.busy = true;
+                return Some(Next::Item(item));
             }
-            let dropped = self.shared.dropped.swap(0, Ordering::Relaxed);
-            if dropped > 0 {
-                return Next::Dropped(dropped);
+            if q.senders == 0 {
+                return Some(Next::Closed);
             }
-            notified.await;
+        }
+        let dropped = self.shared.dropped.swap(0, Ordering::Relaxed);
+        (dropped > 0).then_some(Next::Dropped(dropped))
+    }
+
+    /// A handle that wakes [`MailboxReceiver::next_or_woken`] (with `None`
+    /// when nothing is queued): for the session's other sources.
+    pub fn waker(&self) -> MailboxWaker {
+        MailboxWaker {
+            shared: self.shared.clone(),
         }
     }
 
@@ -438,6 +464,22 @@ impl MailboxReceiver {
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Wakes a session waiting in [`MailboxReceiver::next_or_woken`]: how
+/// its sources other than the mailbox (RPC answers, the backend's
+/// requests) tell it to look. A wake-up given while it is not waiting is
+/// kept for its next wait: none is lost. Cheap: one pointer.
+#[derive(Debug, Clone)]
+pub struct MailboxWaker {
+    shared: Arc<Shared>,
+}
+
+impl MailboxWaker {
+    /// Wakes the receiver (or its next wait).
+    pub fn wake(&self) {
+        self.shared.wake.notify_one();
     }
 }
 

@@ -71,6 +71,10 @@ impl ControlHooks {
     /// Hooks of the gateway `gateway` (its id, unique among the gateways on
     /// one Redis): sessions go into `registry`, into their user's presence
     /// set through `connections` when given, and to `webhooks` when given.
+    ///
+    /// `connections` keeps no copy of its entries: the registry has every
+    /// session, and its refresh lists them from there
+    /// ([`PresenceTracker::keep_in`]).
     pub fn new(
         gateway: String,
         registry: Arc<Registry>,
@@ -78,6 +82,10 @@ impl ControlHooks {
         webhooks: Option<Arc<Webhooks>>,
     ) -> Self {
         let gateway: Arc<str> = gateway.into();
+        if let Some(tracker) = &connections {
+            let registry = registry.clone();
+            tracker.keep_in(Arc::new(move |part| user_index_entries(&registry, part)));
+        }
         let shared = Arc::<Shared>::default();
         Self {
             guard_hooks: Arc::new(GuardHooks {
@@ -195,6 +203,32 @@ impl Connection for SessionConnection {
             since_ms: self.since_ms,
         }
     }
+}
+
+/// The entry in its user's presence set of every session in part `part` of
+/// the registry (the anonymous have none); `None` past its last part.
+fn user_index_entries(
+    registry: &Registry,
+    part: usize,
+) -> Option<Vec<(PresenceKey, PresenceEntry)>> {
+    let entries = registry
+        .describe_part(part)?
+        .into_iter()
+        .filter_map(|c| {
+            let user = c.user.filter(|u| !u.is_empty())?;
+            Some((
+                PresenceKey::user(&user),
+                PresenceEntry {
+                    conn: c.conn,
+                    user: Some(user),
+                    gateway: c.gateway,
+                    info: serde_json::Value::Null,
+                    since_ms: c.since_ms,
+                },
+            ))
+        })
+        .collect();
+    Some(entries)
 }
 
 /// What a session keeps while it lives: its registration, and its entries

@@ -29,6 +29,12 @@ impl<F: Fn(&PresenceKey, PresenceChange) + Send + Sync + 'static> PresenceSink f
     }
 }
 
+/// Lists the entries of a tracker that keeps no copy of its own (see
+/// [`PresenceTracker::keep_in`]), one part at a time: part `n` (from 0),
+/// `None` past the last. A refresh holds one part's entries at once.
+pub type EntrySource =
+    Arc<dyn Fn(usize) -> Option<Vec<(PresenceKey, PresenceEntry)>> + Send + Sync>;
+
 /// Batch size of a refresh (entries per script call).
 const REFRESH_BATCH: usize = 500;
 /// Script calls of a refresh in flight at once.
@@ -43,6 +49,8 @@ pub struct PresenceTracker {
     /// Set -> this gateway's entries in it (small per set: a user has a
     /// connection or two).
     local: Mutex<HashMap<PresenceKey, SmallMap<String, PresenceEntry>>>,
+    /// Where the entries are listed instead, when they are kept elsewhere.
+    source: Mutex<Option<EntrySource>>,
 }
 
 impl std::fmt::Debug for PresenceTracker {
@@ -67,7 +75,28 @@ impl PresenceTracker {
             config,
             sink,
             local: Mutex::new(HashMap::new()),
+            source: Mutex::new(None),
         }))
+    }
+
+    /// From now on the tracker keeps no copy of the entries it joins:
+    /// `source` lists them whenever they are refreshed, or removed at a
+    /// graceful shutdown. For sets whose entries the gateway keeps anyway
+    /// (the user index: the control registry has every connection), this
+    /// spares a copy per entry, several hundred bytes per idle socket.
+    pub fn keep_in(&self, source: EntrySource) {
+        *self.source.lock() = Some(source);
+    }
+
+    /// Part `part` of the entries kept elsewhere, by set; `None` past the
+    /// last part (or when there is no source).
+    fn listed(&self, part: usize) -> Option<Vec<(PresenceKey, Vec<PresenceEntry>)>> {
+        let source = self.source.lock().clone()?;
+        let mut by_key: HashMap<PresenceKey, Vec<PresenceEntry>> = HashMap::new();
+        for (key, entry) in source(part)? {
+            by_key.entry(key).or_default().push(entry);
+        }
+        Some(by_key.into_iter().collect())
     }
 
     /// The store.
@@ -126,11 +155,13 @@ impl PresenceTracker {
         if entry.validate().is_err() {
             return;
         }
-        self.local
-            .lock()
-            .entry(key.clone())
-            .or_default()
-            .insert(entry.conn.clone(), entry.clone());
+        if self.source.lock().is_none() {
+            self.local
+                .lock()
+                .entry(key.clone())
+                .or_default()
+                .insert(entry.conn.clone(), entry.clone());
+        }
         let this = self.clone();
         tokio::spawn(async move {
             match this
@@ -191,18 +222,32 @@ impl PresenceTracker {
     /// Refreshes every entry of this gateway (one script call per set and
     /// batch of 500). Returns how many calls failed.
     pub async fn refresh_all(&self) -> usize {
-        let batches: Vec<(PresenceKey, Vec<PresenceEntry>)> = {
-            let local = self.local.lock();
-            local
-                .iter()
-                .flat_map(|(k, set)| {
-                    let all: Vec<PresenceEntry> = set.values().cloned().collect();
-                    all.chunks(REFRESH_BATCH)
-                        .map(|c| (k.clone(), c.to_vec()))
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        };
+        let local: Vec<(PresenceKey, Vec<PresenceEntry>)> = self
+            .local
+            .lock()
+            .iter()
+            .map(|(k, set)| (k.clone(), set.values().cloned().collect()))
+            .collect();
+        let mut failed = self.refresh_sets(local).await;
+        // What is kept elsewhere, a part at a time.
+        let mut part = 0;
+        while let Some(sets) = self.listed(part) {
+            failed += self.refresh_sets(sets).await;
+            part += 1;
+        }
+        failed
+    }
+
+    /// Refreshes `sets`; returns how many calls failed.
+    async fn refresh_sets(&self, sets: Vec<(PresenceKey, Vec<PresenceEntry>)>) -> usize {
+        let batches: Vec<(PresenceKey, Vec<PresenceEntry>)> = sets
+            .into_iter()
+            .flat_map(|(k, all)| {
+                all.chunks(REFRESH_BATCH)
+                    .map(|c| (k.clone(), c.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         // Many calls in flight at once: a gateway has a set per user, and
         // one call after another would pay a round trip and two system
         // calls each (the store's client pipelines what is in flight).
@@ -228,12 +273,20 @@ impl PresenceTracker {
     /// Removes every entry of this gateway (at a graceful shutdown, so that
     /// its users leave at once instead of after the time to live).
     pub async fn leave_all(&self) {
-        let all: Vec<(PresenceKey, Vec<String>)> = self
+        let mut all: Vec<(PresenceKey, Vec<String>)> = self
             .local
             .lock()
             .drain()
             .map(|(k, set)| (k, set.into_keys()))
             .collect();
+        let mut part = 0;
+        while let Some(sets) = self.listed(part) {
+            all.extend(
+                sets.into_iter()
+                    .map(|(k, entries)| (k, entries.into_iter().map(|e| e.conn).collect())),
+            );
+            part += 1;
+        }
         for (key, conns) in all {
             if let Ok(change) = self.store.remove(&key, &conns).await {
                 self.report(&key, change);

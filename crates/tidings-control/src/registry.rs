@@ -242,6 +242,21 @@ impl Registry {
             .sum()
     }
 
+    /// Descriptions of the connections in part `part` of the registry (it
+    /// has a few dozen parts, `None` past the last): for walking every
+    /// connection without holding all their descriptions at once.
+    pub fn describe_part(&self, part: usize) -> Option<Vec<ConnectionInfo>> {
+        let handles: Vec<Arc<dyn Connection>> = self
+            .shards
+            .get(part)?
+            .lock()
+            .by_user
+            .values()
+            .flat_map(|c| c.values().cloned())
+            .collect();
+        Some(handles.iter().map(|h| h.describe()).collect())
+    }
+
     /// Descriptions of up to `limit` local connections (for the admin
     /// page).
     pub fn describe(&self, limit: usize) -> Vec<ConnectionInfo> {

@@ -388,3 +388,77 @@ async fn counting_a_large_set_does_not_list_it() {
         "stats took {per_call:?}"
     );
 }
+
+/// A tracker whose entries are kept elsewhere (the user index: the registry
+/// has every session) keeps no copy, yet refreshes them from its source,
+/// part by part, and removes them at a graceful shutdown.
+#[tokio::test]
+async fn entries_kept_elsewhere_are_refreshed_and_removed_from_their_source() {
+    let config = PresenceConfig {
+        ttl: Duration::from_millis(400),
+        refresh: Duration::from_millis(100),
+    };
+    for (p, _server) in stores().await {
+        let tracker = PresenceTracker::new(
+            p.clone(),
+            config,
+            Arc::new(|_: &PresenceKey, _: PresenceChange| {}),
+        )
+        .unwrap();
+        let user = |u: &str| PresenceKey::user(u);
+        // Two parts, as a registry's shards: anna's two sockets, then bob's.
+        let parts: Arc<Mutex<Vec<Vec<(PresenceKey, PresenceEntry)>>>> = Arc::new(Mutex::new(vec![
+            vec![
+                (user("anna"), entry("g-1", Some("anna"), "g")),
+                (user("anna"), entry("g-2", Some("anna"), "g")),
+            ],
+            vec![(user("bob"), entry("g-3", Some("bob"), "g"))],
+        ]));
+        let source = parts.clone();
+        tracker.keep_in(Arc::new(move |part| source.lock().get(part).cloned()));
+        for (key, e) in parts.lock().iter().flatten() {
+            tracker.join_now(key.clone(), e.clone());
+        }
+        assert!(tracker.local_sets().is_empty(), "no copy is kept");
+        let refresher = tracker.spawn_refresher();
+        // Three TTLs later every entry is still there: refreshed from the
+        // source (the joins alone expired long ago).
+        tokio::time::sleep(config.ttl * 3).await;
+        assert_eq!(
+            tracker.stats(&user("anna")).await.unwrap().connections,
+            2,
+            "{}",
+            p.name()
+        );
+        assert_eq!(
+            tracker.stats(&user("bob")).await.unwrap().connections,
+            1,
+            "{}",
+            p.name()
+        );
+        // What the source no longer lists is no longer refreshed.
+        parts.lock()[1].clear();
+        tokio::time::sleep(config.ttl + config.refresh * 3).await;
+        assert_eq!(
+            tracker.stats(&user("bob")).await.unwrap().connections,
+            0,
+            "{}",
+            p.name()
+        );
+        assert_eq!(
+            tracker.stats(&user("anna")).await.unwrap().connections,
+            2,
+            "{}",
+            p.name()
+        );
+        // A graceful shutdown removes what the source lists, at once.
+        refresher.abort();
+        tracker.leave_all().await;
+        assert_eq!(
+            tracker.stats(&user("anna")).await.unwrap().connections,
+            0,
+            "{}",
+            p.name()
+        );
+    }
+}

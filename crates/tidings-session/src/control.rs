@@ -2,13 +2,15 @@
 //! `tidings-control` crate): a gateway's [`SessionHooks`] learn of each
 //! session as it opens and closes, and get a [`ControlHandle`] to ask it to
 //! close, subscribe or unsubscribe. Requests go through a small bounded
-//! queue the session reads beside its mailbox: sending never waits.
+//! queue the session reads beside its mailbox, woken through the
+//! mailbox's own wake-up: sending never waits, and an idle session waits
+//! on one thing only.
 
 use std::{any::Any, collections::VecDeque, sync::Arc};
 
 use parking_lot::Mutex;
+use tidings_bridge::MailboxWaker;
 use tidings_core::{ChannelName, Identity};
-use tokio::sync::Notify;
 
 /// Requests a session may queue before more are dropped.
 pub const CONTROL_QUEUE: usize = 16;
@@ -33,10 +35,11 @@ pub enum ControlRequest {
 
 /// A session's control queue: allocated only while it holds requests, so
 /// an idle socket pays a few dozen bytes for it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Queue {
     items: Mutex<(VecDeque<ControlRequest>, bool)>,
-    wake: Notify,
+    /// The session's mailbox wake-up.
+    wake: MailboxWaker,
 }
 
 /// A handle to ask one session for something. Cheap to clone.
@@ -56,13 +59,17 @@ impl ControlHandle {
             }
             q.0.push_back(request);
         }
-        self.queue.wake.notify_one();
+        self.queue.wake.wake();
         true
     }
 
-    /// A handle and the receiving end a session reads.
-    pub(crate) fn pair() -> (Self, Receiver) {
-        let queue = Arc::new(Queue::default());
+    /// A handle and the receiving end a session reads; a request wakes
+    /// the session through `wake`.
+    pub(crate) fn pair(wake: MailboxWaker) -> (Self, Receiver) {
+        let queue = Arc::new(Queue {
+            items: Mutex::default(),
+            wake,
+        });
         (
             Self {
                 queue: queue.clone(),
@@ -80,21 +87,14 @@ pub(crate) struct Receiver {
 }
 
 impl Receiver {
-    /// The next request. Cancel-safe.
-    pub(crate) async fn recv(&mut self) -> ControlRequest {
-        loop {
-            let notified = self.queue.wake.notified();
-            {
-                let mut q = self.queue.items.lock();
-                if let Some(r) = q.0.pop_front() {
-                    if q.0.is_empty() {
-                        q.0 = VecDeque::new();
-                    }
-                    return r;
-                }
-            }
-            notified.await;
+    /// The next request, if one is queued.
+    pub(crate) fn try_recv(&mut self) -> Option<ControlRequest> {
+        let mut q = self.queue.items.lock();
+        let r = q.0.pop_front()?;
+        if q.0.is_empty() {
+            q.0 = VecDeque::new();
         }
+        Some(r)
     }
 }
 
@@ -149,21 +149,32 @@ mod tests {
 
     #[tokio::test]
     async fn requests_queue_in_order_up_to_the_bound_and_stop_with_the_session() {
-        let (handle, mut rx) = ControlHandle::pair();
+        let (_tx, mut mailbox) =
+            tidings_bridge::mailbox(4, tidings_bridge::SlowConsumerPolicy::Close);
+        let (handle, mut rx) = ControlHandle::pair(mailbox.waker());
         for n in 0..CONTROL_QUEUE {
             assert!(handle.send(sub(n)));
         }
         assert!(!handle.send(sub(99)), "the queue is bounded");
         for n in 0..CONTROL_QUEUE {
-            assert_eq!(rx.recv().await, sub(n));
+            assert_eq!(rx.try_recv(), Some(sub(n)));
         }
-        // A request sent while the session waits wakes it.
+        assert_eq!(rx.try_recv(), None);
+        // The wake-up stored by the sends is spent.
+        assert!(mailbox.next_or_woken().await.is_none());
+        // A request sent while the session waits on its mailbox wakes it.
         let h = handle.clone();
-        let waiter = tokio::spawn(async move { rx.recv().await });
+        let waiter = tokio::spawn(async move {
+            let woken = mailbox.next_or_woken().await;
+            (woken.is_none(), rx.try_recv(), rx)
+        });
         tokio::task::yield_now().await;
         assert!(h.send(sub(7)));
-        assert_eq!(waiter.await.unwrap(), sub(7));
-        // The receiver is gone with the task: nothing more is accepted.
+        let (woken, request, rx) = waiter.await.unwrap();
+        assert!(woken, "woken with nothing in the mailbox");
+        assert_eq!(request, Some(sub(7)));
+        // The receiver is gone: nothing more is accepted.
+        drop(rx);
         assert!(!handle.send(sub(8)));
     }
 }

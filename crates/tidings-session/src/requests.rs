@@ -1,6 +1,6 @@
 //! A socket's requests: subscribe, unsubscribe, publish, ping and RPC
 //! frames, once parsed and past the rate limit. RPC calls run in their own
-//! tasks; their answers come back through [`Requests::next_rpc`].
+//! tasks; their answers come back through [`Requests::try_rpc`].
 
 use std::sync::{
     atomic::{AtomicUsize, Ordering},
@@ -9,7 +9,7 @@ use std::sync::{
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use tidings_bridge::Subscriber;
+use tidings_bridge::{MailboxWaker, Subscriber};
 use tidings_core::{
     protocol::{self, ClientFrame, ErrorCode, Request, SenderEnvelope},
     Identity, Message, Topic,
@@ -33,13 +33,21 @@ pub(crate) struct Requests {
     credentials: Arc<http::HeaderMap>,
     peer: std::net::SocketAddr,
     sub: Subscriber,
-    rpc_in_flight: Arc<AtomicUsize>,
-    /// RPC answers on their way back; made on the first call.
-    rpc_results: Option<(mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)>,
+    /// RPC calls in flight and their answers on the way back; made on the
+    /// first call (most sockets make none).
+    rpc: Option<Box<RpcState>>,
+    /// Wakes the session when an answer is back (it waits on its mailbox).
+    wake: MailboxWaker,
     /// Where the socket is on each channel with history it follows.
     pub(crate) followers: Followers,
     /// The connection's id as in `welcome` (what `exclude` names).
-    pub(crate) conn: Option<Box<str>>,
+    pub(crate) conn: Box<str>,
+}
+
+/// A socket's RPC calls: how many are in flight, and their answers.
+struct RpcState {
+    in_flight: Arc<AtomicUsize>,
+    results: (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>),
 }
 
 impl Requests {
@@ -50,12 +58,14 @@ impl Requests {
         credentials: Arc<http::HeaderMap>,
         peer: std::net::SocketAddr,
         sub: Subscriber,
+        wake: MailboxWaker,
+        conn: Box<str>,
     ) -> Self {
         Self {
-            rpc_in_flight: Arc::new(AtomicUsize::new(0)),
-            rpc_results: None,
+            rpc: None,
+            wake,
             followers: Followers::default(),
-            conn: None,
+            conn,
             gw,
             identity,
             credentials,
@@ -64,9 +74,10 @@ impl Requests {
         }
     }
 
-    /// The next RPC answer, or never when no call was made.
-    pub(crate) async fn next_rpc(&mut self) -> Bytes {
-        next_rpc(&mut self.rpc_results).await
+    /// An RPC answer that is back, if any (the session is woken through
+    /// its mailbox when one comes).
+    pub(crate) fn try_rpc(&mut self) -> Option<Bytes> {
+        self.rpc.as_mut()?.results.1.try_recv().ok()
     }
 
     /// Starts an RPC call in its own task; its answer comes back to the
@@ -86,24 +97,27 @@ impl Requests {
             ));
         };
         let limit = handler.max_in_flight();
-        if self.rpc_in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
-            self.rpc_in_flight.fetch_sub(1, Ordering::AcqRel);
+        let rpc = self.rpc.get_or_insert_with(|| {
+            Box::new(RpcState {
+                in_flight: Arc::new(AtomicUsize::new(0)),
+                results: mpsc::channel(limit),
+            })
+        });
+        if rpc.in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
+            rpc.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Some(protocol::encode_error(
                 ErrorCode::TooManyRequests,
                 &format!("at most {limit} rpc calls in flight per socket"),
                 id.as_deref(),
             ));
         }
-        let in_flight = self.rpc_in_flight.clone();
-        let results = self
-            .rpc_results
-            .get_or_insert_with(|| mpsc::channel(limit))
-            .0
-            .clone();
+        let in_flight = rpc.in_flight.clone();
+        let results = rpc.results.0.clone();
         let identity = self.identity.clone();
         let credentials = self.credentials.clone();
         let peer = self.peer;
         let stats = self.gw.stats.clone();
+        let wake = self.wake.clone();
         tokio::spawn(
             async move {
                 let call = RpcCall {
@@ -128,7 +142,9 @@ impl Requests {
                     }
                 };
                 in_flight.fetch_sub(1, Ordering::AcqRel);
-                let _ = results.send(reply).await;
+                if results.send(reply).await.is_ok() {
+                    wake.wake();
+                }
             }
             .in_current_span(),
         );
@@ -305,9 +321,10 @@ impl Requests {
                 };
                 // Stamped with the sender; the client cannot forge it.
                 let from = self.identity.user.as_deref();
-                let payload = match (&self.conn, echo) {
-                    (Some(conn), false) => SenderEnvelope::wrap_excluding(from, conn, &data),
-                    _ => SenderEnvelope::wrap(from, &data),
+                let payload = if echo {
+                    SenderEnvelope::wrap(from, &data)
+                } else {
+                    SenderEnvelope::wrap_excluding(from, &self.conn, &data)
                 };
                 match gw.bridge.publish(Message::new(name, payload)).await {
                     Ok(()) => protocol::encode_ack("published", &channel, id),
@@ -344,15 +361,4 @@ fn broker_error(e: &tidings_bridge::BrokerError, id: Option<&RawValue>) -> Bytes
         _ => ErrorCode::BrokerUnavailable,
     };
     protocol::encode_error(code, &e.to_string(), id)
-}
-
-/// The next RPC answer, or never when no call was made.
-async fn next_rpc(results: &mut Option<(mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)>) -> Bytes {
-    match results {
-        Some((_, rx)) => match rx.recv().await {
-            Some(b) => b,
-            None => std::future::pending().await,
-        },
-        None => std::future::pending().await,
-    }
 }

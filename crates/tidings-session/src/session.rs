@@ -115,8 +115,6 @@ impl Default for Batch {
 pub struct Session {
     ctx: Arc<Context>,
     id: u64,
-    /// The id clients and the backend know it by (`welcome`'s `id`).
-    conn: Box<str>,
     requests: Requests,
     mailbox: MailboxReceiver,
     rate: RateLimiter,
@@ -131,7 +129,7 @@ struct Control {
     /// What the hooks keep for the session's life (dropped at its end).
     _guard: Box<dyn Any + Send + Sync>,
     /// Set when the backend disconnected it.
-    ended_by_backend: Option<(u16, String)>,
+    ended_by_backend: Option<Box<(u16, String)>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -177,7 +175,7 @@ impl Session {
                 id,
                 identity: identity.clone(),
             };
-            let (handle, rx): (ControlHandle, _) = ControlHandle::pair();
+            let (handle, rx): (ControlHandle, _) = ControlHandle::pair(mailbox.waker());
             let guard = hooks.opened(&info, handle);
             Control {
                 info,
@@ -186,7 +184,17 @@ impl Session {
                 ended_by_backend: None,
             }
         });
-        let mut requests = Requests::new(ctx.clone(), identity.clone(), credentials, peer, sub);
+        // The id clients and the backend know it by (`welcome`'s `id`).
+        let conn: Box<str> = format!("{}{id}", ctx.connection_prefix).into();
+        let mut requests = Requests::new(
+            ctx.clone(),
+            identity.clone(),
+            credentials,
+            peer,
+            sub,
+            mailbox.waker(),
+            conn,
+        );
         let plan = ctx.router.on_connect(&identity);
         // Join before the welcome (and before any replay): once a client
         // sees `welcome`, whatever is published on its channels reaches it.
@@ -210,10 +218,8 @@ impl Session {
         }
         let positions: Vec<(&ChannelName, PositionReport<'_>)> =
             reports.iter().map(|(c, r)| (*c, r.as_protocol())).collect();
-        let conn: Box<str> = format!("{}{id}", ctx.connection_prefix).into();
-        requests.conn = Some(conn.clone());
         out.push(Output::Frame(protocol::encode_welcome(
-            &conn,
+            &requests.conn,
             identity.user.as_deref(),
             &plan.channels,
             &plan.patterns,
@@ -229,7 +235,6 @@ impl Session {
         Self {
             ctx,
             id,
-            conn,
             requests,
             mailbox,
             rate,
@@ -244,7 +249,7 @@ impl Session {
         let (Some(hooks), Some(control)) = (self.ctx.hooks.as_ref(), self.control.as_ref()) else {
             return;
         };
-        match &control.ended_by_backend {
+        match control.ended_by_backend.as_deref() {
             Some((code, reason)) => hooks.closed(&control.info, *code, reason),
             None => hooks.closed(&control.info, code, reason),
         }
@@ -268,15 +273,24 @@ impl Session {
         &self.ctx
     }
 
-    /// Waits for the next thing to send: an RPC answer or the mailbox's
-    /// next item. Cancel-safe: race it against reads and timers, then pass
-    /// what it gives to [`Session::on_event`].
+    /// Waits for the next thing to send: an RPC answer, a request of the
+    /// backend, or the mailbox's next item. Cancel-safe: race it against
+    /// reads and timers, then pass what it gives to [`Session::on_event`].
+    ///
+    /// One wait whatever the source: answers and requests wake the session
+    /// through its mailbox ([`MailboxReceiver::next_or_woken`]), so what an
+    /// idle socket keeps for this is one small future.
     pub async fn next_event(&mut self) -> Event {
-        tokio::select! {
-            biased;
-            reply = self.requests.next_rpc() => Event(EventKind::Rpc(reply)),
-            Some(request) = next_control(&mut self.control) => Event(EventKind::Control(request)),
-            next = self.mailbox.next() => Event(EventKind::Mailbox(next)),
+        loop {
+            if let Some(reply) = self.requests.try_rpc() {
+                return Event(EventKind::Rpc(reply));
+            }
+            if let Some(request) = self.control.as_mut().and_then(|c| c.requests.try_recv()) {
+                return Event(EventKind::Control(request));
+            }
+            if let Some(next) = self.mailbox.next_or_woken().await {
+                return Event(EventKind::Mailbox(next));
+            }
         }
     }
 
@@ -327,7 +341,7 @@ impl Session {
         match request {
             ControlRequest::Disconnect { code, reason } => {
                 if let Some(c) = self.control.as_mut() {
-                    c.ended_by_backend = Some((code, reason.clone()));
+                    c.ended_by_backend = Some(Box::new((code, reason.clone())));
                 }
                 Err(End::Close {
                     code,
@@ -364,7 +378,7 @@ impl Session {
     async fn deliver(&mut self, d: Arc<Delivery>, out: &mut Vec<Output>) {
         // A publish that names this connection in `exclude` is not
         // written; its position still counts (no hole is seen).
-        let excluded = d.excludes(&self.conn);
+        let excluded = d.excludes(&self.requests.conn);
         let followers = &mut self.requests.followers;
         match followers.judge(&d) {
             Verdict::Deliver => {
@@ -509,14 +523,6 @@ impl Session {
             ))),
         }
         Ok(())
-    }
-}
-
-/// The backend's next request, or never when the gateway has no hooks.
-async fn next_control(control: &mut Option<Control>) -> Option<ControlRequest> {
-    match control {
-        Some(c) => Some(c.requests.recv().await),
-        None => std::future::pending().await,
     }
 }
 
