@@ -51,6 +51,22 @@ pub struct PresenceTracker {
     local: Mutex<HashMap<PresenceKey, SmallMap<String, PresenceEntry>>>,
     /// Where the entries are listed instead, when they are kept elsewhere.
     source: Mutex<Option<EntrySource>>,
+    /// Joins and leaves not yet sent to the store, in order, and whether a
+    /// task is sending them (see [`PresenceTracker::join_now`]).
+    pending: Mutex<(Vec<Pending>, bool)>,
+}
+
+/// A join or a leave waiting for the store.
+enum Pending {
+    Join(PresenceKey, PresenceEntry),
+    Leave(PresenceKey, String),
+}
+
+/// One set's part of a batch of pending changes: what joins, what leaves.
+#[derive(Default)]
+struct SetChanges {
+    join: Vec<PresenceEntry>,
+    leave: Vec<String>,
 }
 
 impl std::fmt::Debug for PresenceTracker {
@@ -76,6 +92,7 @@ impl PresenceTracker {
             sink,
             local: Mutex::new(HashMap::new()),
             source: Mutex::new(None),
+            pending: Mutex::new((Vec::new(), false)),
         }))
     }
 
@@ -148,9 +165,14 @@ impl PresenceTracker {
     }
 
     /// [`PresenceTracker::join`] from a path that must not wait: the entry
-    /// is this gateway's at once (a later [`PresenceTracker::leave_now`]
-    /// undoes it whatever the order the store sees them in), the store is
-    /// told in a task.
+    /// is this gateway's at once; the store is told by a task.
+    ///
+    /// Joins and leaves from these two calls reach the store in the order
+    /// they were made (a leave right after a join never lands first), in
+    /// batches: whatever accumulated while a batch was being sent goes in
+    /// the next, with one call per set and many calls in flight at once.
+    /// A storm of connections costs one task and a few pipelined writes
+    /// rather than a task and a round trip each.
     pub fn join_now(self: &Arc<Self>, key: PresenceKey, entry: PresenceEntry) {
         if entry.validate().is_err() {
             return;
@@ -162,22 +184,11 @@ impl PresenceTracker {
                 .or_default()
                 .insert(entry.conn.clone(), entry.clone());
         }
-        let this = self.clone();
-        tokio::spawn(async move {
-            match this
-                .store
-                .add(&key, std::slice::from_ref(&entry), this.config.ttl)
-                .await
-            {
-                Ok(change) => this.report(&key, change),
-                Err(e) => {
-                    tracing::debug!(target: "tidings::presence", set = %key, error = %e, "presence join failed; the next refresh retries")
-                }
-            }
-        });
+        self.queue(Pending::Join(key, entry));
     }
 
-    /// [`PresenceTracker::leave`] from a path that must not wait.
+    /// [`PresenceTracker::leave`] from a path that must not wait (see
+    /// [`PresenceTracker::join_now`]).
     pub fn leave_now(self: &Arc<Self>, key: PresenceKey, conn: String) {
         {
             let mut local = self.local.lock();
@@ -188,12 +199,73 @@ impl PresenceTracker {
                 }
             }
         }
-        let this = self.clone();
-        tokio::spawn(async move {
-            if let Ok(change) = this.store.remove(&key, &[conn]).await {
-                this.report(&key, change);
+        self.queue(Pending::Leave(key, conn));
+    }
+
+    /// Queues a change for the store; starts the task that sends them if
+    /// none is running.
+    fn queue(self: &Arc<Self>, change: Pending) {
+        {
+            let mut pending = self.pending.lock();
+            pending.0.push(change);
+            if pending.1 {
+                return;
             }
-        });
+            pending.1 = true;
+        }
+        let this = self.clone();
+        tokio::spawn(async move { this.send_pending().await });
+    }
+
+    /// Sends the queued changes, batch after batch, until none is left.
+    async fn send_pending(&self) {
+        loop {
+            let batch = {
+                let mut pending = self.pending.lock();
+                if pending.0.is_empty() {
+                    pending.1 = false;
+                    return;
+                }
+                std::mem::take(&mut pending.0)
+            };
+            // Per set, in order: a connection's last change wins (a join
+            // then a leave in one batch is a leave).
+            let mut sets: HashMap<PresenceKey, SetChanges> = HashMap::new();
+            for change in batch {
+                match change {
+                    Pending::Join(key, entry) => {
+                        let set = sets.entry(key).or_default();
+                        set.leave.retain(|c| *c != entry.conn);
+                        set.join.retain(|e| e.conn != entry.conn);
+                        set.join.push(entry);
+                    }
+                    Pending::Leave(key, conn) => {
+                        let set = sets.entry(key).or_default();
+                        set.join.retain(|e| e.conn != conn);
+                        if !set.leave.contains(&conn) {
+                            set.leave.push(conn);
+                        }
+                    }
+                }
+            }
+            futures_util::stream::iter(sets)
+                .for_each_concurrent(REFRESH_IN_FLIGHT, |(key, changes)| async move {
+                    if !changes.leave.is_empty() {
+                        if let Ok(change) = self.store.remove(&key, &changes.leave).await {
+                            self.report(&key, change);
+                        }
+                    }
+                    if !changes.join.is_empty() {
+                        match self.store.add(&key, &changes.join, self.config.ttl).await {
+                            Ok(change) => self.report(&key, change),
+                            Err(e) => {
+                                tracing::debug!(target: "tidings::presence", set = %key, error = %e, "presence join failed; the next refresh retries")
+                            }
+                        }
+                    }
+                })
+                .await;
+        }
     }
 
     /// Every entry of `key`'s set, all gateways.
