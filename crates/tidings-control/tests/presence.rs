@@ -407,7 +407,8 @@ async fn entries_kept_elsewhere_are_refreshed_and_removed_from_their_source() {
         .unwrap();
         let user = |u: &str| PresenceKey::user(u);
         // Two parts, as a registry's shards: anna's two sockets, then bob's.
-        let parts: Arc<Mutex<Vec<Vec<(PresenceKey, PresenceEntry)>>>> = Arc::new(Mutex::new(vec![
+        type Parts = Vec<Vec<(PresenceKey, PresenceEntry)>>;
+        let parts: Arc<Mutex<Parts>> = Arc::new(Mutex::new(vec![
             vec![
                 (user("anna"), entry("g-1", Some("anna"), "g")),
                 (user("anna"), entry("g-2", Some("anna"), "g")),
