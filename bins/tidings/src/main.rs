@@ -156,7 +156,20 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(tidings_control::random_gateway_id);
     let registry = tidings_control::Registry::new();
     let presence_store: Arc<dyn tidings_control::Presence> = match &history_pool {
-        Some((pool, _)) => Arc::new(tidings_control::RedisPresence::new(pool.clone())),
+        Some((pool, _)) => {
+            // The join and leave events of channels with full presence go
+            // out from the presence script itself, atomically with the
+            // change (a gateway that dies right after cannot lose one);
+            // sharded channels' from the gateway, through the bridge.
+            let router = router.clone();
+            let events: tidings_control::EventChannels = Arc::new(move |c: &str| {
+                tidings_core::ChannelName::new(c).is_ok_and(|c| {
+                    router.presence_for(&c) == Some(tidings_routing::PresenceMode::Full)
+                        && !router.sharded_for(&c)
+                })
+            });
+            Arc::new(tidings_control::RedisPresence::new(pool.clone()).with_events(events))
+        }
         None => Arc::new(tidings_control::MemoryPresence::new()),
     };
     let presence_config = config.presence()?;

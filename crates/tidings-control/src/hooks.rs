@@ -316,7 +316,7 @@ pub fn presence_publisher(bridge: Bridge, lookup: PresenceLookup) -> Arc<dyn Pre
         let Some(channel) = key.as_channel().and_then(|c| ChannelName::new(c).ok()) else {
             return;
         };
-        if lookup(&channel) != Some(PresenceMode::Full) {
+        if change.published || lookup(&channel) != Some(PresenceMode::Full) {
             return;
         }
         let bridge = bridge.clone();

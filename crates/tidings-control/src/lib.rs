@@ -43,7 +43,7 @@ pub use presence::{
 pub use presence_memory::MemoryPresence;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use presence_redis::{RedisPresence, DEFAULT_PRESENCE_PREFIX, PRESENCE_SCRIPT};
+pub use presence_redis::{EventChannels, RedisPresence, DEFAULT_PRESENCE_PREFIX, PRESENCE_SCRIPT};
 pub use presence_tracker::{EntrySource, PresenceSink, PresenceTracker};
 pub use registry::{Connection, ConnectionInfo, Registration, Registry};
 pub use webhook::{WebhookConfig, WebhookEvent, WebhookSigning, WebhookStats, Webhooks};

@@ -5,12 +5,18 @@
 --   KEYS[2] <prefix>{<set>}:e  zset   connection id -> expiry (ms, server clock)
 --   KEYS[3] <prefix>{<set>}:u  hash   user id -> number of live connections
 --
--- ARGV[1] is the operation, ARGV[2] the entries' time to live in ms:
---   add     ARGV[3..]: connection id, value pairs. Adds or refreshes them.
---           Returns {joined connection ids, left users}.
---   remove  ARGV[3..]: connection ids. Returns {{}, left users}.
+-- ARGV[1] is the operation, ARGV[2] the entries' time to live in ms, ARGV[3]
+-- the channel to publish the set's join and leave events on ("" for none):
+--   add     ARGV[4..]: connection id, value, join event triples. Adds or
+--           refreshes them. Returns {joined connection ids, left users}.
+--   remove  ARGV[4..]: connection ids. Returns {{}, left users}.
 --   list    Returns {{}, left users, connection id, value, ...}.
 --   stats   Returns {{}, left users, connections, users}.
+--
+-- With an events channel, the events of the change are PUBLISHed by the
+-- script itself, atomically with it: a join's event is the one its caller
+-- passed; a leave's is {"__tidings_presence":"leave","user":<user>}. A
+-- gateway that dies right after its call loses none of them.
 --
 -- Every operation first drops up to 1,000 expired entries (a gateway that
 -- died without saying goodbye stops refreshing its entries); the users that
@@ -21,9 +27,10 @@
 local conns, exp, users = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
 local ttl = tonumber(ARGV[2])
+local events = ARGV[3]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local joined, left = {}, {}
+local joined, left, join_events = {}, {}, {}
 
 local function user_of(value)
   local nl = string.find(value, '\n', 1, true)
@@ -49,13 +56,24 @@ for _, conn in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', now, 'LIMIT', 0, 
   drop(conn)
 end
 
+local function publish()
+  if events == '' then return end
+  for _, event in ipairs(join_events) do
+    if event ~= '' then redis.call('PUBLISH', events, event) end
+  end
+  for _, user in ipairs(left) do
+    redis.call('PUBLISH', events, '{"__tidings_presence":"leave","user":' .. cjson.encode(user) .. '}')
+  end
+end
+
 if op == 'add' then
-  for i = 3, #ARGV, 2 do
+  for i = 4, #ARGV, 3 do
     local conn, value = ARGV[i], ARGV[i + 1]
     if redis.call('HSET', conns, conn, value) == 1 then
       local user = user_of(value)
       if user ~= '' and redis.call('HINCRBY', users, user, 1) == 1 then
         joined[#joined + 1] = conn
+        join_events[#join_events + 1] = ARGV[i + 2]
       end
     end
     redis.call('ZADD', exp, now + ttl, conn)
@@ -68,16 +86,20 @@ if op == 'add' then
     redis.call('PEXPIREAT', exp, at)
     if redis.call('EXISTS', users) == 1 then redis.call('PEXPIREAT', users, at) end
   end
+  publish()
   return {joined, left}
 elseif op == 'remove' then
-  for i = 3, #ARGV do drop(ARGV[i]) end
+  for i = 4, #ARGV do drop(ARGV[i]) end
+  publish()
   return {joined, left}
 elseif op == 'list' then
+  publish()
   local reply = {joined, left}
   local all = redis.call('HGETALL', conns)
   for i = 1, #all do reply[#reply + 1] = all[i] end
   return reply
 elseif op == 'stats' then
+  publish()
   return {joined, left, redis.call('ZCOUNT', exp, now + 1, '+inf'), redis.call('HLEN', users)}
 end
 return redis.error_reply('ERR tidings presence: unknown operation')

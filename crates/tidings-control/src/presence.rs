@@ -187,6 +187,10 @@ pub struct PresenceChange {
     pub joined: Vec<PresenceEntry>,
     /// Users whose last connection left or expired: a `leave` each.
     pub left: Vec<String>,
+    /// Whether the store itself published the events of this change on the
+    /// channel (see `RedisPresence::with_events`): the gateway must not
+    /// publish them again.
+    pub published: bool,
 }
 
 impl PresenceChange {

@@ -11,7 +11,8 @@ use fred::{
 use parking_lot::Mutex;
 
 use crate::presence::{
-    Presence, PresenceChange, PresenceEntry, PresenceError, PresenceKey, PresenceStats,
+    Presence, PresenceChange, PresenceEntry, PresenceError, PresenceEvent, PresenceKey,
+    PresenceStats,
 };
 use crate::BoxFuture;
 
@@ -32,7 +33,12 @@ pub struct RedisPresence {
     pool: Pool,
     prefix: String,
     sha: Mutex<Option<String>>,
+    events: Option<EventChannels>,
 }
+
+/// Which channels' presence sets publish their join and leave events from
+/// the store (see [`RedisPresence::with_events`]).
+pub type EventChannels = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl fmt::Debug for RedisPresence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -54,7 +60,27 @@ impl RedisPresence {
             pool,
             prefix: prefix.to_owned(),
             sha: Mutex::new(None),
+            events: None,
         }
+    }
+
+    /// Publishes the join and leave events of the channels `publish` names
+    /// (by their name) on the channels themselves, from the script that
+    /// changes the set, atomically with the change: a gateway that dies
+    /// right after a call loses none, and entries that expired are
+    /// announced by whichever call drops them. The changes it returns say
+    /// so ([`PresenceChange::published`]), and the gateway's sink does not
+    /// publish them again. For classic pub/sub channels only: a script
+    /// cannot publish to a sharded channel of another slot.
+    pub fn with_events(mut self, publish: EventChannels) -> Self {
+        self.events = Some(publish);
+        self
+    }
+
+    /// The channel `key`'s events are published on by the script, if any.
+    fn events_channel<'k>(&self, key: &'k PresenceKey) -> Option<&'k str> {
+        let channel = key.as_channel()?;
+        self.events.as_ref().filter(|f| f(channel)).map(|_| channel)
     }
 
     /// The three keys of `key`'s set.
@@ -93,14 +119,16 @@ impl RedisPresence {
     ) -> Result<Vec<Value>, PresenceError> {
         let sha = self.sha().await?;
         let keys = self.keys(key);
+        let events = self.events_channel(key).unwrap_or("");
         let slot = fred::util::redis_keyslot(keys[0].as_bytes());
         let call = |head: Value, verb: &'static str| {
-            let mut args = Vec::with_capacity(rest.len() + 7);
+            let mut args = Vec::with_capacity(rest.len() + 8);
             args.push(head);
             args.push(Value::Integer(3));
             args.extend(keys.iter().map(|k| Value::String(k.as_str().into())));
             args.push(Value::from_static_str(op));
             args.push(Value::Integer(ttl.as_millis().max(1) as i64));
+            args.push(Value::String(events.into()));
             args.extend(rest.iter().cloned());
             // Routed by the set's slot (its three keys share one hash tag).
             // It must be a `Custom` slot: fred reads no other hash policy
@@ -161,6 +189,7 @@ fn bytes(v: &Value) -> Option<&[u8]> {
 fn change_of(
     reply: &mut Vec<Value>,
     added: &[PresenceEntry],
+    published: bool,
 ) -> Result<PresenceChange, PresenceError> {
     let mut rest = reply.split_off(2);
     std::mem::swap(reply, &mut rest);
@@ -170,7 +199,11 @@ fn change_of(
         .iter()
         .filter_map(|id| added.iter().find(|e| &e.conn == id).cloned())
         .collect();
-    Ok(PresenceChange { joined, left })
+    Ok(PresenceChange {
+        joined,
+        left,
+        published,
+    })
 }
 
 impl Presence for RedisPresence {
@@ -181,14 +214,22 @@ impl Presence for RedisPresence {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<PresenceChange, PresenceError>> {
         Box::pin(async move {
-            let mut args = Vec::with_capacity(entries.len() * 2);
+            let events = self.events_channel(key).is_some();
+            let mut args = Vec::with_capacity(entries.len() * 3);
             for e in entries {
                 e.validate()?;
                 args.push(Value::String(e.conn.as_str().into()));
                 args.push(Value::String(e.encode().into()));
+                // The event the script publishes if this is the user's
+                // first connection.
+                args.push(if events {
+                    Value::Bytes(PresenceEvent::Join(e.clone()).payload())
+                } else {
+                    Value::from_static_str("")
+                });
             }
             let mut reply = self.run(key, "add", ttl, args).await?;
-            change_of(&mut reply, entries)
+            change_of(&mut reply, entries, events)
         })
     }
 
@@ -205,7 +246,7 @@ impl Presence for RedisPresence {
             let mut reply = self
                 .run(key, "remove", Duration::from_millis(1), args)
                 .await?;
-            change_of(&mut reply, &[])
+            change_of(&mut reply, &[], self.events_channel(key).is_some())
         })
     }
 
@@ -217,7 +258,7 @@ impl Presence for RedisPresence {
             let mut reply = self
                 .run(key, "list", Duration::from_millis(1), Vec::new())
                 .await?;
-            let change = change_of(&mut reply, &[])?;
+            let change = change_of(&mut reply, &[], self.events_channel(key).is_some())?;
             let mut entries = Vec::with_capacity(reply.len() / 2);
             for pair in reply.chunks(2) {
                 let value = pair
@@ -238,7 +279,7 @@ impl Presence for RedisPresence {
             let mut reply = self
                 .run(key, "stats", Duration::from_millis(1), Vec::new())
                 .await?;
-            let change = change_of(&mut reply, &[])?;
+            let change = change_of(&mut reply, &[], self.events_channel(key).is_some())?;
             let n = |v: Option<&Value>| match v {
                 Some(Value::Integer(n)) if *n >= 0 => Ok(*n as u64),
                 other => Err(PresenceError::Protocol(format!("stats: {other:?}"))),

@@ -463,3 +463,93 @@ async fn entries_kept_elsewhere_are_refreshed_and_removed_from_their_source() {
         );
     }
 }
+
+/// With events on, the script publishes a channel's join and leave events
+/// itself, atomically with the change: nothing a gateway does after its
+/// call (or fails to do, killed) can lose one. Entries that expire are
+/// announced by whichever call drops them; a channel without events gets
+/// none from the store.
+#[tokio::test]
+async fn the_script_publishes_join_and_leave_events_with_the_change() {
+    let server = RedisServer::start().await;
+    let events_on = "/app/room/1";
+    let p = RedisPresence::new(pool(&server).await)
+        .with_events(Arc::new(move |c: &str| c == events_on));
+    let mut on = server.client().await.subscribe(events_on).await;
+    let mut off = server.client().await.subscribe("/app/room/2").await;
+    let next = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>| {
+        let got = rx.try_recv().ok();
+        got.map(|b| serde_json::from_slice::<serde_json::Value>(&b).unwrap())
+    };
+    let settle = || tokio::time::sleep(Duration::from_millis(100));
+
+    // Anna's first connection joins; her second does not join again.
+    let c = p
+        .add(
+            &room(1),
+            &[entry("g-1", Some("anna"), "g")],
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(c.published && c.joined.len() == 1);
+    p.add(
+        &room(1),
+        &[entry("g-2", Some("anna"), "g")],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    settle().await;
+    assert_eq!(
+        next(&mut on),
+        Some(json!({"__tidings_presence": "join", "user": "anna", "info": {"name": "anna"}}))
+    );
+    assert_eq!(next(&mut on), None, "one join per user");
+
+    // Bob's entry expires; the next call, whoever makes it, announces it.
+    p.add(
+        &room(1),
+        &[entry("g-3", Some("b/ob"), "g")],
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (stats, change) = p.stats(&room(1)).await.unwrap();
+    assert_eq!(
+        (stats.users, change.left.clone()),
+        (1, vec!["b/ob".to_owned()])
+    );
+    assert!(change.published);
+    settle().await;
+    assert_eq!(next(&mut on).unwrap()["user"], "b/ob");
+    assert_eq!(
+        next(&mut on),
+        Some(json!({"__tidings_presence": "leave", "user": "b/ob"}))
+    );
+
+    // Anna leaves with her last connection.
+    p.remove(&room(1), &["g-1".to_owned(), "g-2".to_owned()])
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(
+        next(&mut on),
+        Some(json!({"__tidings_presence": "leave", "user": "anna"}))
+    );
+
+    // A channel the store does not publish for: the change is the
+    // gateway's to announce.
+    let c = p
+        .add(
+            &room(2),
+            &[entry("g-4", Some("cleo"), "g")],
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(!c.published && c.joined.len() == 1);
+    settle().await;
+    assert_eq!(next(&mut off), None);
+}
