@@ -54,11 +54,12 @@ impl Subscribers {
             Self::One(c, _) => (*c == conn).then_some(true),
             Self::Many(many) => {
                 many.swap_remove(&conn)?;
+                // Two or more until now: at least one is left.
                 if many.len() == 1 {
                     let (c, m) = many.pop().expect("one left");
                     *self = Self::One(c, m);
                 }
-                Some(many_is_empty(self))
+                Some(false)
             }
         }
     }
@@ -77,10 +78,6 @@ impl Subscribers {
         };
         one.into_iter().chain(many.into_iter().flatten())
     }
-}
-
-fn many_is_empty(subs: &Subscribers) -> bool {
-    matches!(subs, Subscribers::Many(many) if many.is_empty())
 }
 
 #[derive(Default)]

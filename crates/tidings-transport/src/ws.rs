@@ -357,6 +357,9 @@ impl WsSession {
                 }
             };
             // Whatever the session produced goes out first, in one flush.
+            // Boxed like the steps below: one allocation per batch the
+            // session writes (what the fan-out writes directly never comes
+            // here), and the wait above stays small.
             if !self.out.is_empty() && !Box::pin(self.write_out()).await {
                 // The peer stopped reading: a slow consumer.
                 return CloseReason::SlowConsumer;
