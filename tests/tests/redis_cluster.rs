@@ -288,17 +288,7 @@ async fn cluster_delivers_classic_and_sharded_messages() {
     // One-time tokens live in the cluster too (their keys on many slots):
     // minted once, redeemed once.
     for user in ["u1", "u2", "u3", "u4"] {
-        let res = http::request(
-            gw.addr,
-            "POST",
-            "/api/tokens",
-            &[("Content-Type".to_owned(), "application/json".to_owned())],
-            json!({"identity":{"user":user}}).to_string().as_bytes(),
-        )
-        .await;
-        assert_eq!(res.status, 201, "{}", res.body);
-        let body: Value = serde_json::from_str(&res.body).unwrap();
-        let url = format!("{}?token={}", gw.ws_url(), body["token"].as_str().unwrap());
+        let url = token_url(&gw, user).await;
         let c = Client::connect(&url).await;
         assert_eq!(c.welcome["user"], user, "{}", c.welcome);
         let again = Client::connect_with(&url, &[]).await;
@@ -640,6 +630,13 @@ async fn held_sharded(conns: &mut [Resp], channel: &str) -> i64 {
 /// A socket of `user`, through a one-time token: it joins its sharded
 /// user channel and the user's presence set on connect.
 async fn user_socket(gw: &Gateway, user: &str) -> Client {
+    let c = Client::connect(&token_url(gw, user).await).await;
+    assert_eq!(c.welcome["user"], user, "{}", c.welcome);
+    c
+}
+
+/// The WebSocket URL with a one-time token minted for `user`.
+async fn token_url(gw: &Gateway, user: &str) -> String {
     let res = http::request(
         gw.addr,
         "POST",
@@ -650,10 +647,7 @@ async fn user_socket(gw: &Gateway, user: &str) -> Client {
     .await;
     assert_eq!(res.status, 201, "{}", res.body);
     let body: Value = serde_json::from_str(&res.body).unwrap();
-    let url = format!("{}?token={}", gw.ws_url(), body["token"].as_str().unwrap());
-    let c = Client::connect(&url).await;
-    assert_eq!(c.welcome["user"], user, "{}", c.welcome);
-    c
+    format!("{}?token={}", gw.ws_url(), body["token"].as_str().unwrap())
 }
 
 /// Regression (benchmark of 2026-12-01): connecting users' sockets made

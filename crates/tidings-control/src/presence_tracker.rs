@@ -312,14 +312,16 @@ impl PresenceTracker {
 
     /// Refreshes `sets`; returns how many calls failed.
     async fn refresh_sets(&self, sets: Vec<(PresenceKey, Vec<PresenceEntry>)>) -> usize {
-        let batches: Vec<(PresenceKey, Vec<PresenceEntry>)> = sets
-            .into_iter()
-            .flat_map(|(k, all)| {
-                all.chunks(REFRESH_BATCH)
-                    .map(|c| (k.clone(), c.to_vec()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        // Sets split into batches by moving their entries (most sets are a
+        // user's one or two connections: one batch, nothing copied).
+        let mut batches: Vec<(PresenceKey, Vec<PresenceEntry>)> = Vec::with_capacity(sets.len());
+        for (key, mut all) in sets {
+            while all.len() > REFRESH_BATCH {
+                let rest = all.split_off(REFRESH_BATCH);
+                batches.push((key.clone(), std::mem::replace(&mut all, rest)));
+            }
+            batches.push((key, all));
+        }
         // Many calls in flight at once: a gateway has a set per user, and
         // one call after another would pay a round trip and two system
         // calls each (the store's client pipelines what is in flight).
