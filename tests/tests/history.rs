@@ -258,3 +258,59 @@ async fn a_redis_that_refuses_functions_serves_without_history_rather_than_never
     );
     assert!(gw.logs().contains("history is off"), "{}", gw.logs());
 }
+
+/// A storm of sockets of one user (its notification channel keeps a
+/// history) reads the channel's position from Redis once, not once per
+/// socket; each socket is told the same position, and the next publication
+/// (offset one after it) reaches every one. After the last socket leaves,
+/// the next socket reads again.
+#[tokio::test]
+async fn a_storm_of_sockets_on_one_channel_reads_its_position_once() {
+    let redis = RedisServer::start().await;
+    let be = backend().await;
+    let gw = gateway(&be, Some(&redis)).await;
+    let mut r = redis.client().await;
+    let before = r.command_calls(&["fcall"]).await;
+
+    let sockets: Vec<Client> = futures_util::future::join_all((0..40).map(|_| user_42(&gw))).await;
+    assert_eq!(
+        r.command_calls(&["fcall"]).await - before,
+        1,
+        "one tidings_position call for 40 sockets"
+    );
+    let positions: Vec<Value> = sockets
+        .iter()
+        .map(|c| c.welcome["positions"][NOTES].clone())
+        .collect();
+    assert_eq!(positions[0]["offset"], json!(0), "{positions:?}");
+    assert!(
+        positions.iter().all(|p| *p == positions[0]),
+        "{positions:?}"
+    );
+
+    let epoch = positions[0]["epoch"].as_str().unwrap().to_owned();
+    let answer = gw.publish(NOTES, json!({"n": 1})).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    for mut c in sockets {
+        assert_eq!(
+            c.next_json().await,
+            json!({"type":"message","channel":NOTES,"offset":1,"epoch":epoch,"data":{"n":1}})
+        );
+    }
+    // Every socket gone: the channel's kept position went with them.
+    for _ in 0..200 {
+        let m = http::get(gw.addr, "/metrics").await.body;
+        let open = m
+            .lines()
+            .find_map(|l| l.strip_prefix("tidings_connections "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if open == Some(0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let before = r.command_calls(&["fcall"]).await;
+    let c = user_42(&gw).await;
+    assert_eq!(c.welcome["positions"][NOTES]["offset"], json!(1));
+    assert_eq!(r.command_calls(&["fcall"]).await - before, 1);
+}

@@ -23,6 +23,7 @@ use crate::{
     hub::Hub,
     local::LocalBroker,
     mailbox::Mailbox,
+    positions::Begin,
 };
 
 /// Requests to the subscription manager task.
@@ -439,6 +440,9 @@ impl Manager {
             }
         }
         if !now_active.is_empty() {
+            for t in &now_active {
+                self.forget_position(t);
+            }
             let told = self.hub.notify_gap(&now_active, "broker_reconnected");
             tracing::info!(
                 broker = self.broker.name(),
@@ -446,6 +450,14 @@ impl Manager {
                 sockets = told,
                 "subscriptions made after a delay; sockets told they may have missed messages"
             );
+        }
+    }
+
+    /// A channel's kept position may be behind what its (new) broker
+    /// subscription delivers: the next subscriber reads the store.
+    fn forget_position(&self, topic: &Topic) {
+        if let Topic::Channel(c) = topic {
+            self.hub.positions().forget(c.as_str());
         }
     }
 
@@ -590,6 +602,7 @@ impl Manager {
                 .stats()
                 .record_selfcheck_repairs(missing.len() as u64);
             for t in &missing {
+                self.forget_position(t);
                 self.active.remove(t);
                 self.owed_gap.insert(t.clone());
             }
@@ -731,6 +744,37 @@ impl Bridge {
 
     fn history_hook(&self) -> Option<Arc<HistoryHook>> {
         self.inner.history.read().clone()
+    }
+
+    /// `channel`'s current position in the history, for a socket that has
+    /// joined it (its [`Subscriber::join`] returned): the point it is
+    /// subscribed from, every later publication reaching it live. The same
+    /// as [`History::position`], but one read serves every socket that
+    /// subscribes while it is on its way, and its answer, moved forward by
+    /// each publication dispatched on the channel, serves those that come
+    /// soon after (see the `positions` module for why that is exact).
+    pub async fn current_position(
+        &self,
+        channel: &ChannelName,
+        opts: &HistoryOptions,
+    ) -> Result<StreamPosition, tidings_history::HistoryError> {
+        let Some(history) = self.history() else {
+            return Err(tidings_history::HistoryError::Unavailable(
+                "no history".into(),
+            ));
+        };
+        match self.inner.hub.positions().begin(channel) {
+            Begin::Known(position) => Ok(position),
+            Begin::Wait(answer) => match answer.await {
+                Ok(answer) => answer,
+                // The read was abandoned: read alone.
+                Err(_) => history.position(channel, opts).await,
+            },
+            Begin::Read(reading) => {
+                let answer = history.position(channel, opts).await;
+                reading.finish(answer)
+            }
+        }
     }
 
     /// Publishes `message` so every gateway instance delivers it, and

@@ -178,6 +178,7 @@ impl Inbound {
     /// Reports that the connection to the broker dropped: messages published
     /// from now on may be missed.
     pub fn connection_lost(&self) {
+        self.hub.positions().forget_all();
         (self.events)(ConnectionEvent::Lost);
     }
 
@@ -185,6 +186,7 @@ impl Inbound {
     /// topic that has local subscribers and sends the affected sockets a
     /// `gap` notice.
     pub fn connection_restored(&self) {
+        self.hub.positions().forget_all();
         (self.events)(ConnectionEvent::Restored);
     }
 
@@ -193,6 +195,7 @@ impl Inbound {
     /// Cluster slot that moved to another node). The topics `missing`
     /// names are subscribed again and their sockets get a `gap` notice.
     pub fn recheck(&self) {
+        self.hub.positions().forget_all();
         (self.events)(ConnectionEvent::Recheck);
     }
 

@@ -19,6 +19,7 @@ fn at(position: &Option<StreamPosition>) -> Option<(u64, &str)> {
 
 use crate::{
     mailbox::{GapNotice, Mailbox, Offer, Outbound, Target},
+    positions::Positions,
     stats::BridgeStats,
 };
 
@@ -138,6 +139,9 @@ pub struct Hub {
     topics: RwLock<Topics>,
     stats: Arc<BridgeStats>,
     shards: Box<[Arc<Shard>]>,
+    /// Current positions of channels with history, shared by their
+    /// subscribers (see [`crate::positions`]).
+    positions: Arc<Positions>,
 }
 
 impl Default for Hub {
@@ -243,6 +247,7 @@ impl Hub {
             topics: RwLock::new(Topics::default()),
             stats: Arc::new(BridgeStats::default()),
             shards: (0..shards.max(1)).map(|_| Arc::default()).collect(),
+            positions: Arc::default(),
         }
     }
 
@@ -280,9 +285,22 @@ impl Hub {
     pub(crate) fn remove(&self, topic: &Topic, conn: u64) -> bool {
         let mut topics = self.topics.write();
         match topic {
-            Topic::Channel(c) => remove_from(&mut topics.channels, c.as_str(), conn),
+            Topic::Channel(c) => {
+                let last = remove_from(&mut topics.channels, c.as_str(), conn);
+                if last {
+                    // Unsubscribed from the broker next: what it publishes
+                    // no longer moves the kept position forward.
+                    self.positions.forget(c.as_str());
+                }
+                last
+            }
             Topic::Pattern(p) => remove_from(&mut topics.patterns, p.as_str(), conn),
         }
+    }
+
+    /// The channels' kept positions.
+    pub(crate) fn positions(&self) -> &Arc<Positions> {
+        &self.positions
     }
 
     /// Whether any local socket listens to `topic`.
@@ -333,6 +351,7 @@ impl Hub {
         let Some((message, position)) = self.open_live(message) else {
             return;
         };
+        self.dispatching(&message, &position);
         let topics = self.topics.read();
         match topics.channels.get(message.channel.as_str()) {
             Some(subs) => self.fan_out(subs, Delivery::at_position(&message, None, at(&position))),
@@ -354,6 +373,15 @@ impl Hub {
                 Delivery::at_position(&message, Some(pattern), at(&position)),
             ),
             None => self.stats.record_unrouted(),
+        }
+    }
+
+    /// A positioned publication moves its channel's kept position forward
+    /// before it is fanned out (see [`crate::positions`] for why before).
+    fn dispatching(&self, message: &Message, position: &Option<StreamPosition>) {
+        if let Some(position) = position {
+            self.positions
+                .dispatching(message.channel.as_str(), position);
         }
     }
 
@@ -389,6 +417,7 @@ impl Hub {
         let Some((message, position)) = self.open_live(message) else {
             return;
         };
+        self.dispatching(&message, &position);
         let topics = self.topics.read();
         let mut routed = false;
         if let Some(subs) = topics.channels.get(message.channel.as_str()) {

@@ -11,6 +11,8 @@
 //! - `cluster`: the Redis Cluster broker, classic and sharded pub/sub
 //!   (feature `redis`).
 //! - [`history`](mod@history): publishing with history (offsets).
+//! - `positions`: channels' current positions, read once per burst of
+//!   subscriptions and kept current by the hub.
 //! - [`bridge`]: the [`Bridge`] itself and a socket's [`Subscriber`] handle.
 //! - [`stats`]: counters for metrics.
 //! - `bench`: hidden entry points for this crate's benchmarks to the
@@ -31,6 +33,7 @@ pub mod history;
 pub mod hub;
 pub mod local;
 pub mod mailbox;
+mod positions;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

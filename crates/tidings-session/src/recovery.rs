@@ -134,8 +134,11 @@ impl Followers {
             _ => None,
         };
         let answer = match &from {
-            From::Now => history
-                .position(channel, &opts)
+            // Shared with the other sockets subscribing to the channel
+            // meanwhile (a storm of connections asks once).
+            From::Now => ctx
+                .bridge
+                .current_position(channel, &opts)
                 .await
                 .map(|position| Recovery {
                     publications: Vec::new(),
