@@ -285,11 +285,17 @@ impl Subscriber {
             return Ok(());
         }
         let inner = &self.bridge.inner;
-        inner.hub.add(&topic, self.id, &self.mailbox);
+        let held = inner.hub.add(&topic, self.id, &self.mailbox);
         // Exact growth: most sockets hold one or two topics for their life,
         // and joins are rare next to deliveries.
         self.topics.reserve_exact(1);
         self.topics.push(topic.clone());
+        if held {
+            // The broker holds it: what the bridge's task would answer,
+            // without waiting for it (a storm of sockets joining a few
+            // shared channels does not queue behind its subscriptions).
+            return Ok(());
+        }
         let (tx, rx) = oneshot::channel();
         inner
             .control
@@ -419,6 +425,7 @@ impl Manager {
             match &result {
                 Ok(()) => {
                     self.active.insert(topic.clone());
+                    self.hub.set_held(&topic, true);
                     if self.owed_gap.remove(&topic) {
                         now_active.push(topic.clone());
                     }
@@ -498,6 +505,7 @@ impl Manager {
                 self.lost = false;
             }
             self.active.clear();
+            self.hub.clear_held();
             self.refused.clear();
             self.pending = wanted.into_iter().collect();
             self.backoff = RETRY_MIN;
@@ -520,7 +528,11 @@ impl Manager {
                 }
                 continue;
             }
-            if !want {
+            if want {
+                // Held already (its sockets left and came back meanwhile,
+                // or it was made before they joined).
+                self.hub.set_held(&topic, true);
+            } else {
                 self.owed_gap.remove(&topic);
                 self.refused.remove(&topic);
                 // A pending topic may have been half done (a timeout):
@@ -604,6 +616,7 @@ impl Manager {
             for t in &missing {
                 self.forget_position(t);
                 self.active.remove(t);
+                self.hub.set_held(t, false);
                 self.owed_gap.insert(t.clone());
             }
         }

@@ -81,14 +81,37 @@ impl Subscribers {
     }
 }
 
-#[derive(Default)]
-struct Topics {
-    channels: HashMap<ChannelName, Subscribers>,
-    patterns: HashMap<ChannelPattern, Subscribers>,
+/// A topic's sockets, and whether the broker is known to hold its
+/// subscription (the bridge's task says so once it has made it): a socket
+/// joining a held topic has nothing to wait for.
+struct Held {
+    subs: Subscribers,
+    held: bool,
 }
 
+impl std::ops::Deref for Held {
+    type Target = Subscribers;
+
+    fn deref(&self) -> &Subscribers {
+        &self.subs
+    }
+}
+
+impl std::ops::DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut Subscribers {
+        &mut self.subs
+    }
+}
+
+#[derive(Default)]
+struct Topics {
+    channels: HashMap<ChannelName, Held>,
+    patterns: HashMap<ChannelPattern, Held>,
+}
+
+/// Adds `conn`; whether the broker already holds the topic.
 fn add_to<K: Hash + Eq + Clone + Borrow<str>>(
-    map: &mut HashMap<K, Subscribers>,
+    map: &mut HashMap<K, Held>,
     key: &K,
     conn: u64,
     mailbox: &Mailbox,
@@ -96,17 +119,20 @@ fn add_to<K: Hash + Eq + Clone + Borrow<str>>(
     match map.entry(key.clone()) {
         Entry::Occupied(mut e) => {
             e.get_mut().insert(conn, mailbox.clone());
-            false
+            e.get().held
         }
         Entry::Vacant(e) => {
-            e.insert(Subscribers::One(conn, mailbox.clone()));
-            true
+            e.insert(Held {
+                subs: Subscribers::One(conn, mailbox.clone()),
+                held: false,
+            });
+            false
         }
     }
 }
 
 fn remove_from<K: Hash + Eq + Borrow<str>>(
-    map: &mut HashMap<K, Subscribers>,
+    map: &mut HashMap<K, Held>,
     key: &str,
     conn: u64,
 ) -> bool {
@@ -270,8 +296,9 @@ impl Hub {
         &self.stats
     }
 
-    /// Adds connection `conn` to `topic`. Returns `true` when the topic had no
-    /// local subscriber before (the broker must now be subscribed).
+    /// Adds connection `conn` to `topic`. Returns `true` when the broker is
+    /// known to hold the topic's subscription already (see
+    /// [`Hub::set_held`]): the socket has nothing to wait for.
     pub(crate) fn add(&self, topic: &Topic, conn: u64, mailbox: &Mailbox) -> bool {
         let mut topics = self.topics.write();
         match topic {
@@ -298,6 +325,29 @@ impl Hub {
         }
     }
 
+    /// Records whether the broker holds `topic`'s subscription (for the
+    /// bridge's task, which makes and loses them). No effect on a topic
+    /// without local sockets: one made later starts as not held.
+    pub(crate) fn set_held(&self, topic: &Topic, held: bool) {
+        let mut topics = self.topics.write();
+        let entry = match topic {
+            Topic::Channel(c) => topics.channels.get_mut(c.as_str()),
+            Topic::Pattern(p) => topics.patterns.get_mut(p.as_str()),
+        };
+        if let Some(entry) = entry {
+            entry.held = held;
+        }
+    }
+
+    /// No topic is held any more (the broker connection was made anew).
+    pub(crate) fn clear_held(&self) {
+        let mut topics = self.topics.write();
+        let Topics { channels, patterns } = &mut *topics;
+        for entry in channels.values_mut().chain(patterns.values_mut()) {
+            entry.held = false;
+        }
+    }
+
     /// The channels' kept positions.
     pub(crate) fn positions(&self) -> &Arc<Positions> {
         &self.positions
@@ -316,8 +366,8 @@ impl Hub {
     pub fn subscriber_count(&self, topic: &Topic) -> usize {
         let topics = self.topics.read();
         match topic {
-            Topic::Channel(c) => topics.channels.get(c.as_str()).map_or(0, Subscribers::len),
-            Topic::Pattern(p) => topics.patterns.get(p.as_str()).map_or(0, Subscribers::len),
+            Topic::Channel(c) => topics.channels.get(c.as_str()).map_or(0, |h| h.len()),
+            Topic::Pattern(p) => topics.patterns.get(p.as_str()).map_or(0, |h| h.len()),
         }
     }
 
@@ -508,7 +558,7 @@ impl Hub {
                     Topic::Channel(c) => all.channels.get(c.as_str()),
                     Topic::Pattern(p) => all.patterns.get(p.as_str()),
                 };
-                for (conn, mb) in subs.into_iter().flat_map(Subscribers::iter) {
+                for (conn, mb) in subs.into_iter().flat_map(|h| h.iter()) {
                     let e = per_conn
                         .entry(*conn)
                         .or_insert_with(|| (mb.clone(), Vec::new(), Vec::new()));
@@ -570,5 +620,28 @@ mod tests {
         );
         assert_eq!(subs.remove(1), None);
         assert_eq!(subs.remove(3), Some(true), "the last one leaves");
+    }
+
+    #[test]
+    fn a_held_topic_is_joined_without_waiting_until_the_broker_loses_it() {
+        let hub = Hub::new();
+        let topic = Topic::Channel(ChannelName::new("/t").unwrap());
+        let boxes: Vec<_> = (0..3)
+            .map(|_| crate::mailbox(4, Default::default()))
+            .collect();
+        assert!(!hub.add(&topic, 1, &boxes[0].0), "a new topic is not held");
+        hub.set_held(&topic, true);
+        assert!(hub.add(&topic, 2, &boxes[1].0), "held: nothing to wait for");
+        hub.clear_held();
+        assert!(
+            !hub.add(&topic, 3, &boxes[2].0),
+            "the broker connection was made anew"
+        );
+        hub.set_held(&topic, true);
+        for conn in 1..=3 {
+            hub.remove(&topic, conn);
+        }
+        // Gone with its last socket: made again, it starts as not held.
+        assert!(!hub.add(&topic, 1, &boxes[0].0));
     }
 }
