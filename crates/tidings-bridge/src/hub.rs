@@ -29,7 +29,17 @@ use crate::{
 /// fan-out loop walks a contiguous array.
 enum Subscribers {
     One(u64, Mailbox),
-    Many(Box<IndexMap<u64, Mailbox>>),
+    Many(Box<Many>),
+}
+
+/// Two or more sockets, and whether the broker is known to hold the
+/// topic's subscription (the bridge's task says so once it has made it): a
+/// socket joining a held topic has nothing to wait for. Kept here only,
+/// so that a topic with one socket costs nothing more (its next socket
+/// asks the bridge's task, which marks it held).
+struct Many {
+    map: IndexMap<u64, Mailbox>,
+    held: bool,
 }
 
 impl Subscribers {
@@ -37,13 +47,13 @@ impl Subscribers {
         match self {
             Self::One(c, m) if *c == conn => *m = mailbox,
             Self::One(c, m) => {
-                let mut many = IndexMap::with_capacity(2);
-                many.insert(*c, m.clone());
-                many.insert(conn, mailbox);
-                *self = Self::Many(Box::new(many));
+                let mut map = IndexMap::with_capacity(2);
+                map.insert(*c, m.clone());
+                map.insert(conn, mailbox);
+                *self = Self::Many(Box::new(Many { map, held: false }));
             }
             Self::Many(many) => {
-                many.insert(conn, mailbox);
+                many.map.insert(conn, mailbox);
             }
         }
     }
@@ -54,10 +64,10 @@ impl Subscribers {
         match self {
             Self::One(c, _) => (*c == conn).then_some(true),
             Self::Many(many) => {
-                many.swap_remove(&conn)?;
+                many.map.swap_remove(&conn)?;
                 // Two or more until now: at least one is left.
-                if many.len() == 1 {
-                    let (c, m) = many.pop().expect("one left");
+                if many.map.len() == 1 {
+                    let (c, m) = many.map.pop().expect("one left");
                     *self = Self::One(c, m);
                 }
                 Some(false)
@@ -68,50 +78,40 @@ impl Subscribers {
     fn len(&self) -> usize {
         match self {
             Self::One(..) => 1,
-            Self::Many(many) => many.len(),
+            Self::Many(many) => many.map.len(),
+        }
+    }
+
+    /// Whether the broker is known to hold the topic (never said of a
+    /// topic with one socket).
+    fn held(&self) -> bool {
+        matches!(self, Self::Many(many) if many.held)
+    }
+
+    fn set_held(&mut self, held: bool) {
+        if let Self::Many(many) = self {
+            many.held = held;
         }
     }
 
     fn iter(&self) -> impl Iterator<Item = (&u64, &Mailbox)> {
         let (one, many) = match self {
             Self::One(c, m) => (Some((c, m)), None),
-            Self::Many(many) => (None, Some(many.iter())),
+            Self::Many(many) => (None, Some(many.map.iter())),
         };
         one.into_iter().chain(many.into_iter().flatten())
     }
 }
 
-/// A topic's sockets, and whether the broker is known to hold its
-/// subscription (the bridge's task says so once it has made it): a socket
-/// joining a held topic has nothing to wait for.
-struct Held {
-    subs: Subscribers,
-    held: bool,
-}
-
-impl std::ops::Deref for Held {
-    type Target = Subscribers;
-
-    fn deref(&self) -> &Subscribers {
-        &self.subs
-    }
-}
-
-impl std::ops::DerefMut for Held {
-    fn deref_mut(&mut self) -> &mut Subscribers {
-        &mut self.subs
-    }
-}
-
 #[derive(Default)]
 struct Topics {
-    channels: HashMap<ChannelName, Held>,
-    patterns: HashMap<ChannelPattern, Held>,
+    channels: HashMap<ChannelName, Subscribers>,
+    patterns: HashMap<ChannelPattern, Subscribers>,
 }
 
 /// Adds `conn`; whether the broker already holds the topic.
 fn add_to<K: Hash + Eq + Clone + Borrow<str>>(
-    map: &mut HashMap<K, Held>,
+    map: &mut HashMap<K, Subscribers>,
     key: &K,
     conn: u64,
     mailbox: &Mailbox,
@@ -119,20 +119,17 @@ fn add_to<K: Hash + Eq + Clone + Borrow<str>>(
     match map.entry(key.clone()) {
         Entry::Occupied(mut e) => {
             e.get_mut().insert(conn, mailbox.clone());
-            e.get().held
+            e.get().held()
         }
         Entry::Vacant(e) => {
-            e.insert(Held {
-                subs: Subscribers::One(conn, mailbox.clone()),
-                held: false,
-            });
+            e.insert(Subscribers::One(conn, mailbox.clone()));
             false
         }
     }
 }
 
 fn remove_from<K: Hash + Eq + Borrow<str>>(
-    map: &mut HashMap<K, Held>,
+    map: &mut HashMap<K, Subscribers>,
     key: &str,
     conn: u64,
 ) -> bool {
@@ -335,7 +332,7 @@ impl Hub {
             Topic::Pattern(p) => topics.patterns.get_mut(p.as_str()),
         };
         if let Some(entry) = entry {
-            entry.held = held;
+            entry.set_held(held);
         }
     }
 
@@ -344,7 +341,7 @@ impl Hub {
         let mut topics = self.topics.write();
         let Topics { channels, patterns } = &mut *topics;
         for entry in channels.values_mut().chain(patterns.values_mut()) {
-            entry.held = false;
+            entry.set_held(false);
         }
     }
 
@@ -366,8 +363,8 @@ impl Hub {
     pub fn subscriber_count(&self, topic: &Topic) -> usize {
         let topics = self.topics.read();
         match topic {
-            Topic::Channel(c) => topics.channels.get(c.as_str()).map_or(0, |h| h.len()),
-            Topic::Pattern(p) => topics.patterns.get(p.as_str()).map_or(0, |h| h.len()),
+            Topic::Channel(c) => topics.channels.get(c.as_str()).map_or(0, Subscribers::len),
+            Topic::Pattern(p) => topics.patterns.get(p.as_str()).map_or(0, Subscribers::len),
         }
     }
 
@@ -558,7 +555,7 @@ impl Hub {
                     Topic::Channel(c) => all.channels.get(c.as_str()),
                     Topic::Pattern(p) => all.patterns.get(p.as_str()),
                 };
-                for (conn, mb) in subs.into_iter().flat_map(|h| h.iter()) {
+                for (conn, mb) in subs.into_iter().flat_map(Subscribers::iter) {
                     let e = per_conn
                         .entry(*conn)
                         .or_insert_with(|| (mb.clone(), Vec::new(), Vec::new()));
@@ -630,9 +627,13 @@ mod tests {
             .map(|_| crate::mailbox(4, Default::default()))
             .collect();
         assert!(!hub.add(&topic, 1, &boxes[0].0), "a new topic is not held");
+        // With one socket nothing is kept: its next socket asks.
         hub.set_held(&topic, true);
-        assert!(hub.add(&topic, 2, &boxes[1].0), "held: nothing to wait for");
+        assert!(!hub.add(&topic, 2, &boxes[1].0));
+        hub.set_held(&topic, true);
+        assert!(hub.add(&topic, 3, &boxes[2].0), "held: nothing to wait for");
         hub.clear_held();
+        hub.remove(&topic, 3);
         assert!(
             !hub.add(&topic, 3, &boxes[2].0),
             "the broker connection was made anew"
@@ -643,5 +644,6 @@ mod tests {
         }
         // Gone with its last socket: made again, it starts as not held.
         assert!(!hub.add(&topic, 1, &boxes[0].0));
+        assert!(!hub.add(&topic, 2, &boxes[1].0));
     }
 }

@@ -51,6 +51,12 @@ use tokio::{sync::oneshot, time::Instant};
 /// positions cost memory only for this long after a storm.
 pub(crate) const FRESH: Duration = Duration::from_secs(5);
 
+/// At most this many kept positions (≈ 150 bytes each with the map): a
+/// storm over more distinct channels keeps the first ones, and the others'
+/// later subscribers read the store as without this. Reads in flight are
+/// not limited (one per channel being opened).
+pub(crate) const MAX_KEPT: usize = 1024;
+
 type Answer = Result<StreamPosition, HistoryError>;
 
 enum Slot {
@@ -71,8 +77,21 @@ enum Slot {
 #[derive(Default)]
 struct Inner {
     map: HashMap<ChannelName, Slot>,
+    /// How many of `map`'s slots are `Known`.
+    kept: usize,
     /// Whether a task is clearing out stale positions.
     sweeping: bool,
+}
+
+impl Inner {
+    /// Removes `channel`'s slot, keeping the count.
+    fn remove(&mut self, channel: &str) -> Option<Slot> {
+        let slot = self.map.remove(channel);
+        if matches!(slot, Some(Slot::Known { .. })) {
+            self.kept -= 1;
+        }
+        slot
+    }
 }
 
 /// The kept positions (one per hub).
@@ -129,6 +148,7 @@ impl Positions {
             _ => {}
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        inner.remove(channel.as_str()); // a stale position
         inner.map.insert(
             channel.clone(),
             Slot::Reading {
@@ -179,7 +199,7 @@ impl Positions {
             return;
         }
         let mut inner = self.inner.lock();
-        inner.map.remove(channel);
+        inner.remove(channel);
         self.any.store(!inner.map.is_empty(), Ordering::Release);
     }
 
@@ -187,7 +207,8 @@ impl Positions {
     /// publications).
     pub(crate) fn forget_all(&self) {
         let mut inner = self.inner.lock();
-        inner.map.clear();
+        inner.map = HashMap::new();
+        inner.kept = 0;
         self.any.store(false, Ordering::Release);
     }
 
@@ -203,6 +224,15 @@ impl Positions {
         inner
             .map
             .retain(|_, slot| !matches!(slot, Slot::Known { at, .. } if at.elapsed() >= FRESH));
+        inner.kept = inner
+            .map
+            .values()
+            .filter(|s| matches!(s, Slot::Known { .. }))
+            .count();
+        // The table grew with a storm: give it back once it is over.
+        if inner.map.capacity() > 4 * inner.map.len() + 64 {
+            inner.map.shrink_to_fit();
+        }
         let left = !inner.map.is_empty();
         self.any.store(left, Ordering::Release);
         if !left {
@@ -237,7 +267,7 @@ impl Reading<'_> {
         if *id != self.id {
             return answer;
         }
-        let Some(Slot::Reading { seen, waiters, .. }) = inner.map.remove(&self.channel) else {
+        let Some(Slot::Reading { seen, waiters, .. }) = inner.remove(self.channel.as_str()) else {
             return answer; // matched above
         };
         let shared = match &answer {
@@ -249,13 +279,20 @@ impl Reading<'_> {
                 for waiter in waiters {
                     let _ = waiter.send(Ok(position.clone()));
                 }
-                inner.map.insert(
-                    self.channel.clone(),
-                    Slot::Known {
-                        position: position.clone(),
-                        at: Instant::now(),
-                    },
-                );
+                if inner.kept < MAX_KEPT {
+                    inner.kept += 1;
+                    inner.map.insert(
+                        self.channel.clone(),
+                        Slot::Known {
+                            position: position.clone(),
+                            at: Instant::now(),
+                        },
+                    );
+                } else {
+                    self.positions
+                        .any
+                        .store(!inner.map.is_empty(), Ordering::Release);
+                }
                 Ok(position)
             }
             (None, Err(e)) => {
@@ -286,7 +323,7 @@ impl Drop for Reading<'_> {
         let mut inner = self.positions.inner.lock();
         if matches!(inner.map.get(&self.channel), Some(Slot::Reading { id, .. }) if *id == self.id)
         {
-            inner.map.remove(&self.channel);
+            inner.remove(self.channel.as_str());
             self.positions
                 .any
                 .store(!inner.map.is_empty(), Ordering::Release);
@@ -306,13 +343,14 @@ mod tests {
         StreamPosition::new(offset, epoch)
     }
 
-    fn read(p: &Arc<Positions>, c: &ChannelName) -> Reading<'static> {
-        // The tests keep `p` alive for their whole body.
-        let p: &'static Arc<Positions> = Box::leak(Box::new(p.clone()));
-        match p.begin(c) {
-            Begin::Read(r) => r,
-            _ => panic!("expected to read"),
-        }
+    /// Starts a read, which the test finishes.
+    macro_rules! read {
+        ($p:expr, $c:expr) => {
+            match $p.begin($c) {
+                Begin::Read(r) => r,
+                _ => panic!("expected to read"),
+            }
+        };
     }
 
     fn known(p: &Arc<Positions>, c: &ChannelName) -> StreamPosition {
@@ -326,7 +364,7 @@ mod tests {
     async fn a_read_is_kept_and_moved_forward_by_dispatches() {
         let p = Arc::new(Positions::default());
         let c = ch("/a");
-        let r = read(&p, &c);
+        let r = read!(p, &c);
         assert_eq!(r.finish(Ok(at(5, "e"))), Ok(at(5, "e")));
         assert_eq!(known(&p, &c), at(5, "e"));
         p.dispatching("/a", &at(6, "e"));
@@ -342,7 +380,7 @@ mod tests {
     async fn waiters_share_the_read_and_get_what_was_dispatched_meanwhile() {
         let p = Arc::new(Positions::default());
         let c = ch("/a");
-        let r = read(&p, &c);
+        let r = read!(p, &c);
         let Begin::Wait(w1) = p.begin(&c) else {
             panic!("expected to wait")
         };
@@ -362,7 +400,7 @@ mod tests {
     async fn across_epochs_nothing_is_shared() {
         let p = Arc::new(Positions::default());
         let c = ch("/a");
-        let r = read(&p, &c);
+        let r = read!(p, &c);
         let Begin::Wait(w) = p.begin(&c) else {
             panic!("expected to wait")
         };
@@ -376,7 +414,7 @@ mod tests {
     async fn errors_are_shared_and_not_kept() {
         let p = Arc::new(Positions::default());
         let c = ch("/a");
-        let r = read(&p, &c);
+        let r = read!(p, &c);
         let Begin::Wait(w) = p.begin(&c) else {
             panic!("expected to wait")
         };
@@ -393,7 +431,7 @@ mod tests {
     async fn an_abandoned_read_lets_its_waiters_go() {
         let p = Arc::new(Positions::default());
         let c = ch("/a");
-        let r = read(&p, &c);
+        let r = read!(p, &c);
         let Begin::Wait(w) = p.begin(&c) else {
             panic!("expected to wait")
         };
@@ -406,24 +444,43 @@ mod tests {
     async fn forgotten_positions_are_read_again() {
         let p = Arc::new(Positions::default());
         let (a, b) = (ch("/a"), ch("/b"));
-        read(&p, &a).finish(Ok(at(1, "e"))).unwrap();
-        read(&p, &b).finish(Ok(at(2, "e"))).unwrap();
+        read!(p, &a).finish(Ok(at(1, "e"))).unwrap();
+        read!(p, &b).finish(Ok(at(2, "e"))).unwrap();
         p.forget("/a");
         assert!(matches!(p.begin(&a), Begin::Read(_)));
         assert_eq!(known(&p, &b), at(2, "e"));
         // A read forgotten on its way answers its reader, keeps nothing.
-        let r = read(&p, &a);
+        let r = read!(p, &a);
         p.forget_all();
         assert_eq!(r.finish(Ok(at(3, "e"))), Ok(at(3, "e")));
         assert_eq!(p.len(), 0);
         assert!(matches!(p.begin(&b), Begin::Read(_)));
     }
 
+    #[tokio::test]
+    async fn at_most_max_kept_positions_are_kept() {
+        let p = Arc::new(Positions::default());
+        for i in 0..MAX_KEPT + 10 {
+            let c = ch(&format!("/c{i}"));
+            read!(p, &c).finish(Ok(at(1, "e"))).unwrap();
+        }
+        assert_eq!(p.len(), MAX_KEPT);
+        assert_eq!(p.inner.lock().kept, MAX_KEPT);
+        // Past the limit, a channel's subscribers read again.
+        assert!(matches!(p.begin(&ch("/c0")), Begin::Known(_)));
+        assert!(matches!(
+            p.begin(&ch(&format!("/c{}", MAX_KEPT + 1))),
+            Begin::Read(_)
+        ));
+        p.forget("/c0");
+        assert_eq!(p.inner.lock().kept, MAX_KEPT - 1);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn kept_positions_go_stale_and_are_swept() {
         let p = Arc::new(Positions::default());
         let c = ch("/a");
-        read(&p, &c).finish(Ok(at(1, "e"))).unwrap();
+        read!(p, &c).finish(Ok(at(1, "e"))).unwrap();
         tokio::time::advance(FRESH / 2).await;
         assert_eq!(known(&p, &c), at(1, "e"));
         tokio::time::sleep(FRESH * 2).await;
