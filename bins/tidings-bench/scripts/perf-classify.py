@@ -16,13 +16,19 @@ CATEGORIES = [
     ("redis client (fred)", "fred::"),
     ("control hooks", "tidings_control"),
     ("identity", "tidings_identity"),
+    ("routing", "tidings_routing"),
     ("session open", "open_with_id"),
-    ("ws open/welcome", "tidings_transport::ws::open"),
+    ("socket writes (welcome)", "poll_write_vectored"),
+    ("ws open", "tidings_transport::ws::open"),
     ("ws serve", "WsSession"),
-    ("upgrade/http", "hyper::"),
-    ("accept", "accept"),
+    ("admission", "tidings_admission"),
+    ("upgrade/http server", "hyper::proto"),
+    ("upgrade/http", "hyper"),
+    ("bridge task", "tidings_bridge::bridge"),
     ("hub/runners", "tidings_bridge"),
-    ("tokio scheduler", "tokio::runtime"),
+    ("accept", "accept"),
+    ("tracing", "tracing"),
+    ("tokio scheduler", "tokio::"),
 ]
 
 
