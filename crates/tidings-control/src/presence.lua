@@ -13,6 +13,12 @@
 --   list    Returns {{}, left users, connection id, value, ...}.
 --   stats   Returns {{}, left users, connections, users}.
 --
+-- One call may also add to many sets at once (their keys need not share a
+-- slot: for a server that is not a Cluster), three KEYS per set, in order:
+--   add_sets  ARGV[3] must be "" (no events); ARGV[4..]: per set, the number
+--             of its entries, then their connection id, value, "" triples.
+--             Returns, per set, {joined connection ids, left users}.
+--
 -- With an events channel, the events of the change are PUBLISHed by the
 -- script itself, atomically with it: a join's event is the one its caller
 -- passed; a leave's is {"__tidings_presence":"leave","user":<user>}. A
@@ -24,6 +30,7 @@
 -- its connections count, it is never a user. Time is the server's (TIME),
 -- so gateways' clocks do not matter.
 
+-- The set being changed (one per call, or each in turn for add_sets).
 local conns, exp, users = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
 local ttl = tonumber(ARGV[2])
@@ -52,8 +59,10 @@ local function drop(conn)
   end
 end
 
-for _, conn in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', now, 'LIMIT', 0, 1000)) do
-  drop(conn)
+local function drop_expired()
+  for _, conn in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', now, 'LIMIT', 0, 1000)) do
+    drop(conn)
+  end
 end
 
 local function publish()
@@ -66,8 +75,9 @@ local function publish()
   end
 end
 
-if op == 'add' then
-  for i = 4, #ARGV, 3 do
+-- Adds the triples ARGV[from..to] to the current set.
+local function add(from, to)
+  for i = from, to, 3 do
     local conn, value = ARGV[i], ARGV[i + 1]
     if redis.call('HSET', conns, conn, value) == 1 then
       local user = user_of(value)
@@ -86,6 +96,41 @@ if op == 'add' then
     redis.call('PEXPIREAT', exp, at)
     if redis.call('EXISTS', users) == 1 then redis.call('PEXPIREAT', users, at) end
   end
+end
+
+if op == 'add_sets' then
+  if events ~= '' or #KEYS % 3 ~= 0 then
+    return redis.error_reply('ERR tidings presence: add_sets takes three keys per set and no events')
+  end
+  -- The counts are checked before anything changes.
+  local i = 4
+  for _ = 1, #KEYS, 3 do
+    local n = tonumber(ARGV[i])
+    if not n or n < 0 or i + 3 * n > #ARGV then
+      return redis.error_reply('ERR tidings presence: add_sets: bad entry count')
+    end
+    i = i + 1 + 3 * n
+  end
+  if i ~= #ARGV + 1 then
+    return redis.error_reply('ERR tidings presence: add_sets: arguments left over')
+  end
+  local replies = {}
+  i = 4
+  for k = 1, #KEYS, 3 do
+    conns, exp, users = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+    joined, left, join_events = {}, {}, {}
+    local n = tonumber(ARGV[i])
+    drop_expired()
+    add(i + 1, i + 3 * n)
+    i = i + 1 + 3 * n
+    replies[#replies + 1] = {joined, left}
+  end
+  return replies
+end
+
+drop_expired()
+if op == 'add' then
+  add(4, #ARGV)
   publish()
   return {joined, left}
 elseif op == 'remove' then

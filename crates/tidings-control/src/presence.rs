@@ -251,6 +251,21 @@ pub trait Presence: Send + Sync + 'static {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<PresenceChange, PresenceError>>;
 
+    /// [`Presence::add`] to many sets: the change of each, in order. The
+    /// Redis store does it in one script call where it can (one server,
+    /// sets whose events it does not publish: the users' connection
+    /// lists); by default, one `add` per set, all at once.
+    fn add_many<'a>(
+        &'a self,
+        sets: &'a [(PresenceKey, Vec<PresenceEntry>)],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Vec<Result<PresenceChange, PresenceError>>> {
+        Box::pin(futures_util::future::join_all(
+            sets.iter()
+                .map(|(key, entries)| self.add(key, entries, ttl)),
+        ))
+    }
+
     /// Removes the connections `conns` from `key`'s set (unknown ones are
     /// ignored).
     fn remove<'a>(

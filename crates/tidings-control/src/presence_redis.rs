@@ -154,6 +154,76 @@ impl RedisPresence {
     }
 }
 
+/// Sets per `add_sets` script call (bounds one call's time on the server).
+const ADD_SETS_PER_CALL: usize = 128;
+
+impl RedisPresence {
+    /// One `add_sets` call for `sets` (one server, no events): the change
+    /// of each set, in order, or the call's error for each.
+    async fn add_sets(
+        &self,
+        sets: &[(PresenceKey, Vec<PresenceEntry>)],
+        ttl: Duration,
+    ) -> Vec<Result<PresenceChange, PresenceError>> {
+        let all_failed = |e: PresenceError| sets.iter().map(|_| Err(e.clone())).collect();
+        if let Some(e) = sets
+            .iter()
+            .flat_map(|(_, entries)| entries)
+            .find_map(|e| e.validate().err())
+        {
+            return all_failed(e);
+        }
+        let sha = match self.sha().await {
+            Ok(sha) => sha,
+            Err(e) => return all_failed(e),
+        };
+        let mut keys = Vec::with_capacity(sets.len() * 3);
+        let mut rest = Vec::new();
+        for (key, entries) in sets {
+            keys.extend(self.keys(key));
+            rest.push(Value::Integer(entries.len() as i64));
+            for e in entries {
+                rest.push(Value::String(e.conn.as_str().into()));
+                rest.push(Value::String(e.encode().into()));
+                rest.push(Value::from_static_str(""));
+            }
+        }
+        let call = |head: Value, verb: &'static str| {
+            let mut args = Vec::with_capacity(keys.len() + rest.len() + 5);
+            args.push(head);
+            args.push(Value::Integer(keys.len() as i64));
+            args.extend(keys.iter().map(|k| Value::String(k.as_str().into())));
+            args.push(Value::from_static_str("add_sets"));
+            args.push(Value::Integer(ttl.as_millis().max(1) as i64));
+            args.push(Value::from_static_str(""));
+            args.extend(rest.iter().cloned());
+            let cmd = CustomCommand::new_static(verb, ClusterHash::FirstKey, false);
+            self.pool.custom::<Value, Value>(cmd, args)
+        };
+        let reply = match call(Value::String(sha.as_str().into()), "EVALSHA").await {
+            Err(e) if e.details().contains("NOSCRIPT") => {
+                call(Value::from_static_str(PRESENCE_SCRIPT), "EVAL").await
+            }
+            other => other,
+        };
+        let replies = match reply.map_err(map_error) {
+            Ok(Value::Array(replies)) if replies.len() == sets.len() => replies,
+            Ok(other) => {
+                return all_failed(PresenceError::Protocol(format!("add_sets: {other:?}")))
+            }
+            Err(e) => return all_failed(e),
+        };
+        replies
+            .into_iter()
+            .zip(sets)
+            .map(|(reply, (_, entries))| match reply {
+                Value::Array(mut v) if v.len() == 2 => change_of(&mut v, entries, false),
+                other => Err(PresenceError::Protocol(format!("add_sets: {other:?}"))),
+            })
+            .collect()
+    }
+}
+
 fn map_error(e: FredError) -> PresenceError {
     match e.kind() {
         ErrorKind::Timeout => PresenceError::Timeout,
@@ -230,6 +300,33 @@ impl Presence for RedisPresence {
             }
             let mut reply = self.run(key, "add", ttl, args).await?;
             change_of(&mut reply, entries, events)
+        })
+    }
+
+    fn add_many<'a>(
+        &'a self,
+        sets: &'a [(PresenceKey, Vec<PresenceEntry>)],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Vec<Result<PresenceChange, PresenceError>>> {
+        Box::pin(async move {
+            // On a Cluster each set is its own slot; and a set whose events
+            // the script publishes needs its own call.
+            if self.pool.is_clustered()
+                || sets.iter().any(|(k, _)| self.events_channel(k).is_some())
+            {
+                let each = sets
+                    .iter()
+                    .map(|(key, entries)| self.add(key, entries, ttl));
+                return futures_util::future::join_all(each).await;
+            }
+            let calls = sets
+                .chunks(ADD_SETS_PER_CALL)
+                .map(|chunk| self.add_sets(chunk, ttl));
+            futures_util::future::join_all(calls)
+                .await
+                .into_iter()
+                .flatten()
+                .collect()
         })
     }
 

@@ -14,6 +14,7 @@ use crate::presence::{
     Presence, PresenceChange, PresenceConfig, PresenceEntry, PresenceError, PresenceKey,
     PresenceStats,
 };
+use crate::BoxFuture;
 
 /// Where a [`PresenceTracker`] reports joins and leaves (the gateway
 /// publishes them to the channel's subscribers, and sends webhooks).
@@ -39,6 +40,34 @@ pub type EntrySource =
 const REFRESH_BATCH: usize = 500;
 /// Script calls of a refresh in flight at once.
 const REFRESH_IN_FLIGHT: usize = 64;
+/// At most this many entries in one call for many sets
+/// ([`Presence::add_many`]), and that many such calls in flight at once:
+/// a refresh of a gateway's every user holds a few hundred entries'
+/// arguments at a time, not all of them, and the Redis client's buffers
+/// stay small (they keep the size of the largest command).
+const ENTRIES_PER_GROUP: usize = 100;
+const GROUPS_IN_FLIGHT: usize = 8;
+
+/// `sets` in groups of at most [`ENTRIES_PER_GROUP`] entries (a set larger
+/// than that alone in its group), for [`Presence::add_many`].
+fn groups(
+    sets: Vec<(PresenceKey, Vec<PresenceEntry>)>,
+) -> Vec<Vec<(PresenceKey, Vec<PresenceEntry>)>> {
+    let mut groups = Vec::new();
+    let (mut group, mut entries) = (Vec::new(), 0);
+    for set in sets {
+        if !group.is_empty() && entries + set.1.len() > ENTRIES_PER_GROUP {
+            groups.push(std::mem::take(&mut group));
+            entries = 0;
+        }
+        entries += set.1.len();
+        group.push(set);
+    }
+    if !group.is_empty() {
+        groups.push(group);
+    }
+    groups
+}
 
 /// This gateway's presence entries: added on join, removed on leave, and
 /// refreshed every [`PresenceConfig::refresh`] by [`PresenceTracker::spawn_refresher`].
@@ -248,8 +277,46 @@ impl PresenceTracker {
                     }
                 }
             }
-            futures_util::stream::iter(sets)
-                .for_each_concurrent(REFRESH_IN_FLIGHT, |(key, changes)| async move {
+            // Sets that only gain entries (a storm of connections) go many
+            // to a call; a set that also loses some, in its own calls, the
+            // leaves first.
+            let (gaining, changing): (Vec<_>, Vec<_>) =
+                sets.into_iter().partition(|(_, c)| c.leave.is_empty());
+            let gaining: Vec<(PresenceKey, Vec<PresenceEntry>)> =
+                gaining.into_iter().map(|(k, c)| (k, c.join)).collect();
+            futures_util::join!(self.gain(gaining), self.change(changing));
+        }
+    }
+
+    /// Adds entries to sets, many sets to a call.
+    async fn gain(&self, sets: Vec<(PresenceKey, Vec<PresenceEntry>)>) {
+        let calls: Vec<BoxFuture<'_, ()>> = groups(sets)
+            .into_iter()
+            .map(|group| -> BoxFuture<'_, ()> {
+                Box::pin(async move {
+                    let results = self.store.add_many(&group, self.config.ttl).await;
+                    for ((key, _), result) in group.iter().zip(results) {
+                        match result {
+                            Ok(change) => self.report(key, change),
+                            Err(e) => {
+                                tracing::debug!(target: "tidings::presence", set = %key, error = %e, "presence join failed; the next refresh retries")
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        futures_util::stream::iter(calls)
+            .for_each_concurrent(GROUPS_IN_FLIGHT, |call| call)
+            .await;
+    }
+
+    /// Sets that lose entries (and may gain some): the leaves first.
+    async fn change(&self, sets: Vec<(PresenceKey, SetChanges)>) {
+        let calls: Vec<BoxFuture<'_, ()>> = sets
+            .into_iter()
+            .map(|(key, changes)| -> BoxFuture<'_, ()> {
+                Box::pin(async move {
                     if !changes.leave.is_empty() {
                         if let Ok(change) = self.store.remove(&key, &changes.leave).await {
                             self.report(&key, change);
@@ -264,8 +331,11 @@ impl PresenceTracker {
                         }
                     }
                 })
-                .await;
-        }
+            })
+            .collect();
+        futures_util::stream::iter(calls)
+            .for_each_concurrent(REFRESH_IN_FLIGHT, |call| call)
+            .await;
     }
 
     /// Every entry of `key`'s set, all gateways.
@@ -322,26 +392,27 @@ impl PresenceTracker {
             }
             batches.push((key, all));
         }
-        // Many calls in flight at once: a gateway has a set per user, and
-        // one call after another would pay a round trip and two system
-        // calls each (the store's client pipelines what is in flight).
-        let outcomes: Vec<bool> = futures_util::stream::iter(batches)
-            .map(|(key, entries)| async move {
-                match self.store.add(&key, &entries, self.config.ttl).await {
-                    Ok(change) => {
-                        self.report(&key, change);
-                        true
-                    }
-                    Err(e) => {
-                        tracing::debug!(target: "tidings::presence", set = %key, error = %e, "presence refresh failed");
-                        false
+        // Many sets per call (a gateway has a set per user: one script
+        // call for many of them where the store can), many calls in flight.
+        let outcomes: Vec<usize> = futures_util::stream::iter(groups(batches))
+            .map(|group| async move {
+                let results = self.store.add_many(&group, self.config.ttl).await;
+                let mut failed = 0;
+                for ((key, _), result) in group.iter().zip(results) {
+                    match result {
+                        Ok(change) => self.report(key, change),
+                        Err(e) => {
+                            failed += 1;
+                            tracing::debug!(target: "tidings::presence", set = %key, error = %e, "presence refresh failed");
+                        }
                     }
                 }
+                failed
             })
-            .buffer_unordered(REFRESH_IN_FLIGHT)
+            .buffer_unordered(GROUPS_IN_FLIGHT)
             .collect()
             .await;
-        outcomes.iter().filter(|ok| !**ok).count()
+        outcomes.iter().sum()
     }
 
     /// Removes every entry of this gateway (at a graceful shutdown, so that

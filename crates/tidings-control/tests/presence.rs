@@ -553,3 +553,105 @@ async fn the_script_publishes_join_and_leave_events_with_the_change() {
     settle().await;
     assert_eq!(next(&mut off), None);
 }
+
+/// How many scripts `server` has run (0 without one).
+async fn script_calls(server: Option<&RedisServer>) -> i64 {
+    match server {
+        Some(server) => {
+            let mut r = server.client().await;
+            r.command_calls(&["evalsha", "eval"]).await
+        }
+        None => 0,
+    }
+}
+
+/// Adding to many sets in one go (the Redis store: one script call for all
+/// of them) answers each set's change as its own `add` would, in order:
+/// joins the first time, none on a refresh, a set that expired forgotten;
+/// and the sets' entries are there, with their expiry.
+#[tokio::test]
+async fn many_sets_at_once_answer_each_as_its_own_add() {
+    let ttl = Duration::from_millis(400);
+    for (p, server) in stores().await {
+        let sets = vec![
+            (
+                PresenceKey::user("u1"),
+                vec![entry("g1-1", Some("u1"), "g1")],
+            ),
+            (
+                PresenceKey::user("u2"),
+                vec![
+                    entry("g1-2", Some("u2"), "g1"),
+                    entry("g1-3", Some("u2"), "g1"),
+                ],
+            ),
+            (room(9), vec![entry("g1-4", None, "g1")]),
+            (PresenceKey::user("u3"), vec![]),
+        ];
+        let before = script_calls(server.as_ref()).await;
+        let changes: Vec<PresenceChange> = p
+            .add_many(&sets, ttl)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        if server.is_some() {
+            assert_eq!(
+                script_calls(server.as_ref()).await - before,
+                1,
+                "one script call"
+            );
+        }
+        let joined: Vec<Vec<String>> = changes
+            .iter()
+            .map(|c| c.joined.iter().map(|e| e.conn.clone()).collect())
+            .collect();
+        assert_eq!(
+            joined,
+            vec![s(&["g1-1"]), s(&["g1-2"]), vec![], vec![]],
+            "{}: a user joins with its first connection",
+            p.name()
+        );
+        for (key, entries) in &sets {
+            let (mut list, _) = p.list(key).await.unwrap();
+            list.sort_by(|a, b| a.conn.cmp(&b.conn));
+            assert_eq!(&list, entries, "{}: {key}", p.name());
+        }
+        if let Some(server) = &server {
+            let mut r = server.client().await;
+            let ms = r.int(&[b"PTTL", b"tidings:presence:{user:u2}:c"]).await;
+            assert!(
+                (1..=400).contains(&ms),
+                "the set expires with its entries: {ms}"
+            );
+        }
+        // A refresh joins nobody; u1's set, not refreshed, expires.
+        tokio::time::sleep(ttl / 2).await;
+        let refresh = vec![sets[1].clone(), sets[2].clone()];
+        for c in p.add_many(&refresh, ttl).await {
+            assert!(c.unwrap().is_empty(), "{}", p.name());
+        }
+        tokio::time::sleep(ttl * 3 / 4).await;
+        let again = vec![
+            sets[1].clone(),
+            (
+                PresenceKey::user("u1"),
+                vec![entry("g1-9", Some("u1"), "g1")],
+            ),
+        ];
+        let changes: Vec<PresenceChange> = p
+            .add_many(&again, ttl)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert!(changes[0].is_empty(), "{}: u2 refreshed in time", p.name());
+        assert_eq!(
+            (users(&changes[1]).0, changes[1].left.clone()),
+            (s(&["u1"]), vec![]),
+            "{}: u1's set expired with its entry, forgotten silently (as a set \
+             nobody refreshes is), and a new entry joined",
+            p.name()
+        );
+    }
+}
