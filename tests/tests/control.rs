@@ -2,7 +2,8 @@
 //! real Redis, users identified by a real cookie-proxy backend. A command
 //! over HTTP (to any gateway) or PUBLISHed on the control channel acts on
 //! the user's sockets on every gateway; a user's connections are listed
-//! across gateways and those of a SIGKILLed gateway expire; a refresh
+//! across gateways (a SIGKILLed gateway's are gone at once, the gateway
+//! named missing until it expires); a refresh
 //! forgets the cached identity; webhooks arrive signed.
 
 use std::time::Duration;
@@ -60,6 +61,7 @@ fn options(redis: &RedisServer, backend: &Backend) -> GatewayOptions {
         .env("TIDINGS_IDENTITY__COOKIE_PROXY__CACHE_TTL_SECS", "60")
         .env("TIDINGS_CONTROL__PRESENCE_TTL_SECS", "2")
         .env("TIDINGS_CONTROL__PRESENCE_REFRESH_SECS", "1")
+        .env("TIDINGS_CONTROL__SURVEY_TIMEOUT_MS", "400")
 }
 
 async fn start(opts: GatewayOptions) -> Gateway {
@@ -99,6 +101,12 @@ async fn api(gw: &Gateway, method: &str, path: &str, body: Value) -> http::Respo
 }
 
 async fn connections(gw: &Gateway, user: &str) -> Vec<Value> {
+    let v = survey(gw, user).await;
+    v["connections"].as_array().unwrap().clone()
+}
+
+/// The whole answer of `GET /api/connections?user=`.
+async fn survey(gw: &Gateway, user: &str) -> Value {
     let r = api(
         gw,
         "GET",
@@ -107,15 +115,16 @@ async fn connections(gw: &Gateway, user: &str) -> Vec<Value> {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let v: Value = serde_json::from_str(&r.body).unwrap();
-    v["connections"].as_array().unwrap().clone()
+    serde_json::from_str(&r.body).unwrap()
 }
 
+/// Gateways `gw0`, `gw1` and `gw2`.
 async fn three_gateways(redis: &RedisServer, backend: &Backend) -> [Gateway; 3] {
+    let gw = |id: &str| options(redis, backend).env("TIDINGS_CONTROL__GATEWAY_ID", id);
     [
-        start(options(redis, backend)).await,
-        start(options(redis, backend)).await,
-        start(options(redis, backend)).await,
+        start(gw("gw0")).await,
+        start(gw("gw1")).await,
+        start(gw("gw2")).await,
     ]
 }
 
@@ -227,7 +236,7 @@ async fn server_side_subscriptions_start_and_stop_deliveries_on_every_gateway() 
 }
 
 #[tokio::test]
-async fn a_users_connections_are_listed_across_gateways_and_a_killed_gateways_expire() {
+async fn a_users_connections_are_listed_across_gateways_and_a_killed_gateways_are_gone_at_once() {
     let redis = RedisServer::start().await;
     let backend = Backend::start(users()).await;
     let [g0, g1, g2] = three_gateways(&redis, &backend).await;
@@ -265,22 +274,80 @@ async fn a_users_connections_are_listed_across_gateways_and_a_killed_gateways_ex
         sleep(Duration::from_millis(20)).await;
     }
 
-    // SIGKILL: no goodbye. Its entry expires within the time to live (2 s)
-    // after its last refresh (at most 1 s before the kill).
+    // Every gateway answered, none missing.
+    let v = survey(&g0, "anna").await;
+    assert_eq!(v["gateways"], 3, "{v}");
+    assert!(v.get("missing").is_none(), "{v}");
+
+    // SIGKILL: no goodbye. Its sockets are gone with it at once; it is
+    // named missing (the list may lack its sockets) until its entry in the
+    // live set expires, within the time to live (2 s) after its last
+    // refresh (at most 1 s before the kill).
     drop(g2);
     let killed = Instant::now();
+    let v = survey(&g0, "anna").await;
+    assert_eq!(v["connections"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["gateways"], 2, "{v}");
+    assert_eq!(v["missing"], json!(["gw2"]), "{v}");
     let left = loop {
-        let n = connections(&g0, "anna").await.len();
-        if n == 1 {
+        let v = survey(&g0, "anna").await;
+        assert_eq!(v["connections"].as_array().unwrap().len(), 1, "{v}");
+        if v.get("missing").is_none() {
             break killed.elapsed();
         }
         assert!(
             killed.elapsed() < Duration::from_secs(6),
-            "still {n} listed"
+            "still missing: {v}"
         );
         sleep(Duration::from_millis(50)).await;
     };
-    assert!(left <= Duration::from_secs(3), "expired after {left:?}");
+    assert!(left <= Duration::from_secs(4), "expired after {left:?}");
+}
+
+/// Redis down: the listing answers 503 with Retry-After (it cannot ask the
+/// other gateways), the open sockets stay; Redis back (empty: the live set
+/// is gone too): the gateway answers surveys again, its own included.
+#[tokio::test]
+async fn the_listing_answers_503_while_redis_is_down_and_works_again_after() {
+    let mut redis = RedisServer::start().await;
+    let backend = Backend::start(users()).await;
+    let gw = start(
+        options(&redis, &backend)
+            .env("TIDINGS_CONTROL__GATEWAY_ID", "solo")
+            .env("TIDINGS_REDIS__RECONNECT_MAX_DELAY_SECS", "0.3")
+            .env("TIDINGS_REDIS__COMMAND_TIMEOUT_SECS", "1"),
+    )
+    .await;
+    let mut anna = connect(&gw, "anna-cookie").await;
+    assert_eq!(connections(&gw, "anna").await.len(), 1);
+
+    redis.kill().await;
+    let r = api(&gw, "GET", "/api/connections?user=anna", Value::Null).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("1"), "{}", r.body);
+    assert!(r.body.contains("broker_unavailable"), "{}", r.body);
+    let pong = anna.request(json!({"type":"ping","id":"still"})).await;
+    assert_eq!(pong["type"], "pong");
+
+    redis.restart().await;
+    let deadline = Instant::now() + PATIENCE;
+    let v = loop {
+        let r = api(&gw, "GET", "/api/connections?user=anna", Value::Null).await;
+        if r.status == 200 {
+            let v: Value = serde_json::from_str(&r.body).unwrap();
+            if v.get("missing").is_none() {
+                break v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never answered again: {}",
+            r.body
+        );
+        sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(v["connections"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["gateways"], 1, "{v}");
 }
 
 #[tokio::test]

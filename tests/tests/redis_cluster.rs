@@ -591,6 +591,15 @@ async fn two_gateways_on_one_cluster_reach_each_others_sockets() {
             assert_eq!(c.next_json().await, message(ch, json!({ "n": i })));
         }
     }
+    // A user's connections, asked of both gateways through the cluster
+    // (a survey on classic pub/sub, the live gateways in one slot).
+    let _anna1 = user_socket(&g1, "anna").await;
+    let _anna2 = user_socket(&g2, "anna").await;
+    let res = http::get(g2.addr, "/api/connections?user=anna").await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let v: Value = serde_json::from_str(&res.body).unwrap();
+    assert_eq!(v["connections"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["gateways"], 2, "{v}");
 }
 
 // ---------------------------------------------------------------------------

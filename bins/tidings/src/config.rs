@@ -85,6 +85,8 @@ pub(crate) struct ControlSettings {
     pub(crate) presence_ttl_secs: u64,
     /// How often a gateway refreshes its presence entries.
     pub(crate) presence_refresh_secs: u64,
+    /// How long `GET /api/connections` waits for every gateway's answer.
+    pub(crate) survey_timeout_ms: u64,
     /// Serve the admin page at `/admin`.
     pub(crate) admin_page: bool,
 }
@@ -96,6 +98,7 @@ impl Default for ControlSettings {
             gateway_id: None,
             presence_ttl_secs: 30,
             presence_refresh_secs: 10,
+            survey_timeout_ms: 1000,
             admin_page: true,
         }
     }
@@ -429,6 +432,19 @@ impl Config {
             )
         })?;
         Ok(c)
+    }
+
+    /// How long a survey of every gateway (`GET /api/connections`) waits.
+    pub(crate) fn survey_timeout(&self) -> Result<std::time::Duration, ConfigError> {
+        match self.control.survey_timeout_ms {
+            10..=60_000 => Ok(std::time::Duration::from_millis(
+                self.control.survey_timeout_ms,
+            )),
+            _ => Err(ConfigError::invalid(
+                "control.survey_timeout_ms",
+                "must be 10 to 60000 (milliseconds)",
+            )),
+        }
     }
 
     /// The webhook sender's configuration, if `webhooks.url` is set.

@@ -48,8 +48,8 @@ pub(crate) struct Tokens {
 pub(crate) struct Control {
     /// Commands go out on the control channel to every gateway.
     pub(crate) channel: tidings_control::ControlChannel,
-    /// Presence sets (a user's connections on every gateway).
-    pub(crate) tracker: Arc<tidings_control::PresenceTracker>,
+    /// A user's connections on every gateway, by asking them.
+    pub(crate) surveys: Arc<tidings_control::Surveys>,
     /// Presence on channels whose rule asks for it.
     pub(crate) channels: Arc<tidings_control::PresenceTracker>,
     /// Which channels have presence, and what kind.
@@ -414,7 +414,7 @@ impl Endpoints {
     }
 
     /// `GET /api/connections?user=<id>`: the user's connections on every
-    /// gateway (from the user's presence set).
+    /// gateway (a survey: each live gateway answers from its registry).
     async fn connections(&self, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
         let control = match self.control_api(&req, peer) {
             Ok(control) => control,
@@ -434,33 +434,32 @@ impl Endpoints {
                 "a user id is 1 to 256 bytes without control characters",
             );
         }
-        match control
-            .tracker
-            .list(&tidings_control::PresenceKey::user(&user))
-            .await
-        {
-            Ok(mut entries) => {
-                entries.sort_by(|a, b| a.conn.cmp(&b.conn));
-                let connections: Vec<serde_json::Value> = entries
-                    .iter()
-                    .map(|e| {
-                        serde_json::json!({
-                            "conn": e.conn,
-                            "gateway": e.gateway,
-                            "since_ms": e.since_ms,
-                        })
-                    })
-                    .collect();
-                json_response(
-                    StatusCode::OK,
-                    serde_json::json!({"user": user, "connections": connections}).to_string(),
-                )
+        match control.surveys.connections(&user).await {
+            Ok(answer) => {
+                let mut body = serde_json::json!({
+                    "user": user,
+                    "connections": answer.connections.iter().map(|c| serde_json::json!({
+                        "conn": c.conn,
+                        "gateway": c.gateway,
+                        "since_ms": c.since_ms,
+                    })).collect::<Vec<_>>(),
+                    "gateways": answer.answered.len(),
+                });
+                if !answer.missing.is_empty() {
+                    body["missing"] = serde_json::json!(answer.missing);
+                }
+                json_response(StatusCode::OK, body.to_string())
             }
-            Err(e) => json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "presence_unavailable",
-                &e.to_string(),
-            ),
+            Err(e) => {
+                let mut res = json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "broker_unavailable",
+                    &e.to_string(),
+                );
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                res
+            }
         }
     }
 

@@ -147,8 +147,9 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let identity = identity(&config, redis.as_ref())?;
-    // The backend's control: every session in the registry (commands reach
-    // it) and in its user's presence set (every gateway can list it).
+    // The backend's control: every session in the registry (commands and
+    // surveys reach it); this gateway in the set of live gateways (surveys
+    // ask them all).
     let gateway_id = config
         .control
         .gateway_id
@@ -173,12 +174,13 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         None => Arc::new(tidings_control::MemoryPresence::new()),
     };
     let presence_config = config.presence()?;
-    let tracker = tidings_control::PresenceTracker::new(
+    let survey_timeout = config.survey_timeout()?;
+    let gateways = tidings_control::PresenceTracker::new(
         presence_store.clone(),
         presence_config,
         Arc::new(|_: &tidings_control::PresenceKey, _: tidings_control::PresenceChange| {}),
     )?;
-    let _refresher = tracker.spawn_refresher();
+    let _refresher = gateways.spawn_refresher();
     // Presence on the channels whose rule asks for it: join and leave
     // events go out on the channels themselves.
     let presence_lookup: tidings_control::PresenceLookup = {
@@ -195,13 +197,9 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         Some(c) => Some(tidings_control::Webhooks::start(c)?),
         None => None,
     };
-    let mut hooks = tidings_control::ControlHooks::new(
-        gateway_id.clone(),
-        registry.clone(),
-        Some(tracker.clone()),
-        webhooks.clone(),
-    )
-    .with_channel_presence(channel_tracker.clone(), presence_lookup.clone());
+    let mut hooks =
+        tidings_control::ControlHooks::new(gateway_id.clone(), registry.clone(), webhooks.clone())
+            .with_channel_presence(channel_tracker.clone(), presence_lookup.clone());
     // Channel occupied and vacated webhooks: which gateways have
     // subscribers on each channel.
     let mut occupancy = None;
@@ -238,9 +236,20 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     banner(&config, addr, gateway.bridge().broker_name());
     let control_channel = tidings_core::ChannelName::new(&config.control.channel)?;
-    let (control, _control_task) =
-        tidings_control::ControlChannel::start(gateway.bridge(), control_channel, registry.clone())
-            .await;
+    let surveys = tidings_control::Surveys::start(
+        gateway.bridge(),
+        control_channel.clone(),
+        &gateway_id,
+        gateways.clone(),
+        survey_timeout,
+    );
+    let (control, _control_task) = tidings_control::ControlChannel::start_with_surveys(
+        gateway.bridge(),
+        control_channel,
+        registry.clone(),
+        surveys.clone(),
+    )
+    .await;
     let endpoints = http::Endpoints::new(
         &config,
         gateway.clone(),
@@ -248,7 +257,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         identity.cookie_proxy,
         Some(http::Control {
             channel: control,
-            tracker: tracker.clone(),
+            surveys,
             channels: channel_tracker.clone(),
             presence_lookup,
             registry,
@@ -300,7 +309,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     // The sockets are gone: so are this gateway's presence entries (rather
     // than after their time to live).
-    tracker.leave_all().await;
+    gateways.leave_all().await;
     channel_tracker.leave_all().await;
     if let Some(p) = &pusher_endpoint {
         p.leave_all().await;

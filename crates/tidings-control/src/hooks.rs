@@ -1,7 +1,8 @@
 //! The gateway's [`SessionHooks`]: every session is registered in the
-//! [`Registry`] (so control commands reach it), listed in its user's
-//! presence set (so `GET /api/connections` sees every gateway), and
-//! reported to the webhooks.
+//! [`Registry`] (so control commands and surveys reach it), kept in the
+//! presence sets of its channels with presence, and reported to the
+//! webhooks. Nothing is written anywhere for a session that is in no
+//! presence set.
 
 use std::{any::Any, collections::HashMap, sync::Arc};
 
@@ -32,7 +33,6 @@ pub type PresenceLookup = Arc<dyn Fn(&ChannelName) -> Option<PresenceMode> + Sen
 pub struct ControlHooks {
     gateway: Arc<str>,
     registry: Arc<Registry>,
-    connections: Option<Arc<PresenceTracker>>,
     webhooks: Option<Arc<Webhooks>>,
     channels: Option<(Arc<PresenceTracker>, PresenceLookup)>,
     occupancy: Option<Arc<PresenceTracker>>,
@@ -69,35 +69,21 @@ impl std::fmt::Debug for ControlHooks {
 
 impl ControlHooks {
     /// Hooks of the gateway `gateway` (its id, unique among the gateways on
-    /// one Redis): sessions go into `registry`, into their user's presence
-    /// set through `connections` when given, and to `webhooks` when given.
-    ///
-    /// `connections` keeps no copy of its entries: the registry has every
-    /// session, and its refresh lists them from there
-    /// ([`PresenceTracker::keep_in`]).
-    pub fn new(
-        gateway: String,
-        registry: Arc<Registry>,
-        connections: Option<Arc<PresenceTracker>>,
-        webhooks: Option<Arc<Webhooks>>,
-    ) -> Self {
+    /// one Redis): sessions go into `registry` (where control commands and
+    /// [`Surveys`](crate::Surveys) find them), and to `webhooks` when
+    /// given.
+    pub fn new(gateway: String, registry: Arc<Registry>, webhooks: Option<Arc<Webhooks>>) -> Self {
         let gateway: Arc<str> = gateway.into();
-        if let Some(tracker) = &connections {
-            let registry = registry.clone();
-            tracker.keep_in(Arc::new(move |part| user_index_entries(&registry, part)));
-        }
         let shared = Arc::<Shared>::default();
         Self {
             guard_hooks: Arc::new(GuardHooks {
                 gateway: gateway.clone(),
-                connections: connections.clone(),
                 channels: None,
                 occupancy: None,
                 shared: shared.clone(),
             }),
             gateway,
             registry,
-            connections,
             webhooks,
             channels: None,
             occupancy: None,
@@ -109,7 +95,6 @@ impl ControlHooks {
     fn with_guard_hooks(mut self) -> Self {
         self.guard_hooks = Arc::new(GuardHooks {
             gateway: self.gateway.clone(),
-            connections: self.connections.clone(),
             channels: self.channels.as_ref().map(|(t, _)| t.clone()),
             occupancy: self.occupancy.clone(),
             shared: self.shared.clone(),
@@ -205,32 +190,6 @@ impl Connection for SessionConnection {
     }
 }
 
-/// The entry in its user's presence set of every session in part `part` of
-/// the registry (the anonymous have none); `None` past its last part.
-fn user_index_entries(
-    registry: &Registry,
-    part: usize,
-) -> Option<Vec<(PresenceKey, PresenceEntry)>> {
-    let entries = registry
-        .describe_part(part)?
-        .into_iter()
-        .filter_map(|c| {
-            let user = c.user.filter(|u| !u.is_empty())?;
-            Some((
-                PresenceKey::user(&user),
-                PresenceEntry {
-                    conn: c.conn,
-                    user: Some(user),
-                    gateway: c.gateway,
-                    info: serde_json::Value::Null,
-                    since_ms: c.since_ms,
-                },
-            ))
-        })
-        .collect();
-    Some(entries)
-}
-
 /// What a session keeps while it lives: its registration, and its entries
 /// in presence sets (removed when dropped). Small: the connection id and
 /// presence key are spelled out again at the end rather than kept.
@@ -243,7 +202,6 @@ struct Guard {
 /// What every guard of one gateway shares.
 struct GuardHooks {
     gateway: Arc<str>,
-    connections: Option<Arc<PresenceTracker>>,
     channels: Option<Arc<PresenceTracker>>,
     occupancy: Option<Arc<PresenceTracker>>,
     shared: Arc<Shared>,
@@ -255,10 +213,6 @@ impl Drop for Guard {
             return;
         }
         let hooks = &*self.hooks;
-        let conn = || format!("{}-{}", hooks.gateway, self.session.id);
-        if let (Some(tracker), Some(user)) = (&hooks.connections, &self.session.identity.user) {
-            tracker.leave_now(PresenceKey::user(user), conn());
-        }
         let Some(state) = hooks.shared.sessions.lock().remove(&self.session.id) else {
             return;
         };
@@ -368,18 +322,6 @@ impl SessionHooks for ControlHooks {
                 since_ms,
             }),
         );
-        if let (Some(tracker), Some(u)) = (&self.connections, user) {
-            tracker.join_now(
-                PresenceKey::user(u),
-                PresenceEntry {
-                    conn: conn.clone(),
-                    user: Some(u.to_owned()),
-                    gateway: self.gateway.to_string(),
-                    info: serde_json::Value::Null,
-                    since_ms,
-                },
-            );
-        }
         if let Some(hooks) = &self.webhooks {
             hooks.send(WebhookEvent::Connect {
                 conn,

@@ -12,6 +12,8 @@
 //! - [`hooks`]: [`ControlHooks`], the session hooks that register each
 //!   session, list it in its user's presence set and send webhooks.
 //! - [`listener`]: the control channel over the bridge.
+//! - [`survey`]: a user's connections on every gateway, by asking them
+//!   ([`Surveys`]).
 //! - [`webhook`]: signed lifecycle webhooks from a bounded queue.
 //! - `hmac`: HMAC-SHA256 for the signatures.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -26,6 +28,7 @@ mod presence_memory;
 mod presence_redis;
 mod presence_tracker;
 pub mod registry;
+pub mod survey;
 pub mod webhook;
 
 use std::{future::Future, pin::Pin};
@@ -44,8 +47,9 @@ pub use presence_memory::MemoryPresence;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use presence_redis::{EventChannels, RedisPresence, DEFAULT_PRESENCE_PREFIX, PRESENCE_SCRIPT};
-pub use presence_tracker::{EntrySource, PresenceSink, PresenceTracker};
+pub use presence_tracker::{PresenceSink, PresenceTracker};
 pub use registry::{Connection, ConnectionInfo, Registration, Registry};
+pub use survey::{SurveyAnswer, SurveyError, SurveyStats, Surveys, DEFAULT_SURVEY_TIMEOUT};
 pub use webhook::{WebhookConfig, WebhookEvent, WebhookSigning, WebhookStats, Webhooks};
 
 /// A boxed, sendable future, as trait objects return them.

@@ -12,7 +12,11 @@ use tidings_bridge::{
 use tidings_core::{ChannelName, Message};
 use tokio::task::JoinHandle;
 
-use crate::{command::Command, registry::Registry};
+use crate::{
+    command::Command,
+    registry::Registry,
+    survey::{Surveys, REPLY_OP, SURVEY_OP},
+};
 
 /// Commands waiting on one gateway before more are dropped.
 const QUEUE: usize = 1024;
@@ -56,6 +60,27 @@ impl ControlChannel {
         channel: ChannelName,
         registry: Arc<Registry>,
     ) -> (Self, JoinHandle<()>) {
+        Self::start_inner(bridge, channel, registry, None).await
+    }
+
+    /// [`ControlChannel::start`], and hands `surveys` the survey requests
+    /// and answers that come on the channel (it answers the requests from
+    /// `registry`). `surveys` must have been made for this channel.
+    pub async fn start_with_surveys(
+        bridge: &Bridge,
+        channel: ChannelName,
+        registry: Arc<Registry>,
+        surveys: Arc<Surveys>,
+    ) -> (Self, JoinHandle<()>) {
+        Self::start_inner(bridge, channel, registry, Some(surveys)).await
+    }
+
+    async fn start_inner(
+        bridge: &Bridge,
+        channel: ChannelName,
+        registry: Arc<Registry>,
+        surveys: Option<Arc<Surveys>>,
+    ) -> (Self, JoinHandle<()>) {
         let (tx, mut rx) = mailbox(QUEUE, SlowConsumerPolicy::Drop);
         let mut sub = bridge.subscriber(tx);
         // Joined (not subscribed): if Redis is down now, the bridge
@@ -68,7 +93,17 @@ impl ControlChannel {
             loop {
                 match rx.next().await {
                     Next::Item(Outbound::Deliver(d)) => {
-                        let applied = payload_of(d.frame())
+                        let payload = payload_of(d.frame());
+                        if let (Some(surveys), Some(p)) = (&surveys, &payload) {
+                            match op_of(p).as_deref() {
+                                Some(op @ (SURVEY_OP | REPLY_OP)) => {
+                                    surveys.handle(op, p, &registry);
+                                    continue;
+                                }
+                                _ => {}
+                            }
+                        }
+                        let applied = payload
                             .ok_or_else(|| "not a message frame".to_owned())
                             .and_then(|p| Command::parse(&p).map_err(|e| e.0));
                         match applied {
@@ -121,6 +156,15 @@ impl ControlChannel {
     pub fn stats(&self) -> &ControlStats {
         &self.stats
     }
+}
+
+/// The `op` of a JSON object payload, if it has one.
+fn op_of(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Op {
+        op: Option<String>,
+    }
+    serde_json::from_slice::<Op>(payload).ok()?.op
 }
 
 /// The `data` of a protocol v1 message frame, as bytes (a JSON payload is

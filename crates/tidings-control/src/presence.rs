@@ -1,8 +1,9 @@
 //! Presence: who is on a channel, across gateways.
 //!
 //! A *presence set* is named by a [`PresenceKey`]: a channel's subscribers
-//! (with the rule option `presence = true`), or one user's connections (for
-//! `GET /api/connections?user=`). Each gateway adds the entries of its own
+//! (with the rule option `presence = true`), the gateways with subscribers
+//! on a channel (occupancy), or the live gateways (which a survey of a
+//! user's connections asks: [`Surveys`](crate::Surveys)). Each gateway adds the entries of its own
 //! connections, refreshes them every [`PresenceConfig::refresh`], and
 //! removes them when the connection leaves. An entry lives
 //! [`PresenceConfig::ttl`] after its last refresh: the entries of a gateway
@@ -84,9 +85,10 @@ impl PresenceKey {
         Self(format!("sub:{}", channel.as_str()))
     }
 
-    /// The connections of `user`: `user:<user>`.
-    pub fn user(user: &str) -> Self {
-        Self(format!("user:{user}"))
+    /// The live gateways, one entry each (their id as the connection id),
+    /// which surveys ask: `gw`.
+    pub fn gateways() -> Self {
+        Self("gw".to_owned())
     }
 
     /// The key as stored (`ch:/app/room/1`).

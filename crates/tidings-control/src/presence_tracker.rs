@@ -30,12 +30,6 @@ impl<F: Fn(&PresenceKey, PresenceChange) + Send + Sync + 'static> PresenceSink f
     }
 }
 
-/// Lists the entries of a tracker that keeps no copy of its own (see
-/// [`PresenceTracker::keep_in`]), one part at a time: part `n` (from 0),
-/// `None` past the last. A refresh holds one part's entries at once.
-pub type EntrySource =
-    Arc<dyn Fn(usize) -> Option<Vec<(PresenceKey, PresenceEntry)>> + Send + Sync>;
-
 /// Batch size of a refresh (entries per script call).
 const REFRESH_BATCH: usize = 500;
 /// Calls for sets that lose entries (a set's leaves, then its joins) in
@@ -52,9 +46,9 @@ const CHANGES_IN_FLIGHT: usize = 8;
 /// on Redis 7.0 (`INFO commandstats`): here under 1 ms. At 100 entries and
 /// 8 in flight, a refresh's calls took 1–6 ms each (`SLOWLOG`) and the
 /// p99 of per-user publications grew with them.
-/// A refresh of a gateway's every user still makes one call per 16
-/// connections instead of one per user, and holds a few dozen entries'
-/// arguments at a time.
+/// A refresh of many small sets (channels with a subscriber or two on this
+/// gateway) still makes one call per 16 entries instead of one per set,
+/// and holds a few dozen entries' arguments at a time.
 const ENTRIES_PER_GROUP: usize = 16;
 const GROUPS_IN_FLIGHT: usize = 2;
 
@@ -85,11 +79,8 @@ pub struct PresenceTracker {
     store: Arc<dyn Presence>,
     config: PresenceConfig,
     sink: Arc<dyn PresenceSink>,
-    /// Set -> this gateway's entries in it (small per set: a user has a
-    /// connection or two).
+    /// Set -> this gateway's entries in it.
     local: Mutex<HashMap<PresenceKey, SmallMap<String, PresenceEntry>>>,
-    /// Where the entries are listed instead, when they are kept elsewhere.
-    source: Mutex<Option<EntrySource>>,
     /// Joins and leaves not yet sent to the store, in order, and whether a
     /// task is sending them (see [`PresenceTracker::join_now`]).
     pending: Mutex<(Vec<Pending>, bool)>,
@@ -130,29 +121,8 @@ impl PresenceTracker {
             config,
             sink,
             local: Mutex::new(HashMap::new()),
-            source: Mutex::new(None),
             pending: Mutex::new((Vec::new(), false)),
         }))
-    }
-
-    /// From now on the tracker keeps no copy of the entries it joins:
-    /// `source` lists them whenever they are refreshed, or removed at a
-    /// graceful shutdown. For sets whose entries the gateway keeps anyway
-    /// (the user index: the control registry has every connection), this
-    /// spares a copy per entry, several hundred bytes per idle socket.
-    pub fn keep_in(&self, source: EntrySource) {
-        *self.source.lock() = Some(source);
-    }
-
-    /// Part `part` of the entries kept elsewhere, by set; `None` past the
-    /// last part (or when there is no source).
-    fn listed(&self, part: usize) -> Option<Vec<(PresenceKey, Vec<PresenceEntry>)>> {
-        let source = self.source.lock().clone()?;
-        let mut by_key: HashMap<PresenceKey, Vec<PresenceEntry>> = HashMap::new();
-        for (key, entry) in source(part)? {
-            by_key.entry(key).or_default().push(entry);
-        }
-        Some(by_key.into_iter().collect())
     }
 
     /// The store.
@@ -216,13 +186,11 @@ impl PresenceTracker {
         if entry.validate().is_err() {
             return;
         }
-        if self.source.lock().is_none() {
-            self.local
-                .lock()
-                .entry(key.clone())
-                .or_default()
-                .insert(entry.conn.clone(), entry.clone());
-        }
+        self.local
+            .lock()
+            .entry(key.clone())
+            .or_default()
+            .insert(entry.conn.clone(), entry.clone());
         self.queue(Pending::Join(key, entry));
     }
 
@@ -380,20 +348,13 @@ impl PresenceTracker {
             .iter()
             .map(|(k, set)| (k.clone(), set.values().cloned().collect()))
             .collect();
-        let mut failed = self.refresh_sets(local).await;
-        // What is kept elsewhere, a part at a time.
-        let mut part = 0;
-        while let Some(sets) = self.listed(part) {
-            failed += self.refresh_sets(sets).await;
-            part += 1;
-        }
-        failed
+        self.refresh_sets(local).await
     }
 
     /// Refreshes `sets`; returns how many calls failed.
     async fn refresh_sets(&self, sets: Vec<(PresenceKey, Vec<PresenceEntry>)>) -> usize {
-        // Sets split into batches by moving their entries (most sets are a
-        // user's one or two connections: one batch, nothing copied).
+        // Sets split into batches by moving their entries (a small set is
+        // one batch, nothing copied).
         let mut batches: Vec<(PresenceKey, Vec<PresenceEntry>)> = Vec::with_capacity(sets.len());
         for (key, mut all) in sets {
             while all.len() > REFRESH_BATCH {
@@ -402,8 +363,8 @@ impl PresenceTracker {
             }
             batches.push((key, all));
         }
-        // Many sets per call (a gateway has a set per user: one script
-        // call for many of them where the store can), many calls in flight.
+        // Many small sets per call where the store can, a few calls in
+        // flight.
         let outcomes: Vec<usize> = futures_util::stream::iter(groups(batches))
             .map(|group| async move {
                 let results = self.store.add_many(&group, self.config.ttl).await;
@@ -428,20 +389,12 @@ impl PresenceTracker {
     /// Removes every entry of this gateway (at a graceful shutdown, so that
     /// its users leave at once instead of after the time to live).
     pub async fn leave_all(&self) {
-        let mut all: Vec<(PresenceKey, Vec<String>)> = self
+        let all: Vec<(PresenceKey, Vec<String>)> = self
             .local
             .lock()
             .drain()
             .map(|(k, set)| (k, set.into_keys()))
             .collect();
-        let mut part = 0;
-        while let Some(sets) = self.listed(part) {
-            all.extend(
-                sets.into_iter()
-                    .map(|(k, entries)| (k, entries.into_iter().map(|e| e.conn).collect())),
-            );
-            part += 1;
-        }
         for (key, conns) in all {
             if let Ok(change) = self.store.remove(&key, &conns).await {
                 self.report(&key, change);

@@ -8,7 +8,7 @@ use std::{
 };
 
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tidings_core::small::SmallMap;
 use tidings_core::ChannelName;
 
@@ -33,7 +33,7 @@ pub trait Connection: Send + Sync + 'static {
 }
 
 /// A connection as the API lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionInfo {
     /// The connection id.
     pub conn: String,
@@ -257,6 +257,13 @@ impl Registry {
         Some(handles.iter().map(|h| h.describe()).collect())
     }
 
+    /// Descriptions of `user`'s local connections (for a survey:
+    /// `GET /api/connections`).
+    pub fn describe_user(&self, user: &str) -> Vec<ConnectionInfo> {
+        let handles = self.find(&Target::User(user.to_owned()));
+        handles.iter().map(|h| h.describe()).collect()
+    }
+
     /// Descriptions of up to `limit` local connections (for the admin
     /// page).
     pub fn describe(&self, limit: usize) -> Vec<ConnectionInfo> {
@@ -340,6 +347,8 @@ mod tests {
         let cmd = Command::parse(br#"{"op":"refresh","user":"nobody"}"#).unwrap();
         assert_eq!(reg.apply(&cmd), 0);
         assert_eq!(reg.describe(10).len(), 3);
+        assert_eq!(reg.describe_user("anna").len(), 1);
+        assert!(reg.describe_user("nobody").is_empty());
         assert_eq!(reg.describe(2).len(), 2);
     }
 }

@@ -392,78 +392,6 @@ async fn counting_a_large_set_does_not_list_it() {
 /// A tracker whose entries are kept elsewhere (the user index: the registry
 /// has every session) keeps no copy, yet refreshes them from its source,
 /// part by part, and removes them at a graceful shutdown.
-#[tokio::test]
-async fn entries_kept_elsewhere_are_refreshed_and_removed_from_their_source() {
-    let config = PresenceConfig {
-        ttl: Duration::from_millis(400),
-        refresh: Duration::from_millis(100),
-    };
-    for (p, _server) in stores().await {
-        let tracker = PresenceTracker::new(
-            p.clone(),
-            config,
-            Arc::new(|_: &PresenceKey, _: PresenceChange| {}),
-        )
-        .unwrap();
-        let user = |u: &str| PresenceKey::user(u);
-        // Two parts, as a registry's shards: anna's two sockets, then bob's.
-        type Parts = Vec<Vec<(PresenceKey, PresenceEntry)>>;
-        let parts: Arc<Mutex<Parts>> = Arc::new(Mutex::new(vec![
-            vec![
-                (user("anna"), entry("g-1", Some("anna"), "g")),
-                (user("anna"), entry("g-2", Some("anna"), "g")),
-            ],
-            vec![(user("bob"), entry("g-3", Some("bob"), "g"))],
-        ]));
-        let source = parts.clone();
-        tracker.keep_in(Arc::new(move |part| source.lock().get(part).cloned()));
-        for (key, e) in parts.lock().iter().flatten() {
-            tracker.join_now(key.clone(), e.clone());
-        }
-        assert!(tracker.local_sets().is_empty(), "no copy is kept");
-        let refresher = tracker.spawn_refresher();
-        // Three TTLs later every entry is still there: refreshed from the
-        // source (the joins alone expired long ago).
-        tokio::time::sleep(config.ttl * 3).await;
-        assert_eq!(
-            tracker.stats(&user("anna")).await.unwrap().connections,
-            2,
-            "{}",
-            p.name()
-        );
-        assert_eq!(
-            tracker.stats(&user("bob")).await.unwrap().connections,
-            1,
-            "{}",
-            p.name()
-        );
-        // What the source no longer lists is no longer refreshed.
-        parts.lock()[1].clear();
-        tokio::time::sleep(config.ttl + config.refresh * 3).await;
-        assert_eq!(
-            tracker.stats(&user("bob")).await.unwrap().connections,
-            0,
-            "{}",
-            p.name()
-        );
-        assert_eq!(
-            tracker.stats(&user("anna")).await.unwrap().connections,
-            2,
-            "{}",
-            p.name()
-        );
-        // A graceful shutdown removes what the source lists, at once.
-        refresher.abort();
-        tracker.leave_all().await;
-        assert_eq!(
-            tracker.stats(&user("anna")).await.unwrap().connections,
-            0,
-            "{}",
-            p.name()
-        );
-    }
-}
-
 /// With events on, the script publishes a channel's join and leave events
 /// itself, atomically with the change: nothing a gateway does after its
 /// call (or fails to do, killed) can lose one. Entries that expire are
@@ -574,19 +502,16 @@ async fn many_sets_at_once_answer_each_as_its_own_add() {
     let ttl = Duration::from_millis(400);
     for (p, server) in stores().await {
         let sets = vec![
+            (room(101), vec![entry("g1-1", Some("u1"), "g1")]),
             (
-                PresenceKey::user("u1"),
-                vec![entry("g1-1", Some("u1"), "g1")],
-            ),
-            (
-                PresenceKey::user("u2"),
+                room(102),
                 vec![
                     entry("g1-2", Some("u2"), "g1"),
                     entry("g1-3", Some("u2"), "g1"),
                 ],
             ),
             (room(9), vec![entry("g1-4", None, "g1")]),
-            (PresenceKey::user("u3"), vec![]),
+            (room(103), vec![]),
         ];
         let before = script_calls(server.as_ref()).await;
         let changes: Vec<PresenceChange> = p
@@ -619,7 +544,9 @@ async fn many_sets_at_once_answer_each_as_its_own_add() {
         }
         if let Some(server) = &server {
             let mut r = server.client().await;
-            let ms = r.int(&[b"PTTL", b"tidings:presence:{user:u2}:c"]).await;
+            let ms = r
+                .int(&[b"PTTL", b"tidings:presence:{ch:/app/room/102}:c"])
+                .await;
             assert!(
                 (1..=400).contains(&ms),
                 "the set expires with its entries: {ms}"
@@ -634,10 +561,7 @@ async fn many_sets_at_once_answer_each_as_its_own_add() {
         tokio::time::sleep(ttl * 3 / 4).await;
         let again = vec![
             sets[1].clone(),
-            (
-                PresenceKey::user("u1"),
-                vec![entry("g1-9", Some("u1"), "g1")],
-            ),
+            (room(101), vec![entry("g1-9", Some("u1"), "g1")]),
         ];
         let changes: Vec<PresenceChange> = p
             .add_many(&again, ttl)
