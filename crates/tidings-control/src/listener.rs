@@ -95,12 +95,9 @@ impl ControlChannel {
                     Next::Item(Outbound::Deliver(d)) => {
                         let payload = payload_of(d.frame());
                         if let (Some(surveys), Some(p)) = (&surveys, &payload) {
-                            match op_of(p).as_deref() {
-                                Some(op @ (SURVEY_OP | REPLY_OP)) => {
-                                    surveys.handle(op, p, &registry);
-                                    continue;
-                                }
-                                _ => {}
+                            if let Some(op @ (SURVEY_OP | REPLY_OP)) = op_of(p).as_deref() {
+                                surveys.handle(op, p, &registry);
+                                continue;
                             }
                         }
                         let applied = payload
