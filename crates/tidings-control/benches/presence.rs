@@ -1,5 +1,6 @@
 //! The cost of presence on one large channel in Redis: joining 10,000
-//! connections (in batches of 500, as a gateway refreshes), a full refresh,
+//! connections (in batches of 500), a full refresh in batches of several
+//! sizes (the gateway's is `REFRESH_BATCH`),
 //! counting (what `presence = "counts"` does), listing (what `"full"` does
 //! for `GET /api/presence`) and single joins and leaves on the big channel.
 //!
@@ -55,11 +56,20 @@ async fn main() {
     }
     let join_all = t.elapsed();
 
-    let t = Instant::now();
-    for chunk in entries.chunks(500) {
-        p.add(&key, chunk, ttl).await.unwrap();
+    // A refresh in batches of several sizes: the total, and the longest
+    // call (Redis runs a script whole: every other client, the
+    // application's PUBLISHes among them, waits that long).
+    let mut refreshes = Vec::new();
+    for batch in [500, 100, 64, 32] {
+        let mut longest = Duration::ZERO;
+        let t = Instant::now();
+        for chunk in entries.chunks(batch) {
+            let c = Instant::now();
+            p.add(&key, chunk, ttl).await.unwrap();
+            longest = longest.max(c.elapsed());
+        }
+        refreshes.push((batch, t.elapsed(), longest));
     }
-    let refresh = t.elapsed();
 
     let rounds = 1_000;
     let t = Instant::now();
@@ -109,11 +119,14 @@ async fn main() {
         join_all,
         per(join_all, n.div_ceil(500))
     );
-    println!(
-        "  refresh all, batches of 500: {:?} total, {} per batch",
-        refresh,
-        per(refresh, n.div_ceil(500))
-    );
+    for (batch, total, longest) in refreshes {
+        println!(
+            "  refresh all, batches of {batch:3}: {:?} total, {} per call, longest {:.3} ms",
+            total,
+            per(total, n.div_ceil(batch)),
+            longest.as_secs_f64() * 1000.0
+        );
+    }
     println!(
         "  stats (counts only):        {} per call",
         per(stats, rounds)
