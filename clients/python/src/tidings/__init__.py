@@ -1,13 +1,15 @@
 """Server-side client for the Tidings real-time gateway.
 
-Publish to a channel, a user, a group or everyone, and mint one-time
-WebSocket tokens, through the gateway's HTTP API (standard library only) or
+Publish to a channel, a user, a group or everyone, mint one-time
+WebSocket tokens, and act on users' sockets (disconnect, subscribe,
+unsubscribe, refresh; list their connections and a channel's presence), through the gateway's HTTP API (standard library only) or
 through Redis (``pip install "tidings[redis]"``); blocking (:class:`Tidings`)
 or asyncio (:class:`AsyncTidings`). Django: :mod:`tidings.contrib.django`.
 """
 
 from .channels import BROADCAST, DEFAULT_CHANNELS, GROUP, USER, Channels
 from .client import DEFAULT_TOKEN_PREFIX, AsyncTidings, History, Position, Tidings, Token
+from .control import DEFAULT_CONTROL_CHANNEL, REVOKED, Connection, Connections, Member, Presence
 from .errors import (
     BadRequest,
     ConfigurationError,
@@ -35,8 +37,11 @@ __all__ = [
     "BadRequest",
     "Channels",
     "ConfigurationError",
+    "Connection",
     "ConnectionFailed",
+    "Connections",
     "DEFAULT_CHANNELS",
+    "DEFAULT_CONTROL_CHANNEL",
     "DEFAULT_TOKEN_PREFIX",
     "Forbidden",
     "GROUP",
@@ -44,9 +49,12 @@ __all__ = [
     "History",
     "InvalidChannel",
     "InvalidValue",
+    "Member",
     "NotFound",
     "PayloadTooLarge",
     "Position",
+    "Presence",
+    "REVOKED",
     "RateLimited",
     "RequestTimeout",
     "Tidings",

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _http
+from . import control as _control
+from .control import DEFAULT_CONTROL_CHANNEL, Connections, Presence
 from .channels import DEFAULT_CHANNELS, Channels
 from .errors import ConfigurationError, ConnectionFailed, TidingsError, error_for
 
@@ -143,6 +145,7 @@ class _Base:
         channels: Channels = DEFAULT_CHANNELS,
         timeout: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
+        control_channel: str = DEFAULT_CONTROL_CHANNEL,
     ) -> None:
         if not url and not redis_url:
             raise ConfigurationError(
@@ -157,6 +160,7 @@ class _Base:
         self.channels = channels
         self.timeout = timeout
         self.ssl_context = ssl_context
+        self.control_channel = control_channel
 
     @staticmethod
     def _no_history_over_http(history: History | None) -> None:
@@ -198,6 +202,11 @@ class _Base:
         token = secrets.token_hex(32)
         value = json.dumps(identity_of(who), separators=(",", ":"))
         return self.token_prefix + token, value, max(1, int(ttl_secs * 1000))
+
+    def _get_path(self, path: str, query: dict[str, str]) -> str:
+        from urllib.parse import urlencode
+
+        return self._require_url() + path + "?" + urlencode(query)
 
     def _redis_module(self) -> Any:
         try:
@@ -300,6 +309,61 @@ class Tidings(_Base):
         answer = self._check(self._post("/api/tokens", self._token_request(who, ttl_secs)), 201)
         return Token(str(answer["token"]), float(answer["expires_in"]))
 
+    # -- the backend in control (docs/control.md) -------------------------
+
+    def _command(self, body: dict[str, Any]) -> None:
+        if self.redis_url:
+            try:
+                self._redis_client().publish(self.control_channel, _control.encode(body))
+            except Exception as e:
+                raise _redis_error("PUBLISH", e) from e
+            return
+        op = body.pop("op")
+        self._check(self._post(f"/api/{op}", _control.encode(body)), 202)
+
+    def disconnect(
+        self,
+        *,
+        user: object | None = None,
+        conn: str | None = None,
+        code: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Closes every socket of ``user`` (on every gateway), or the one
+        connection ``conn``, with ``code`` (4001 when not given: the client
+        may reconnect; :data:`tidings.control.REVOKED`, 4003: it must not;
+        4100-4999 your own) and ``reason``."""
+        self._command(_control.command("disconnect", user, conn, code=code, reason=reason))
+
+    def subscribe(self, channel: str, *, user: object | None = None, conn: str | None = None) -> None:
+        """Subscribes the sockets of ``user`` (or ``conn``) to ``channel``,
+        whatever the routing rules would let them ask for."""
+        self._command(_control.command("subscribe", user, conn, channel=channel))
+
+    def unsubscribe(self, channel: str, *, user: object | None = None, conn: str | None = None) -> None:
+        """Unsubscribes the sockets of ``user`` (or ``conn``) from ``channel``."""
+        self._command(_control.command("unsubscribe", user, conn, channel=channel))
+
+    def refresh(self, *, user: object | None = None, conn: str | None = None) -> None:
+        """Makes the gateways resolve the identity of ``user`` (or ``conn``)
+        again: its cached answer is forgotten and its sockets reconnect (after
+        a change of groups, or a logout elsewhere)."""
+        self._command(_control.command("refresh", user, conn))
+
+    def connections(self, user: object) -> Connections:
+        """The sockets of ``user`` on every gateway (HTTP API only: the gateway
+        asks the others)."""
+        url = self._get_path("/api/connections", {"user": _control.user_id(user)})
+        answer = _http.request_sync("GET", url, self._headers(), None, self.timeout, self.ssl_context)
+        return _control.parse_connections(self._check(answer, 200))
+
+    def presence(self, channel: str) -> Presence:
+        """Who is on ``channel`` (its routing rule must keep presence; HTTP API
+        only)."""
+        url = self._get_path("/api/presence", {"channel": channel})
+        answer = _http.request_sync("GET", url, self._headers(), None, self.timeout, self.ssl_context)
+        return _control.parse_presence(self._check(answer, 200))
+
     def ready(self) -> bool:
         """Whether the gateway's ``/readyz`` answers 200 (its broker is connected)."""
         status, _, _ = _http.request_sync(
@@ -397,6 +461,51 @@ class AsyncTidings(_Base):
             return Token(key[len(self.token_prefix):], ms / 1000)
         answer = self._check(await self._post("/api/tokens", self._token_request(who, ttl_secs)), 201)
         return Token(str(answer["token"]), float(answer["expires_in"]))
+
+    async def _command(self, body: dict[str, Any]) -> None:
+        if self.redis_url:
+            try:
+                await self._redis_client().publish(self.control_channel, _control.encode(body))
+            except Exception as e:
+                raise _redis_error("PUBLISH", e) from e
+            return
+        op = body.pop("op")
+        self._check(await self._post(f"/api/{op}", _control.encode(body)), 202)
+
+    async def disconnect(
+        self,
+        *,
+        user: object | None = None,
+        conn: str | None = None,
+        code: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """See :meth:`Tidings.disconnect`."""
+        await self._command(_control.command("disconnect", user, conn, code=code, reason=reason))
+
+    async def subscribe(self, channel: str, *, user: object | None = None, conn: str | None = None) -> None:
+        """See :meth:`Tidings.subscribe`."""
+        await self._command(_control.command("subscribe", user, conn, channel=channel))
+
+    async def unsubscribe(self, channel: str, *, user: object | None = None, conn: str | None = None) -> None:
+        """See :meth:`Tidings.unsubscribe`."""
+        await self._command(_control.command("unsubscribe", user, conn, channel=channel))
+
+    async def refresh(self, *, user: object | None = None, conn: str | None = None) -> None:
+        """See :meth:`Tidings.refresh`."""
+        await self._command(_control.command("refresh", user, conn))
+
+    async def connections(self, user: object) -> Connections:
+        """See :meth:`Tidings.connections`."""
+        url = self._get_path("/api/connections", {"user": _control.user_id(user)})
+        answer = await _http.request_async("GET", url, self._headers(), None, self.timeout, self.ssl_context)
+        return _control.parse_connections(self._check(answer, 200))
+
+    async def presence(self, channel: str) -> Presence:
+        """See :meth:`Tidings.presence`."""
+        url = self._get_path("/api/presence", {"channel": channel})
+        answer = await _http.request_async("GET", url, self._headers(), None, self.timeout, self.ssl_context)
+        return _control.parse_presence(self._check(answer, 200))
 
     async def ready(self) -> bool:
         """See :meth:`Tidings.ready`."""
