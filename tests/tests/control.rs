@@ -302,6 +302,17 @@ async fn a_users_connections_are_listed_across_gateways_and_a_killed_gateways_ar
         sleep(Duration::from_millis(50)).await;
     };
     assert!(left <= Duration::from_secs(4), "expired after {left:?}");
+    // The incomplete answers are counted, apart from the complete ones.
+    let m = api(&g0, "GET", "/metrics", Value::Null).await.body;
+    let count = |outcome: &str| -> f64 {
+        let prefix = format!("tidings_control_surveys_total{{outcome=\"{outcome}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
+    };
+    assert!(count("incomplete") >= 1.0, "{m}");
+    assert!(count("complete") >= 1.0, "{m}");
 }
 
 /// Redis down: the listing answers 503 with Retry-After (it cannot ask the

@@ -128,8 +128,13 @@ impl Endpoints {
                     return unauthorized(why);
                 }
                 let internal = usize::from(self.control.is_some());
-                let body =
-                    crate::metrics::render(&self.gateway, self.cookie_proxy.as_deref(), internal);
+                let surveys = self.control.as_ref().map(|c| c.surveys.stats());
+                let body = crate::metrics::render(
+                    &self.gateway,
+                    self.cookie_proxy.as_deref(),
+                    surveys,
+                    internal,
+                );
                 let mut res = text_response(StatusCode::OK, body);
                 res.headers_mut().insert(
                     header::CONTENT_TYPE,

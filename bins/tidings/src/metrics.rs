@@ -19,6 +19,7 @@ use tidings_transport::{
 pub(crate) fn render(
     gateway: &Gateway,
     cookie_proxy: Option<&CookieProxy>,
+    surveys: Option<&tidings_control::SurveyStats>,
     internal: usize,
 ) -> String {
     let mut out = String::with_capacity(8 * 1024);
@@ -293,6 +294,28 @@ pub(crate) fn render(
             "counter",
             "Cookie proxy lookups that shared an identical lookup in flight.",
             &one(r(&s.coalesced)),
+        );
+    }
+    if let Some(s) = surveys {
+        let r = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let (asked, incomplete) = (r(&s.asked), r(&s.incomplete));
+        metric(
+            "tidings_control_surveys_total",
+            "counter",
+            "GET /api/connections surveys this gateway made, by outcome (incomplete: some live gateway did not answer in time).",
+            &[
+                (
+                    "{outcome=\"complete\"}".into(),
+                    asked.saturating_sub(incomplete) as f64,
+                ),
+                ("{outcome=\"incomplete\"}".into(), incomplete as f64),
+            ],
+        );
+        metric(
+            "tidings_control_survey_answers_total",
+            "counter",
+            "Surveys of any gateway this gateway answered.",
+            &one(r(&s.answered)),
         );
     }
     out
