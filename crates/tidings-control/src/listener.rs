@@ -94,9 +94,13 @@ impl ControlChannel {
                 match rx.next().await {
                     Next::Item(Outbound::Deliver(d)) => {
                         let payload = payload_of(d.frame());
-                        if let (Some(surveys), Some(p)) = (&surveys, &payload) {
+                        // Surveys share the channel; a listener without them
+                        // (another registry on the same channel) leaves them.
+                        if let Some(p) = &payload {
                             if let Some(op @ (SURVEY_OP | REPLY_OP)) = op_of(p).as_deref() {
-                                surveys.handle(op, p, &registry);
+                                if let Some(surveys) = &surveys {
+                                    surveys.handle(op, p, &registry);
+                                }
                                 continue;
                             }
                         }

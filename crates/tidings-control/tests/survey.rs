@@ -151,6 +151,9 @@ async fn a_malformed_request_is_counted_and_harms_no_survey() {
     let bridge = Bridge::in_process();
     let store: Arc<dyn Presence> = Arc::new(MemoryPresence::new());
     let a = gateway(&bridge, &store, "a").await;
+    // Another listener on the same channel without surveys (a second
+    // registry): it leaves survey traffic alone, no warning, no count.
+    let (plain, _plain_task) = ControlChannel::start(&bridge, control(), Registry::new()).await;
     live(&store, 1).await;
     let _a1 = a
         .registry
@@ -173,5 +176,12 @@ async fn a_malformed_request_is_counted_and_harms_no_survey() {
             .invalid
             .load(std::sync::atomic::Ordering::Relaxed),
         3
+    );
+    assert_eq!(
+        plain
+            .stats()
+            .invalid
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
     );
 }
