@@ -48,13 +48,13 @@ pub struct ConnectionInfo {
 const SHARDS: usize = 16;
 
 /// One user's connections on this gateway, by connection id.
-type UserConnections = SmallMap<Box<str>, Arc<dyn Connection>>;
+type UserConnections = SmallMap<Arc<str>, Arc<dyn Connection>>;
 
 #[derive(Default)]
 struct Shard {
     /// user -> connection id -> handle (anonymous connections are under
     /// ""). Small per user: most have one connection.
-    by_user: HashMap<Box<str>, UserConnections>,
+    by_user: HashMap<Arc<str>, UserConnections>,
 }
 
 /// This gateway's connections: a sharded map user -> connections, and
@@ -62,7 +62,9 @@ struct Shard {
 /// looking at every socket.
 pub struct Registry {
     shards: Box<[Mutex<Shard>; SHARDS]>,
-    by_conn: Mutex<HashMap<Box<str>, Box<str>>>,
+    /// The ids are shared with the shards and the registrations: one
+    /// allocation each per connection.
+    by_conn: Mutex<HashMap<Arc<str>, Arc<str>>>,
     hasher: RandomState,
     forget: Mutex<Option<Forget>>,
 }
@@ -94,8 +96,8 @@ impl std::fmt::Debug for Registry {
 #[must_use = "the connection is removed from the registry when this is dropped"]
 pub struct Registration {
     registry: Arc<Registry>,
-    user: Box<str>,
-    conn: Box<str>,
+    user: Arc<str>,
+    conn: Arc<str>,
 }
 
 impl std::fmt::Debug for Registration {
@@ -129,14 +131,22 @@ impl Registry {
         user: Option<&str>,
         handle: Arc<dyn Connection>,
     ) -> Registration {
-        let user: Box<str> = user.unwrap_or("").into();
-        let conn: Box<str> = conn.into();
-        self.shard(&user)
-            .lock()
-            .by_user
-            .entry(user.clone())
-            .or_default()
-            .insert(conn.clone(), handle);
+        let user = user.unwrap_or("");
+        let conn: Arc<str> = conn.into();
+        // The user's id is allocated once, for the user's first connection.
+        let user: Arc<str> = {
+            let mut shard = self.shard(user).lock();
+            let user = match shard.by_user.get_key_value(user) {
+                Some((key, _)) => key.clone(),
+                None => Arc::from(user),
+            };
+            shard
+                .by_user
+                .entry(user.clone())
+                .or_default()
+                .insert(conn.clone(), handle);
+            user
+        };
         self.by_conn.lock().insert(conn.clone(), user.clone());
         Registration {
             registry: self.clone(),
