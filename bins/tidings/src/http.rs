@@ -302,16 +302,7 @@ impl Endpoints {
             Err(e @ tidings_bridge::BrokerError::Refused(_)) => {
                 json_error(StatusCode::FORBIDDEN, "forbidden", &e.to_string())
             }
-            Err(e) => {
-                let mut res = json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "broker_unavailable",
-                    &e.to_string(),
-                );
-                res.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                res
-            }
+            Err(e) => unavailable("broker_unavailable", &e.to_string()),
         }
     }
 }
@@ -405,16 +396,7 @@ impl Endpoints {
                 StatusCode::ACCEPTED,
                 serde_json::json!({"status": "accepted", "op": command.op()}).to_string(),
             ),
-            Err(e) => {
-                let mut res = json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "broker_unavailable",
-                    &e.to_string(),
-                );
-                res.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                res
-            }
+            Err(e) => unavailable("broker_unavailable", &e.to_string()),
         }
     }
 
@@ -455,16 +437,7 @@ impl Endpoints {
                 }
                 json_response(StatusCode::OK, body.to_string())
             }
-            Err(e) => {
-                let mut res = json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "broker_unavailable",
-                    &e.to_string(),
-                );
-                res.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                res
-            }
+            Err(e) => unavailable("broker_unavailable", &e.to_string()),
         }
     }
 
@@ -651,16 +624,7 @@ impl Endpoints {
                 StatusCode::CREATED,
                 serde_json::json!({"token": token, "expires_in": ttl.as_secs_f64()}).to_string(),
             ),
-            Err(e) => {
-                let mut res = json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    &e.to_string(),
-                );
-                res.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                res
-            }
+            Err(e) => unavailable("store_unavailable", &e.to_string()),
         }
     }
 }
@@ -685,6 +649,15 @@ fn json_response(status: StatusCode, body: String) -> HttpResponse {
 fn json_error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
     let body = serde_json::json!({ "error": code, "message": message }).to_string();
     json_response(status, body)
+}
+
+/// 503 with `Retry-After: 1`: Redis (the broker or the token store) is
+/// down; the caller may retry.
+fn unavailable(code: &str, message: &str) -> HttpResponse {
+    let mut res = json_error(StatusCode::SERVICE_UNAVAILABLE, code, message);
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    res
 }
 
 fn too_large(max: usize) -> HttpResponse {
