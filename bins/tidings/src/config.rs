@@ -98,7 +98,7 @@ impl Default for ControlSettings {
             gateway_id: None,
             presence_ttl_secs: 30,
             presence_refresh_secs: 10,
-            survey_timeout_ms: 1000,
+            survey_timeout_ms: tidings_control::DEFAULT_SURVEY_TIMEOUT.as_millis() as u64,
             admin_page: true,
         }
     }

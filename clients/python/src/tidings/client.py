@@ -29,6 +29,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from . import _http
 from . import control as _control
@@ -204,9 +205,19 @@ class _Base:
         return self.token_prefix + token, value, max(1, int(ttl_secs * 1000))
 
     def _get_path(self, path: str, query: dict[str, str]) -> str:
-        from urllib.parse import urlencode
-
         return self._require_url() + path + "?" + urlencode(query)
+
+    @staticmethod
+    def _command_over_http(body: dict[str, Any]) -> tuple[str, bytes]:
+        """A command's path and body for ``POST /api/<op>``."""
+        body = dict(body)
+        return f"/api/{body.pop('op')}", _control.encode(body)
+
+    def _connections_url(self, user: object) -> str:
+        return self._get_path("/api/connections", {"user": _control.user_id(user)})
+
+    def _presence_url(self, channel: str) -> str:
+        return self._get_path("/api/presence", {"channel": channel})
 
     def _redis_module(self) -> Any:
         try:
@@ -318,8 +329,7 @@ class Tidings(_Base):
             except Exception as e:
                 raise _redis_error("PUBLISH", e) from e
             return
-        op = body.pop("op")
-        self._check(self._post(f"/api/{op}", _control.encode(body)), 202)
+        self._check(self._post(*self._command_over_http(body)), 202)
 
     def disconnect(
         self,
@@ -353,15 +363,17 @@ class Tidings(_Base):
     def connections(self, user: object) -> Connections:
         """The sockets of ``user`` on every gateway (HTTP API only: the gateway
         asks the others)."""
-        url = self._get_path("/api/connections", {"user": _control.user_id(user)})
-        answer = _http.request_sync("GET", url, self._headers(), None, self.timeout, self.ssl_context)
+        answer = _http.request_sync(
+            "GET", self._connections_url(user), self._headers(), None, self.timeout, self.ssl_context
+        )
         return _control.parse_connections(self._check(answer, 200))
 
     def presence(self, channel: str) -> Presence:
         """Who is on ``channel`` (its routing rule must keep presence; HTTP API
         only)."""
-        url = self._get_path("/api/presence", {"channel": channel})
-        answer = _http.request_sync("GET", url, self._headers(), None, self.timeout, self.ssl_context)
+        answer = _http.request_sync(
+            "GET", self._presence_url(channel), self._headers(), None, self.timeout, self.ssl_context
+        )
         return _control.parse_presence(self._check(answer, 200))
 
     def ready(self) -> bool:
@@ -469,8 +481,7 @@ class AsyncTidings(_Base):
             except Exception as e:
                 raise _redis_error("PUBLISH", e) from e
             return
-        op = body.pop("op")
-        self._check(await self._post(f"/api/{op}", _control.encode(body)), 202)
+        self._check(await self._post(*self._command_over_http(body)), 202)
 
     async def disconnect(
         self,
@@ -497,14 +508,16 @@ class AsyncTidings(_Base):
 
     async def connections(self, user: object) -> Connections:
         """See :meth:`Tidings.connections`."""
-        url = self._get_path("/api/connections", {"user": _control.user_id(user)})
-        answer = await _http.request_async("GET", url, self._headers(), None, self.timeout, self.ssl_context)
+        answer = await _http.request_async(
+            "GET", self._connections_url(user), self._headers(), None, self.timeout, self.ssl_context
+        )
         return _control.parse_connections(self._check(answer, 200))
 
     async def presence(self, channel: str) -> Presence:
         """See :meth:`Tidings.presence`."""
-        url = self._get_path("/api/presence", {"channel": channel})
-        answer = await _http.request_async("GET", url, self._headers(), None, self.timeout, self.ssl_context)
+        answer = await _http.request_async(
+            "GET", self._presence_url(channel), self._headers(), None, self.timeout, self.ssl_context
+        )
         return _control.parse_presence(self._check(answer, 200))
 
     async def ready(self) -> bool:
