@@ -6,7 +6,13 @@
 //! named missing until it expires); a refresh
 //! forgets the cached identity; webhooks arrive signed.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use serde_json::{json, Value};
 use tidings_e2e::{
@@ -233,6 +239,73 @@ async fn server_side_subscriptions_start_and_stop_deliveries_on_every_gateway() 
     for a in [&mut a0, &mut a2] {
         assert!(a.next_json_within(SHORT).await.is_none());
     }
+}
+
+/// No message of a channel reaches a socket ahead of its `subscribed`,
+/// whoever asked for the subscription (the client or the backend), while a
+/// publisher keeps the channel busy: the fan-out writes idle sockets
+/// directly, but never past a subscription's reply on its way.
+#[tokio::test]
+async fn no_message_overtakes_the_subscribed_reply_on_a_busy_channel() {
+    let redis = RedisServer::start().await;
+    let backend = Backend::start(users()).await;
+    let gw = start(options(&redis, &backend)).await;
+    let room = "/app/room/busy";
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        let mut r = redis.client().await;
+        // About 3,000 a second: busy, yet well within what even a debug
+        // build delivers (a gateway behind its Redis connection would
+        // make every subscription wait behind the backlog).
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                for _ in 0..3 {
+                    r.publish(room, n.to_string().as_bytes()).await;
+                    n += 1;
+                }
+            }
+        })
+    };
+    for round in 0..40 {
+        let mut anna = connect(&gw, "anna-cookie").await;
+        if round % 2 == 0 {
+            anna.send_json(json!({"type":"subscribe","channel":room,"id":round}))
+                .await;
+        } else {
+            let conn = anna.welcome["connection"].clone();
+            let r = api(
+                &gw,
+                "POST",
+                "/api/subscribe",
+                json!({"conn": conn, "channel": room}),
+            )
+            .await;
+            assert_eq!(r.status, 202, "{}", r.body);
+        }
+        let first = anna
+            .next_or_end(PATIENCE)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: closed {e:?}; {}", gw.logs()));
+        assert_eq!(first["type"], "subscribed", "round {round}: {first}");
+        // And the channel's messages do follow it (presence events aside).
+        loop {
+            let f = anna
+                .next_or_end(PATIENCE)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: closed {e:?} later; {}", gw.logs()));
+            match f["type"].as_str() {
+                Some("message") => break,
+                Some("join" | "leave") => {}
+                _ => panic!("round {round}: {f}"),
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    publisher.await.unwrap();
 }
 
 #[tokio::test]

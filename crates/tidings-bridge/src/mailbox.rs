@@ -504,6 +504,23 @@ impl WriteGate {
         }
     }
 
+    /// The session is about to produce frames that must reach the socket
+    /// before any delivery the fan-out could write directly (a
+    /// subscription's `subscribed`, taken before the broker confirms it, so
+    /// that no message of the channel overtakes it): from now until the end
+    /// of the session's next write ([`WriteGate::end`]) the fan-out queues
+    /// instead of writing.
+    pub fn hold(&self) {
+        self.shared.queue.lock().busy = true;
+    }
+
+    /// Wakes the session (see [`MailboxWaker`]).
+    pub fn waker(&self) -> MailboxWaker {
+        MailboxWaker {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// `n` bytes of the rest [`WriteGate::begin`] returned were written.
     pub fn wrote_rest(&self, n: usize) {
         let mut q = self.shared.queue.lock();
@@ -673,6 +690,35 @@ mod tests {
         // Closing: nothing more is written or queued.
         gate.close();
         assert_eq!(fan_out(&mb, deliver("8")), Offer::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_hold_queues_the_fan_out_until_the_sessions_next_write_ends() {
+        let (mb, mut rx) = mailbox(8, SlowConsumerPolicy::Close);
+        let sock = Arc::new(Sock::default());
+        *sock.room.lock() = 1 << 20;
+        rx.write_directly(sock.clone());
+        let gate = rx.gate();
+        // A subscription is on its way: the fan-out queues, and the
+        // session is woken for what it queued.
+        gate.hold();
+        assert_eq!(fan_out(&mb, deliver("1")), Offer::Queued);
+        assert_eq!(rx.len(), 1);
+        assert!(sock.wire.lock().is_empty());
+        // The session's reply is written, then its write ends: what was
+        // queued stays the session's, and later offers go behind it.
+        assert!(gate.begin().is_none());
+        gate.end();
+        assert_eq!(fan_out(&mb, deliver("2")), Offer::Queued);
+        assert_eq!(rx.len(), 2);
+        assert!(sock.wire.lock().is_empty());
+        assert!(matches!(rx.next().await, Next::Item(Outbound::Deliver(_))));
+        assert!(rx.try_next().is_some());
+        gate.end();
+        // Idle again: written directly.
+        assert_eq!(fan_out(&mb, deliver("3")), Offer::Queued);
+        assert_eq!(rx.len(), 0);
+        assert!(!sock.wire.lock().is_empty());
     }
 
     #[tokio::test]

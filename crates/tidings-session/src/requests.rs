@@ -9,7 +9,7 @@ use std::sync::{
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use tidings_bridge::{MailboxWaker, Subscriber};
+use tidings_bridge::{Subscriber, WriteGate};
 use tidings_core::{
     protocol::{self, ClientFrame, ErrorCode, Request, SenderEnvelope},
     Identity, Message, Topic,
@@ -36,8 +36,11 @@ pub(crate) struct Requests {
     /// RPC calls in flight and their answers on the way back; made on the
     /// first call (most sockets make none).
     rpc: Option<Box<RpcState>>,
-    /// Wakes the session when an answer is back (it waits on its mailbox).
-    wake: MailboxWaker,
+    /// The socket's write gate: held while a subscription is made, so that
+    /// nothing of the channel overtakes its `subscribed`; and how the
+    /// session is woken when an RPC answer is back (it waits on its
+    /// mailbox).
+    gate: WriteGate,
     /// Where the socket is on each channel with history it follows.
     pub(crate) followers: Followers,
     /// The connection's id as in `welcome` (what `exclude` names).
@@ -58,12 +61,12 @@ impl Requests {
         credentials: Arc<http::HeaderMap>,
         peer: std::net::SocketAddr,
         sub: Subscriber,
-        wake: MailboxWaker,
+        gate: WriteGate,
         conn: Box<str>,
     ) -> Self {
         Self {
             rpc: None,
-            wake,
+            gate,
             followers: Followers::default(),
             conn,
             gw,
@@ -117,7 +120,7 @@ impl Requests {
         let credentials = self.credentials.clone();
         let peer = self.peer;
         let stats = self.gw.stats.clone();
-        let wake = self.wake.clone();
+        let wake = self.gate.waker();
         tokio::spawn(
             async move {
                 let call = RpcCall {
@@ -240,6 +243,9 @@ impl Requests {
             ));
         }
         let fresh = !self.sub.contains(&topic);
+        // Whatever the result, a frame follows: until it is written, the
+        // fan-out writes nothing of the channel ahead of it.
+        self.gate.hold();
         if let Err(e) = self.sub.subscribe(topic).await {
             return out.push(broker_error(&e, id));
         }
@@ -274,6 +280,8 @@ impl Requests {
         if self.sub.contains(&topic) {
             return None;
         }
+        // `subscribed` follows: nothing of the channel goes ahead of it.
+        self.gate.hold();
         if let Err(e) = self.sub.join(topic).await {
             tracing::warn!(channel = %channel, error = %e, "server-side subscription is pending until the broker is back");
         }

@@ -192,7 +192,7 @@ impl Session {
             credentials,
             peer,
             sub,
-            mailbox.waker(),
+            mailbox.gate(),
             conn,
         );
         let plan = ctx.router.on_connect(&identity);
