@@ -77,6 +77,11 @@ impl RawWs {
         RawWs { stream, buf: rest }
     }
 
+    /// The client's end of the TCP connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local address")
+    }
+
     /// Writes one masked frame; `rsv` sets the three reserved bits (0..8).
     pub async fn send_frame_rsv(&mut self, fin: bool, rsv: u8, opcode: u8, payload: &[u8]) {
         let mut f = Vec::with_capacity(payload.len() + 14);

@@ -468,3 +468,30 @@ async fn an_empty_continuation_flood_is_rate_limited() {
     conts.send_raw(&flood).await;
     assert_eq!(conts.close_code(PATIENCE).await, Some(1008));
 }
+
+/// The 101 is held in the kernel until the welcome is written, so both
+/// leave in one TCP segment (one transmission and one wake-up of the
+/// client fewer per connection): the client's kernel counts one data
+/// segment received for the two, read with `ss` from iproute2.
+#[tokio::test]
+async fn the_101_and_the_welcome_arrive_in_one_segment() {
+    let gw = Gateway::start().await;
+    for _ in 0..3 {
+        let mut r = RawWs::connect(gw.addr, "/ws").await;
+        let w = r.next_json(PATIENCE).await.expect("welcome");
+        assert_eq!(w["type"], "welcome");
+        let local = r.local_addr().to_string();
+        let out = std::process::Command::new("ss")
+            .args(["-tinH", "src", &local])
+            .output()
+            .expect("ss (iproute2) runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let segs: u64 = text
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("data_segs_in:"))
+            .unwrap_or_else(|| panic!("no data_segs_in for {local}: {text}"))
+            .parse()
+            .expect("a count");
+        assert_eq!(segs, 1, "the 101 and the welcome in one segment: {text}");
+    }
+}

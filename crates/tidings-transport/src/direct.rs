@@ -27,7 +27,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{codec, shared::Shared};
+use crate::{codec, shared::Shared, tcp::ServerTcp};
 
 /// The TCP stream, as the fan-out sees it.
 pub(crate) struct SharedTcp {
@@ -107,30 +107,47 @@ pub(crate) enum SessionIo {
 }
 
 impl SessionIo {
-    /// The I/O of an upgraded connection, and the bytes the client sent
-    /// after its upgrade request that hyper had already read. With a TCP
-    /// stream underneath, deliveries may be written to it directly once
-    /// [`SessionIo::write_directly`] is called.
+    /// The I/O of an upgraded connection, the bytes the client sent after
+    /// its upgrade request that hyper had already read, and whether the 101
+    /// is held in the kernel until the first write ([`SessionIo::uncork`]
+    /// must follow it; see `tcp`). With a TCP stream underneath, deliveries
+    /// may be written to it directly once [`SessionIo::write_directly`] is
+    /// called.
     pub(crate) fn new(
         io: TokioIo<Upgraded>,
         mailbox: &MailboxReceiver,
         shared: &Arc<Shared>,
-    ) -> (Self, Bytes) {
-        match io.into_inner().downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => (
-                SessionIo::Shared {
-                    tcp: Arc::new(SharedTcp {
-                        stream: parts.io.into_inner(),
-                        shared: shared.clone(),
-                    }),
-                    gate: mailbox.gate(),
-                },
-                parts.read_buf,
-            ),
+    ) -> (Self, Bytes, bool) {
+        let shared_tcp = |stream| SessionIo::Shared {
+            tcp: Arc::new(SharedTcp {
+                stream,
+                shared: shared.clone(),
+            }),
+            gate: mailbox.gate(),
+        };
+        // Served by this crate's listener, or by an embedding one on a
+        // plain TCP stream.
+        let upgraded = match io.into_inner().downcast::<TokioIo<ServerTcp>>() {
+            Ok(parts) => {
+                let (stream, corked) = parts.io.into_inner().into_parts();
+                return (shared_tcp(stream), parts.read_buf, corked);
+            }
+            Err(upgraded) => upgraded,
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => (shared_tcp(parts.io.into_inner()), parts.read_buf, false),
             Err(upgraded) => (
                 SessionIo::Upgraded(Box::new(TokioIo::new(upgraded))),
                 Bytes::new(),
+                false,
             ),
+        }
+    }
+
+    /// Sends the 101 held until the first write (see `tcp`).
+    pub(crate) fn uncork(&self) {
+        if let SessionIo::Shared { tcp, .. } = self {
+            crate::tcp::uncork(&tcp.stream);
         }
     }
 

@@ -33,6 +33,7 @@ pub mod server;
 pub mod service;
 pub mod settings;
 mod shared;
+mod tcp;
 mod ws;
 
 /// Connection limits, from `tidings-admission` (shared by every wire adapter).

@@ -20,6 +20,7 @@ use crate::{
     config::TransportConfig,
     deflate::{self, Deflate, DeflateStats},
     stats::TransportStats,
+    tcp::ServerTcp,
     ws, BoxFuture,
 };
 use tidings_session::Context;
@@ -534,7 +535,7 @@ pub async fn serve_with(
             let mut conn = pin!(http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(timeout)
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection(TokioIo::new(ServerTcp::new(stream)), svc)
                 .with_upgrades());
             tokio::select! {
                 res = conn.as_mut() => {

@@ -150,7 +150,7 @@ async fn open(
     drop(since);
     // The TCP stream is shared with the fan-out, which writes deliveries
     // to it directly once the welcome is out (see `direct`).
-    let (io, read) = Io::new(io, session.mailbox(), &shared);
+    let (io, read, corked) = Io::new(io, session.mailbox(), &shared);
     let mut conn = Conn::with_read(
         io,
         read,
@@ -158,14 +158,18 @@ async fn open(
         shared.config.frame_timeout,
     );
     let welcome = out.len() as u64;
-    if !write_all(
+    let written = write_all(
         &mut conn,
         &mut out,
         shared.config.write_timeout,
         shared.deflate.as_ref(),
     )
-    .await
-    {
+    .await;
+    if corked {
+        // The 101 and the welcome leave together.
+        conn.io().uncork();
+    }
+    if !written {
         let mut session = session;
         session.finish(close::SLOW_CONSUMER, CloseReason::SlowConsumer.as_str());
         gw.stats.closed(CloseReason::SlowConsumer);
