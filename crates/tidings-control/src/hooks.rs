@@ -122,11 +122,6 @@ impl ControlHooks {
         self.with_guard_hooks()
     }
 
-    /// The connection id of session `id`: `<gateway>-<id>`.
-    pub fn conn_id(&self, id: u64) -> String {
-        format!("{}-{id}", self.gateway)
-    }
-
     /// The gateway's id.
     pub fn gateway(&self) -> &str {
         &self.gateway
@@ -136,7 +131,7 @@ impl ControlHooks {
     fn entry(&self, session: &SessionInfo, since_ms: u64) -> PresenceEntry {
         let attributes = &session.identity.attributes;
         PresenceEntry {
-            conn: self.conn_id(session.id),
+            conn: session.conn.to_string(),
             user: session.identity.user.clone(),
             gateway: self.gateway.to_string(),
             info: if attributes.is_empty() {
@@ -182,7 +177,7 @@ impl Connection for SessionConnection {
     }
     fn describe(&self) -> ConnectionInfo {
         ConnectionInfo {
-            conn: format!("{}-{}", self.gateway, self.session.id),
+            conn: self.session.conn.to_string(),
             user: self.session.identity.user.clone(),
             gateway: self.gateway.to_string(),
             since_ms: self.since_ms,
@@ -309,11 +304,10 @@ pub fn occupancy_webhooks(webhooks: Arc<Webhooks>) -> Arc<dyn PresenceSink> {
 
 impl SessionHooks for ControlHooks {
     fn opened(&self, session: &SessionInfo, handle: ControlHandle) -> Box<dyn Any + Send + Sync> {
-        let conn = self.conn_id(session.id);
         let user = session.identity.user.as_deref();
         let since_ms = now_ms();
         let registration = self.registry.register(
-            &conn,
+            session.conn.clone(),
             user,
             Arc::new(SessionConnection {
                 handle,
@@ -324,7 +318,7 @@ impl SessionHooks for ControlHooks {
         );
         if let Some(hooks) = &self.webhooks {
             hooks.send(WebhookEvent::Connect {
-                conn,
+                conn: session.conn.to_string(),
                 user: user.map(str::to_owned),
                 gateway: self.gateway.to_string(),
                 time_ms: since_ms,
@@ -398,7 +392,7 @@ impl SessionHooks for ControlHooks {
     fn closed(&self, session: &SessionInfo, code: u16, reason: &str) {
         if let Some(hooks) = &self.webhooks {
             hooks.send(WebhookEvent::Disconnect {
-                conn: self.conn_id(session.id),
+                conn: session.conn.to_string(),
                 user: session.identity.user.clone(),
                 gateway: self.gateway.to_string(),
                 code,

@@ -127,7 +127,7 @@ impl Registry {
     /// Adds the connection `conn` of `user` (`None`: anonymous).
     pub fn register(
         self: &Arc<Self>,
-        conn: &str,
+        conn: impl Into<Arc<str>>,
         user: Option<&str>,
         handle: Arc<dyn Connection>,
     ) -> Registration {

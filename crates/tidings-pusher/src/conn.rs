@@ -648,7 +648,7 @@ impl Conn {
                 });
                 self.registration = None;
                 self.registration = Some(self.inner.users.register(
-                    &self.socket_id,
+                    self.socket_id.as_str(),
                     Some(&user_key(&app.id, &id)),
                     handle,
                 ));

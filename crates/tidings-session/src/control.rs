@@ -109,8 +109,12 @@ impl Drop for Receiver {
 /// Who a session is, as hooks see it.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
-    /// The connection id, unique in this gateway (as in `welcome`).
+    /// The connection's number, unique in this gateway.
     pub id: u64,
+    /// The connection id clients and the backend know it by (`welcome`'s
+    /// `connection`: the gateway's prefix and [`SessionInfo::id`]),
+    /// formatted once for the session's life.
+    pub conn: Arc<str>,
     /// The identity the session was opened with.
     pub identity: Arc<Identity>,
 }

@@ -44,7 +44,7 @@ pub(crate) struct Requests {
     /// Where the socket is on each channel with history it follows.
     pub(crate) followers: Followers,
     /// The connection's id as in `welcome` (what `exclude` names).
-    pub(crate) conn: Box<str>,
+    pub(crate) conn: Arc<str>,
 }
 
 /// A socket's RPC calls: how many are in flight, and their answers.
@@ -62,7 +62,7 @@ impl Requests {
         peer: std::net::SocketAddr,
         sub: Subscriber,
         gate: WriteGate,
-        conn: Box<str>,
+        conn: Arc<str>,
     ) -> Self {
         Self {
             rpc: None,
@@ -160,6 +160,7 @@ impl Requests {
         if let Some(hooks) = &self.gw.hooks {
             let info = crate::control::SessionInfo {
                 id: self.sub.id(),
+                conn: self.conn.clone(),
                 identity: self.identity.clone(),
             };
             if subscribed {

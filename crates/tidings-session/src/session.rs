@@ -170,9 +170,12 @@ impl Session {
     ) -> Self {
         let (mailbox_tx, mailbox) = mailbox(ctx.config.outbound_queue, ctx.config.slow_consumer);
         let sub = ctx.bridge.subscriber_with_id(id, mailbox_tx);
+        // The id clients and the backend know it by (`welcome`'s `id`).
+        let conn: Arc<str> = format!("{}{id}", ctx.connection_prefix).into();
         let control = ctx.hooks.as_ref().map(|hooks| {
             let info = SessionInfo {
                 id,
+                conn: conn.clone(),
                 identity: identity.clone(),
             };
             let (handle, rx): (ControlHandle, _) = ControlHandle::pair(mailbox.waker());
@@ -184,8 +187,6 @@ impl Session {
                 ended_by_backend: None,
             }
         });
-        // The id clients and the backend know it by (`welcome`'s `id`).
-        let conn: Box<str> = format!("{}{id}", ctx.connection_prefix).into();
         let mut requests = Requests::new(
             ctx.clone(),
             identity.clone(),
