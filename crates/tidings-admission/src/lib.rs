@@ -15,4 +15,4 @@ pub mod origin;
 
 pub use admission::{drain_offset, Admission, AdmissionConfig, Admitted, Refusal, Ticket};
 pub use endpoint::{full_body, text, Body, Endpoint};
-pub use limits::{IpNet, LimitHit, Limits};
+pub use limits::{IpNet, LimitHit, Limits, Slot};

@@ -358,14 +358,13 @@ impl Gateway {
         } else {
             &self.inner.plain
         };
-        admission.sessions().spawn(ws::run(
-            fut,
-            self.inner.session.clone(),
-            shared.clone(),
+        admission.sessions().spawn(ws::run(Box::new(ws::Opening {
+            upgrade: fut,
+            gw: self.inner.session.clone(),
+            shared: shared.clone(),
             since,
             admitted,
-            admission.sessions().clone(),
-        ));
+        })));
         let (parts, _) = response.into_parts();
         Response::from_parts(parts, Full::new(Bytes::new()))
     }

@@ -62,29 +62,51 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Most queued deliveries written in one batch (one system call).
 const BATCH_FRAMES: usize = 64;
 
-/// Opens one connection: completes the upgrade, opens the session, writes
-/// the welcome, then hands the socket to a task of its own (in `tasks`,
-/// so a drain waits for it) that serves it to its end.
+/// What opening a connection needs, as the upgrade handler hands it over.
+pub(crate) struct Opening {
+    pub(crate) upgrade: fastwebsockets::upgrade::UpgradeFut,
+    pub(crate) gw: Arc<Context>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) since: Box<Positions>,
+    pub(crate) admitted: Admitted,
+}
+
+/// Serves one connection to its end: completes the upgrade, opens the
+/// session, writes the welcome, then serves the socket ([`serve`]).
 ///
-/// Two tasks, because a task keeps room for the largest state its future
-/// ever has, for its whole life: everything opening needs (the upgrade,
-/// the admission's answer, the session's joins and history reads) is gone
-/// with this task, and what an idle socket keeps is only the serving loop
-/// ([`serve`]) and the [`WsSession`] box.
-pub(crate) async fn run(
-    upgrade: fastwebsockets::upgrade::UpgradeFut,
-    gw: Arc<Context>,
-    shared: Arc<Shared>,
-    since: Box<Positions>,
-    admitted: Admitted,
-    tasks: tokio_util::task::TaskTracker,
-) {
+/// One task, small for its whole life. A task keeps room for the largest
+/// state its future ever has, so everything opening needs (the upgrade,
+/// the admission's answer, the session's joins and history reads) lives in
+/// two boxes, `opening` and the opening's own future, both freed once the
+/// socket is open: what an idle socket keeps is the serving loop and the
+/// [`WsSession`] box. (Spawning a second task for the serving loop would
+/// do the same at the cost of a spawn per connection.)
+pub(crate) async fn run(opening: Box<Opening>) {
+    let Some((ws, slot, span)) = Box::pin(upgrade_and_open(opening)).await else {
+        return;
+    };
+    serve(ws, slot).instrument(span).await;
+}
+
+/// The upgrade completed and the session opened: the socket, its place
+/// under the connection limits and its span; `None` when the upgrade did
+/// not complete or the peer did not take the welcome.
+async fn upgrade_and_open(
+    opening: Box<Opening>,
+) -> Option<(Box<WsSession>, tidings_admission::Slot, tracing::Span)> {
+    let Opening {
+        upgrade,
+        gw,
+        shared,
+        since,
+        admitted,
+    } = *opening;
     let (peer, client_ip) = (admitted.peer, admitted.client_ip);
     let io = match upgrade.await {
         Ok(ws) => ws.into_inner(),
         Err(e) => {
             tracing::debug!(%peer, client = %client_ip, error = %e, "upgrade did not complete");
-            return;
+            return None;
         }
     };
     let id = gw.bridge.next_connection_id();
@@ -103,7 +125,7 @@ pub(crate) async fn run(
         slot,
         ..
     } = admitted;
-    let opened = open(
+    let ws = open(
         io,
         id,
         gw.clone(),
@@ -114,10 +136,8 @@ pub(crate) async fn run(
         client,
     )
     .instrument(span.clone())
-    .await;
-    if let Some(ws) = opened {
-        tasks.spawn(serve(ws, slot).instrument(span));
-    }
+    .await?;
+    Some((ws, slot, span))
 }
 
 /// The session opened and the welcome written; `None` when the peer did
