@@ -125,18 +125,9 @@ async fn upgrade_and_open(
         slot,
         ..
     } = admitted;
-    let ws = open(
-        io,
-        id,
-        gw.clone(),
-        shared,
-        identity,
-        credentials,
-        since,
-        client,
-    )
-    .instrument(span.clone())
-    .await?;
+    let ws = open(io, id, gw, shared, identity, credentials, since, client)
+        .instrument(span.clone())
+        .await?;
     Some((ws, slot, span))
 }
 
