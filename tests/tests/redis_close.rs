@@ -59,6 +59,17 @@ async fn bridge_close_quits_every_redis_connection() {
     let bridge = Bridge::redis(config).expect("valid config");
     // Ours, the subscription connection and the publish pool.
     wait_clients(&mut admin, 1 + 1 + 3).await;
+    // Redis lists a connection before the client has finished its
+    // handshake on it: wait until the bridge says it is ready, as a
+    // gateway's readiness does, before using it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !bridge.is_ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bridge is not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // In use: a subscription and a publish through it.
     let (mailbox, _rx) = mailbox(16, SlowConsumerPolicy::Close);
